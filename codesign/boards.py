@@ -1,0 +1,205 @@
+"""Target board descriptions: loading and validating boards/<name>.yaml.
+
+A board file is small and hand-written, so every problem is reported as a
+one-line BoardError naming the file and the offending field; downstream code
+(resource models, Tcl templates) can then trust every field it reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
+
+# The PS IP the block design instantiates is fixed by the device family.
+PS_TYPE_BY_FAMILY = {"zynquplus": "zynq_ultra_ps_e", "zynq": "processing_system7"}
+
+
+class BoardError(ValueError):
+    """A board name or board file that cannot be used (always a one-line message)."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    dsp: int
+    bram36: int
+    uram: int
+    lut: int
+    ff: int
+
+
+@dataclass(frozen=True)
+class Memory:
+    ddr_gbps: float  # peak DDR bandwidth, 1e9 bytes/s
+    ddr_efficiency: float  # sustained fraction of peak, in (0, 1]
+    axi_data_bits: int  # width of one PS high-performance slave port
+    hp_ports: int
+
+
+@dataclass(frozen=True)
+class ProcessingSystem:
+    type: str
+    ip_vlnv: str
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    vendor: str
+    part: str
+    board_part: str | None  # None: the board files are not needed (bare part)
+    family: str
+    clock_mhz: float
+    resources: Resources
+    memory: Memory
+    ps: ProcessingSystem
+    pynq: bool
+
+    @property
+    def clock_hz(self) -> float:
+        return self.clock_mhz * 1e6
+
+    @property
+    def ddr_bytes_per_cycle(self) -> float:
+        """Sustained DDR bytes per kernel clock cycle."""
+        sustained_bytes_per_s = self.memory.ddr_gbps * 1e9 * self.memory.ddr_efficiency
+        return sustained_bytes_per_s / self.clock_hz
+
+
+# Field schemas: name -> expected kind. Nested sections map to their own schema.
+_RESOURCE_FIELDS = {"dsp": "count", "bram36": "count", "uram": "count0", "lut": "count", "ff": "count"}
+_MEMORY_FIELDS = {
+    "ddr_gbps": "positive",
+    "ddr_efficiency": "fraction",
+    "axi_data_bits": "axi_width",
+    "hp_ports": "count",
+}
+_PS_FIELDS = {"type": "text", "ip_vlnv": "text"}
+_BOARD_FIELDS: dict[str, Any] = {
+    "name": "text",
+    "vendor": "text",
+    "part": "text",
+    "board_part": "optional_text",
+    "family": "family",
+    "clock_mhz": "positive",
+    "resources": _RESOURCE_FIELDS,
+    "memory": _MEMORY_FIELDS,
+    "ps": _PS_FIELDS,
+    "pynq": "bool",
+}
+
+
+def known_boards() -> list[str]:
+    return sorted(path.stem for path in BOARDS_DIR.glob("*.yaml"))
+
+
+def load_board(name_or_path: str | Path) -> Board:
+    """Load a board by name (boards/<name>.yaml) or by path to a .yaml file."""
+    path = _resolve_board_file(str(name_or_path))
+    raw = _read_yaml_mapping(path)
+    _check_fields(path, raw, _BOARD_FIELDS, prefix="")
+    board = _build_board(raw)
+    _check_ps_matches_family(path, board)
+    return board
+
+
+def _resolve_board_file(name_or_path: str) -> Path:
+    looks_like_path = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path
+    if looks_like_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise BoardError(f"board file not found: {path}")
+        return path
+    if name_or_path not in known_boards():
+        known = ", ".join(known_boards())
+        raise BoardError(f"unknown board {name_or_path!r}; known boards: {known}")
+    return BOARDS_DIR / f"{name_or_path}.yaml"
+
+
+def _read_yaml_mapping(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        # PyYAML messages span several lines; keep only the first for a one-line error.
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BoardError(f"{path}: invalid YAML: {first_line}") from None
+    if not isinstance(raw, dict):
+        raise BoardError(f"{path}: expected a mapping of board fields at top level")
+    return raw
+
+
+def _check_fields(path: Path, raw: Mapping, schema: Mapping[str, Any], prefix: str) -> None:
+    """Check presence, absence of extras, and type of every field, recursively."""
+    missing = [prefix + key for key in schema if key not in raw]
+    if missing:
+        raise BoardError(f"{path}: missing field(s): {', '.join(missing)}")
+    # Unknown keys are most likely typos of optional fields, which would otherwise be ignored.
+    unknown = [prefix + str(key) for key in raw if key not in schema]
+    if unknown:
+        raise BoardError(f"{path}: unknown field(s): {', '.join(unknown)}")
+    for key, kind in schema.items():
+        field = prefix + key
+        if isinstance(kind, Mapping):
+            if not isinstance(raw[key], Mapping):
+                raise BoardError(f"{path}: field {field} must be a mapping")
+            _check_fields(path, raw[key], kind, prefix=field + ".")
+        elif not _VALIDATORS[kind](raw[key]):
+            raise BoardError(f"{path}: field {field} must be {_KIND_DESCRIPTIONS[kind]}, got {raw[key]!r}")
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass; `dsp: yes` must not count as 1.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_VALIDATORS = {
+    "text": lambda v: isinstance(v, str) and v.strip() != "",
+    "optional_text": lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+    "family": lambda v: v in PS_TYPE_BY_FAMILY,
+    "positive": lambda v: _is_number(v) and v > 0,
+    "fraction": lambda v: _is_number(v) and 0 < v <= 1,
+    "count": lambda v: _is_int(v) and v > 0,
+    "count0": lambda v: _is_int(v) and v >= 0,  # e.g. URAM: absent on many parts
+    "axi_width": lambda v: _is_int(v) and v in (32, 64, 128, 256, 512, 1024),
+    "bool": lambda v: isinstance(v, bool),
+}
+
+_KIND_DESCRIPTIONS = {
+    "text": "a non-empty string",
+    "optional_text": "a non-empty string or null",
+    "family": "one of " + ", ".join(PS_TYPE_BY_FAMILY),
+    "positive": "a positive number",
+    "fraction": "a number in (0, 1]",
+    "count": "a positive integer",
+    "count0": "a non-negative integer",
+    "axi_width": "a power-of-two AXI width between 32 and 1024",
+    "bool": "true or false",
+}
+
+
+def _build_board(raw: Mapping) -> Board:
+    return Board(
+        name=raw["name"],
+        vendor=raw["vendor"],
+        part=raw["part"],
+        board_part=raw["board_part"],
+        family=raw["family"],
+        clock_mhz=raw["clock_mhz"],
+        resources=Resources(**raw["resources"]),
+        memory=Memory(**raw["memory"]),
+        ps=ProcessingSystem(**raw["ps"]),
+        pynq=raw["pynq"],
+    )
+
+
+def _check_ps_matches_family(path: Path, board: Board) -> None:
+    expected = PS_TYPE_BY_FAMILY[board.family]
+    if board.ps.type != expected:
+        raise BoardError(f"{path}: field ps.type must be {expected!r} for family {board.family!r}, got {board.ps.type!r}")

@@ -1,0 +1,135 @@
+"""Synthetic multi-task scenes: coloured shapes on a textured background.
+
+Every image comes with a per-pixel class map (seg) and a depth map, so one dataset
+serves all tasks of the model. Everything is drawn with numpy from one seed, so the
+same (n, cfg, seed) always gives the same data, on any machine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig, TaskSpec
+
+BACKGROUND, CIRCLE, SQUARE, TRIANGLE = 0, 1, 2, 3
+NUM_CLASSES = 4
+MAX_SHAPES = 3
+# Shapes are always nearer than the background so the depth ordering is unambiguous.
+SHAPE_DEPTH = (0.15, 0.55)
+BACKGROUND_DEPTH = (0.7, 0.9)
+MIN_COLOUR_CONTRAST = 0.7
+GRID_FRACTION = 1 / 8
+
+
+@dataclass
+class SyntheticData:
+    images: np.ndarray  # float32 [n, C, H, W], values roughly in [-1, 1]
+    seg: np.ndarray  # int64 [n, H, W], class per pixel (0 = background)
+    depth: np.ndarray  # float32 [n, 1, H, W]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "SyntheticData":
+        return SyntheticData(self.images[index], self.seg[index], self.depth[index])
+
+    def target(self, task: TaskSpec) -> np.ndarray:
+        if task.kind == "seg":
+            return self.seg
+        if task.kind == "depth":
+            return self.depth
+        raise ValueError(f"no synthetic target for task kind {task.kind!r}")
+
+
+def make_dataset(n: int, cfg: ModelConfig, seed: int) -> SyntheticData:
+    rng = np.random.default_rng(seed)
+    size, chans = cfg.img_size, cfg.in_chans
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    background = rng.uniform(-0.6, 0.6, (n, chans)).astype(np.float32)
+    shapes = _draw_shape_params(rng, n, size, background)
+    masks = _shape_masks(shapes, yy, xx)
+    images = np.broadcast_to(background[:, :, None, None], (n, chans, size, size))
+    depth = _background_depth(rng, n, yy, xx, size)
+    seg = np.zeros((n, size, size), dtype=np.int64)
+    for slot in range(MAX_SHAPES):  # far to near, so nearer shapes occlude
+        covered = masks[:, slot]
+        seg = np.where(covered, shapes["cls"][:, slot, None, None], seg)
+        depth = np.where(covered, _shape_plane(shapes, slot, yy, xx), depth)
+        images = np.where(covered[:, None], shapes["colour"][:, slot, :, None, None], images)
+    images = images + _texture(rng, n, chans, yy, xx, size)
+    return SyntheticData(images.astype(np.float32), seg, depth[:, None].astype(np.float32))
+
+
+def _draw_shape_params(rng: np.random.Generator, n: int, size: int, background: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image up to MAX_SHAPES shapes, sorted far to near so painting in order handles occlusion."""
+    count = rng.integers(1, MAX_SHAPES + 1, n)
+    grid = max(1, round(size * GRID_FRACTION))
+    extent = grid * rng.integers(size // 4 // grid, size // 2 // grid + 1, (n, MAX_SHAPES))
+    params = {
+        "active": np.arange(MAX_SHAPES)[None, :] < count[:, None],
+        "cls": rng.integers(CIRCLE, TRIANGLE + 1, (n, MAX_SHAPES)),
+        "extent": extent.astype(np.float32),
+        # Top-left corners; the extent is subtracted so shapes never leave the image.
+        "x0": (grid * np.floor(rng.random((n, MAX_SHAPES)) * ((size - extent) // grid + 1))).astype(np.float32),
+        "y0": (grid * np.floor(rng.random((n, MAX_SHAPES)) * ((size - extent) // grid + 1))).astype(np.float32),
+        "depth": rng.uniform(*SHAPE_DEPTH, (n, MAX_SHAPES)).astype(np.float32),
+        "tilt_x": rng.uniform(-0.004, 0.004, (n, MAX_SHAPES)).astype(np.float32),
+        "tilt_y": rng.uniform(-0.004, 0.004, (n, MAX_SHAPES)).astype(np.float32),
+        "colour": _contrasting_colours(rng, background),
+    }
+    far_to_near = np.argsort(-params["depth"], axis=1)
+    for key, value in params.items():
+        index = far_to_near if value.ndim == 2 else far_to_near[..., None]
+        params[key] = np.take_along_axis(value, index, axis=1)
+    return params
+
+
+def _contrasting_colours(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """Random colours in [-1, 1], [n, MAX_SHAPES, C], kept clearly apart from each image's background."""
+    colour = rng.uniform(-1, 1, background.shape[:1] + (MAX_SHAPES,) + background.shape[1:])
+    bg = background[:, None, :]
+    offset = colour - bg
+    distance = np.linalg.norm(offset, axis=-1, keepdims=True)
+    # Too-similar colours are pushed out along their own direction, keeping the randomness.
+    pushed = bg + offset / np.maximum(distance, 1e-6) * MIN_COLOUR_CONTRAST
+    return np.clip(np.where(distance < MIN_COLOUR_CONTRAST, pushed, colour), -1, 1).astype(np.float32)
+
+
+def _shape_masks(p: dict[str, np.ndarray], yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Boolean [n, MAX_SHAPES, H, W] coverage of each shape slot."""
+    s, x0, y0 = (p[k][..., None, None] for k in ("extent", "x0", "y0"))
+    dx, dy = xx - x0, yy - y0  # position inside the bounding box
+    inside_box = (dx >= 0) & (dx < s) & (dy >= 0) & (dy < s)
+    circle = (dx - s / 2) ** 2 + (dy - s / 2) ** 2 <= (s / 2) ** 2
+    triangle = inside_box & (np.abs(dx - s / 2) <= dy / 2)  # apex at top centre
+    cls = p["cls"][..., None, None]
+    mask = np.where(cls == CIRCLE, circle, np.where(cls == SQUARE, inside_box, triangle))
+    return mask & p["active"][..., None, None]
+
+
+def _shape_plane(p: dict[str, np.ndarray], slot: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Depth of a slightly tilted plane through the shape's centre, [n, H, W]."""
+    def at(key):
+        return p[key][:, slot, None, None]
+
+    cx, cy = at("x0") + at("extent") / 2, at("y0") + at("extent") / 2
+    return at("depth") + at("tilt_x") * (xx - cx) + at("tilt_y") * (yy - cy)
+
+
+def _background_depth(rng, n: int, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    """A far plane with a gentle slope in a random direction, like a wall or floor; [n, H, W]."""
+    base = rng.uniform(*BACKGROUND_DEPTH, n).astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    slope = 0.1 / size
+    ramp = np.cos(angle)[:, None, None] * (xx - size / 2) + np.sin(angle)[:, None, None] * (yy - size / 2)
+    return base[:, None, None] + slope * ramp
+
+
+def _texture(rng, n: int, chans: int, yy, xx, size: int) -> np.ndarray:
+    """Low-frequency stripes plus pixel noise, so colour alone is not a perfect shape detector."""
+    freq = rng.uniform(1, 3, (n, 2)).astype(np.float32) * 2 * np.pi / size
+    phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    stripes = 0.15 * np.sin(freq[:, 0, None, None] * xx + freq[:, 1, None, None] * yy + phase[:, None, None])
+    noise = rng.normal(0, 0.08, (n, chans, size, size)).astype(np.float32)
+    return stripes[:, None] + noise

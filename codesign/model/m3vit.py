@@ -1,0 +1,202 @@
+"""Float reference: a small M3ViT (ViT backbone, MoE MLP in some blocks, per-task gates, dense heads).
+
+Parameter names follow M3ViT / FastMoE checkpoints so real checkpoints map 1:1:
+  blocks.{i}.mlp.experts.htoh4.weight [E, Hm, D]   blocks.{i}.mlp.experts.h4toh.weight [E, D, Hm]
+  blocks.{i}.mlp.gate.{t}.w_gate [D, E] (multi-gate)  or  blocks.{i}.mlp.gate.w_gate [D + tasks, E]
+Every `trace` hook records a float tensor under the name the quantizer calibrates against.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def _record(trace: dict | None, name: str, value: torch.Tensor) -> None:
+    if trace is not None:
+        trace[name] = value.detach()
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.scale = cfg.head_dim**-0.5
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, x, trace=None, prefix=""):
+        b, t, d = x.shape
+        qkv = self.qkv(x)
+        _record(trace, prefix + "qkv", qkv)
+        q, k, v = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, t, d)
+        _record(trace, prefix + "attn", out)
+        out = self.proj(out)
+        _record(trace, prefix + "proj", out)
+        return out
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, task=0, trace=None, prefix=""):
+        h = self.fc1(x)
+        _record(trace, prefix + "fc1", h)
+        h = F.gelu(h)
+        _record(trace, prefix + "gelu", h)
+        y = self.fc2(h)
+        _record(trace, prefix + "mlp", y)
+        return y
+
+
+class Experts(nn.Module):
+    """FastMoE layout: weights stacked along dim 0, one slice per expert."""
+
+    def __init__(self, num_experts: int, dim: int, hidden: int):
+        super().__init__()
+        self.htoh4 = nn.Module()
+        self.htoh4.weight = nn.Parameter(torch.randn(num_experts, hidden, dim) / math.sqrt(dim))
+        self.htoh4.bias = nn.Parameter(torch.zeros(num_experts, hidden))
+        self.h4toh = nn.Module()
+        self.h4toh.weight = nn.Parameter(torch.randn(num_experts, dim, hidden) / math.sqrt(hidden))
+        self.h4toh.bias = nn.Parameter(torch.zeros(num_experts, dim))
+
+
+class Gate(nn.Module):
+    def __init__(self, in_dim: int, num_experts: int):
+        super().__init__()
+        self.w_gate = nn.Parameter(torch.randn(in_dim, num_experts) * 0.02)
+
+
+class MoeMlp(nn.Module):
+    """VMoE gate semantics: softmax over all experts, top-k of the probabilities, not renormalised."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.experts = Experts(cfg.num_experts, cfg.embed_dim, cfg.moe_hidden)
+        if cfg.gate_type == "multi":
+            self.gate = nn.ModuleList(Gate(cfg.embed_dim, cfg.num_experts) for _ in cfg.tasks)
+        else:
+            self.gate = Gate(cfg.embed_dim + cfg.num_tasks, cfg.num_experts)
+
+    def gate_logits(self, x, task: int):
+        if self.cfg.gate_type == "multi":
+            return x @ self.gate[task].w_gate
+        w = self.gate.w_gate
+        return x @ w[: self.cfg.embed_dim] + w[self.cfg.embed_dim + task]
+
+    def forward(self, x, task=0, trace=None, prefix=""):
+        b, t, d = x.shape
+        tokens = x.reshape(-1, d)
+        logits = self.gate_logits(tokens, task)
+        _record(trace, prefix + "gate", logits)
+        probs = logits.softmax(dim=-1)
+        top_p, top_i = probs.topk(self.cfg.top_k, dim=-1)
+        out = torch.zeros_like(tokens)
+        hidden_seen, pre_seen, post_seen = [], [], []
+        ex = self.experts
+        for e in range(self.cfg.num_experts):
+            rows, slot = (top_i == e).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            h = tokens[rows] @ ex.htoh4.weight[e].T + ex.htoh4.bias[e]
+            pre_seen.append(h)
+            h = F.gelu(h)
+            hidden_seen.append(h)
+            y = h @ ex.h4toh.weight[e].T + ex.h4toh.bias[e]
+            post_seen.append(y)
+            out.index_add_(0, rows, y * top_p[rows, slot].unsqueeze(1))
+        if trace is not None and pre_seen:
+            _record(trace, prefix + "fc1", torch.cat(pre_seen))
+            _record(trace, prefix + "gelu", torch.cat(hidden_seen))
+            _record(trace, prefix + "expert", torch.cat(post_seen))
+        out = out.reshape(b, t, d)
+        _record(trace, prefix + "mlp", out)
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, index: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.mlp = MoeMlp(cfg) if cfg.is_moe(index) else Mlp(cfg.embed_dim, cfg.mlp_hidden)
+
+    def forward(self, x, task=0, trace=None, prefix=""):
+        h = self.norm1(x)
+        _record(trace, prefix + "ln1", h)
+        x = x + self.attn(h, trace, prefix)
+        _record(trace, prefix + "res1", x)
+        h = self.norm2(x)
+        _record(trace, prefix + "ln2", h)
+        x = x + self.mlp(h, task, trace, prefix)
+        _record(trace, prefix + "res2", x)
+        return x
+
+
+class TaskHead(nn.Module):
+    """Linear per patch token, pixel-shuffled back to full resolution."""
+
+    def __init__(self, cfg: ModelConfig, out_channels: int):
+        super().__init__()
+        self.cfg = cfg
+        self.out_channels = out_channels
+        self.proj = nn.Linear(cfg.embed_dim, cfg.patch_size**2 * out_channels)
+
+    def forward(self, tokens):
+        cfg = self.cfg
+        g, p = cfg.img_size // cfg.patch_size, cfg.patch_size
+        y = self.proj(tokens[:, 1:])  # drop cls
+        y = y.reshape(-1, g, g, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
+        return y.reshape(-1, self.out_channels, g * p, g * p)
+
+
+class M3ViT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.embed_dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.decoders = nn.ModuleList(TaskHead(cfg, t.out_channels) for t in cfg.tasks)
+
+    def forward_backbone(self, images, task: int, trace: dict | None = None):
+        """The part that runs on the FPGA: images [B,C,H,W] -> normalised tokens [B,T,D]."""
+        x = self.patch_embed(images)
+        _record(trace, "patch", x)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed
+        _record(trace, "embed", x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, task, trace, f"b{i}.")
+        x = self.norm(x)
+        _record(trace, "norm", x)
+        return x
+
+    def forward(self, images, task: int):
+        return self.decoders[task](self.forward_backbone(images, task))
+
+    def head(self, tokens, task: int):
+        return self.decoders[task](tokens)

@@ -1,0 +1,227 @@
+"""The integer arithmetic of the accelerator, specified once.
+
+Everything the hardware computes is defined here on NumPy int64 arrays: rounding, saturation,
+requantisation, and the lookup tables for exp, reciprocal, rsqrt and GELU. The golden model,
+the instruction-set interpreter, the generated C++ and the generated Verilog all follow these
+definitions (the C++ and Verilog read the same tables), so bit-exactness holds by construction.
+
+Conventions
+- Integers are two's complement; `>>` is an arithmetic (floor) shift.
+- rshift_round(x, s) = (x + 2**(s-1)) >> s for s >= 1 (round half up), x for s == 0.
+- saturate(x, bits) clamps to [-2**(bits-1), 2**(bits-1) - 1].
+- Accumulation is exact (int64 here; the hardware sizes its accumulators so it never wraps),
+  so the order of a reduction never changes a result: any tiling or token order is bit-exact.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Exp table: EXP_LUT[i] = round(2**EXP_FRAC * exp(-i * EXP_STEP)), the last entry forced to 0.
+EXP_FRAC = 15
+EXP_LUT_SIZE = 1024
+EXP_STEP = 1.0 / 64.0
+# Reciprocal table over an 11-bit mantissa m in [1024, 2048): RECIP_LUT[m - 1024] = round(2**RECIP_FRAC / m).
+RECIP_MBITS = 11
+RECIP_FRAC = 26
+# Rsqrt table over a 12-bit mantissa: RSQRT_LUT[m] = round(2**RSQRT_FRAC / sqrt(m)), RSQRT_LUT[0] = 0.
+RSQRT_MBITS = 12
+RSQRT_FRAC = 24
+# Requantisation multipliers are positive and below 2**MULT_BITS.
+MULT_BITS = 15
+MAX_SHIFT = 62
+
+
+def qmin(bits: int) -> int:
+    return -(1 << (bits - 1))
+
+
+def qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+def check_bits(bits: int) -> int:
+    if not 2 <= int(bits) <= 16:
+        raise ValueError(f"integer width must be in 2..16, got {bits}")
+    return int(bits)
+
+
+def container_dtype(bits: int):
+    """Storage type of a tensor of this width: int8 up to 8 bits, int16 above."""
+    return np.int8 if bits <= 8 else np.int16
+
+
+def saturate(x, bits: int) -> np.ndarray:
+    return np.clip(np.asarray(x, dtype=np.int64), qmin(bits), qmax(bits))
+
+
+def rshift_round(x, shift) -> np.ndarray:
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+    return np.right_shift(x + half, shift)
+
+
+def requant(acc, mult, shift: int, bits: int) -> np.ndarray:
+    """int accumulator -> `bits`-wide integer: saturate(rshift_round(acc * mult, shift))."""
+    return saturate(rshift_round(np.asarray(acc, np.int64) * np.asarray(mult, np.int64), shift), bits)
+
+
+def quantize_multipliers(reals, mult_bits: int = MULT_BITS) -> tuple[np.ndarray, int]:
+    """Represent positive reals as M / 2**S with one shared S and integer M < 2**mult_bits."""
+    reals = np.atleast_1d(np.asarray(reals, dtype=np.float64))
+    if np.any(~np.isfinite(reals)) or np.any(reals < 0):
+        raise ValueError("requantisation scales must be finite and non-negative")
+    top = float(reals.max())
+    if top == 0.0:
+        return np.zeros(reals.shape, np.int64), 0
+    shift = mult_bits - 1 - math.floor(math.log2(top))
+    shift = int(min(max(shift, 0), MAX_SHIFT))
+    mult = np.round(reals * (2.0**shift)).astype(np.int64)
+    if mult.max() >= (1 << 31):
+        raise ValueError(f"requantisation scale {top:.3g} is too large for a 32-bit multiplier")
+    return mult, shift
+
+
+def quantize_tensor(x, scale, bits: int) -> np.ndarray:
+    """Float -> integer at `scale` (broadcast), round half away from zero, saturate."""
+    q = np.round(np.asarray(x, np.float64) / scale)
+    return saturate(q, bits)
+
+
+def scale_for(amax: float, bits: int) -> float:
+    amax = float(amax)
+    return (amax if amax > 0 else 1.0) / qmax(bits)
+
+
+# ---------------------------------------------------------------- lookup tables
+
+def exp_lut() -> np.ndarray:
+    i = np.arange(EXP_LUT_SIZE, dtype=np.float64)
+    lut = np.round((2.0**EXP_FRAC) * np.exp(-i * EXP_STEP)).astype(np.int64)
+    lut[-1] = 0
+    return lut
+
+
+def recip_lut() -> np.ndarray:
+    m = np.arange(1 << (RECIP_MBITS - 1), 1 << RECIP_MBITS, dtype=np.float64)
+    return np.round((2.0**RECIP_FRAC) / m).astype(np.int64)
+
+
+def rsqrt_lut() -> np.ndarray:
+    m = np.arange(1 << RSQRT_MBITS, dtype=np.float64)
+    lut = np.zeros(m.shape, np.int64)
+    lut[1:] = np.round((2.0**RSQRT_FRAC) / np.sqrt(m[1:])).astype(np.int64)
+    return lut
+
+
+def gelu_float(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    from math import erf, sqrt
+
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+
+def gelu_lut(in_scale: float, out_scale: float, in_bits: int, out_bits: int) -> np.ndarray:
+    """Table indexed by (q_in - qmin(in_bits)), giving the requantised GELU of q_in * in_scale."""
+    q = np.arange(qmin(in_bits), qmax(in_bits) + 1, dtype=np.int64)
+    return quantize_tensor(gelu_float(q * in_scale) / out_scale, 1.0, out_bits)
+
+
+EXP = exp_lut()
+RECIP = recip_lut()
+RSQRT = rsqrt_lut()
+
+
+# ---------------------------------------------------------------- kernels
+
+def bit_length(x) -> np.ndarray:
+    """Number of bits needed for non-negative x (0 -> 0), exact on int64."""
+    x = np.asarray(x, np.int64)
+    out = np.zeros(x.shape, np.int64)
+    v = x.copy()
+    for step in (32, 16, 8, 4, 2, 1):
+        big = v >= (np.int64(1) << step)
+        out += np.where(big, step, 0)
+        v = np.where(big, v >> step, v)
+    return out + (v > 0)
+
+
+def matmul_acc(a, w, bias) -> np.ndarray:
+    """acc[m, n] = sum_k a[m, k] * w[n, k] + bias[n]  (w in nn.Linear [out, in] layout)."""
+    a = np.asarray(a, np.int64)
+    w = np.asarray(w, np.int64)
+    return a @ w.T + np.asarray(bias, np.int64)
+
+
+def linear(a, w, bias, mult, shift: int, bits: int) -> np.ndarray:
+    return requant(matmul_acc(a, w, bias), mult, shift, bits)
+
+
+def lut_lookup(q, table, in_bits: int) -> np.ndarray:
+    return np.asarray(table, np.int64)[np.asarray(q, np.int64) - qmin(in_bits)]
+
+
+def add(a, b, ma: int, mb: int, shift: int, bits: int) -> np.ndarray:
+    """Residual add of two tensors at different scales: saturate(rshift_round(a*ma + b*mb, shift))."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    return saturate(rshift_round(a * ma + b * mb, shift), bits)
+
+
+def softmax_rows(acc, score_mult: int, score_shift: int, prob_bits: int) -> np.ndarray:
+    """Row softmax of int logits `acc`; output probabilities in units of 1/qmax(prob_bits).
+
+    z = max - acc >= 0 indexes the exp table after scaling by score_mult / 2**score_shift
+    (= logit scale / EXP_STEP); the row sum is inverted with the reciprocal table.
+    """
+    acc = np.asarray(acc, np.int64)
+    z = acc.max(axis=-1, keepdims=True) - acc
+    idx = np.minimum(rshift_round(z * score_mult, score_shift), EXP_LUT_SIZE - 1)
+    e = EXP[idx]
+    total = e.sum(axis=-1, keepdims=True)  # >= 2**EXP_FRAC: the max entry contributes EXP[0]
+    n = bit_length(total)
+    mant_shift = n - RECIP_MBITS
+    mant = np.where(mant_shift >= 0, total >> np.maximum(mant_shift, 0), total << np.maximum(-mant_shift, 0))
+    r = RECIP[mant - (1 << (RECIP_MBITS - 1))]
+    return rshift_round(e * qmax(prob_bits) * r, RECIP_FRAC + mant_shift)
+
+
+def rsqrt_parts(var) -> tuple[np.ndarray, np.ndarray]:
+    """var >= 1 -> (r, half_shift) with 1/sqrt(var) ~= r * 2**-(RSQRT_FRAC + half_shift)."""
+    var = np.asarray(var, np.int64)
+    s = np.maximum(bit_length(var) - RSQRT_MBITS, 0)
+    s = s + (s & 1)  # even, so the square root of 2**s is a shift
+    return RSQRT[var >> s], s >> 1
+
+
+def layernorm(x, gamma_q, beta_q, eps_int: int, out_shift: int, bits: int) -> np.ndarray:
+    """Integer LayerNorm over the last axis.
+
+    d = D*x - sum(x); var = sum(d*d) + eps_int; t = rshift_round(d * rsqrt(var), half_shift)
+    (t ~ 2**RSQRT_FRAC * d / sqrt(var)); y = saturate(rshift_round(t * gamma_q, out_shift) + beta_q).
+    gamma_q folds gamma * sqrt(D) / out_scale * 2**(out_shift - RSQRT_FRAC); beta_q = beta / out_scale.
+    """
+    x = np.asarray(x, np.int64)
+    dim = x.shape[-1]
+    d = dim * x - x.sum(axis=-1, keepdims=True)
+    var = (d * d).sum(axis=-1, keepdims=True) + eps_int
+    r, half = rsqrt_parts(var)
+    t = rshift_round(d * r, half)
+    return saturate(rshift_round(t * np.asarray(gamma_q, np.int64), out_shift) + np.asarray(beta_q, np.int64), bits)
+
+
+def topk_experts(logits, k: int) -> np.ndarray:
+    """Indices [T, k] of the k largest logits per row; ties go to the lower expert index."""
+    logits = np.asarray(logits, np.int64)
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    return order[:, :k]
+
+
+def attention_head(q, k, v, score_mult: int, score_shift: int, out_mult: int, out_shift: int,
+                   prob_bits: int, out_bits: int) -> np.ndarray:
+    """One head: softmax over keys of q.k (scaled by the exp-index multiplier), then P.v, requantised."""
+    scores = np.asarray(q, np.int64) @ np.asarray(k, np.int64).T
+    probs = softmax_rows(scores, score_mult, score_shift, prob_bits)
+    return requant(probs @ np.asarray(v, np.int64), out_mult, out_shift, out_bits)

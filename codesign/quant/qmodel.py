@@ -1,0 +1,112 @@
+"""The quantised model: integer parameters of every layer (the IR the scheduler compiles)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..model.config import ModelConfig
+
+
+@dataclass
+class QLinear:
+    """y = requant(x @ w.T + bias, mult[n], shift), optionally followed by a GELU table."""
+
+    w: np.ndarray  # int [N, K]
+    bias: np.ndarray  # int64 [N]
+    mult: np.ndarray  # int64 [N]
+    shift: int
+    gelu: np.ndarray | None = None  # int table indexed by q - qmin(abits)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.w.shape
+
+
+@dataclass
+class QAdd:
+    ma: int
+    mb: int
+    shift: int
+
+
+@dataclass
+class QNorm:
+    gamma: np.ndarray  # int64 [D]
+    beta: np.ndarray  # int64 [D]
+    eps: int
+    shift: int
+
+
+@dataclass
+class QAttention:
+    score_mult: int
+    score_shift: int
+    out_mult: int
+    out_shift: int
+
+
+@dataclass
+class QMoe:
+    gate_w: np.ndarray  # int [tasks, E, D]
+    gate_b: np.ndarray  # int64 [tasks, E]
+    score_mult: int  # per task would be possible; one shared gate scale keeps one multiplier
+    score_shift: int
+    fc1: list[QLinear]  # per expert, with GELU
+    fc2: list[QLinear]  # per expert, to the shared expert-output scale
+    out_mult: int
+    out_shift: int
+    top_k: int
+
+
+@dataclass
+class QBlock:
+    ln1: QNorm
+    qkv: QLinear
+    attn: QAttention
+    proj: QLinear
+    res1: QAdd
+    ln2: QNorm
+    mlp: tuple[QLinear, QLinear] | QMoe
+    res2: QAdd
+
+    @property
+    def is_moe(self) -> bool:
+        return isinstance(self.mlp, QMoe)
+
+
+@dataclass
+class QuantModel:
+    cfg: ModelConfig
+    wbits: int
+    abits: int
+    scales: dict[str, float]  # float scale of every traced activation
+    patch: QLinear  # patch embedding, no bias (the bias lives in `pos`)
+    pos: np.ndarray  # int [T, D]: row 0 = cls + pos[0], rows 1.. = pos + patch bias
+    embed: QAdd
+    blocks: list[QBlock]
+    norm: QNorm
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_scale(self) -> float:
+        return self.scales["input"]
+
+    @property
+    def output_scale(self) -> float:
+        return self.scales["norm"]
+
+    def scale_of(self, name: str):
+        """Float scale of a traced tensor (per column for the packed q|k|v output)."""
+        if name.endswith(".qkv"):
+            p, d = name[:-3], self.cfg.embed_dim
+            return np.repeat([self.scales[p + "q"], self.scales[p + "k"], self.scales[p + "v"]], d)
+        return self.scales[name]
+
+    def trace_names(self) -> list[str]:
+        """Names of the per-layer tensors the golden model, csim and cosim compare, in order."""
+        names = ["patch", "embed"]
+        for i, blk in enumerate(self.blocks):
+            mlp = ["mlp"] if blk.is_moe else ["gelu", "mlp"]
+            names += [f"b{i}.{n}" for n in ["ln1", "qkv", "attn", "proj", "res1", "ln2", *mlp, "res2"]]
+        return names + ["norm"]

@@ -1,0 +1,183 @@
+"""Calibration and quantisation: float M3ViT -> QuantModel with integer parameters."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..model.m3vit import M3ViT
+from . import arith as A
+from .qmodel import QAdd, QAttention, QBlock, QLinear, QMoe, QNorm, QuantModel
+
+
+def images_to_patches(images: np.ndarray, patch: int) -> np.ndarray:
+    """[B, C, H, W] -> [B, T, C*p*p] in conv-weight order, row 0 of each image left as the zero cls slot."""
+    b, c, h, w = images.shape
+    g_h, g_w = h // patch, w // patch
+    x = images.reshape(b, c, g_h, patch, g_w, patch).transpose(0, 2, 4, 1, 3, 5)
+    x = x.reshape(b, g_h * g_w, c * patch * patch)
+    return np.concatenate([np.zeros((b, 1, x.shape[2]), x.dtype), x], axis=1)
+
+
+def quantize_input(images: np.ndarray, qm: QuantModel) -> np.ndarray:
+    """Float images [B,C,H,W] -> integer patch rows [B, T, F] as the accelerator reads them."""
+    patches = images_to_patches(np.asarray(images, np.float64), qm.cfg.patch_size)
+    return A.quantize_tensor(patches, qm.input_scale, qm.abits)
+
+
+@torch.no_grad()
+def collect_ranges(model: M3ViT, images: np.ndarray) -> dict[str, float]:
+    """Max |value| of every traced activation over all calibration images and all tasks."""
+    cfg = model.cfg
+    amax: dict[str, float] = {}
+    x = torch.as_tensor(np.asarray(images, np.float32))
+    patches = images_to_patches(x.numpy(), cfg.patch_size)
+    amax["input"] = float(np.abs(patches).max())
+    d = cfg.embed_dim
+    for task in range(cfg.num_tasks):
+        trace: dict = {}
+        model.forward_backbone(x, task, trace)
+        for name, value in trace.items():
+            if name.endswith(".qkv"):
+                parts = {"q": value[..., :d], "k": value[..., d:2 * d], "v": value[..., 2 * d:]}
+            else:
+                parts = {"": value}
+            for suffix, part in parts.items():
+                key = name[:-3] + suffix if suffix else name
+                amax[key] = max(amax.get(key, 0.0), float(part.abs().max()))
+    return amax
+
+
+def _weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+    axes = tuple(range(1, w.ndim)) if per_channel else None
+    amax = np.abs(w).max(axis=axes) if per_channel else np.full(w.shape[0], np.abs(w).max())
+    return np.where(amax > 0, amax, 1.0) / A.qmax(bits)
+
+
+def _linear(w, b, in_scale, out_scale, wbits, abits, gelu_out_scale=None, out_scales=None) -> QLinear:
+    w = np.asarray(w, np.float64)
+    sw = _weight_scales(w, wbits)
+    wq = A.quantize_tensor(w, sw[:, None], wbits)
+    bias = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
+    bq = np.round(bias / (in_scale * sw)).astype(np.int64)
+    outs = np.full(w.shape[0], out_scale) if out_scales is None else np.asarray(out_scales)
+    mult, shift = A.quantize_multipliers(in_scale * sw / outs)
+    lut = None
+    if gelu_out_scale is not None:
+        lut = A.gelu_lut(out_scale, gelu_out_scale, abits, abits)
+    return QLinear(wq, bq, mult, shift, lut)
+
+
+def _norm(ln, in_scale, out_scale, abits) -> QNorm:
+    d = ln.weight.numel()
+    gamma = _t(ln.weight) * math.sqrt(d) / out_scale
+    beta = _t(ln.bias) / out_scale
+    top = float(np.abs(gamma).max()) or 1.0
+    gain_bits = 14 - math.floor(math.log2(top))
+    shift = A.RSQRT_FRAC + gain_bits
+    if shift < 1:
+        raise ValueError("LayerNorm gain too large for the output scale")
+    eps = max(1, round(ln.eps * d**3 / in_scale**2))
+    return QNorm(np.round(gamma * 2.0**gain_bits).astype(np.int64), np.round(beta).astype(np.int64), int(eps), shift)
+
+
+def _add(sa, sb, s_out) -> QAdd:
+    (ma, mb), shift = A.quantize_multipliers([sa / s_out, sb / s_out])
+    return QAdd(int(ma), int(mb), shift)
+
+
+def _single(real: float) -> tuple[int, int]:
+    m, s = A.quantize_multipliers([real])
+    return int(m[0]), s
+
+
+def _t(p) -> np.ndarray:
+    return p.detach().double().numpy()
+
+
+def _attention(cfg, s, prefix, abits) -> QAttention:
+    qp = A.qmax(abits)
+    sm, ss = _single(s[prefix + "q"] * s[prefix + "k"] * cfg.head_dim**-0.5 / A.EXP_STEP)
+    om, os_ = _single(s[prefix + "v"] / (qp * s[prefix + "attn"]))
+    return QAttention(sm, ss, om, os_)
+
+
+def _moe(model, blk, s, prefix, in_scale, wbits, abits) -> QMoe:
+    cfg = model.cfg
+    mlp = blk.mlp
+    if cfg.gate_type == "multi":
+        gw = np.stack([_t(g.w_gate).T for g in mlp.gate])  # [tasks, E, D]
+        gb = np.zeros(gw.shape[:2])
+    else:
+        w = _t(mlp.gate.w_gate)
+        gw = np.stack([w[: cfg.embed_dim].T] * cfg.num_tasks)
+        gb = np.stack([w[cfg.embed_dim + t] for t in range(cfg.num_tasks)])
+    sg = float(np.abs(gw).max() or 1.0) / A.qmax(wbits)
+    gwq = A.quantize_tensor(gw, sg, wbits)
+    gbq = np.round(gb / (in_scale * sg)).astype(np.int64)
+    sm, ss = _single(in_scale * sg / A.EXP_STEP)
+    ex = mlp.experts
+    fc1 = [_linear(_t(ex.htoh4.weight[e]), _t(ex.htoh4.bias[e]), in_scale, s[prefix + "fc1"], wbits, abits,
+                   gelu_out_scale=s[prefix + "gelu"]) for e in range(cfg.num_experts)]
+    fc2 = [_linear(_t(ex.h4toh.weight[e]), _t(ex.h4toh.bias[e]), s[prefix + "gelu"], s[prefix + "expert"],
+                   wbits, abits) for e in range(cfg.num_experts)]
+    om, os_ = _single(s[prefix + "expert"] / (A.qmax(abits) * s[prefix + "mlp"]))
+    return QMoe(gwq, gbq, sm, ss, fc1, fc2, om, os_, cfg.top_k)
+
+
+def _dense_mlp(blk, s, prefix, in_scale, wbits, abits):
+    m = blk.mlp
+    fc1 = _linear(_t(m.fc1.weight), _t(m.fc1.bias), in_scale, s[prefix + "fc1"], wbits, abits,
+                  gelu_out_scale=s[prefix + "gelu"])
+    fc2 = _linear(_t(m.fc2.weight), _t(m.fc2.bias), s[prefix + "gelu"], s[prefix + "mlp"], wbits, abits)
+    return fc1, fc2
+
+
+def _block(model, i, s, x_scale, wbits, abits) -> QBlock:
+    blk, p, d = model.blocks[i], f"b{i}.", model.cfg.embed_dim
+    qkv_scales = np.repeat([s[p + "q"], s[p + "k"], s[p + "v"]], d)
+    qkv = _linear(_t(blk.attn.qkv.weight), _t(blk.attn.qkv.bias), s[p + "ln1"], None, wbits, abits,
+                  out_scales=qkv_scales)
+    proj = _linear(_t(blk.attn.proj.weight), _t(blk.attn.proj.bias), s[p + "attn"], s[p + "proj"], wbits, abits)
+    if model.cfg.is_moe(i):
+        mlp = _moe(model, blk, s, p, s[p + "ln2"], wbits, abits)
+    else:
+        mlp = _dense_mlp(blk, s, p, s[p + "ln2"], wbits, abits)
+    return QBlock(
+        ln1=_norm(blk.norm1, x_scale, s[p + "ln1"], abits),
+        qkv=qkv,
+        attn=_attention(model.cfg, s, p, abits),
+        proj=proj,
+        res1=_add(x_scale, s[p + "proj"], s[p + "res1"]),
+        ln2=_norm(blk.norm2, s[p + "res1"], s[p + "ln2"], abits),
+        mlp=mlp,
+        res2=_add(s[p + "res1"], s[p + "mlp"], s[p + "res2"]),
+    )
+
+
+def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits: int = 8) -> QuantModel:
+    """Calibrate on `calib_images` (all tasks) and build the integer model."""
+    wbits, abits = A.check_bits(wbits), A.check_bits(abits)
+    cfg = model.cfg
+    if cfg.embed_dim % 8 or cfg.head_dim % 8:
+        raise ValueError("embed_dim and head_dim must be multiples of 8 for the accelerator's 64-bit datapath")
+    amax = collect_ranges(model, calib_images)
+    s = {k: A.scale_for(v, abits) for k, v in amax.items()}
+    pw = _t(model.patch_embed.proj.weight).reshape(cfg.embed_dim, -1)
+    patch = _linear(pw, None, s["input"], s["patch"], wbits, abits)
+    pos = _t(model.pos_embed)[0].copy()
+    pos[0] += _t(model.cls_token)[0, 0]
+    pos[1:] += _t(model.patch_embed.proj.bias)
+    s["pos"] = A.scale_for(np.abs(pos).max(), abits)
+    blocks, x_scale = [], s["embed"]
+    for i in range(cfg.depth):
+        blocks.append(_block(model, i, s, x_scale, wbits, abits))
+        x_scale = s[f"b{i}.res2"]
+    return QuantModel(
+        cfg=cfg, wbits=wbits, abits=abits, scales=s, patch=patch,
+        pos=A.quantize_tensor(pos, s["pos"], abits),
+        embed=_add(s["patch"], s["pos"], s["embed"]),
+        blocks=blocks,
+        norm=_norm(model.norm, x_scale, s["norm"], abits),
+    )

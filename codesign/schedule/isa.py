@@ -1,0 +1,232 @@
+"""The accelerator's instruction set: encoding and a reference interpreter.
+
+A program is a sequence of 16-word (64-byte) little-endian instructions ending with END.
+Word 0 holds the opcode (bits 7:0) and flags (bits 15:8); words 1..15 are unsigned 32-bit
+fields. Addresses are byte offsets from one of two bases the host passes: `wgt` (read-only
+blob: weights, biases, multipliers, tables) or `act` (activations and scratch). Tensors of
+activations and weights are stored in a container of `elem_bytes` (1 for widths <= 8, else 2);
+int32 arrays (biases, multipliers, routing lists, the MoE accumulator) are 4 bytes. All
+buffers are 64-byte aligned and every row stride is a multiple of 8 bytes.
+
+The interpreter below defines what each instruction does, using the kernels of
+codesign.quant.arith; docs/ISA.md describes the same in words for the C++ and Verilog.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from ..quant import arith as A
+
+WORDS = 16
+INSTR_BYTES = WORDS * 4
+
+
+class Op(IntEnum):
+    END = 0
+    MATMUL = 1
+    ATTN = 2
+    LAYERNORM = 3
+    ADD = 4
+    GATE = 5
+    REQUANT32 = 6
+
+
+class Flag:
+    GELU = 1  # MATMUL: apply the table at lut_addr after requantisation
+    GATHER = 2  # MATMUL: input row m is row idx[m] of A
+    SCATTER = 4  # MATMUL: acc32[idx[m]] += score[m] * y[m] instead of storing y[m]
+    DYNM = 8  # MATMUL: M = min(M, mem32[count_addr])
+    B_WGT = 16  # ADD: operand b lives in the wgt blob
+
+
+# Field names of words 1..15 per opcode (the order is the encoding).
+FIELDS: dict[Op, tuple[str, ...]] = {
+    Op.END: (),
+    Op.MATMUL: ("a_addr", "a_stride", "w_addr", "bias_addr", "mult_addr", "shift", "m", "k", "n",
+                "out_addr", "out_stride", "lut_addr", "idx_addr", "score_addr", "count_addr"),
+    Op.ATTN: ("qkv_addr", "tokens", "heads", "head_dim", "out_addr", "score_mult", "score_shift",
+              "out_mult", "out_shift"),
+    Op.LAYERNORM: ("x_addr", "out_addr", "rows", "dim", "gamma_addr", "beta_addr", "eps", "shift"),
+    Op.ADD: ("a_addr", "b_addr", "out_addr", "count", "ma", "mb", "shift"),
+    Op.GATE: ("x_addr", "tokens", "dim", "experts", "top_k", "wg_addr", "bg_addr", "score_mult",
+              "score_shift", "counts_addr", "idx_addr", "score_addr", "list_stride", "acc_addr", "num_tasks"),
+    Op.REQUANT32: ("src_addr", "out_addr", "count", "mult", "shift"),
+}
+
+
+@dataclass
+class Instr:
+    op: Op
+    flags: int = 0
+    args: dict[str, int] = field(default_factory=dict)
+    layer: str = ""  # name of the traced tensor this instruction produces (for reports)
+
+    def encode(self) -> np.ndarray:
+        names = FIELDS[self.op]
+        unknown = set(self.args) - set(names)
+        if unknown:
+            raise ValueError(f"{self.op.name}: unknown field(s) {sorted(unknown)}")
+        words = np.zeros(WORDS, np.uint32)
+        words[0] = int(self.op) | (self.flags << 8)
+        for i, name in enumerate(names, start=1):
+            value = int(self.args.get(name, 0))
+            if not 0 <= value < 2**32:
+                raise ValueError(f"{self.op.name}.{name} = {value} does not fit an unsigned 32-bit field")
+            words[i] = value
+        return words
+
+    @classmethod
+    def decode(cls, words) -> "Instr":
+        op = Op(int(words[0]) & 0xFF)
+        flags = (int(words[0]) >> 8) & 0xFF
+        args = {name: int(words[i]) for i, name in enumerate(FIELDS[op], start=1)}
+        return cls(op, flags, args)
+
+
+def encode_program(instrs: list[Instr]) -> bytes:
+    body = [i.encode() for i in instrs] + [Instr(Op.END).encode()]
+    return np.concatenate(body).astype("<u4").tobytes()
+
+
+def decode_program(blob: bytes) -> list[Instr]:
+    words = np.frombuffer(blob, dtype="<u4").reshape(-1, WORDS)
+    out = []
+    for w in words:
+        ins = Instr.decode(w)
+        if ins.op == Op.END:
+            break
+        out.append(ins)
+    return out
+
+
+# ---------------------------------------------------------------- interpreter
+
+class Memory:
+    """Typed views of the two address spaces."""
+
+    def __init__(self, wgt: bytes, act: bytearray, elem_bytes: int):
+        self.wgt = np.frombuffer(wgt, np.uint8)
+        self.act = np.frombuffer(act, np.uint8)
+        self.edt = np.dtype("<i1") if elem_bytes == 1 else np.dtype("<i2")
+
+    def _view(self, space, addr, count, dtype):
+        dtype = np.dtype(dtype)
+        return space[addr: addr + count * dtype.itemsize].view(dtype)
+
+    def elems(self, addr, count, wgt=False):
+        return self._view(self.wgt if wgt else self.act, addr, count, self.edt).astype(np.int64)
+
+    def rows(self, addr, rows, cols, stride, wgt=False):
+        span = (rows - 1) * stride + cols if rows else 0
+        flat = self.elems(addr, span, wgt)
+        return np.stack([flat[r * stride: r * stride + cols] for r in range(rows)]) if rows else np.zeros((0, cols), np.int64)
+
+    def i32(self, addr, count, wgt=False):
+        return self._view(self.wgt if wgt else self.act, addr, count, "<i4").astype(np.int64)
+
+    def store_elems(self, addr, values):
+        values = np.asarray(values, np.int64).ravel()
+        self._view(self.act, addr, values.size, self.edt)[:] = values
+
+    def store_rows(self, addr, values, stride):
+        for r, row in enumerate(np.asarray(values)):
+            self.store_elems(addr + r * stride * self.edt.itemsize, row)
+
+    def store_i32(self, addr, values):
+        values = np.asarray(values, np.int64).ravel()
+        self._view(self.act, addr, values.size, "<i4")[:] = values
+
+
+def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+    m = a["m"]
+    if f & Flag.DYNM:
+        m = min(m, int(mem.i32(a["count_addr"], 1)[0]))
+    if m == 0:
+        return
+    idx = mem.i32(a["idx_addr"], m) if f & (Flag.GATHER | Flag.SCATTER) else np.arange(m)
+    rows = idx if f & Flag.GATHER else np.arange(m)
+    x = np.stack([mem.elems(a["a_addr"] + int(r) * a["a_stride"] * eb, a["k"]) for r in rows])
+    w = mem.elems(a["w_addr"], a["n"] * a["k"], wgt=True).reshape(a["n"], a["k"])
+    bias = mem.i32(a["bias_addr"], a["n"], wgt=True)
+    mult = mem.i32(a["mult_addr"], a["n"], wgt=True)
+    y = A.linear(x, w, bias, mult, a["shift"], abits)
+    if f & Flag.GELU:
+        y = A.lut_lookup(y, mem.elems(a["lut_addr"], 1 << abits, wgt=True), abits)
+    if f & Flag.SCATTER:
+        score = mem.i32(a["score_addr"], m)
+        for r in range(m):
+            addr = a["out_addr"] + int(idx[r]) * a["out_stride"] * 4
+            mem.store_i32(addr, mem.i32(addr, a["n"]) + score[r] * y[r])
+    else:
+        mem.store_rows(a["out_addr"], y, a["out_stride"])
+
+
+def _attn(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+    t, h, dh = a["tokens"], a["heads"], a["head_dim"]
+    d = h * dh
+    qkv = mem.rows(a["qkv_addr"], t, 3 * d, 3 * d)
+    for head in range(h):
+        q, k, v = (qkv[:, p * d + head * dh: p * d + (head + 1) * dh] for p in range(3))
+        o = A.attention_head(q, k, v, a["score_mult"], a["score_shift"], a["out_mult"], a["out_shift"], abits, abits)
+        mem.store_rows(a["out_addr"] + head * dh * eb, o, d)
+
+
+def _layernorm(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+    x = mem.elems(a["x_addr"], a["rows"] * a["dim"]).reshape(a["rows"], a["dim"])
+    g = mem.i32(a["gamma_addr"], a["dim"], wgt=True)
+    b = mem.i32(a["beta_addr"], a["dim"], wgt=True)
+    mem.store_elems(a["out_addr"], A.layernorm(x, g, b, a["eps"], a["shift"], abits))
+
+
+def _add(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+    x = mem.elems(a["a_addr"], a["count"])
+    y = mem.elems(a["b_addr"], a["count"], wgt=bool(f & Flag.B_WGT))
+    mem.store_elems(a["out_addr"], A.add(x, y, a["ma"], a["mb"], a["shift"], abits))
+
+
+def _gate(mem: Memory, f: int, a: dict, abits: int, eb: int, task: int) -> None:
+    t, d, e, k = a["tokens"], a["dim"], a["experts"], a["top_k"]
+    task = min(task, a["num_tasks"] - 1)
+    x = mem.elems(a["x_addr"], t * d).reshape(t, d)
+    wg = mem.elems(a["wg_addr"] + task * e * d * eb, e * d, wgt=True).reshape(e, d)
+    bg = mem.i32(a["bg_addr"] + task * e * 4, e, wgt=True)
+    logits = A.matmul_acc(x, wg, bg)
+    probs = A.softmax_rows(logits, a["score_mult"], a["score_shift"], abits)
+    ids = A.topk_experts(logits, k)
+    counts = np.zeros(e, np.int64)
+    for tok in range(t):
+        for ex in ids[tok]:
+            slot = a["list_stride"] * int(ex) + int(counts[ex])
+            mem.store_i32(a["idx_addr"] + slot * 4, [tok])
+            mem.store_i32(a["score_addr"] + slot * 4, [probs[tok, ex]])
+            counts[ex] += 1
+    mem.store_i32(a["counts_addr"], counts)
+    mem.store_i32(a["acc_addr"], np.zeros(t * d, np.int64))
+
+
+def _requant32(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+    acc = mem.i32(a["src_addr"], a["count"])
+    mem.store_elems(a["out_addr"], A.requant(acc, a["mult"], a["shift"], abits))
+
+
+_HANDLERS = {Op.MATMUL: _matmul, Op.ATTN: _attn, Op.LAYERNORM: _layernorm, Op.ADD: _add,
+             Op.REQUANT32: _requant32}
+
+
+def execute(program: bytes, wgt: bytes, act: bytearray, task: int, abits: int, elem_bytes: int,
+            on_instr=None) -> int:
+    """Run `program` on the memories (act is modified in place). Returns the instruction count."""
+    mem = Memory(wgt, act, elem_bytes)
+    count = 0
+    for ins in decode_program(program):
+        if ins.op == Op.GATE:
+            _gate(mem, ins.flags, ins.args, abits, elem_bytes, task)
+        else:
+            _HANDLERS[ins.op](mem, ins.flags, ins.args, abits, elem_bytes)
+        count += 1
+        if on_instr is not None:
+            on_instr(count, ins)
+    return count
