@@ -16,8 +16,12 @@ BACKGROUND, CIRCLE, SQUARE, TRIANGLE = 0, 1, 2, 3
 NUM_CLASSES = 4
 MAX_SHAPES = 3
 # Shapes are always nearer than the background so the depth ordering is unambiguous.
+# Bigger shapes are nearer (as under perspective), so depth is inferable from the image.
 SHAPE_DEPTH = (0.15, 0.55)
-BACKGROUND_DEPTH = (0.7, 0.9)
+SHAPE_DEPTH_JITTER = 0.03
+# The background is a floor-like plane: far at the top, nearer at the bottom.
+BACKGROUND_DEPTH = (0.95, 0.7)
+BACKGROUND_DEPTH_JITTER = 0.02
 MIN_COLOUR_CONTRAST = 0.7
 GRID_FRACTION = 1 / 8
 
@@ -73,7 +77,7 @@ def _draw_shape_params(rng: np.random.Generator, n: int, size: int, background: 
         # Top-left corners; the extent is subtracted so shapes never leave the image.
         "x0": (grid * np.floor(rng.random((n, MAX_SHAPES)) * ((size - extent) // grid + 1))).astype(np.float32),
         "y0": (grid * np.floor(rng.random((n, MAX_SHAPES)) * ((size - extent) // grid + 1))).astype(np.float32),
-        "depth": rng.uniform(*SHAPE_DEPTH, (n, MAX_SHAPES)).astype(np.float32),
+        "depth": _depth_from_extent(rng, extent, size),
         "tilt_x": rng.uniform(-0.004, 0.004, (n, MAX_SHAPES)).astype(np.float32),
         "tilt_y": rng.uniform(-0.004, 0.004, (n, MAX_SHAPES)).astype(np.float32),
         "colour": _contrasting_colours(rng, background),
@@ -117,13 +121,19 @@ def _shape_plane(p: dict[str, np.ndarray], slot: int, yy: np.ndarray, xx: np.nda
     return at("depth") + at("tilt_x") * (xx - cx) + at("tilt_y") * (yy - cy)
 
 
+def _depth_from_extent(rng: np.random.Generator, extent: np.ndarray, size: int) -> np.ndarray:
+    smallest, largest = size // 4, size // 2
+    nearness = (extent - smallest) / max(1, largest - smallest)
+    depth = SHAPE_DEPTH[1] + (SHAPE_DEPTH[0] - SHAPE_DEPTH[1]) * nearness
+    return (depth + rng.uniform(-SHAPE_DEPTH_JITTER, SHAPE_DEPTH_JITTER, extent.shape)).astype(np.float32)
+
+
 def _background_depth(rng, n: int, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
-    """A far plane with a gentle slope in a random direction, like a wall or floor; [n, H, W]."""
-    base = rng.uniform(*BACKGROUND_DEPTH, n).astype(np.float32)
-    angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
-    slope = 0.1 / size
-    ramp = np.cos(angle)[:, None, None] * (xx - size / 2) + np.sin(angle)[:, None, None] * (yy - size / 2)
-    return base[:, None, None] + slope * ramp
+    """[n, H, W] depth of the floor-like background plane, with a small unpredictable offset per image."""
+    top, bottom = BACKGROUND_DEPTH
+    plane = top + (bottom - top) * yy / size + 0 * xx
+    offset = rng.uniform(-BACKGROUND_DEPTH_JITTER, BACKGROUND_DEPTH_JITTER, n).astype(np.float32)
+    return plane[None] + offset[:, None, None]
 
 
 def _texture(rng, n: int, chans: int, yy, xx, size: int) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""Command line: codesign generate | csim | cosim | compare | estimate | demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "default"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model folder or file (.pt/.pth/.safetensors, M3ViT checkpoint), "
+                                 "or 'default' for the embedded tiny M3ViT")
+    p.add_argument("--config", help="YAML model config, when not beside the weights")
+    p.add_argument("--board", default="zcu104", help="board name from boards/ or a board YAML (default zcu104)")
+    p.add_argument("--wbits", type=int, default=8, help="weight width, 2..16 (default 8)")
+    p.add_argument("--abits", type=int, default=8, help="activation width, 2..16 (default 8)")
+    p.add_argument("--calib", help=".npy of calibration images [N,C,H,W] (default: built-in synthetic images)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="codesign", description="FPGA co-design flow for multi-task MoE ViTs")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="quantise a model and write the HLS/RTL project")
+    _add_model_args(g)
+    g.add_argument("-o", "--out", required=True, help="project folder to create")
+    g.add_argument("--images", type=int, default=2, help="test images per task in the project (default 2)")
+    g.add_argument("--force", action="store_true", help="replace an existing project folder")
+
+    c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
+    c.add_argument("project")
+    c.add_argument("--dump", help="folder to write the final activation image of each test vector")
+
+    s = sub.add_parser("cosim", help="simulate the RTL with cocotb and check bit-exactness")
+    s.add_argument("project")
+    s.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
+    s.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) in the build folder")
+    s.add_argument("--vectors", nargs="*", help="only these test vector ids")
+
+    m = sub.add_parser("compare", help="compare FPGA/simulation results with the software reference")
+    m.add_argument("project")
+    m.add_argument("results", help="folder of <id>.act.bin (csim/cosim) or <id>.npy (board dump) files")
+    m.add_argument("-o", "--out", help="report folder (default PROJECT/reports/compare)")
+
+    e = sub.add_parser("estimate", help="tiling, resources, cycles and roofline for a model on a board")
+    _add_model_args(e)
+    e.add_argument("--json", help="also write the estimate as JSON to this file")
+
+    d = sub.add_parser("demo", help="train/load the embedded model and run the whole flow")
+    d.add_argument("-o", "--out", default="codesign_demo", help="project folder (default ./codesign_demo)")
+    d.add_argument("--board", default="zcu104")
+    d.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
+    d.add_argument("--retrain", action="store_true", help="retrain the embedded model instead of the shipped one")
+    d.add_argument("--eval-images", type=int, default=64, help="held-out images for the accuracy report")
+    return ap
+
+
+def _model(args):
+    from . import api
+    from .model.zoo import load_default_model
+
+    if args.model == DEFAULT_MODEL:
+        return load_default_model()
+    return api.load(args.model, args.config)
+
+
+def cmd_generate(args) -> int:
+    from . import api
+
+    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    out = api.generate(design, args.out, images=args.images, force=args.force)
+    print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
+          f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name})")
+    return 0
+
+
+def cmd_csim(args) -> int:
+    from . import api
+
+    res = api.csim(args.project, args.dump)
+    for vid in res.passed:
+        print(f"PASS {vid}")
+    for vid, tensor in res.failed.items():
+        print(f"FAIL {vid}: first mismatch at {tensor}")
+    print(f"csim: {len(res.passed)} passed, {len(res.failed)} failed (build {res.build_seconds:.1f}s, run {res.run_seconds:.1f}s)")
+    return 0 if not res.failed else 1
+
+
+def cmd_cosim(args) -> int:
+    from . import api
+
+    res = api.cosim(args.project, args.simulator, args.waves, args.vectors)
+    print(res.summary_text() if hasattr(res, "summary_text") else res)
+    return 0 if res.all_passed else 1
+
+
+def cmd_compare(args) -> int:
+    from . import api
+
+    rep = api.compare(args.project, args.results, args.out)
+    print(rep.summary_text())
+    return 0 if rep.all_bit_exact else 1
+
+
+def cmd_estimate(args) -> int:
+    import json
+
+    from . import api
+
+    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    est = design.estimate()
+    print(est.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(est.to_json(), indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), args.board, args.simulator, args.retrain, args.eval_images)
+
+
+COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "compare": cmd_compare,
+            "estimate": cmd_estimate, "demo": cmd_demo}
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .errors import user_error_types
+
+    return user_error_types()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except KeyboardInterrupt:
+        print("codesign: interrupted", file=sys.stderr)
+        return 130
+    except _known_errors() as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"codesign {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The arithmetic spec against exact math, with stated error bounds."""
+import math
+
+import numpy as np
+import pytest
+
+from codesign.quant import arith as A
+
+
+def test_rshift_round_is_round_half_up():
+    x = np.array([-6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6])
+    assert A.rshift_round(x, 1).tolist() == [-3, -2, -2, -1, -1, 0, 0, 1, 1, 2, 2, 3, 3]
+    assert A.rshift_round(x, 0).tolist() == x.tolist()
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 12, 16])
+def test_saturation_bounds(bits):
+    y = A.requant(np.array([-10**9, 10**9, 0]), 1, 0, bits)
+    assert y.tolist() == [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1, 0]
+
+
+@pytest.mark.parametrize("bits", [1, 17])
+def test_bad_widths_rejected(bits):
+    with pytest.raises(ValueError):
+        A.check_bits(bits)
+
+
+def test_quantize_multipliers_relative_error():
+    reals = np.array([1e-6, 3.3e-4, 0.02, 0.7, 1.9])
+    mult, shift = A.quantize_multipliers(reals)
+    assert mult.max() < 2**A.MULT_BITS
+    approx = mult / 2.0**shift
+    assert np.all(np.abs(approx - reals) <= 0.5 / 2**shift)
+
+
+def test_exp_lut_within_half_lsb():
+    i = np.arange(A.EXP_LUT_SIZE - 1)
+    exact = 2**A.EXP_FRAC * np.exp(-i * A.EXP_STEP)
+    assert np.abs(A.EXP[:-1] - exact).max() <= 0.5
+    assert A.EXP[-1] == 0
+
+
+def test_recip_and_rsqrt_luts_within_half_lsb():
+    m = np.arange(1 << (A.RECIP_MBITS - 1), 1 << A.RECIP_MBITS)
+    assert np.abs(A.RECIP - 2**A.RECIP_FRAC / m).max() <= 0.5
+    m = np.arange(1, 1 << A.RSQRT_MBITS)
+    assert np.abs(A.RSQRT[1:] - 2**A.RSQRT_FRAC / np.sqrt(m)).max() <= 0.5
+
+
+def test_bit_length_matches_python():
+    vals = [0, 1, 2, 3, 4, 255, 256, 2**31 - 1, 2**31, 2**40 + 5]
+    assert A.bit_length(np.array(vals)).tolist() == [v.bit_length() for v in vals]
+
+
+def test_softmax_error_below_one_lsb():
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-5000, 5000, (200, 17))
+    c = 0.003
+    m, s = A.quantize_multipliers([c / A.EXP_STEP])
+    p = A.softmax_rows(acc, int(m[0]), s, 8)
+    z = acc * c
+    ref = np.exp(z - z.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    assert np.abs(p - ref * 127).max() < 1.0
+
+
+def test_layernorm_error_at_most_one_lsb():
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, (200, 64))
+    s_in, s_out, d = 0.05, 4 / 127, 64
+    gain = math.sqrt(d) / s_out
+    gain_bits = 14 - math.floor(math.log2(gain))
+    gamma = np.full(d, round(gain * 2**gain_bits))
+    eps = max(1, round(1e-6 * d**3 / s_in**2))
+    y = A.layernorm(x, gamma, np.zeros(d, np.int64), eps, A.RSQRT_FRAC + gain_bits, 8)
+    xf = x * s_in
+    ref = (xf - xf.mean(1, keepdims=True)) / np.sqrt(xf.var(1, keepdims=True) + 1e-6)
+    assert np.abs(y - np.clip(np.round(ref / s_out), -128, 127)).max() <= 1
+
+
+def test_gelu_lut_matches_float_within_half_lsb():
+    s_in, s_out = 0.05, 0.03
+    lut = A.gelu_lut(s_in, s_out, 8, 8)
+    q = np.arange(-128, 128)
+    exact = np.clip(A.gelu_float(q * s_in) / s_out, -128, 127)
+    assert np.abs(lut - exact).max() <= 0.5
+
+
+def test_topk_ties_go_to_lower_index():
+    logits = np.array([[5, 7, 7, 1], [3, 3, 3, 3]])
+    assert A.topk_experts(logits, 2).tolist() == [[1, 2], [0, 1]]
