@@ -1,0 +1,144 @@
+"""compare_results on a small generated-looking project: bit-exact act images, a board .npy dump
+with one wrong element, and an empty results folder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codesign.emit.data import Vector, write_data_dir
+from codesign.model.data import make_dataset
+from codesign.quant.quantize import quantize_input
+from codesign.report.compare import CompareError, compare_results, output_region
+from codesign.testing import make_test_design
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGES = 2
+
+
+def _save_model(model, model_dir: Path) -> None:
+    try:
+        from codesign.frontend.loader import save_model
+    except ImportError:  # the frontend may not exist yet; this is the layout it writes
+        import yaml
+
+        model_dir.mkdir(parents=True)
+        (model_dir / "config.yaml").write_text(yaml.safe_dump(model.cfg.to_dict()))
+        torch.save(model.state_dict(), model_dir / "model.pt")
+        return
+    save_model(model, model_dir)
+
+
+def _add_image_index(manifest_path: Path, image_of: dict[str, int]) -> None:
+    manifest = json.loads(manifest_path.read_text())
+    for vec in manifest["vectors"]:
+        vec["image"] = image_of[vec["id"]]
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The parts of a generated project that compare reads, built from a random-weight design."""
+    out = tmp_path_factory.mktemp("project")
+    design = make_test_design()
+    data = make_dataset(IMAGES, design.model.cfg, seed=5)
+    x_q = quantize_input(data.images, design.qm)
+    tasks = range(design.model.cfg.num_tasks)
+    vectors = [Vector(f"img{i}_task{t}", t, x_q[i]) for i in range(IMAGES) for t in tasks]
+    write_data_dir(out / "data", design.prog, design.qm, vectors)
+    _add_image_index(out / "data" / "manifest.json", {f"img{i}_task{t}": i for i in range(IMAGES) for t in tasks})
+    np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
+    _save_model(design.model, out / "model")
+    (out / "project.json").write_text(json.dumps({"board": "zcu104", "wbits": 8, "abits": 8, "model_dir": "model",
+                                                  "output_scale": design.qm.output_scale}))
+    return out
+
+
+def _manifest(project: Path) -> dict:
+    return json.loads((project / "data" / "manifest.json").read_text())
+
+
+def test_golden_act_images_are_bit_exact_and_reported(project, tmp_path):
+    results = tmp_path / "csim"
+    results.mkdir()
+    for vec in _manifest(project)["vectors"]:
+        shutil.copy(project / "data" / vec["expected"], results / f"{vec['id']}.act.bin")
+
+    report = compare_results(project, results, tmp_path / "report")
+
+    assert report.all_bit_exact and not report.missing and len(report.vectors) == 2 * IMAGES
+    assert all(v.first_bad_layer is None and v.max_abs_diff == 0 for v in report.vectors)
+    for task in report.tasks:
+        assert task.metrics["result"] == task.metrics["golden"]
+        assert task.agreement["result"] == task.agreement["golden"]
+    for name in ("report.md", "report.html", "summary.json"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    pngs = sorted((tmp_path / "report").glob("*.png"))
+    assert len(pngs) == 2 * len(report.tasks)
+    assert all(png.read_bytes().startswith(PNG_SIGNATURE) for png in pngs)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert all(f"src='{png.name}'" in html for png in pngs)  # relative, so the folder can be moved
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["all_bit_exact"] is True
+    assert "BIT-EXACT" in report.summary_text()
+
+
+def test_board_dump_with_one_wrong_element(project, tmp_path):
+    manifest = _manifest(project)
+    results = tmp_path / "board"
+    results.mkdir()
+    *present, absent = manifest["vectors"]
+    for vec in present:
+        output = output_region(manifest, (project / "data" / vec["expected"]).read_bytes()).astype(np.int8)
+        np.save(results / f"{vec['id']}.npy", output)
+    broken = present[0]
+    output = np.load(results / f"{broken['id']}.npy")
+    output[3, 5] += 3 if output[3, 5] < 120 else -3
+    np.save(results / f"{broken['id']}.npy", output)
+
+    report = compare_results(project, results, tmp_path / "report")
+
+    assert not report.all_bit_exact
+    assert report.missing == [absent["id"]]
+    wrong = next(v for v in report.vectors if v.id == broken["id"])
+    assert (wrong.differing, wrong.max_abs_diff, wrong.first_diff) == (1, 3, [3, 5])
+    assert wrong.first_bad_layer is None  # only an act image tells which layer went wrong
+    assert all(v.bit_exact for v in report.vectors if v is not wrong)
+    task = next(t for t in report.tasks if t.name == wrong.task)
+    assert (task.differing, task.max_abs_diff, task.bit_exact) == (1, 3, task.vectors - 1)
+    for t in report.tasks:
+        assert all(np.isfinite(v) for m in t.metrics.values() for v in m.values() if isinstance(v, float))
+    text = report.summary_text()
+    assert "MISMATCH" in text and absent["id"] in text
+    assert "| NO |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_corrupt_act_image_names_the_layer_and_unreadable_files_are_listed(project, tmp_path):
+    manifest = _manifest(project)
+    results = tmp_path / "cosim"
+    results.mkdir()
+    first, second, *_ = manifest["vectors"]
+    act = bytearray((project / "data" / first["expected"]).read_bytes())
+    act[manifest["output"]["offset"]] ^= 0x01  # flip the LSB of output element [0, 0]
+    (results / f"{first['id']}.act.bin").write_bytes(bytes(act))
+    (results / f"{second['id']}.act.bin").write_bytes(b"too short")
+
+    report = compare_results(project, results, tmp_path / "report")
+
+    (only,) = report.vectors
+    assert (only.differing, only.max_abs_diff, only.first_diff, only.first_bad_layer) == (1, 1, [0, 0], "norm")
+    assert len(report.problems) == 1 and report.problems[0].startswith(f"{second['id']}.act.bin")
+    assert not report.all_bit_exact
+    with pytest.raises(CompareError, match="no results in"):
+        compare_results(project, results, tmp_path / "report", source="npy")
+
+
+def test_results_folder_without_results_is_an_error(project, tmp_path):
+    (tmp_path / "notes.txt").write_text("no results here")
+    with pytest.raises(CompareError, match="no results in"):
+        compare_results(project, tmp_path, tmp_path / "report")
+    with pytest.raises(CompareError, match="not found"):
+        compare_results(project, tmp_path / "absent")

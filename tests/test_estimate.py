@@ -1,0 +1,164 @@
+"""MAC-array / buffer sizing (schedule.tiling) and the analytical latency model (schedule.estimate)."""
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+
+from codesign.boards import load_board
+from codesign.model.config import ModelConfig
+from codesign.schedule.estimate import estimate, expert_counts_from_golden
+from codesign.schedule.isa import Op
+from codesign.schedule.tiling import ResourceError, choose_tiling, dsp_breakdown, tiling_params
+from codesign.testing import make_test_design
+
+BASE = ModelConfig()  # embed 64, depth 4, 17 tokens, 8 experts top-2, MoE blocks 1 and 3
+
+
+@functools.lru_cache(maxsize=None)
+def design(cfg: ModelConfig = BASE):
+    return make_test_design(cfg)
+
+
+def is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@pytest.fixture(scope="module")
+def zcu104():
+    return load_board("zcu104")
+
+
+# ---------------------------------------------------------------- tiling
+
+def test_zcu104_tiling_stays_within_80_percent_and_reports_sizes(zcu104):
+    prog = design().prog
+    t = choose_tiling(prog, zcu104)
+    res = zcu104.resources
+    assert t.dsp <= 0.8 * res.dsp and t.bram36 <= 0.8 * res.bram36 and t.uram <= 0.8 * res.uram
+    assert t.lut <= 0.8 * res.lut
+    assert is_pow2(t.P) and is_pow2(t.Q)
+    beat_elems = zcu104.memory.axi_data_bits // (8 * prog.elem_bytes)
+    assert t.Q % beat_elems == 0  # a weight row streams one AXI beat per cycle
+    assert t.macs_per_dsp == 2  # int8 on UltraScale+
+    # Sized from the DSP budget: doubling the array would not fit.
+    assert sum(dsp_breakdown(2 * t.P, t.Q, t.macs_per_dsp).values()) > 0.8 * res.dsp
+    assert t.dsp == sum(t.breakdown["dsp"].values())
+    assert t.bram36 >= sum(t.breakdown["bram36"].values())
+    matmuls = [i.args for i in prog.instrs if i.op == Op.MATMUL]
+    assert t.max_k == max(a["k"] for a in matmuls) == max(BASE.patch_features, BASE.mlp_hidden)
+    assert (t.max_tokens, t.max_head_dim) == (BASE.num_tokens, BASE.head_dim)
+    assert t.weight_tile_bytes == t.Q * t.max_k * prog.elem_bytes
+    assert t.weight_buffer_bytes == 2 * t.weight_tile_bytes  # double-buffered prefetch
+    assert t.kv_bytes == 2 * t.max_tokens * t.max_head_dim * prog.elem_bytes
+    assert t.moe_hidden_bytes == t.max_tokens * BASE.moe_hidden * prog.elem_bytes
+    assert t.lut_rom_bits > 0
+    assert tiling_params(t) == {"P": t.P, "Q": t.Q, "max_k": t.max_k, "max_n": t.max_n,
+                                "max_tokens": t.max_tokens, "max_head_dim": t.max_head_dim}
+    json.dumps(t.to_json())
+
+
+def test_seven_series_counts_one_mac_per_dsp():
+    board = load_board("pynq-z2")
+    t = choose_tiling(design().prog, board)
+    assert t.macs_per_dsp == 1
+    assert t.dsp <= 0.8 * board.resources.dsp and t.bram36 <= 0.8 * board.resources.bram36
+
+
+def test_big_model_on_pynq_z2_raises_naming_the_resource():
+    big = ModelConfig(img_size=224, patch_size=16, embed_dim=384, num_heads=6, depth=1, moe_blocks=(),
+                      mlp_ratio=6.0)
+    with pytest.raises(ResourceError) as err:
+        choose_tiling(design(big).prog, load_board("pynq-z2"))
+    msg = str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in msg
+    assert msg.startswith("design does not fit pynq-z2: needs ")
+    assert "BRAM36" in msg and "board budget is 112 (80% of 140)" in msg
+
+
+# ---------------------------------------------------------------- estimate
+
+def test_estimate_grows_with_model_size(zcu104):
+    sizes = [BASE, ModelConfig(embed_dim=128), ModelConfig(embed_dim=192), ModelConfig(embed_dim=192, depth=8)]
+    progs = [design(cfg).prog for cfg in sizes]
+    fixed = choose_tiling(progs[-1], zcu104)
+    for tiling_of in (lambda prog: fixed, lambda prog: choose_tiling(prog, zcu104)):
+        ests = [estimate(prog, tiling_of(prog), zcu104) for prog in progs]
+        for small, big in zip(ests, ests[1:]):
+            for key in ("macs", "cycles", "ddr_bytes", "weight_bytes"):
+                assert big.totals[key] > small.totals[key], key
+            assert big.latency_ms > small.latency_ms
+
+
+def test_estimate_grows_with_token_count(zcu104):
+    few, many = (design(ModelConfig(img_size=s)).prog for s in (32, 64))  # 17 and 65 tokens
+    t = choose_tiling(many, zcu104)
+    e_few, e_many = estimate(few, t, zcu104), estimate(many, t, zcu104)
+    for key in ("macs", "compute_cycles", "cycles", "act_read_bytes"):
+        assert e_many.totals[key] > e_few.totals[key], key
+
+
+def expert_costs(est, block: str, expert: int):
+    return [c for c in est.instrs if c.name in (f"{block}.e{expert}.fc1", f"{block}.e{expert}.fc2")]
+
+
+def test_unused_experts_add_zero_weight_bytes(zcu104):
+    prog = design().prog
+    t = choose_tiling(prog, zcu104)
+    tokens, k, experts = BASE.num_tokens, BASE.top_k, BASE.num_experts
+    two_used = [tokens] * k + [0] * (experts - k)
+    all_used = estimate(prog, t, zcu104)  # uniform: every expert gets tokens
+    skewed = estimate(prog, t, zcu104, {"b1": two_used, "b3.moe": two_used})  # both key spellings
+    unused_bytes = 0
+    for block in ("b1", "b3"):
+        for ex in range(k, experts):
+            assert all(c.weight_bytes == 0 and c.macs == 0 and c.rows == 0 for c in expert_costs(skewed, block, ex))
+            unused_bytes += sum(c.weight_bytes for c in expert_costs(all_used, block, ex))
+    assert unused_bytes > 0
+    assert all_used.totals["weight_bytes"] - skewed.totals["weight_bytes"] == unused_bytes
+    # Routing moves work between experts, never adds MACs: tokens*top_k rows either way.
+    assert skewed.totals["macs"] == all_used.totals["macs"]
+
+
+def test_totals_equal_sum_over_layers_and_instructions(zcu104):
+    prog = design().prog
+    est = estimate(prog, choose_tiling(prog, zcu104), zcu104)
+    for key in ("macs", "cycles", "compute_cycles", "memory_cycles", "ddr_bytes", "weight_bytes"):
+        assert est.totals[key] == sum(getattr(l, key) for l in est.layers) == sum(getattr(c, key) for c in est.instrs)
+    assert sum(l.instrs for l in est.layers) == len(prog.instrs)
+    assert est.latency_ms == pytest.approx(est.totals["cycles"] / zcu104.clock_hz * 1e3)
+    assert 0 < est.roofline_ratio <= 1 and 0 < est.utilisation <= 1
+    assert est.roofline_cycles <= est.totals["cycles"]
+
+
+def test_json_is_serialisable_and_table_lists_every_layer(zcu104):
+    prog = design().prog
+    est = estimate(prog, choose_tiling(prog, zcu104), zcu104)
+    data = json.loads(json.dumps(est.to_json()))
+    assert data["totals"]["cycles"] == est.totals["cycles"] and len(data["instrs"]) == len(prog.instrs)
+    names = [l.name for l in est.layers]
+    assert {"b1.moe", "b3.moe", "patch", "norm"} <= set(names)
+    assert not any(".e0." in n or n.endswith(".gate") for n in names)  # experts grouped under their block
+    table = est.table()
+    assert all(name in table for name in names)
+    assert "uniform" in table  # says that expert counts were assumed
+
+
+def test_expert_counts_from_golden_run(zcu104):
+    d = design()
+    vec = d.vectors[0]
+    counts = expert_counts_from_golden(d.qm, vec.x_q, vec.task)
+    assert sorted(counts) == ["b1", "b3"]
+    assert all(len(c) == BASE.num_experts and sum(c) == BASE.num_tokens * BASE.top_k for c in counts.values())
+    est = estimate(d.prog, choose_tiling(d.prog, zcu104), zcu104, counts)
+    assert est.expert_counts == counts
+    assert not any("uniform" in a for a in est.assumptions)
+
+
+@pytest.mark.parametrize("counts, match", [({"b1": [1, 2]}, "entries"), ({"b7": [0] * 8}, "unknown"),
+                                           ({"b1": [-1] + [5] * 7}, "must be in")])
+def test_bad_expert_counts_are_rejected(zcu104, counts, match):
+    prog = design().prog
+    with pytest.raises(ValueError, match=match):
+        estimate(prog, choose_tiling(prog, zcu104), zcu104, counts)
