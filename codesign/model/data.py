@@ -22,8 +22,12 @@ SHAPE_DEPTH_JITTER = 0.03
 # The background is a floor-like plane: far at the top, nearer at the bottom.
 BACKGROUND_DEPTH = (0.95, 0.7)
 BACKGROUND_DEPTH_JITTER = 0.02
+SHAPE_TILT = 0.004  # depth change per pixel across a shape's plane
 MIN_COLOUR_CONTRAST = 0.7
-GRID_FRACTION = 1 / 8
+# Shapes sit on a coarse grid, a quarter of the image wide (one 8-px patch at the default
+# 32/8), and span 1-2 cells (8 or 16 px): aligned to patches, a tiny ViT learns them in seconds.
+GRID_CELLS = 4
+SHAPE_CELLS = (1, 2)
 
 
 @dataclass
@@ -68,18 +72,18 @@ def make_dataset(n: int, cfg: ModelConfig, seed: int) -> SyntheticData:
 def _draw_shape_params(rng: np.random.Generator, n: int, size: int, background: np.ndarray) -> dict[str, np.ndarray]:
     """Per image up to MAX_SHAPES shapes, sorted far to near so painting in order handles occlusion."""
     count = rng.integers(1, MAX_SHAPES + 1, n)
-    grid = max(1, round(size * GRID_FRACTION))
-    extent = grid * rng.integers(size // 4 // grid, size // 2 // grid + 1, (n, MAX_SHAPES))
+    cell = max(1, size // GRID_CELLS)
+    cells = rng.integers(SHAPE_CELLS[0], SHAPE_CELLS[1] + 1, (n, MAX_SHAPES))
     params = {
         "active": np.arange(MAX_SHAPES)[None, :] < count[:, None],
         "cls": rng.integers(CIRCLE, TRIANGLE + 1, (n, MAX_SHAPES)),
-        "extent": extent.astype(np.float32),
-        # Top-left corners; the extent is subtracted so shapes never leave the image.
-        "x0": (grid * np.floor(rng.random((n, MAX_SHAPES)) * ((size - extent) // grid + 1))).astype(np.float32),
-        "y0": (grid * np.floor(rng.random((n, MAX_SHAPES)) * ((size - extent) // grid + 1))).astype(np.float32),
-        "depth": _depth_from_extent(rng, extent, size),
-        "tilt_x": rng.uniform(-0.004, 0.004, (n, MAX_SHAPES)).astype(np.float32),
-        "tilt_y": rng.uniform(-0.004, 0.004, (n, MAX_SHAPES)).astype(np.float32),
+        "extent": (cell * cells).astype(np.float32),
+        # Top-left corners in whole cells, chosen so the shape stays inside the image.
+        "x0": (cell * rng.integers(0, GRID_CELLS - cells + 1)).astype(np.float32),
+        "y0": (cell * rng.integers(0, GRID_CELLS - cells + 1)).astype(np.float32),
+        "depth": _depth_from_size(rng, cells),
+        "tilt_x": rng.uniform(-SHAPE_TILT, SHAPE_TILT, (n, MAX_SHAPES)).astype(np.float32),
+        "tilt_y": rng.uniform(-SHAPE_TILT, SHAPE_TILT, (n, MAX_SHAPES)).astype(np.float32),
         "colour": _contrasting_colours(rng, background),
     }
     far_to_near = np.argsort(-params["depth"], axis=1)
@@ -121,17 +125,17 @@ def _shape_plane(p: dict[str, np.ndarray], slot: int, yy: np.ndarray, xx: np.nda
     return at("depth") + at("tilt_x") * (xx - cx) + at("tilt_y") * (yy - cy)
 
 
-def _depth_from_extent(rng: np.random.Generator, extent: np.ndarray, size: int) -> np.ndarray:
-    smallest, largest = size // 4, size // 2
-    nearness = (extent - smallest) / max(1, largest - smallest)
-    depth = SHAPE_DEPTH[1] + (SHAPE_DEPTH[0] - SHAPE_DEPTH[1]) * nearness
-    return (depth + rng.uniform(-SHAPE_DEPTH_JITTER, SHAPE_DEPTH_JITTER, extent.shape)).astype(np.float32)
+def _depth_from_size(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
+    nearness = (cells - SHAPE_CELLS[0]) / max(1, SHAPE_CELLS[1] - SHAPE_CELLS[0])
+    far, near = SHAPE_DEPTH[1], SHAPE_DEPTH[0]
+    jitter = rng.uniform(-SHAPE_DEPTH_JITTER, SHAPE_DEPTH_JITTER, cells.shape)
+    return (far + (near - far) * nearness + jitter).astype(np.float32)
 
 
 def _background_depth(rng, n: int, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
     """[n, H, W] depth of the floor-like background plane, with a small unpredictable offset per image."""
     top, bottom = BACKGROUND_DEPTH
-    plane = top + (bottom - top) * yy / size + 0 * xx
+    plane = top + (bottom - top) * yy / size + 0 * xx  # "+ 0 * xx" broadcasts to the full image
     offset = rng.uniform(-BACKGROUND_DEPTH_JITTER, BACKGROUND_DEPTH_JITTER, n).astype(np.float32)
     return plane[None] + offset[:, None, None]
 
