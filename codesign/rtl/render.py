@@ -13,6 +13,72 @@ import jinja2
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "rtl_templates"
 TEMPLATE_SUFFIX = ".v.j2"
+# The placeholder core (for shell-only tests) lives outside the default glob.
+PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"
+CORE_TEMPLATES = ("codesign_core.v.j2",)  # plus every cu_*.v.j2
+
+
+def _is_core_template(name: str) -> bool:
+    return name in CORE_TEMPLATES or name.startswith("cu_")
+
+
+def _addr_bits(depth: int) -> int:
+    return max(1, (int(depth) - 1).bit_length())
+
+
+def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | None = None,
+               max_reduction: int = 1024, max_experts: int = 8, trace: bool = False) -> dict:
+    """Template variables `core` of codesign_core.v.j2 from buffer needs (64-bit words).
+
+    `words` keys: x, w (per bank), whalf (per bank, one MATMUL W tile; WBUF holds two), o, p,
+    lut, lists, acc (64-bit words), s (scalar entries).
+    The defaults fit the default ModelConfig; codesign.sim.cosim.core_params derives the
+    exact needs of a program.
+    """
+    if P < 1 or P & (P - 1):
+        raise ValueError(f"RTL MAC units P must be a power of two, got {P}")
+    if elem_bytes not in (1, 2):
+        raise ValueError(f"element container must be 1 or 2 bytes, got {elem_bytes}")
+    q = 8 // elem_bytes
+    need = {"x": 1024, "w": 512, "whalf": 256, "o": 1024, "p": 128, "lut": 32, "lists": 256, "acc": 128,
+            "s": 256}
+    need.update(words or {})
+    depth = {k: max(2, int(v)) for k, v in need.items()}
+    depth["w"] = max(depth["w"], 2 * depth["whalf"])
+    depth["x"] = max(depth["x"], 64)  # ADD / REQUANT32 chunks
+    depth["o"] = max(depth["o"], 64)
+    acc_w = 2 * 8 * elem_bytes + int(max_reduction).bit_length()
+    if acc_w > 64:
+        raise ValueError(f"reductions of {max_reduction} elements need {acc_w}-bit accumulators (> 64)")
+    experts = 4
+    while experts < max_experts:
+        experts *= 2
+    return {
+        "EB": elem_bytes, "ABITS": int(abits), "P": P, "LP": P.bit_length() - 1, "Q": q,
+        "NT": max(16, P, q), "WHALF": depth["whalf"], "ACC_W": acc_w,
+        "XD": depth["x"], "XAW": _addr_bits(depth["x"]), "WD": depth["w"], "WAW": _addr_bits(depth["w"]),
+        "OD": depth["o"], "OAW": _addr_bits(depth["o"]), "PD": depth["p"], "PAW": _addr_bits(depth["p"]),
+        "LD": depth["lut"], "LAW": _addr_bits(depth["lut"]), "ND": depth["lists"],
+        "NAW": _addr_bits(depth["lists"]), "AD": depth["acc"], "AAW": _addr_bits(depth["acc"]),
+        "SD": depth["s"], "SAW": _addr_bits(depth["s"]), "EN": experts, "ENW": experts.bit_length() - 1,
+        "RLW": max(1, (P * q - 1).bit_length()),
+        "CH_ADD": min(depth["x"], depth["o"]) * q,
+        "CH_RQ": min(2 * depth["x"], depth["o"] * q) // q * q,
+        "trace": bool(trace),
+    }
+
+
+def lut_tables() -> dict:
+    """The fixed ROM contents (EXP, RECIP, RSQRT) exactly as codesign.quant.arith has them."""
+    from ..quant import arith
+
+    return {"exp": [int(v) for v in arith.EXP], "recip": [int(v) for v in arith.RECIP],
+            "rsqrt": [int(v) for v in arith.RSQRT]}
+
+
+def default_params() -> dict:
+    """Parameters every template may use; callers' params override these."""
+    return {"core": core_sizes(), "luts": lut_tables()}
 
 
 def _environment() -> jinja2.Environment:
@@ -29,15 +95,24 @@ def template_names() -> list[str]:
     return sorted(p.name for p in TEMPLATE_DIR.glob("*" + TEMPLATE_SUFFIX))
 
 
-def render_rtl(out_dir: Path, params: dict) -> list[Path]:
-    """Render every rtl_templates/*.v.j2 to out_dir/*.v; return the paths written."""
+def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> list[Path]:
+    """Render every rtl_templates/*.v.j2 to out_dir/*.v; return the paths written.
+
+    `params` override default_params() (core sizes for the default model, LUT tables).
+    With placeholder_core the real core (codesign_core, cu_*) is replaced by
+    rtl_templates/test/core_placeholder.v.j2 (shell tests).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = _environment()
+    params = {**default_params(), **params}
+    names = template_names()
+    if placeholder_core:
+        names = [n for n in names if not _is_core_template(n)] + [PLACEHOLDER_TEMPLATE]
     written = []
-    for name in template_names():
+    for name in names:
         text = env.get_template(name).render(**params)
-        path = out_dir / name[: -len(".j2")]
+        path = out_dir / Path(name).name[: -len(".j2")]
         path.write_text(text)
         written.append(path)
     return written

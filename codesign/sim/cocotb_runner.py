@@ -10,6 +10,7 @@ result.json and out_*.bin there, and this module returns result.json parsed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -126,10 +127,31 @@ def _patched_process_env(env: dict[str, str], python_path: Path):
                 os.environ[key] = value
 
 
+def _have_lz4_header() -> bool:
+    """Verilator's FST writer needs lz4.h (Debian: liblz4-dev)."""
+    probe = subprocess.run(["c++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n",
+                           capture_output=True, text=True, check=False)
+    return probe.returncode == 0
+
+
 def _build_args(simulator: str, waves: bool) -> list[str]:
     if simulator != "verilator":
         return []
-    return VERILATOR_BUILD_ARGS + (["--trace-fst"] if waves else [])
+    if not waves:
+        return list(VERILATOR_BUILD_ARGS)
+    if _have_lz4_header():
+        return VERILATOR_BUILD_ARGS + ["--trace-fst"]   # dump.fst, much smaller
+    # Without lz4 the runner's plain --trace gives dump.vcd instead.
+    logging.getLogger(__name__).warning(
+        "lz4.h not found (apt-get install liblz4-dev): writing VCD, not FST")
+    return list(VERILATOR_BUILD_ARGS)
+
+
+def _stage_memory_inits(rtl_dir: Path, build_dir: Path) -> None:
+    """Vitis-exported ROMs $readmemh("*.dat") relative to the sim's cwd."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    for dat in rtl_dir.glob("*.dat"):
+        shutil.copy2(dat, build_dir / dat.name)
 
 
 def _default_build_dir(rtl_dir: Path, simulator: str) -> Path:
@@ -137,13 +159,40 @@ def _default_build_dir(rtl_dir: Path, simulator: str) -> Path:
     return rtl_dir.parent / f"{rtl_dir.name}_sim_build_{simulator}"
 
 
+def _build(runner, sources: list[Path], rtl_dir: Path, build_dir: Path,
+           simulator: str, waves: bool) -> None:
+    runner.build(sources=sources, includes=[rtl_dir], hdl_toplevel=TOPLEVEL,
+                 build_dir=build_dir, build_args=_build_args(simulator, waves),
+                 waves=waves, timescale=("1ns", "1ps"),
+                 log_file=build_dir / "build.log",
+                 # iverilog only skips on source mtimes, which would ignore a
+                 # change of `waves`; it compiles in well under a second.
+                 always=(simulator == "icarus"))
+
+
+def _simulate(runner, job_dir: Path, build_dir: Path, waves: bool) -> None:
+    from cocotb_tools.check_results import get_results
+
+    results_xml = runner.test(test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL,
+                              build_dir=build_dir, test_dir=build_dir, waves=waves,
+                              extra_env={"CODESIGN_COSIM_JOB": str(job_dir)},
+                              log_file=build_dir / "sim.log")
+    # Outside pytest the runner does not check the outcome itself; a testbench
+    # exception (e.g. the AXI model's 4 KB-crossing assertion) must not pass
+    # silently with a partial result.json.
+    _, num_failed = get_results(results_xml)
+    if num_failed:
+        raise RuntimeError("testbench reported a failure")
+
+
 def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
                waves: bool = False, build_dir: Path | None = None) -> dict:
     """Build every *.v in rtl_dir, run sim/tb_codesign.py on job_dir.
 
-    The build directory defaults to ``<rtl_dir>_sim_build_<simulator>`` so
-    repeated runs on the same RTL only re-run the simulation.  Returns the
-    parsed ``<job_dir>/result.json``.
+    The build directory defaults to ``<rtl_dir>_sim_build_<simulator>`` (next
+    to rtl_dir) so repeated runs on the same RTL only re-run the simulation.
+    Returns the parsed ``<job_dir>/result.json``.  Raises SimulatorMissing if
+    the simulator is unusable, RuntimeError if the build or testbench fails.
     """
     from cocotb_tools.runner import get_runner  # heavy import, only when used
 
@@ -156,24 +205,17 @@ def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
     result_file.unlink(missing_ok=True)
 
     env = simulator_env(simulator) | {"CODESIGN_COSIM_JOB": str(job_dir)}
+    _stage_memory_inits(rtl_dir, build_dir)
     runner = get_runner(simulator)
     with _patched_process_env(env, SIM_DIR):
         try:
-            runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                         build_args=_build_args(simulator, waves), waves=waves,
-                         timescale=("1ns", "1ps"), log_file=build_dir / "build.log",
-                         # iverilog only skips on source mtimes, which would
-                         # ignore a change of `waves`; it compiles in < 1 s.
-                         always=(simulator == "icarus"))
-            runner.test(test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL,
-                        build_dir=build_dir, test_dir=build_dir, waves=waves,
-                        extra_env={"CODESIGN_COSIM_JOB": str(job_dir)},
-                        log_file=build_dir / "sim.log")
+            _build(runner, sources, rtl_dir, build_dir, simulator, waves)
+            _simulate(runner, job_dir, build_dir, waves)
         except (SystemExit, RuntimeError) as exc:
-            # cocotb signals failures via sys.exit(); surface them as errors
-            # with a pointer to the log instead of killing the caller.
+            # cocotb reports failures via sys.exit(); turn them into an error
+            # that points at the logs instead of killing the caller.
             raise RuntimeError(f"{simulator} simulation failed ({exc}); "
-                               f"see logs in {build_dir}") from exc
+                               f"see build.log / sim.log in {build_dir}") from exc
     if not result_file.exists():
         raise RuntimeError(f"testbench wrote no result.json; see {build_dir / 'sim.log'}")
     return json.loads(result_file.read_text())

