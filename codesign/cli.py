@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_MODEL = "default"
@@ -16,7 +15,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", default="zcu104", help="board name from boards/ or a board YAML (default zcu104)")
     p.add_argument("--wbits", type=int, default=8, help="weight width, 2..16 (default 8)")
     p.add_argument("--abits", type=int, default=8, help="activation width, 2..16 (default 8)")
-    p.add_argument("--calib", help=".npy of calibration images [N,C,H,W] (default: built-in synthetic images)")
+    p.add_argument("--calib", help=".npy of float calibration images [N,C,H,W] (N >= 1, all finite, channels "
+                                   "first, in the model's input normalisation); integer pixels such as uint8 "
+                                   "are refused, not rescaled (default: built-in synthetic images)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="quantise a model and write the HLS/RTL project")
     _add_model_args(g)
     g.add_argument("-o", "--out", required=True, help="project folder to create")
-    g.add_argument("--images", type=int, default=2, help="test images per task in the project (default 2)")
+    g.add_argument("--images", type=_positive_int, default=2, help="test images per task in the project, >= 1 "
+                                                                    "(default 2)")
     g.add_argument("--force", action="store_true", help="replace an existing project folder")
 
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
@@ -38,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     s.add_argument("--waves", action="store_true", help="write a waveform (FST/VCD) in the build folder")
     s.add_argument("--vectors", nargs="*", help="only these test vector ids")
+    s.add_argument("--timeout-cycles", type=_positive_int, metavar="N",
+                   help="give up on a run after N clock cycles (default: 4x a rough estimate + 100000)")
 
     m = sub.add_parser("compare", help="compare FPGA/simulation results with the software reference")
     m.add_argument("project")
@@ -53,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--board", default="zcu104")
     d.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     d.add_argument("--retrain", action="store_true", help="retrain the embedded model instead of the shipped one")
-    d.add_argument("--eval-images", type=int, default=64, help="held-out images for the accuracy report")
+    d.add_argument("--eval-images", type=_positive_int, default=64, help="held-out images for the accuracy report")
+    d.add_argument("--force", action="store_true", help="replace an existing project folder")
     return ap
 
 
@@ -68,7 +83,9 @@ def _model(args):
 
 def cmd_generate(args) -> int:
     from . import api
+    from .fsutil import refuse_existing
 
+    refuse_existing(args.out, args.force)  # before loading and converting the model
     design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
     out = api.generate(design, args.out, images=args.images, force=args.force)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
@@ -91,8 +108,10 @@ def cmd_csim(args) -> int:
 def cmd_cosim(args) -> int:
     from . import api
 
-    res = api.cosim(args.project, args.simulator, args.waves, args.vectors)
-    print(res.summary_text() if hasattr(res, "summary_text") else res)
+    res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles)
+    print(res.summary_text())
+    for line in api.cosim_timeouts(args.project, res):
+        print(f"TIMEOUT {line}")
     return 0 if res.all_passed else 1
 
 
@@ -120,7 +139,7 @@ def cmd_estimate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), args.board, args.simulator, args.retrain, args.eval_images)
+    return run_demo(Path(args.out), args.board, args.simulator, args.retrain, args.eval_images, args.force)
 
 
 COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "compare": cmd_compare,

@@ -31,10 +31,12 @@ def _accuracy(design, eval_images: int):
 
 
 def run_demo(out: Path, board: str = "zcu104", simulator: str = "verilator", retrain: bool = False,
-             eval_images: int = 64) -> int:
+             eval_images: int = 64, force: bool = False) -> int:
     from . import api
+    from .fsutil import refuse_existing
     from .model.zoo import ensure_default_model, load_default_model
 
+    refuse_existing(out, force)  # before minutes of training and simulation, not after
     t = _step("1/6 embedded model: tiny M3ViT (synthetic shapes: semantic segmentation + depth)")
     ensure_default_model(retrain=retrain)
     model = load_default_model()
@@ -51,7 +53,7 @@ def run_demo(out: Path, board: str = "zcu104", simulator: str = "verilator", ret
     _done(t)
 
     t = _step(f"3/6 generate the HLS + RTL project in {out}")
-    api.generate(design, out, force=True)
+    api.generate(design, out, force=force)
     (out / "reports" / "accuracy.json").write_text(json.dumps(rep.to_json(), indent=1, default=float))
     print(design.estimate(api.vector_data(cfg, 1).images).summary() if hasattr(design.estimate(), "summary") else "")
     _done(t)

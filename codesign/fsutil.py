@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,6 +10,19 @@ from pathlib import Path
 
 class OutputExists(FileExistsError):
     pass
+
+
+def refuse_existing(out_dir: str | Path, force: bool = False) -> None:
+    """Raise OutputExists for an existing `out_dir` unless `force` (checked before any slow work)."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not force:
+        raise OutputExists(f"{out_dir} exists; pass --force to replace it")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -19,11 +33,12 @@ def atomic_dir(out_dir: Path, force: bool = False):
     is complete, so an interrupted run never leaves a half-written project behind.
     """
     out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and not force:
-        raise OutputExists(f"{out_dir} exists; pass --force to replace it")
+    refuse_existing(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        # mkdtemp makes the folder private (0700); a project is an ordinary folder, as mkdir makes it
+        tmp.chmod(0o777 & ~_current_umask())
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,6 +18,12 @@ Everything it does comes from ``$CODESIGN_COSIM_JOB/job.json``::
 Optional ``"backpressure": true`` makes the memory model randomly stall
 every AXI channel (seeded, reproducible) to shake out handshake bugs.
 
+Optional ``"record_reads": true`` (or ``CODESIGN_RECORD_READS=1`` in the
+environment) counts the AXI read beats: each run's result then has
+``read_bytes`` and ``reread_bytes`` per region name (bytes of bus words read
+at all / read more than once), and ``<job>/out_<run>_reads.json`` maps each
+top-level region to ``[[offset, nbytes, times_read], ...]`` runs of words.
+
 Top-level ``regions`` are loaded once; each run may load extra ``regions`` and
 override ``task``, ``prog_addr``/``wgt_addr``/``act_addr``, ``outputs`` and
 ``timeout_cycles``.  Without ``runs`` a single run uses the top-level values.
@@ -41,6 +47,7 @@ the Python caller does that bit-exactly.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -144,6 +151,54 @@ def quiet_bus_models(dut) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class ReadRecorder:
+    """Counts AXI read beats per bus word; installed only when asked for (it costs a call per beat)."""
+
+    def __init__(self, ram: AxiRam):
+        self.lanes = ram.read_if.byte_lanes
+        self.words: collections.Counter = collections.Counter()
+        inner = ram.read_if._read
+
+        async def counted(address, length):
+            self.words[address] += 1
+            return await inner(address, length)
+
+        ram.read_if._read = counted
+
+    def take(self) -> collections.Counter:
+        words, self.words = self.words, collections.Counter()
+        return words
+
+
+def region_spans(job_dir: Path, regions: list[dict]) -> list[tuple[str, int, int]]:
+    return [(r["name"], int(r["addr"]), len(region_bytes(job_dir, r))) for r in regions]
+
+
+def read_totals(words: collections.Counter, lanes: int, spans) -> tuple[dict, dict]:
+    """(bytes read, bytes read more than once) per region name."""
+    read = {name: 0 for name, _, _ in spans}
+    reread = dict(read)
+    for addr, times in words.items():
+        for name, start, size in spans:
+            if start <= addr < start + size:
+                read[name] += lanes * times
+                reread[name] += lanes * (times > 1)
+                break
+    return read, reread
+
+
+def read_map(words: collections.Counter, lanes: int, start: int, size: int) -> list[list[int]]:
+    """[[offset, nbytes, times_read], ...] over the words of one region that were read."""
+    runs: list[list[int]] = []
+    for addr in sorted(a for a in words if start <= a < start + size):
+        offset, times = addr - start, words[addr]
+        if runs and runs[-1][0] + runs[-1][1] == offset and runs[-1][2] == times:
+            runs[-1][1] += lanes
+        else:
+            runs.append([offset, lanes, times])
+    return runs
+
+
 class Harness:
     def __init__(self, dut, mem_size: int):
         self.dut = dut
@@ -233,8 +288,11 @@ def write_results(job_dir: Path, results: list[dict]) -> None:
     (job_dir / "result.json").write_text(json.dumps(payload, indent=2))
 
 
-async def execute_run(h: Harness, job_dir: Path, run: dict) -> dict:
+async def execute_run(h: Harness, job_dir: Path, run: dict, recorder: ReadRecorder | None = None,
+                      shared: list | None = None) -> dict:
     h.load_regions(job_dir, run["regions"])
+    if recorder is not None:
+        recorder.take()   # loading and register setup are not the kernel's reads
     t_start = await h.start(run)
     status, cycles, ctrl_done = await h.wait_done(t_start, run["timeout_cycles"])
     # Second read shows the clear-on-read of ap_done (register-map check).
@@ -243,8 +301,21 @@ async def execute_run(h: Harness, job_dir: Path, run: dict) -> dict:
     await h.clear_interrupt()
     h.dut._log.info("run %s task=%d: %s after %d cycles",
                     run["name"], run["task"], status, cycles)
-    return {"name": run["name"], "task": run["task"], "status": status,
-            "cycles": cycles, "ctrl_done": ctrl_done, "ctrl_after": ctrl_after}
+    result = {"name": run["name"], "task": run["task"], "status": status,
+              "cycles": cycles, "ctrl_done": ctrl_done, "ctrl_after": ctrl_after}
+    if recorder is not None:
+        result.update(record_reads(recorder, job_dir, run, shared))
+    return result
+
+
+def record_reads(recorder: ReadRecorder, job_dir: Path, run: dict, shared: list) -> dict:
+    """Read totals of the run for result.json; per-word maps of the shared regions to a file."""
+    words = recorder.take()
+    spans = shared + region_spans(job_dir, run["regions"])
+    read, reread = read_totals(words, recorder.lanes, spans)
+    maps = {name: read_map(words, recorder.lanes, start, size) for name, start, size in shared}
+    (job_dir / f"out_{run['name']}_reads.json").write_text(json.dumps(maps))
+    return {"read_bytes": read, "reread_bytes": reread}
 
 
 @cocotb.test()
@@ -256,6 +327,10 @@ async def run_job(dut):
     if job.get("backpressure"):
         enable_backpressure(h.ram)
     h.load_regions(job_dir, job.get("regions", []))
+    recorder = None
+    if job.get("record_reads") or os.environ.get("CODESIGN_RECORD_READS") == "1":
+        recorder = ReadRecorder(h.ram)
+    shared = region_spans(job_dir, job.get("regions", []))
     await h.reset()
 
     results: list[dict] = []
@@ -266,6 +341,6 @@ async def run_job(dut):
             results.append({"name": run["name"], "task": run["task"],
                             "status": "skipped", "cycles": 0})
             continue
-        results.append(await execute_run(h, job_dir, run))
+        results.append(await execute_run(h, job_dir, run, recorder, shared))
         write_results(job_dir, results)   # partial results survive a crash
     write_results(job_dir, results)

@@ -140,6 +140,39 @@ class Memory:
         self._view(self.act, addr, values.size, "<i4")[:] = values
 
 
+class WgtReadLog:
+    """Every read of the `wgt` blob during one execute(): (pc, addr, nbytes), in program order.
+
+    Pass one as execute(..., wgt_reads=log) to check the memory traffic of a schedule (e.g. that
+    no expert's weights are fetched twice); without it the interpreter records nothing.
+    """
+
+    def __init__(self):
+        self.reads: list[tuple[int, int, int]] = []
+        self.pc = -1  # the instruction being executed; set by execute()
+
+    def byte_counts(self, size: int, pcs=None) -> np.ndarray:
+        """How often each of `size` blob bytes was read by the instructions `pcs` (default: all)."""
+        counts = np.zeros(size, np.int64)
+        wanted = None if pcs is None else set(pcs)
+        for pc, addr, nbytes in self.reads:
+            if wanted is None or pc in wanted:
+                counts[addr: addr + nbytes] += 1
+        return counts
+
+
+class _RecordingMemory(Memory):
+    def __init__(self, wgt: bytes, act: bytearray, elem_bytes: int, log: WgtReadLog):
+        super().__init__(wgt, act, elem_bytes)
+        self.log = log
+
+    def _view(self, space, addr, count, dtype):
+        view = super()._view(space, addr, count, dtype)
+        if space is self.wgt:
+            self.log.reads.append((self.log.pc, int(addr), int(view.nbytes)))
+        return view
+
+
 def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
     m = a["m"]
     if f & Flag.DYNM:
@@ -217,11 +250,16 @@ _HANDLERS = {Op.MATMUL: _matmul, Op.ATTN: _attn, Op.LAYERNORM: _layernorm, Op.AD
 
 
 def execute(program: bytes, wgt: bytes, act: bytearray, task: int, abits: int, elem_bytes: int,
-            on_instr=None) -> int:
-    """Run `program` on the memories (act is modified in place). Returns the instruction count."""
-    mem = Memory(wgt, act, elem_bytes)
+            on_instr=None, wgt_reads: WgtReadLog | None = None) -> int:
+    """Run `program` on the memories (act is modified in place). Returns the instruction count.
+
+    `wgt_reads`: a WgtReadLog that receives every read of the weight blob.
+    """
+    mem = Memory(wgt, act, elem_bytes) if wgt_reads is None else _RecordingMemory(wgt, act, elem_bytes, wgt_reads)
     count = 0
     for ins in decode_program(program):
+        if wgt_reads is not None:
+            wgt_reads.pc = count
         if ins.op == Op.GATE:
             _gate(mem, ins.flags, ins.args, abits, elem_bytes, task)
         else:
