@@ -213,14 +213,29 @@ def csim(project_dir: str | Path, dump_dir: str | Path | None = None):
 
 
 def cosim(project_dir: str | Path, simulator: str = "verilator", waves: bool = False, vectors=None,
-          timeout_cycles: int | None = None):
-    """RTL co-simulation; `timeout_cycles` limits each run (default: 4x a rough estimate + 100k)."""
+          timeout_cycles: int | None = None, rtl_dir: str | Path | None = None):
+    """RTL co-simulation; `timeout_cycles` limits each run (default: 4x a rough estimate + 100k);
+    `rtl_dir` simulates other RTL with the same ports (a Vitis HLS export's verilog/) instead of rtl/."""
     from .sim.cosim import run_cosim
 
     if timeout_cycles is not None:
         timeout_cycles = checked_count(timeout_cycles, "timeout_cycles")
     return run_cosim(Path(project_dir), simulator=simulator, waves=waves, vectors=vectors,
-                     timeout_cycles=timeout_cycles)
+                     timeout_cycles=timeout_cycles, rtl_dir=None if rtl_dir is None else Path(rtl_dir))
+
+
+def cycles_report(project_dir: str | Path, cosim_result, rtl_dir: str | Path | None = None) -> str | None:
+    """Simulated cycles per layer next to the HLS estimate and the rooflines (reports/cycles.txt)."""
+    from .report.cycles import cycles_report as report
+
+    return report(Path(project_dir), cosim_result, None if rtl_dir is None else Path(rtl_dir))
+
+
+def synth(project_dir: str | Path, rtl_dir: str | Path | None = None):
+    """yosys synth_xilinx of the project's RTL: (SynthResult, table); writes reports/synth.{json,txt}."""
+    from .rtl.synth import synth_project
+
+    return synth_project(Path(project_dir), None if rtl_dir is None else Path(rtl_dir))
 
 
 def cosim_timeouts(project_dir: str | Path, result) -> list[str]:

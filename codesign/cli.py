@@ -1,4 +1,4 @@
-"""Command line: codesign generate | csim | cosim | compare | estimate | demo."""
+"""Command line: codesign generate | csim | cosim | synth | compare | estimate | demo."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--vectors", nargs="*", help="only these test vector ids")
     s.add_argument("--timeout-cycles", type=_positive_int, metavar="N",
                    help="give up on a run after N clock cycles (default: 4x a rough estimate + 100000)")
+    s.add_argument("--rtl", metavar="DIR", help="simulate this RTL folder instead of PROJECT/rtl, e.g. the "
+                                                "verilog/ folder of a Vitis HLS export of the project")
+
+    y = sub.add_parser("synth", help="yosys synth_xilinx of the RTL: LUT/FF/DSP/BRAM next to the estimate")
+    y.add_argument("project")
+    y.add_argument("--rtl", metavar="DIR", help="synthesize this RTL folder instead of PROJECT/rtl")
 
     m = sub.add_parser("compare", help="compare FPGA/simulation results with the software reference")
     m.add_argument("project")
@@ -108,11 +114,25 @@ def cmd_csim(args) -> int:
 def cmd_cosim(args) -> int:
     from . import api
 
-    res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles)
+    res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles, args.rtl)
     print(res.summary_text())
     for line in api.cosim_timeouts(args.project, res):
         print(f"TIMEOUT {line}")
+    table = api.cycles_report(args.project, res, args.rtl)
+    if table:
+        print(table)
+    if args.waves:
+        waves = sorted(Path(args.project, "cosim").glob("**/dump.*"))
+        print(f"waveform: {waves[0]}" if waves else "waveform: not found in the cosim folder")
     return 0 if res.all_passed else 1
+
+
+def cmd_synth(args) -> int:
+    from . import api
+
+    _, table = api.synth(args.project, args.rtl)
+    print(table)
+    return 0
 
 
 def cmd_compare(args) -> int:
@@ -142,8 +162,8 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.out), args.board, args.simulator, args.retrain, args.eval_images, args.force)
 
 
-COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "compare": cmd_compare,
-            "estimate": cmd_estimate, "demo": cmd_demo}
+COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "synth": cmd_synth,
+            "compare": cmd_compare, "estimate": cmd_estimate, "demo": cmd_demo}
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

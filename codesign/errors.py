@@ -12,6 +12,7 @@ _USER_ERRORS = [
     ("codesign.sim.cosim", "CosimError"),
     ("codesign.report.compare", "CompareError"),
     ("codesign.fsutil", "OutputExists"),
+    ("codesign.rtl.synth", "SynthError"),
 ]
 
 

@@ -377,10 +377,16 @@ class CosimResult:
 
 
 def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = False,
-              vectors: list[str] | None = None, timeout_cycles: int | None = None) -> CosimResult:
-    """Co-simulate rtl/ on data/: all (selected) vectors in one simulation, compared bit-exactly."""
+              vectors: list[str] | None = None, timeout_cycles: int | None = None,
+              rtl_dir: Path | None = None) -> CosimResult:
+    """Co-simulate rtl/ on data/: all (selected) vectors in one simulation, compared bit-exactly.
+
+    `rtl_dir` replaces the project's rtl/, e.g. the verilog/ folder of a Vitis HLS export of the
+    same project's C++ (same top-level ports): one testbench checks both.
+    """
     project_dir = Path(project_dir).resolve()
-    rtl_dir, data_dir = project_dir / "rtl", project_dir / "data"
+    data_dir = project_dir / "data"
+    rtl_dir = Path(rtl_dir).resolve() if rtl_dir else project_dir / "rtl"
     if not (data_dir / "manifest.json").is_file():
         raise CosimError(f"{data_dir / 'manifest.json'} not found: generate the project first")
     if not any(rtl_dir.glob("*.v")):
@@ -410,7 +416,8 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     wall = time.monotonic() - start
 
     results_dir = work / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(results_dir, ignore_errors=True)  # results of an earlier run must not mix with these
+    results_dir.mkdir(parents=True)
     layers = [i.get("layer", "") for i in man.get("instructions", [])]
     out = []
     for vec, res in zip(vecs, outcomes):

@@ -1,0 +1,91 @@
+"""Simulated RTL cycles per layer next to the HLS estimate and both rooflines.
+
+The estimate (reports/estimate.json) is computed for the routing of the project's first test
+vector, so the comparison uses that vector's cosim cycles. Two rooflines are shown: the board's
+(the estimate's MAC array and DDR) and the simulated core's own (its P x Q array, one 8-byte
+AXI beat per cycle), because the RTL core is sized for simulation, not for the board.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+RTL_BYTES_PER_CYCLE = 8  # one 64-bit AXI beat per cycle
+_MOE_PART = re.compile(r"^(b\d+)\.(gate|mlp|e\d+\.fc[12])$")
+
+
+def estimate_layer(cosim_name: str, estimate_names: set[str]) -> str:
+    """The estimate's layer for a cosim layer name (an MoE layer's gate, experts and combine -> bN.moe)."""
+    m = _MOE_PART.match(cosim_name)
+    if m and f"{m.group(1)}.moe" in estimate_names:
+        return f"{m.group(1)}.moe"
+    return cosim_name
+
+
+def grouped_cycles(layer_cycles: dict[str, int], estimate_names: set[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, cycles in layer_cycles.items():
+        key = estimate_layer(name, estimate_names)
+        out[key] = out.get(key, 0) + cycles
+    return out
+
+
+def rtl_macs_per_cycle(rtl_dir: Path) -> int | None:
+    from ..rtl.synth import rtl_array
+
+    shape = rtl_array(rtl_dir)
+    if "x" not in shape:
+        return None
+    p, q = shape.split("x")
+    return int(p) * int(q)
+
+
+def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int) -> list[dict]:
+    """One row per estimate layer: RTL cycles, the core's roofline and ratio, the board estimate and roofline."""
+    t = estimate["tiling"]
+    board_mpc, ddr_bpc = t["P"] * t["Q"], estimate["ddr_bytes_per_cycle"]
+    rows = []
+    for layer in estimate["layers"]:
+        macs, ddr = layer["macs"], layer["ddr_bytes"]
+        rtl_roof = max(macs / rtl_mpc, ddr / RTL_BYTES_PER_CYCLE)
+        cycles = rtl_cycles.get(layer["name"])
+        rows.append({"layer": layer["name"], "rtl_cycles": cycles, "rtl_roofline": round(rtl_roof),
+                     "rtl_ratio": (rtl_roof / cycles) if cycles else None,
+                     "est_cycles": layer["cycles"], "board_roofline": round(max(macs / board_mpc, ddr / ddr_bpc))})
+    return rows
+
+
+def format_rows(rows: list[dict], vector: str, rtl_mpc: int, board_pq: str) -> str:
+    head = (f"{'layer':<10}{'RTL cycles':>12}{'RTL roof':>10}{'roof/RTL':>9}"
+            f"{'HLS est':>10}{'board roof':>11}")
+    lines = [f"cycles per layer of {vector}: RTL core {rtl_mpc} MACs/cycle + 8 B/cycle AXI; "
+             f"HLS estimate on the board's {board_pq} array", head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{100 * r['rtl_ratio']:.0f}%" if r["rtl_ratio"] else "-"
+        cyc = f"{r['rtl_cycles']:,}" if r["rtl_cycles"] is not None else "-"
+        lines.append(f"{r['layer']:<10}{cyc:>12}{r['rtl_roofline']:>10,}{ratio:>9}"
+                     f"{r['est_cycles']:>10,}{r['board_roofline']:>11,}")
+    return "\n".join(lines)
+
+
+def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) -> str | None:
+    """The per-layer table for the first vector the estimate describes, or None when not available
+    (no estimate, no instruction trace, e.g. a Vitis-exported RTL)."""
+    project_dir = Path(project_dir)
+    est_path = project_dir / "reports" / "estimate.json"
+    rtl_mpc = rtl_macs_per_cycle(Path(rtl_dir) if rtl_dir else project_dir / "rtl")
+    traced = [v for v in cosim_result.vectors if v.layer_cycles]
+    # generate computes the estimate for the first image's task 0 routing
+    vec = next((v for v in traced if v.id == "img0_task0"), traced[0] if traced else None)
+    if not est_path.exists() or rtl_mpc is None or vec is None:
+        return None
+    estimate = json.loads(est_path.read_text())
+    names = {layer["name"] for layer in estimate["layers"]}
+    rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc)
+    t = estimate["tiling"]
+    table = format_rows(rows, vec.id, rtl_mpc, f"{t['P']}x{t['Q']}")
+    (project_dir / "reports").mkdir(exist_ok=True)
+    (project_dir / "reports" / "cycles.json").write_text(json.dumps({"vector": vec.id, "rows": rows}, indent=1))
+    (project_dir / "reports" / "cycles.txt").write_text(table + "\n")
+    return table
