@@ -1,6 +1,7 @@
 """Checkpoint loading: our own format, M3ViT/FastMoE-style checkpoints, and every failure mode."""
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -277,6 +278,37 @@ def test_checkpoint_without_heads_warns_and_partial_heads_fail(tmp_path):
     one_head = {**backbone, **{k: v for k, v in model.state_dict().items() if k.startswith("decoders.0.")}}
     torch.save(one_head, tmp_path / "one_head.pt")
     assert "decoders.1" in load_error(tmp_path / "one_head.pt", model.cfg)
+
+
+def test_deeper_checkpoint_than_config_names_first_extra_key_and_count(tmp_path):
+    deep = make_model(tiny_config(depth=3))
+    torch.save(deep.state_dict(), tmp_path / "model.pt")
+    extra = [k for k in deep.state_dict() if k.startswith("blocks.2.")]
+    message = load_error(tmp_path / "model.pt", tiny_config(depth=2))
+    assert f"unexpected key {extra[0]} ({len(extra)} of {len(deep.state_dict())}" in message
+
+
+def test_training_only_entries_are_ignored(tmp_path):
+    model = make_model()
+    state = {**model.state_dict(), "epoch": torch.tensor(12), "backbone.bn.num_batches_tracked": torch.tensor(5),
+             "blocks.1.mlp.gate.0.w_noise": torch.ones(16, 4), "blocks.1.mlp.gate.0.w_gate_aux": torch.ones(16, 4)}
+    torch.save({"state_dict": state, "optimizer": {"state": {}}}, tmp_path / "model.pth")
+    assert_same_outputs(model, load_model(tmp_path / "model.pth", model.cfg))
+
+
+def test_task_heads_keyed_by_task_name_map_to_the_task_index(tmp_path):
+    model = make_model(tiny_config(tasks=[{"name": "depth", "kind": "depth", "out_channels": 1},
+                                          {"name": "semseg", "kind": "seg", "out_channels": 4}]))
+    names = [t.name for t in model.cfg.tasks]
+    by_name = {re.sub(r"^decoders\.(\d+)\.", lambda m: f"decoders.{names[int(m[1])]}.", k): v
+               for k, v in model.state_dict().items()}
+    assert "decoders.semseg.proj.weight" in by_name and by_name["decoders.semseg.proj.weight"].shape[0] == 64 * 4
+    torch.save(by_name, tmp_path / "model.pt")
+    assert_same_outputs(model, load_model(tmp_path / "model.pt", model.cfg))
+
+    by_name["decoders.normals.proj.bias"] = torch.zeros(3)  # a task the config does not have
+    torch.save(by_name, tmp_path / "model.pt")
+    assert "unexpected key decoders.normals.proj.bias (1 of" in load_error(tmp_path / "model.pt", model.cfg)
 
 
 def test_file_holding_something_else(tmp_path):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from codesign.model.config import ModelConfig
-from codesign.quant.golden import run_golden
+from codesign.quant import arith as A
+from codesign.quant.golden import run_golden, split_heads
 from codesign.schedule.isa import decode_program, execute
 from codesign.schedule.program import load_input, read_region
 from codesign.testing import make_test_design
@@ -77,3 +78,44 @@ def test_bad_task_and_shape_rejected():
         run_golden(design.qm, x, 5)
     with pytest.raises(ValueError, match="shape"):
         run_golden(design.qm, x[:-1], 0)
+
+
+def test_trace_is_the_compared_layers_and_detail_holds_the_rest():
+    design = make_test_design(SMALL)
+    res = run_golden(design.qm, design.vectors[0].x_q, 0)
+    assert list(res.trace) == design.prog.trace_names == design.qm.trace_names()
+    t, e = SMALL.num_tokens, SMALL.num_experts
+    used = [i for i in range(e) if f"b1.e{i}.tokens" in res.detail]
+    assert sorted(res.detail) == sorted(
+        ["b0.attn.scores", "b0.attn.probs", "b0.fc1", "b1.attn.scores", "b1.attn.probs", "b1.gate.logits",
+         "b1.gate.probs"] + [f"b1.e{i}.{part}" for i in used for part in ("tokens", "fc1", "gelu", "out")])
+    assert res.detail["b1.attn.probs"].shape == (SMALL.num_heads, t, t)
+    assert res.detail["b1.gate.logits"].shape == res.detail["b1.gate.probs"].shape == (t, e)
+    assert sum(len(res.detail[f"b1.e{i}.tokens"]) for i in used) == t * SMALL.top_k
+    assert res.detail["b1.e%d.fc1" % used[0]].shape[1] == SMALL.moe_hidden
+
+
+@pytest.mark.parametrize("abits", [8, 12])
+def test_detail_reproduces_the_traced_layers(abits):
+    """The detail tensors are the ones the layer outputs are made of, not a parallel recomputation."""
+    design = make_test_design(SMALL, wbits=8, abits=abits)
+    qm, res = design.qm, run_golden(design.qm, design.vectors[0].x_q, 1)
+    det, qmax = res.detail, A.qmax(abits)
+    for i, blk in enumerate(qm.blocks):
+        probs, at = det[f"b{i}.attn.probs"], blk.attn
+        # every softmax row sums to one (qmax) up to one rounding step per key
+        assert np.abs(probs.sum(-1) - qmax).max() <= SMALL.num_tokens
+        heads = [A.requant(p @ v, at.out_mult, at.out_shift, abits)
+                 for p, (_, _, v) in zip(probs, split_heads(res.trace[f"b{i}.qkv"], SMALL.num_heads))]
+        assert np.array_equal(np.concatenate(heads, axis=1), res.trace[f"b{i}.attn"])
+    dense = qm.blocks[0].mlp[0]
+    assert np.array_equal(A.lut_lookup(det["b0.fc1"], dense.gelu, abits), res.trace["b0.gelu"])
+    moe = qm.blocks[1].mlp
+    assert np.array_equal(A.topk_experts(det["b1.gate.logits"], moe.top_k), res.routing[1])
+    acc = np.zeros(res.trace["b1.mlp"].shape, np.int64)
+    for e in range(SMALL.num_experts):
+        if f"b1.e{e}.tokens" in det:
+            tokens = det[f"b1.e{e}.tokens"]
+            assert np.array_equal(A.lut_lookup(det[f"b1.e{e}.fc1"], moe.fc1[e].gelu, abits), det[f"b1.e{e}.gelu"])
+            acc[tokens] += det["b1.gate.probs"][tokens, e][:, None] * det[f"b1.e{e}.out"]
+    assert np.array_equal(A.requant(acc, moe.out_mult, moe.out_shift, abits), res.trace["b1.mlp"])

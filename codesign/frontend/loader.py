@@ -30,6 +30,12 @@ SPLIT_QKV_KEY = re.compile(r"^(?P<attn>.*\.attn)\.q\.(?P<kind>weight|bias)$")
 # Wrappers that training frameworks put around the parameter names.
 KEY_PREFIXES = ("module.", "backbone.")
 CHECKPOINT_WRAPPERS = ("state_dict", "model")
+# Checkpoint entries that do not affect inference, dropped on purpose (anything else unexpected is an
+# error): FastMoE/M3ViT gate noise and auxiliary gate weights (training only), BatchNorm step counters,
+# and training counters saved as tensors next to the weights.
+IGNORED_KEY_SUFFIXES = (".w_noise", ".w_gate_aux", "num_batches_tracked")
+IGNORED_TOP_LEVEL_KEYS = ("epoch", "step", "global_step", "iteration", "best_score", "best_acc", "lr")
+TASK_HEAD_KEY = re.compile(r"^decoders\.(?P<task>[^.]+)\.(?P<rest>.+)$")
 
 INT_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "num_experts", "top_k")
 FLOAT_FIELDS = ("mlp_ratio", "moe_mlp_ratio", "ln_eps")
@@ -54,7 +60,7 @@ def load_model(path: str | Path, config: str | Path | dict | ModelConfig | None 
     weight_files = find_weight_files(path)
     cfg = resolve_config(path, config)
     shards = [normalise_keys(read_state_dict(f)) for f in weight_files]
-    state = fuse_split_qkv(merge_expert_shards(shards, weight_files))
+    state = index_task_heads(fuse_split_qkv(merge_expert_shards(shards, weight_files)), cfg)
     model = _build(cfg)
     _load_checked(model, state, path)
     return model.float().eval()
@@ -338,6 +344,20 @@ def fuse_split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return fused
 
 
+def index_task_heads(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """M3ViT keeps its heads in a ModuleDict keyed by task name (`decoders.semseg.*`); ours are indexed."""
+    index = {task.name: str(i) for i, task in enumerate(cfg.tasks)}
+    renamed = {}
+    for key, value in state.items():
+        match = TASK_HEAD_KEY.match(key)
+        if match and match["task"] in index:
+            key = f"decoders.{index[match['task']]}.{match['rest']}"
+            if key in state or key in renamed:
+                raise ModelLoadError(f"task head {match['task']!r} appears both by name and by index ({key})")
+        renamed[key] = value
+    return renamed
+
+
 # ---------------------------------------------------------------- building and filling the model
 
 def parameter_count(cfg: ModelConfig) -> int:
@@ -368,6 +388,7 @@ def _build(cfg: ModelConfig) -> M3ViT:
 def _load_checked(model: M3ViT, state: dict[str, torch.Tensor], source: Path) -> None:
     expected = model.state_dict()
     _check_missing(expected, state, source)
+    _check_unexpected(expected, state, source)
     values = {}
     for key, reference in expected.items():
         if key not in state:
@@ -385,6 +406,19 @@ def _load_checked(model: M3ViT, state: dict[str, torch.Tensor], source: Path) ->
         model.load_state_dict(values, strict=True)
     except Exception as exc:  # noqa: BLE001 - should not happen after the checks, but never leak a traceback
         raise ModelLoadError(f"cannot load {source}: {type(exc).__name__}: {exc}") from None
+
+
+def _ignored(key: str) -> bool:
+    return key.endswith(IGNORED_KEY_SUFFIXES) or key in IGNORED_TOP_LEVEL_KEYS
+
+
+def _check_unexpected(expected: dict, state: dict, source: Path) -> None:
+    # A checkpoint with more blocks, experts or heads than the config would otherwise load
+    # "successfully" as a truncated, wrong model.
+    unexpected = [k for k in state if k not in expected and not _ignored(k)]
+    if unexpected:
+        raise ModelLoadError(f"{source} has unexpected key {unexpected[0]} ({len(unexpected)} of {len(state)} "
+                             "checkpoint keys are not in the model the config describes)")
 
 
 def _check_missing(expected: dict, state: dict, source: Path) -> None:

@@ -3,7 +3,8 @@
 Parameter names follow M3ViT / FastMoE checkpoints so real checkpoints map 1:1:
   blocks.{i}.mlp.experts.htoh4.weight [E, Hm, D]   blocks.{i}.mlp.experts.h4toh.weight [E, D, Hm]
   blocks.{i}.mlp.gate.{t}.w_gate [D, E] (multi-gate)  or  blocks.{i}.mlp.gate.w_gate [D + tasks, E]
-Every `trace` hook records a float tensor under the name the quantizer calibrates against.
+Every `trace` hook records a float tensor under the name the quantizer calibrates against,
+except the gate's `gate.logits` / `gate.probs`, which only the accuracy report reads.
 """
 from __future__ import annotations
 
@@ -38,13 +39,27 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
+    def _heads(self, qkv):
+        b, t, d3 = qkv.shape
+        return qkv.reshape(b, t, 3, self.num_heads, d3 // (3 * self.num_heads)).permute(2, 0, 3, 1, 4)
+
+    def scores_and_probs(self, qkv):
+        """Scaled scores and softmax probabilities [B, heads, T, T] from the packed q|k|v tensor.
+
+        Not traced in forward: kept out of calibration, where [B, heads, T, T] per block would
+        dominate memory; the accuracy report recomputes them from the traced qkv instead.
+        """
+        q, k, _ = self._heads(qkv)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        return scores, scores.softmax(dim=-1)
+
     def forward(self, x, trace=None, prefix=""):
         b, t, d = x.shape
         qkv = self.qkv(x)
         _record(trace, prefix + "qkv", qkv)
-        q, k, v = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, t, d)
+        _, probs = self.scores_and_probs(qkv)
+        v = self._heads(qkv)[2]
+        out = (probs @ v).transpose(1, 2).reshape(b, t, d)
         _record(trace, prefix + "attn", out)
         out = self.proj(out)
         _record(trace, prefix + "proj", out)
@@ -104,25 +119,30 @@ class MoeMlp(nn.Module):
         w = self.gate.w_gate
         return x @ w[: self.cfg.embed_dim] + w[self.cfg.embed_dim + task]
 
+    def expert(self, e: int, tokens):
+        """Expert e on tokens [N, D]: (fc1 output, GELU output, fc2 output)."""
+        ex = self.experts
+        h = tokens @ ex.htoh4.weight[e].T + ex.htoh4.bias[e]
+        g = F.gelu(h)
+        return h, g, g @ ex.h4toh.weight[e].T + ex.h4toh.bias[e]
+
     def forward(self, x, task=0, trace=None, prefix=""):
         b, t, d = x.shape
         tokens = x.reshape(-1, d)
         logits = self.gate_logits(tokens, task)
-        _record(trace, prefix + "gate", logits)
         probs = logits.softmax(dim=-1)
+        _record(trace, prefix + "gate.logits", logits.reshape(b, t, -1))
+        _record(trace, prefix + "gate.probs", probs.reshape(b, t, -1))
         top_p, top_i = probs.topk(self.cfg.top_k, dim=-1)
         out = torch.zeros_like(tokens)
         hidden_seen, pre_seen, post_seen = [], [], []
-        ex = self.experts
         for e in range(self.cfg.num_experts):
             rows, slot = (top_i == e).nonzero(as_tuple=True)
             if rows.numel() == 0:
                 continue
-            h = tokens[rows] @ ex.htoh4.weight[e].T + ex.htoh4.bias[e]
+            h, g, y = self.expert(e, tokens[rows])
             pre_seen.append(h)
-            h = F.gelu(h)
-            hidden_seen.append(h)
-            y = h @ ex.h4toh.weight[e].T + ex.h4toh.bias[e]
+            hidden_seen.append(g)
             post_seen.append(y)
             out.index_add_(0, rows, y * top_p[rows, slot].unsqueeze(1))
         if trace is not None and pre_seen:
@@ -185,7 +205,9 @@ class M3ViT(nn.Module):
     def forward_backbone(self, images, task: int, trace: dict | None = None):
         """The part that runs on the FPGA: images [B,C,H,W] -> normalised tokens [B,T,D]."""
         x = self.patch_embed(images)
-        _record(trace, "patch", x)
+        if trace is not None:
+            # The accelerator adds the conv bias together with pos_embed, so its "patch" is bias-free.
+            _record(trace, "patch", x - self.patch_embed.proj.bias)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + self.pos_embed
         _record(trace, "embed", x)

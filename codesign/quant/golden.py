@@ -12,15 +12,25 @@ from .qmodel import QBlock, QLinear, QMoe, QuantModel
 @dataclass
 class GoldenResult:
     output: np.ndarray  # int [T, D] at qm.output_scale
+    # One entry per qm.trace_names(): what csim/cosim compare to name the first diverging layer.
     trace: dict[str, np.ndarray] = field(default_factory=dict)
     routing: dict[int, np.ndarray] = field(default_factory=dict)  # block -> top-k expert ids [T, k]
+    # Intermediates inside a layer, kept apart from `trace` because the hardware has no buffer
+    # region for them; scales via qm.scale_of(name). Per block i and expert e (used ones only):
+    #   b{i}.attn.scores, b{i}.attn.probs [heads, T, T]; b{i}.fc1 [T, H] (dense MLP, before GELU);
+    #   b{i}.gate.logits, b{i}.gate.probs [T, E]; b{i}.e{e}.tokens [n] (token ids routed to e, in order),
+    #   b{i}.e{e}.fc1, b{i}.e{e}.gelu [n, H], b{i}.e{e}.out [n, D] (fc2 output, before the gate weighting).
+    detail: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def apply_linear(x, layer: QLinear, abits: int) -> np.ndarray:
+    return apply_linear_parts(x, layer, abits)[1]
+
+
+def apply_linear_parts(x, layer: QLinear, abits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(requantised matmul output, final output): they differ only for a layer with a GELU table."""
     y = A.linear(x, layer.w, layer.bias, layer.mult, layer.shift, abits)
-    if layer.gelu is not None:
-        y = A.lut_lookup(y, layer.gelu, abits)
-    return y
+    return y, (y if layer.gelu is None else A.lut_lookup(y, layer.gelu, abits))
 
 
 def apply_norm(x, norm, abits: int) -> np.ndarray:
@@ -31,22 +41,40 @@ def apply_add(a, b, add, abits: int) -> np.ndarray:
     return A.add(a, b, add.ma, add.mb, add.shift, abits)
 
 
-def attention(qkv, blk: QBlock, heads: int, abits: int) -> np.ndarray:
+def split_heads(qkv, heads: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Packed q|k|v rows [T, 3D] -> (q, k, v) [T, D/heads] per head."""
     dim = qkv.shape[1] // 3
     dh = dim // heads
+    return [tuple(qkv[:, part * dim + h * dh: part * dim + (h + 1) * dh] for part in range(3)) for h in range(heads)]
+
+
+def attention(qkv, blk: QBlock, heads: int, abits: int) -> np.ndarray:
     at = blk.attn
-    out = []
-    for h in range(heads):
-        q, k, v = (qkv[:, part * dim + h * dh: part * dim + (h + 1) * dh] for part in range(3))
-        out.append(A.attention_head(q, k, v, at.score_mult, at.score_shift, at.out_mult, at.out_shift, abits, abits))
+    out = [A.attention_head(q, k, v, at.score_mult, at.score_shift, at.out_mult, at.out_shift, abits, abits)
+           for q, k, v in split_heads(qkv, heads)]
     return np.concatenate(out, axis=1)
 
 
-def gate(x, moe: QMoe, task: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k expert ids [T, k] (by logit, ties to the lower id) and their probabilities [T, k]."""
+def attention_probs(qkv, blk: QBlock, heads: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores q.k and probabilities [heads, T, T], from the same arith calls A.attention_head makes.
+
+    A.attention_head returns only its output; tests check requant(probs @ v) reproduces it, so a
+    change inside A.attention_head that this does not follow fails loudly.
+    """
+    at = blk.attn
+    scores = np.stack([A.matmul_acc(q, k, 0) for q, k, _ in split_heads(qkv, heads)])
+    return scores, A.softmax_rows(scores, at.score_mult, at.score_shift, abits)
+
+
+def gate_scores(x, moe: QMoe, task: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer logits and probabilities [T, E] of the task's gate."""
     logits = A.matmul_acc(x, moe.gate_w[task], moe.gate_b[task])
-    probs = A.softmax_rows(logits, moe.score_mult, moe.score_shift, abits)
-    ids = A.topk_experts(logits, moe.top_k)
+    return logits, A.softmax_rows(logits, moe.score_mult, moe.score_shift, abits)
+
+
+def gate(logits, probs, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k expert ids [T, k] (by logit, ties to the lower id) and their probabilities [T, k]."""
+    ids = A.topk_experts(logits, top_k)
     return ids, np.take_along_axis(probs, ids, axis=1)
 
 
@@ -55,31 +83,37 @@ def expert_queues(ids: np.ndarray, num_experts: int) -> list[np.ndarray]:
     return [np.nonzero((ids == e).any(axis=1))[0] for e in range(num_experts)]
 
 
-def moe(x, moe_layer: QMoe, task: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
-    ids, probs = gate(x, moe_layer, task, abits)
+def moe(x, moe_layer: QMoe, task: int, abits: int, detail: dict, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    logits, all_probs = gate_scores(x, moe_layer, task, abits)
+    detail[prefix + "gate.logits"], detail[prefix + "gate.probs"] = logits, all_probs
+    ids, probs = gate(logits, all_probs, moe_layer.top_k)
     acc = np.zeros(x.shape, np.int64)
     for e, tokens in enumerate(expert_queues(ids, len(moe_layer.fc1))):
         if tokens.size == 0:
             continue  # an unused expert's weights are never read
-        h = apply_linear(x[tokens], moe_layer.fc1[e], abits)
+        pre, h = apply_linear_parts(x[tokens], moe_layer.fc1[e], abits)
         y = apply_linear(h, moe_layer.fc2[e], abits)
         score = probs[tokens][ids[tokens] == e]
         acc[tokens] += score[:, None] * y
+        p = f"{prefix}e{e}."
+        detail.update({p + "tokens": tokens, p + "fc1": pre, p + "gelu": h, p + "out": y})
     return A.requant(acc, moe_layer.out_mult, moe_layer.out_shift, abits), ids
 
 
 def run_block(x, blk: QBlock, i: int, qm: QuantModel, task: int, res: GoldenResult) -> np.ndarray:
-    ab, p, tr = qm.abits, f"b{i}.", res.trace
+    ab, p, tr, det = qm.abits, f"b{i}.", res.trace, res.detail
     tr[p + "ln1"] = h = apply_norm(x, blk.ln1, ab)
     tr[p + "qkv"] = qkv = apply_linear(h, blk.qkv, ab)
     tr[p + "attn"] = att = attention(qkv, blk, qm.cfg.num_heads, ab)
+    det[p + "attn.scores"], det[p + "attn.probs"] = attention_probs(qkv, blk, qm.cfg.num_heads, ab)
     tr[p + "proj"] = proj = apply_linear(att, blk.proj, ab)
     tr[p + "res1"] = x = apply_add(x, proj, blk.res1, ab)
     tr[p + "ln2"] = h = apply_norm(x, blk.ln2, ab)
     if blk.is_moe:
-        y, res.routing[i] = moe(h, blk.mlp, task, ab)
+        y, res.routing[i] = moe(h, blk.mlp, task, ab, det, p)
     else:
-        tr[p + "gelu"] = g = apply_linear(h, blk.mlp[0], ab)
+        det[p + "fc1"], g = apply_linear_parts(h, blk.mlp[0], ab)
+        tr[p + "gelu"] = g
         y = apply_linear(g, blk.mlp[1], ab)
     tr[p + "mlp"] = y
     tr[p + "res2"] = x = apply_add(x, y, blk.res2, ab)

@@ -1,11 +1,16 @@
 """The quantised model: integer parameters of every layer (the IR the scheduler compiles)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..model.config import ModelConfig
+from . import arith as A
+
+EXPERT_DETAIL = re.compile(r"(?P<block>b\d+\.)e\d+\.(?P<part>fc1|gelu|out)")
+EXPERT_SCALE = {"fc1": "fc1", "gelu": "gelu", "out": "expert"}
 
 
 @dataclass
@@ -97,10 +102,19 @@ class QuantModel:
         return self.scales["norm"]
 
     def scale_of(self, name: str):
-        """Float scale of a traced tensor (per column for the packed q|k|v output)."""
+        """Float scale of a traced or detail tensor (per column for the packed q|k|v output)."""
         if name.endswith(".qkv"):
             p, d = name[:-3], self.cfg.embed_dim
             return np.repeat([self.scales[p + "q"], self.scales[p + "k"], self.scales[p + "v"]], d)
+        if name.endswith(".probs"):
+            return 1.0 / A.qmax(self.abits)  # softmax outputs are in units of 1/qmax(abits)
+        if name.endswith(".attn.scores"):
+            # integer q.k; the float model's scores also carry the 1/sqrt(head_dim) factor
+            p = name[: -len("attn.scores")]
+            return self.scales[p + "q"] * self.scales[p + "k"] * self.cfg.head_dim**-0.5
+        expert = EXPERT_DETAIL.fullmatch(name)
+        if expert:  # all experts of a block share the fc1 / gelu / output scales
+            return self.scales[expert["block"] + EXPERT_SCALE[expert["part"]]]
         return self.scales[name]
 
     def trace_names(self) -> list[str]:

@@ -26,9 +26,14 @@ def quantize_input(images: np.ndarray, qm: QuantModel) -> np.ndarray:
     return A.quantize_tensor(patches, qm.input_scale, qm.abits)
 
 
+# Traced by the float model for the accuracy report only: the hardware keeps gate logits as
+# accumulators and probabilities at a fixed scale, so calibrating them would be meaningless.
+UNCALIBRATED = (".gate.logits", ".gate.probs")
+
+
 @torch.no_grad()
 def collect_ranges(model: M3ViT, images: np.ndarray) -> dict[str, float]:
-    """Max |value| of every traced activation over all calibration images and all tasks."""
+    """Max |value| of every requantised traced activation over all calibration images and all tasks."""
     cfg = model.cfg
     amax: dict[str, float] = {}
     x = torch.as_tensor(np.asarray(images, np.float32))
@@ -39,6 +44,8 @@ def collect_ranges(model: M3ViT, images: np.ndarray) -> dict[str, float]:
         trace: dict = {}
         model.forward_backbone(x, task, trace)
         for name, value in trace.items():
+            if name.endswith(UNCALIBRATED):
+                continue
             if name.endswith(".qkv"):
                 parts = {"q": value[..., :d], "k": value[..., d:2 * d], "v": value[..., 2 * d:]}
             else:
@@ -117,6 +124,7 @@ def _moe(model, blk, s, prefix, in_scale, wbits, abits) -> QMoe:
     gwq = A.quantize_tensor(gw, sg, wbits)
     gbq = np.round(gb / (in_scale * sg)).astype(np.int64)
     sm, ss = _single(in_scale * sg / A.EXP_STEP)
+    s[prefix + "gate.logits"] = in_scale * sg  # the integer logits' scale, for the accuracy report
     ex = mlp.experts
     fc1 = [_linear(_t(ex.htoh4.weight[e]), _t(ex.htoh4.bias[e]), in_scale, s[prefix + "fc1"], wbits, abits,
                    gelu_out_scale=s[prefix + "gelu"]) for e in range(cfg.num_experts)]
