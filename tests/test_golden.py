@@ -87,7 +87,8 @@ def test_trace_is_the_compared_layers_and_detail_holds_the_rest():
     t, e = SMALL.num_tokens, SMALL.num_experts
     used = [i for i in range(e) if f"b1.e{i}.tokens" in res.detail]
     assert sorted(res.detail) == sorted(
-        ["b0.attn.scores", "b0.attn.probs", "b0.fc1", "b1.attn.scores", "b1.attn.probs", "b1.gate.logits",
+        ["b0.attn.scores", "b0.attn.exp", "b0.attn.probs", "b0.fc1", "b1.attn.scores", "b1.attn.exp",
+         "b1.attn.probs", "b1.gate.logits",
          "b1.gate.probs"] + [f"b1.e{i}.{part}" for i in used for part in ("tokens", "fc1", "gelu", "out")])
     assert res.detail["b1.attn.probs"].shape == (SMALL.num_heads, t, t)
     assert res.detail["b1.gate.logits"].shape == res.detail["b1.gate.probs"].shape == (t, e)
@@ -100,13 +101,16 @@ def test_detail_reproduces_the_traced_layers(abits):
     """The detail tensors are the ones the layer outputs are made of, not a parallel recomputation."""
     design = make_test_design(SMALL, wbits=8, abits=abits)
     qm, res = design.qm, run_golden(design.qm, design.vectors[0].x_q, 1)
-    det, qmax = res.detail, A.qmax(abits)
+    det = res.detail
     for i, blk in enumerate(qm.blocks):
-        probs, at = det[f"b{i}.attn.probs"], blk.attn
-        # every softmax row sums to one (qmax) up to one rounding step per key
-        assert np.abs(probs.sum(-1) - qmax).max() <= SMALL.num_tokens
-        heads = [A.requant(p @ v, at.out_mult, at.out_shift, abits)
-                 for p, (_, _, v) in zip(probs, split_heads(res.trace[f"b{i}.qkv"], SMALL.num_heads))]
+        e, at = det[f"b{i}.attn.exp"], blk.attn
+        assert e.max(-1).min() == 2**A.EXP_FRAC  # every row's maximum score gets EXP[0]
+        assert np.allclose(det[f"b{i}.attn.probs"].sum(-1), 1.0)
+        heads = []
+        for eh, (_, _, v) in zip(e, split_heads(res.trace[f"b{i}.qkv"], SMALL.num_heads)):
+            r, shift = A.recip_parts(eh.sum(-1, keepdims=True))
+            t = A.rshift_round((eh @ v) * r, A.RECIP_FRAC + shift - A.ATTN_FRAC)
+            heads.append(A.requant(t, at.out_mult, at.out_shift, abits))
         assert np.array_equal(np.concatenate(heads, axis=1), res.trace[f"b{i}.attn"])
     dense = qm.blocks[0].mlp[0]
     assert np.array_equal(A.lut_lookup(det["b0.fc1"], dense.gelu, abits), res.trace["b0.gelu"])

@@ -28,6 +28,9 @@ RECIP_FRAC = 26
 # Rsqrt table over a 12-bit mantissa: RSQRT_LUT[m] = round(2**RSQRT_FRAC / sqrt(m)), RSQRT_LUT[0] = 0.
 RSQRT_MBITS = 12
 RSQRT_FRAC = 24
+# Attention keeps its probability-weighted sums in units of 2**-ATTN_FRAC of a value LSB: the
+# softmax is normalised once per output element (deferred), not once per probability.
+ATTN_FRAC = 15
 # Requantisation multipliers are positive and below 2**MULT_BITS.
 MULT_BITS = 15
 MAX_SHIFT = 62
@@ -170,21 +173,31 @@ def add(a, b, ma: int, mb: int, shift: int, bits: int) -> np.ndarray:
     return saturate(rshift_round(a * ma + b * mb, shift), bits)
 
 
-def softmax_rows(acc, score_mult: int, score_shift: int, prob_bits: int) -> np.ndarray:
-    """Row softmax of int logits `acc`; output probabilities in units of 1/qmax(prob_bits).
+def exp_weights(acc, score_mult: int, score_shift: int) -> np.ndarray:
+    """EXP table weights of int logits `acc` relative to their row maximum (0 < e <= 2**EXP_FRAC at the max).
 
     z = max - acc >= 0 indexes the exp table after scaling by score_mult / 2**score_shift
-    (= logit scale / EXP_STEP); the row sum is inverted with the reciprocal table.
+    (= logit scale / EXP_STEP).
     """
     acc = np.asarray(acc, np.int64)
     z = acc.max(axis=-1, keepdims=True) - acc
-    idx = np.minimum(rshift_round(z * score_mult, score_shift), EXP_LUT_SIZE - 1)
-    e = EXP[idx]
-    total = e.sum(axis=-1, keepdims=True)  # >= 2**EXP_FRAC: the max entry contributes EXP[0]
-    n = bit_length(total)
-    mant_shift = n - RECIP_MBITS
-    mant = np.where(mant_shift >= 0, total >> np.maximum(mant_shift, 0), total << np.maximum(-mant_shift, 0))
-    r = RECIP[mant - (1 << (RECIP_MBITS - 1))]
+    return EXP[np.minimum(rshift_round(z * score_mult, score_shift), EXP_LUT_SIZE - 1)]
+
+
+def recip_parts(total) -> tuple[np.ndarray, np.ndarray]:
+    """total >= 2**EXP_FRAC -> (r, mant_shift) with 1/total ~= r * 2**-(RECIP_FRAC + mant_shift).
+
+    mant_shift = bitlen(total) - RECIP_MBITS >= EXP_FRAC + 1 - RECIP_MBITS > 0.
+    """
+    total = np.asarray(total, np.int64)
+    mant_shift = bit_length(total) - RECIP_MBITS
+    return RECIP[(total >> mant_shift) - (1 << (RECIP_MBITS - 1))], mant_shift
+
+
+def softmax_rows(acc, score_mult: int, score_shift: int, prob_bits: int) -> np.ndarray:
+    """Row softmax of int logits `acc`; output probabilities in units of 1/qmax(prob_bits) (MoE gate)."""
+    e = exp_weights(acc, score_mult, score_shift)
+    r, mant_shift = recip_parts(e.sum(axis=-1, keepdims=True))  # sum >= 2**EXP_FRAC: the max gives EXP[0]
     return rshift_round(e * qmax(prob_bits) * r, RECIP_FRAC + mant_shift)
 
 
@@ -220,8 +233,17 @@ def topk_experts(logits, k: int) -> np.ndarray:
 
 
 def attention_head(q, k, v, score_mult: int, score_shift: int, out_mult: int, out_shift: int,
-                   prob_bits: int, out_bits: int) -> np.ndarray:
-    """One head: softmax over keys of q.k (scaled by the exp-index multiplier), then P.v, requantised."""
+                   out_bits: int) -> np.ndarray:
+    """One head with a single-pass softmax and deferred normalisation.
+
+    s = q.k (exact); e = exp_weights(s) (row max taken while the scores stream out);
+    one pass over the keys accumulates both sum(e) and o = e.v (exact);
+    the normalisation 1/sum(e) is applied to the head_dim outputs, not to every probability:
+    t = rshift_round(o * r, RECIP_FRAC + mant_shift - ATTN_FRAC) ~= 2**ATTN_FRAC * sum(p.v),
+    then requant(t, out_mult, out_shift). No int8 probabilities are ever formed.
+    """
     scores = np.asarray(q, np.int64) @ np.asarray(k, np.int64).T
-    probs = softmax_rows(scores, score_mult, score_shift, prob_bits)
-    return requant(probs @ np.asarray(v, np.int64), out_mult, out_shift, out_bits)
+    e = exp_weights(scores, score_mult, score_shift)
+    r, mant_shift = recip_parts(e.sum(axis=-1, keepdims=True))
+    t = rshift_round((e @ np.asarray(v, np.int64)) * r, RECIP_FRAC + mant_shift - ATTN_FRAC)
+    return requant(t, out_mult, out_shift, out_bits)

@@ -17,7 +17,7 @@ class GoldenResult:
     routing: dict[int, np.ndarray] = field(default_factory=dict)  # block -> top-k expert ids [T, k]
     # Intermediates inside a layer, kept apart from `trace` because the hardware has no buffer
     # region for them; scales via qm.scale_of(name). Per block i and expert e (used ones only):
-    #   b{i}.attn.scores, b{i}.attn.probs [heads, T, T]; b{i}.fc1 [T, H] (dense MLP, before GELU);
+    #   b{i}.attn.scores, b{i}.attn.exp, b{i}.attn.probs (float e/sum e) [heads, T, T]; b{i}.fc1 [T, H] (dense MLP, before GELU);
     #   b{i}.gate.logits, b{i}.gate.probs [T, E]; b{i}.e{e}.tokens [n] (token ids routed to e, in order),
     #   b{i}.e{e}.fc1, b{i}.e{e}.gelu [n, H], b{i}.e{e}.out [n, D] (fc2 output, before the gate weighting).
     detail: dict[str, np.ndarray] = field(default_factory=dict)
@@ -50,20 +50,22 @@ def split_heads(qkv, heads: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarra
 
 def attention(qkv, blk: QBlock, heads: int, abits: int) -> np.ndarray:
     at = blk.attn
-    out = [A.attention_head(q, k, v, at.score_mult, at.score_shift, at.out_mult, at.out_shift, abits, abits)
+    out = [A.attention_head(q, k, v, at.score_mult, at.score_shift, at.out_mult, at.out_shift, abits)
            for q, k, v in split_heads(qkv, heads)]
     return np.concatenate(out, axis=1)
 
 
-def attention_probs(qkv, blk: QBlock, heads: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores q.k and probabilities [heads, T, T], from the same arith calls A.attention_head makes.
+def attention_probs(qkv, blk: QBlock, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores q.k, exp weights e and the effective probabilities e / sum(e), each [heads, T, T].
 
-    A.attention_head returns only its output; tests check requant(probs @ v) reproduces it, so a
+    The hardware never rounds probabilities (A.attention_head normalises its outputs instead), so
+    `probs` is float. A.attention_head returns only its output; tests rebuild it from `e`, so a
     change inside A.attention_head that this does not follow fails loudly.
     """
     at = blk.attn
     scores = np.stack([A.matmul_acc(q, k, 0) for q, k, _ in split_heads(qkv, heads)])
-    return scores, A.softmax_rows(scores, at.score_mult, at.score_shift, abits)
+    e = A.exp_weights(scores, at.score_mult, at.score_shift)
+    return scores, e, e / e.sum(axis=-1, keepdims=True)
 
 
 def gate_scores(x, moe: QMoe, task: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +107,7 @@ def run_block(x, blk: QBlock, i: int, qm: QuantModel, task: int, res: GoldenResu
     tr[p + "ln1"] = h = apply_norm(x, blk.ln1, ab)
     tr[p + "qkv"] = qkv = apply_linear(h, blk.qkv, ab)
     tr[p + "attn"] = att = attention(qkv, blk, qm.cfg.num_heads, ab)
-    det[p + "attn.scores"], det[p + "attn.probs"] = attention_probs(qkv, blk, qm.cfg.num_heads, ab)
+    det[p + "attn.scores"], det[p + "attn.exp"], det[p + "attn.probs"] = attention_probs(qkv, blk, qm.cfg.num_heads)
     tr[p + "proj"] = proj = apply_linear(att, blk.proj, ab)
     tr[p + "res1"] = x = apply_add(x, proj, blk.res1, ab)
     tr[p + "ln2"] = h = apply_norm(x, blk.ln2, ab)

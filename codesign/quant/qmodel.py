@@ -106,8 +106,10 @@ class QuantModel:
         if name.endswith(".qkv"):
             p, d = name[:-3], self.cfg.embed_dim
             return np.repeat([self.scales[p + "q"], self.scales[p + "k"], self.scales[p + "v"]], d)
+        if name.endswith(".attn.probs"):
+            return 1.0  # already real probabilities: attention is normalised after P.v, never rounded
         if name.endswith(".probs"):
-            return 1.0 / A.qmax(self.abits)  # softmax outputs are in units of 1/qmax(abits)
+            return 1.0 / A.qmax(self.abits)  # gate softmax outputs are in units of 1/qmax(abits)
         if name.endswith(".attn.scores"):
             # integer q.k; the float model's scores also carry the 1/sqrt(head_dim) factor
             p = name[: -len("attn.scores")]

@@ -103,10 +103,9 @@ def _t(p) -> np.ndarray:
     return p.detach().double().numpy()
 
 
-def _attention(cfg, s, prefix, abits) -> QAttention:
-    qp = A.qmax(abits)
+def _attention(cfg, s, prefix) -> QAttention:
     sm, ss = _single(s[prefix + "q"] * s[prefix + "k"] * cfg.head_dim**-0.5 / A.EXP_STEP)
-    om, os_ = _single(s[prefix + "v"] / (qp * s[prefix + "attn"]))
+    om, os_ = _single(s[prefix + "v"] / (2.0**A.ATTN_FRAC * s[prefix + "attn"]))
     return QAttention(sm, ss, om, os_)
 
 
@@ -155,7 +154,7 @@ def _block(model, i, s, x_scale, wbits, abits) -> QBlock:
     return QBlock(
         ln1=_norm(blk.norm1, x_scale, s[p + "ln1"], abits),
         qkv=qkv,
-        attn=_attention(model.cfg, s, p, abits),
+        attn=_attention(model.cfg, s, p),
         proj=proj,
         res1=_add(x_scale, s[p + "proj"], s[p + "res1"]),
         ln2=_norm(blk.norm2, s[p + "res1"], s[p + "ln2"], abits),

@@ -27,13 +27,18 @@ def _addr_bits(depth: int) -> int:
 
 
 def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | None = None,
-               max_reduction: int = 1024, max_experts: int = 8, trace: bool = False) -> dict:
+               max_reduction: int = 1024, max_experts: int = 8, trace: bool = False,
+               max_tokens: int = 1024) -> dict:
     """Template variables `core` of codesign_core.v.j2 from buffer needs (64-bit words).
 
     `words` keys: x, w (per bank), whalf (per bank, one MATMUL W tile; WBUF holds two), o, p,
-    lut, lists, acc (64-bit words), s (scalar entries).
+    lut, lists, acc (64-bit words), s (score entries: ATTN T*T, GATE experts), t (ATTN rows).
     The defaults fit the default ModelConfig; codesign.sim.cosim.core_params derives the
     exact needs of a program.
+
+    ACC_W (MAC accumulator bits) is exact for both array modes: dot mode sums `max_reduction`
+    products of two EBITS-bit elements; broadcast mode (ATTN e.v) sums `max_tokens` products of
+    an unsigned 16-bit EXP weight (17 signed bits) and an EBITS-bit value.
     """
     if P < 1 or P & (P - 1):
         raise ValueError(f"RTL MAC units P must be a power of two, got {P}")
@@ -41,15 +46,20 @@ def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | No
         raise ValueError(f"element container must be 1 or 2 bytes, got {elem_bytes}")
     q = 8 // elem_bytes
     need = {"x": 1024, "w": 512, "whalf": 256, "o": 1024, "p": 128, "lut": 32, "lists": 256, "acc": 128,
-            "s": 256}
+            "s": 512, "t": 32}
     need.update(words or {})
     depth = {k: max(2, int(v)) for k, v in need.items()}
     depth["w"] = max(depth["w"], 2 * depth["whalf"])
     depth["x"] = max(depth["x"], 64)  # ADD / REQUANT32 chunks
     depth["o"] = max(depth["o"], 64)
-    acc_w = 2 * 8 * elem_bytes + int(max_reduction).bit_length()
+    if depth["s"] > 1 << 16:
+        raise ValueError(f"{depth['s']} score entries (T*T of an ATTN) exceed the core's 16-bit score index")
+    ebits = 8 * elem_bytes
+    acc_w = max(2 * ebits + int(max_reduction).bit_length(),   # dot:   EBITS x EBITS, k terms
+                17 + ebits + int(max_tokens).bit_length())      # bcast: 17 x EBITS, T terms (> the product)
     if acc_w > 64:
-        raise ValueError(f"reductions of {max_reduction} elements need {acc_w}-bit accumulators (> 64)")
+        raise ValueError(f"reductions of {max_reduction} elements / {max_tokens} tokens need "
+                         f"{acc_w}-bit accumulators (> 64)")
     experts = 4
     while experts < max_experts:
         experts *= 2
@@ -60,7 +70,7 @@ def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | No
         "OD": depth["o"], "OAW": _addr_bits(depth["o"]), "PD": depth["p"], "PAW": _addr_bits(depth["p"]),
         "LD": depth["lut"], "LAW": _addr_bits(depth["lut"]), "ND": depth["lists"],
         "NAW": _addr_bits(depth["lists"]), "AD": depth["acc"], "AAW": _addr_bits(depth["acc"]),
-        "SD": depth["s"], "SAW": _addr_bits(depth["s"]), "EN": experts, "ENW": experts.bit_length() - 1,
+        "SD": depth["s"], "SAW": _addr_bits(depth["s"]), "TD": depth["t"], "TAW": _addr_bits(depth["t"]), "EN": experts, "ENW": experts.bit_length() - 1,
         "RLW": max(1, (P * q - 1).bit_length()),
         "CH_ADD": min(depth["x"], depth["o"]) * q,
         "CH_RQ": min(2 * depth["x"], depth["o"] * q) // q * q,

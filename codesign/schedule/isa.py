@@ -203,7 +203,7 @@ def _attn(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
     qkv = mem.rows(a["qkv_addr"], t, 3 * d, 3 * d)
     for head in range(h):
         q, k, v = (qkv[:, p * d + head * dh: p * d + (head + 1) * dh] for p in range(3))
-        o = A.attention_head(q, k, v, a["score_mult"], a["score_shift"], a["out_mult"], a["out_shift"], abits, abits)
+        o = A.attention_head(q, k, v, a["score_mult"], a["score_shift"], a["out_mult"], a["out_shift"], abits)
         mem.store_rows(a["out_addr"] + head * dh * eb, o, d)
 
 

@@ -57,8 +57,9 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
     eb = int(elem_bytes)
     q = 8 // eb
     nt = max(16, P, q)
-    need = {"x": 0, "w": 0, "whalf": 0, "o": 0, "p": 0, "lut": 0, "lists": 0, "acc": 0, "s": 0}
-    red = 1
+    need = {"x": 0, "w": 0, "whalf": 0, "o": 0, "p": 0, "lut": 0, "lists": 0, "acc": 0, "s": 0, "t": 0}
+    red = 1          # longest dot-mode reduction (elements)
+    tokens = 1       # longest broadcast-mode (ATTN e.v) reduction
     experts = 1
 
     def grow(key: str, words: int) -> None:
@@ -113,10 +114,15 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
             dw = dh // q
             d = h * dh
             grow("x", t * 3 * d // q)
-            grow("w", _ceil(t, P) * dw + t * _ceil(dw, P))
+            # WBUF: K of every head (key j in bank j%P), then V (word c of a head in bank c%P)
+            grow("w", _ceil(t, P) * (d // q) + t * h * _ceil(dw, P))
             grow("o", t * d // q)
-            grow("s", t)
-            red = max(red, dh, t)
+            grow("s", t * t)   # the scores of one head (all queries)
+            grow("t", t)       # per-row max / reciprocal
+            if t * t > 1 << 16:
+                raise ValueError(f"{where}: {t} tokens: T*T scores exceed the core's 16-bit score index")
+            red = max(red, dh)
+            tokens = max(tokens, t)
         elif ins.op == Op.LAYERNORM:
             whole_words("dim", a["dim"])
             aligned("x_addr", "out_addr", "gamma_addr", "beta_addr")
@@ -141,7 +147,7 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
             grow("lists", _ceil(e * ls, 2))
             experts = max(experts, e)
             red = max(red, dim)
-    return core_sizes(eb, abits, P, need, red, experts, trace)
+    return core_sizes(eb, abits, P, need, red, experts, trace, tokens)
 
 
 def _tile_P(tile) -> int:
@@ -204,8 +210,8 @@ def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
         elif ins.op == Op.ATTN:
             t, h, dh = a["tokens"], a["heads"], a["head_dim"]
             dw = dh // q
-            per_query = _ceil(t, P) * dw + _ceil(dw, P) * t + 2 * t + 60
-            total += h * (t * per_query + 2 * t * dw) + t * 3 * h * dh // 8 + t * h * dh // 8
+            # per head: one scores run and one e.v run over all queries
+            total += h * (t * _ceil(t, P) * dw + t * t * _ceil(dw, P) + 60) + t * 3 * h * dh // 8 + t * h * dh // 8
         elif ins.op == Op.LAYERNORM:
             total += a["rows"] * (3 * a["dim"] + a["dim"] // 4 + 60)
         elif ins.op in (Op.ADD, Op.REQUANT32):
