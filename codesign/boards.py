@@ -6,6 +6,7 @@ one-line BoardError naming the file and the offending field; downstream code
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +17,17 @@ BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
 
 # The PS IP the block design instantiates is fixed by the device family.
 PS_TYPE_BY_FAMILY = {"zynquplus": "zynq_ultra_ps_e", "zynq": "processing_system7"}
+
+# Device families a part name may belong to: (description, pattern, `family` field it needs).
+# The pattern is the AMD ordering code prefix: device (and, for full part names, package,
+# speed grade, temperature) follow it, e.g. xczu7ev-ffvc1156-2-e, xc7z020clg400-1.
+PART_FAMILIES = (
+    ("Zynq UltraScale+", re.compile(r"xczu\d+[a-z]*(-[a-z0-9]+)*", re.I), "zynquplus"),
+    ("Zynq-7000", re.compile(r"xc7z\d+[a-z0-9]*(-[a-z0-9]+)*", re.I), "zynq"),
+    ("Kria", re.compile(r"xck26(-[a-z0-9]+)*", re.I), "zynquplus"),
+    ("Versal", re.compile(r"xcv[a-z]*\d+(-[a-z0-9]+)*", re.I), "versal"),
+)
+PART_PATTERNS_TEXT = "Zynq UltraScale+ (xczu*), Zynq-7000 (xc7z*), Kria (xck26*), Versal (xcv*)"
 
 
 class BoardError(ValueError):
@@ -102,8 +114,31 @@ def load_board(name_or_path: str | Path) -> Board:
     raw = _read_yaml_mapping(path)
     _check_fields(path, raw, _BOARD_FIELDS, prefix="")
     board = _build_board(raw)
+    _check_part(path, board)
     _check_ps_matches_family(path, board)
     return board
+
+
+def part_family(part: str) -> tuple[str, str] | None:
+    """(family description, `family` field it needs) of an AMD part name, or None if unknown."""
+    for description, pattern, family in PART_FAMILIES:
+        if pattern.fullmatch(part.strip()):
+            return description, family
+    return None
+
+
+def _check_part(path: Path, board: Board) -> None:
+    known = part_family(board.part)
+    if known is None:
+        raise BoardError(f"{path}: field part {board.part!r} is not a part of a supported device family; "
+                         f"expected {PART_PATTERNS_TEXT}")
+    description, family = known
+    if family not in PS_TYPE_BY_FAMILY:
+        raise BoardError(f"{path}: field part {board.part!r} is a {description} part, whose PS the generated block "
+                         f"design does not support yet (family must be one of {', '.join(PS_TYPE_BY_FAMILY)})")
+    if family != board.family:
+        raise BoardError(f"{path}: field part {board.part!r} is a {description} part: family must be {family!r}, "
+                         f"got {board.family!r}")
 
 
 def _resolve_board_file(name_or_path: str) -> Path:

@@ -152,6 +152,26 @@ def test_bad_values_are_reported_by_field(tmp_path, edit, field):
     assert f"field {field} " in message and "\n" not in message
 
 
+@pytest.mark.parametrize("part", ["xcfoo123-bar", "xc7a35tcpg236-1", "zu7ev-ffvc1156-2-e", "xczu"])
+def test_unknown_part_is_rejected_listing_the_families(tmp_path, part):
+    path = _write_board_yaml(tmp_path, lambda raw: raw.update(part=part))
+    with pytest.raises(BoardError) as excinfo:
+        load_board(str(path))
+    message = str(excinfo.value)
+    assert "\n" not in message and f"field part {part!r}" in message
+    for family in ("Zynq UltraScale+ (xczu*)", "Zynq-7000 (xc7z*)", "Kria (xck26*)", "Versal (xcv*)"):
+        assert family in message
+
+
+def test_part_must_belong_to_the_boards_family(tmp_path):
+    path = _write_board_yaml(tmp_path, lambda raw: raw.update(part="xc7z020clg400-1"))  # family: zynquplus
+    with pytest.raises(BoardError, match=r"Zynq-7000 part: family must be 'zynq', got 'zynquplus'$"):
+        load_board(str(path))
+    versal = _write_board_yaml(tmp_path, lambda raw: raw.update(part="xcvc1902-vsva2197-2MP-e-S"))
+    with pytest.raises(BoardError, match="is a Versal part, whose PS the generated block design does not support"):
+        load_board(str(versal))
+
+
 def test_uram_may_be_zero():
     assert load_board("zcu102").resources.uram == 0
 

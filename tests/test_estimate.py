@@ -55,7 +55,7 @@ def test_zcu104_tiling_stays_within_80_percent_and_reports_sizes(zcu104):
     assert t.moe_hidden_bytes == t.max_tokens * BASE.moe_hidden * prog.elem_bytes
     assert t.lut_rom_bits > 0
     assert tiling_params(t) == {"P": t.P, "Q": t.Q, "max_k": t.max_k, "max_n": t.max_n,
-                                "max_tokens": t.max_tokens, "max_head_dim": t.max_head_dim}
+                                "max_tokens": t.max_tokens, "max_head_dim": t.max_head_dim, "act_banks": 2}
     json.dumps(t.to_json())
 
 
@@ -162,3 +162,100 @@ def test_bad_expert_counts_are_rejected(zcu104, counts, match):
     prog = design().prog
     with pytest.raises(ValueError, match=match):
         estimate(prog, choose_tiling(prog, zcu104), zcu104, counts)
+
+
+# ---------------------------------------------------------------- resources and the board roofline
+
+def test_report_has_resource_use_against_budget_and_board(zcu104):
+    prog = design().prog
+    t = choose_tiling(prog, zcu104)
+    est = estimate(prog, t, zcu104)
+    res = zcu104.resources
+    assert est.resources == {
+        "dsp": {"used": t.dsp, "budget": int(0.8 * res.dsp), "board": res.dsp},
+        "bram36": {"used": t.bram36, "budget": int(0.8 * res.bram36), "board": res.bram36},
+        "uram": {"used": t.uram, "budget": int(0.8 * res.uram), "board": res.uram},
+        "lut": {"used": t.lut, "budget": int(0.8 * res.lut), "board": res.lut},
+    }
+    data = json.loads(json.dumps(est.to_json()))
+    assert data["resources"]["dsp"]["used"] == t.dsp and data["tiling_summary"] == t.summary()
+    assert {b["name"] for b in data["tiling_detail"]["buffers"]} >= {"weights", "act_tile", "acc_tile", "gelu_lut"}
+    table = est.table()
+    assert t.summary() in table
+    dsp_row = next(line for line in table.splitlines() if line.startswith("DSP "))
+    assert dsp_row.split()[1:4] == [f"{t.dsp:,}", f"{int(0.8 * res.dsp):,}", f"{res.dsp:,}"]
+    # A tighter budget is what the report then shows.
+    tight = choose_tiling(prog, zcu104, dsp_fraction=0.5)
+    assert estimate(prog, tight, zcu104).resources["dsp"]["budget"] == int(0.5 * res.dsp)
+
+
+def test_board_roofline_per_layer_and_kind(zcu104):
+    prog = design().prog
+    t = choose_tiling(prog, zcu104)
+    est = estimate(prog, t, zcu104)
+    kinds = {l.name: l.kind for l in est.layers}
+    assert kinds["b0.attn"] == "attention" and kinds["b1.moe"] == "moe"
+    assert kinds["b0.qkv"] == kinds["patch"] == "dense matmul" and kinds["b0.ln1"] == kinds["b0.res1"] == "vector ops"
+    for l in est.layers:
+        expected = max(l.macs / (t.P * t.Q), l.ddr_bytes / zcu104.ddr_bytes_per_cycle)
+        assert l.board_roofline == pytest.approx(expected)
+        assert l.roofline_ratio == pytest.approx(expected / l.cycles) and 0 < l.roofline_ratio <= 1
+    by_kind = {k.kind: k for k in est.kinds}
+    assert set(by_kind) == {"attention", "moe", "dense matmul", "vector ops"}
+    for kind, k in by_kind.items():
+        layers = [l for l in est.layers if l.kind == kind]
+        assert k.layers == len(layers) and k.cycles == sum(l.cycles for l in layers)
+        assert k.roofline_ratio == pytest.approx(sum(l.board_roofline for l in layers) / k.cycles)
+    summary = est.kind_summary()
+    assert summary.startswith("roofline/estimate by kind: attention ") and "moe" in summary
+    assert summary in est.table()
+
+
+def test_on_chip_operands_follow_the_kernel(zcu104):
+    """LayerNorm -> qkv / MLP fc1 / router and fc1 -> fc2 keep the operand on chip (no A read)."""
+    from codesign.schedule.estimate import forwarded_operands
+
+    prog = design().prog
+    forwarded = {prog.instrs[i].layer for i in forwarded_operands(prog)}
+    assert {"b0.qkv", "b0.gelu", "b0.mlp", "b1.gate", "b1.e0.fc2"} <= forwarded
+    assert not forwarded & {"patch", "b0.proj", "b1.e0.fc1"}  # input / attention output / gathered rows
+    est = estimate(prog, choose_tiling(prog, zcu104), zcu104)
+    cost = {c.name: c for c in est.instrs}
+    assert cost["b0.qkv"].act_read_bytes == 0 and cost["b0.proj"].act_read_bytes > 0
+    # The ISA still stores the hidden rows: written, never read back.
+    assert cost["b1.e0.fc1"].act_write_bytes > 0 and cost["b1.e0.fc2"].act_read_bytes == (
+        4 + 2 * 4 * cost["b1.e0.fc2"].rows + 4 * cost["b1.e0.fc2"].rows * BASE.embed_dim)  # count, lists, old acc
+
+
+def test_one_act_bank_when_two_do_not_fit():
+    """M3ViT-tiny on the PYNQ-Z2: the second A bank does not fit, so MATMUL outputs are read back
+    from DDR (LayerNorm outputs still stay on chip) rather than the array shrinking further."""
+    from codesign.schedule.estimate import forwarded_operands
+
+    tiny = ModelConfig(img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3, moe_blocks=(1,),
+                       num_experts=16, top_k=2)
+    prog = design(tiny).prog
+    board = load_board("pynq-z2")
+    t = choose_tiling(prog, board)
+    assert t.act_banks == 1 and t.bram36 <= 0.8 * board.resources.bram36
+    one, two = forwarded_operands(prog, 1), forwarded_operands(prog, 2)
+    layers = {prog.instrs[i].layer for i in one}
+    assert one < two and "b0.qkv" in layers and "b0.mlp" not in layers and "b1.e0.fc2" not in layers
+    est = estimate(prog, t, board)
+    assert next(c for c in est.instrs if c.name == "b0.mlp").act_read_bytes > 0
+
+
+def test_softmax_is_one_pass_with_deferred_normalisation(zcu104):
+    from codesign.schedule.estimate import vector_cycles
+
+    prog = design().prog
+    attn = next(i for i in prog.instrs if i.op == Op.ATTN)
+    a = attn.args
+    P, Q = 4, 16  # the exp/sum pass (tokens x ceil(tokens/Q)) is not hidden behind P.V here
+    exp = a["tokens"] * -(-a["tokens"] // Q)
+    pv = -(-a["tokens"] // P) * -(-a["head_dim"] // Q) * a["tokens"]
+    normalise = a["tokens"] * -(-a["head_dim"] // Q)
+    assert vector_cycles(attn, 0, Q, P) == a["heads"] * (max(0, exp - pv) + normalise)
+    gate = next(i for i in prog.instrs if i.op == Op.GATE)
+    g = gate.args
+    assert vector_cycles(gate, 0, 64, 32) == g["tokens"] * (1 + 2 * g["top_k"])

@@ -3,10 +3,12 @@
 Outputs, relative to the generated project directory (next to the data/ folder that
 codesign.emit.data.write_data_dir wrote):
   firmware/codesign_top.cpp  the kernel: instruction fetch + one function per opcode
+  firmware/codesign_top.h    its interface: the AXI beat type and the top-level prototype
   firmware/arith.h           integer arithmetic (rshift_round, requant, softmax_row, layernorm_row)
   firmware/luts.h            EXP / RECIP / RSQRT tables copied from codesign.quant.arith
   tb/tb_codesign.cpp         csim testbench over data/ (bit-exact per traced tensor)
-  Makefile                   `make csim` with plain g++
+  Makefile                   `make csim` (and `make iters`) with plain g++; Vitis targets
+  README.md                  how to build, simulate (csim / cosim) and run the project
   data/tb_vectors.txt        one line per test vector:  id task start_file expected_file
   data/tb_regions.txt        one line per traced tensor: name act_addr nbytes
   run_hls.tcl, vivado/block_design.tcl, host/driver.py   (codesign.emit.tcl)
@@ -27,15 +29,23 @@ from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver
 # g++ flags of the csim build, shared by the Makefile and codesign.sim.csim.
 CSIM_CXXFLAGS = ("-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Ifirmware")
 
-DEFAULT_TILE = {"P": 4, "Q": 16}
+DEFAULT_TILE = {"P": 4, "Q": 16, "act_banks": 2}
+
+# Beats the elementwise ops (ADD, REQUANT32) move per chunk: reads of chunk c overlap the writes
+# of chunk c-1, so the last chunk's writes are the only ones not hidden.
+CHUNK_BEATS = 32
+# Widest AXI beat the kernel is written for: one instruction (64 bytes) is a whole number of beats.
+MAX_AXI_BYTES = 64
 
 # template name -> output path inside the project directory
 _OUTPUTS = {
     "firmware/codesign_top.cpp.j2": Path("firmware") / "codesign_top.cpp",
     "firmware/arith.h.j2": Path("firmware") / "arith.h",
     "firmware/luts.h.j2": Path("firmware") / "luts.h",
+    "firmware/codesign_top.h.j2": Path("firmware") / "codesign_top.h",
     "tb/tb_codesign.cpp.j2": Path("tb") / "tb_codesign.cpp",
     "Makefile.j2": Path("Makefile"),
+    "README.md.j2": Path("README.md"),
 }
 
 # On-chip buffers whose size the program dictates (a smaller caller value would overflow them).
@@ -62,7 +72,7 @@ def render_hls(out_dir: Path, prog: Program, board: Board, tile: dict | None = N
     out_dir = Path(out_dir)
     man = manifest if manifest is not None else _read_manifest(out_dir)
     _check_manifest_matches(man, prog)
-    context = _context(prog, hls_tile(prog, tile), project_name)
+    context = _context(prog, hls_tile(prog, tile), project_name, board, man)
     written = render_tcl_and_driver(out_dir, board, project_name)  # also validates project_name
     env = _template_environment()
     for template_name, relative_path in _OUTPUTS.items():
@@ -83,6 +93,8 @@ def hls_tile(prog: Program, tile: dict | None = None) -> dict:
     for key in ("P", "Q"):
         if not isinstance(chosen[key], int) or chosen[key] < 1:
             raise ValueError(f"tile {key} must be a positive integer, got {chosen[key]!r}")
+    if chosen["act_banks"] not in (1, 2):
+        raise ValueError(f"tile act_banks must be 1 or 2, got {chosen['act_banks']!r}")
     too_small = [f"{k}={chosen[k]} < {need[k]}" for k in _BUFFER_KEYS if chosen[k] < need[k]]
     if too_small:
         raise ValueError("tile buffers too small for this program: " + ", ".join(too_small))
@@ -128,15 +140,39 @@ def _program_sizes(prog: Program) -> dict:
     sizes = dict.fromkeys((*_BUFFER_KEYS, "max_heads", "max_count"), 1)
     for ins in prog.instrs:
         extents = [(key, ins.args[name]) for key, name in _SIZE_FIELDS.get(ins.op, ())]
-        if ins.op == Op.GATE:  # it also clears the tokens x dim MoE accumulator
-            extents.append(("max_count", ins.args["tokens"] * ins.args["dim"]))
+        if ins.op == Op.GATE:  # router logits on the MAC array; it also clears the MoE accumulator
+            a = ins.args
+            extents += [("max_count", a["tokens"] * a["dim"]), ("max_m", a["tokens"]), ("max_k", a["dim"]),
+                        ("max_n", a["experts"])]
         for key, value in extents:
             sizes[key] = max(sizes[key], int(value))
     sizes["max_row"] = max(sizes["max_tokens"], sizes["max_experts"])  # softmax over keys or experts
     return sizes
 
 
-def _context(prog: Program, tile: dict, project_name: str) -> dict:
+def axi_bytes(board: Board) -> int:
+    """Bytes per beat of the kernel's m_axi ports: the board's PS port width (boards/*.yaml)."""
+    width = board.memory.axi_data_bits // 8
+    if width > MAX_AXI_BYTES:
+        raise ValueError(f"{board.name}: memory.axi_data_bits {board.memory.axi_data_bits} is wider than the "
+                         f"{8 * MAX_AXI_BYTES}-bit beats the kernel supports")
+    return width
+
+
+# tiling binding -> Vitis HLS BIND_STORAGE impl
+_IMPL = {"bram36": "bram", "uram": "uram", "lutram": "lutram"}
+
+
+def storage_bindings(prog: Program, board: Board, tile: dict) -> dict[str, str]:
+    """BIND_STORAGE impl of each kernel buffer, as codesign.schedule.tiling binds it for this array."""
+    from ..schedule.tiling import buffer_bindings
+
+    chosen = buffer_bindings(prog, board, tile["P"], tile["Q"], tile["act_banks"])
+    names = ("act_tile", "weights", "gelu_lut", "acc_tile")
+    return {name: _IMPL[chosen.get(name, "bram36")] for name in names}
+
+
+def _context(prog: Program, tile: dict, project_name: str, board: Board, man: dict) -> dict:
     ops = [{"struct": _struct_name(op), "fields": list(FIELDS[op])} for op in Op if op != Op.END]
     flags = [(name, value) for name, value in vars(Flag).items() if name.isupper() and isinstance(value, int)]
     tables = [
@@ -146,13 +182,23 @@ def _context(prog: Program, tile: dict, project_name: str) -> dict:
     ]
     for table in tables:
         table["values"] = [int(v) for v in np.asarray(table["values"], np.int64)]
+    beat = axi_bytes(board)
+    bind = storage_bindings(prog, board, tile)
     return {
         "project_name": project_name, "top": TOP_FUNCTION, "tile": tile, "cxxflags": CSIM_CXXFLAGS,
+        "board": board, "axi_bytes": beat, "chunk_beats": CHUNK_BEATS, "bind": bind,
+        "bindings_note": ", ".join(f"{k} -> {v}" for k, v in bind.items()),
+        "tiling_summary": f"a {tile['P']}x{tile['Q']} MAC array on {board.name} ({board.part}), "
+                          f"{8 * beat}-bit AXI beats",
+        "prog_beats": _beats(len(prog.code), beat), "wgt_beats": _beats(len(prog.wgt), beat),
+        "act_beats": _beats(prog.act_bytes, beat),
+        "manifest_sizes": {"wgt_bytes": man["wgt_bytes"], "prog_bytes": man["prog_bytes"],
+                           "act_bytes": man["act_bytes"]},
         "elem_bytes": prog.elem_bytes, "abits": prog.abits, "qp": A.qmax(prog.abits),
         "words": WORDS, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
         "prog_words": len(prog.code) // 4, "wgt_bytes": len(prog.wgt), "act_bytes": prog.act_bytes,
         "num_instrs": len(prog.instrs), "tables": tables,
-        "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC,
+        "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC, "attn_frac": A.ATTN_FRAC,
         "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,
     }
 
@@ -170,6 +216,10 @@ def _token(value) -> str:
     if not text or any(c.isspace() for c in text):
         raise ValueError(f"{text!r} cannot be written to a whitespace-separated testbench list")
     return text
+
+
+def _beats(nbytes: int, beat: int) -> int:
+    return max(1, (nbytes + beat - 1) // beat)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -2,15 +2,26 @@
 
 Per instruction:
 * MAC-array cycles: ceil(M/P) * ceil(N/Q) * K for each product it runs (K is sequential).
-* Vector-unit cycles at Q elements per cycle (VECTOR_PASSES below); requantisation and GELU of a
-  MATMUL are pipelined into the array's drain and cost nothing extra.
+* Vector-unit cycles at Q elements per cycle (the pass model below); requantisation and GELU of
+  a MATMUL are pipelined into the array's drain and cost nothing extra.
+* Softmax (ATTN, GATE) is one pass with deferred normalisation: the row maximum is taken while
+  the scores stream out of the array, exp and sum are fused with the P.V product (ATTN) or are
+  the only pass over the logits (GATE), and only the outputs are normalised: head_dim values per
+  query row (ATTN), the top_k picked probabilities per token (GATE).
+* LayerNorm reads each row once: sum and sum of squares accumulate as it streams in, and the
+  normalisation of row r overlaps the read of row r+1.
 * DDR bytes: weights read once per instruction (weight tiles are double-buffered, activations
-  held on chip), activations as the instruction reads / writes them, except a MoE expert's
-  hidden rows, which stay in the on-chip MoE hidden buffer between fc1 and fc2. An expert with
-  no tokens reads only its count.
+  held on chip), activations as the instruction reads / writes them, except the A operand of a
+  MATMUL that directly consumes the previous MATMUL's output (a MoE expert's hidden rows fc1 ->
+  fc2, a dense MLP's hidden rows): the kernel keeps that output in its second A bank, so it is
+  written (the ISA stores it) but never read back. An expert with no tokens reads only its count.
 * Memory cycles: reads and writes use separate AXI channels of the single m_axi_gmem port
   (axi_data_bits per cycle each) and share the DDR (board.ddr_bytes_per_cycle).
-* cycles = max(compute, memory) + INSTR_OVERHEAD_CYCLES: weight prefetch overlaps compute.
+* cycles = max(compute + prologue, memory + epilogue) + INSTR_OVERHEAD_CYCLES: weight prefetch
+  overlaps compute, except at the ends of a MATMUL / GATE on the MAC array: weight tile 0 streams
+  in before the array can start, the A rows (streamed during tile 0, unless on chip) plus the
+  prefetch of tile 1 can outlast tile 0's compute (matmul_prologue), and nothing is left to read
+  while the array computes the last tile (matmul_epilogue).
 """
 from __future__ import annotations
 
@@ -25,16 +36,21 @@ from ..quant.golden import run_golden
 from ..quant.qmodel import QuantModel
 from .isa import Flag, Instr, Op
 from .program import Program
-from .tiling import (Tiling, array_cycles, array_passes, gate_instrs, instr_rows, tiling_params,
-                     uniform_expert_counts)
+from .tiling import (Budget, Tiling, array_cycles, array_passes, gate_instrs, instr_rows, program_sizes,
+                     tiling_params, uniform_expert_counts)
 
 # Instruction fetch (a 64-byte read: one PL->PS DDR round trip, ~0.5 us = ~100 cycles at 200 MHz)
 # plus pipeline fill and drain. Paid by every instruction, including unused experts.
 INSTR_OVERHEAD_CYCLES = 128
-# Vector-unit passes over the data: layernorm (statistics, then normalise); softmax (max,
-# exp and sum, normalise).
-LAYERNORM_PASSES = 2
-SOFTMAX_PASSES = 3
+# Vector-unit passes over the data (see the module docstring): LayerNorm one pass per row;
+# softmax no pass for the maximum (taken in the array drain) and one fused exp/sum pass (for
+# ATTN overlapped with the P.V array pass), plus the normalisation of the outputs only.
+LAYERNORM_PASSES = 1
+SOFTMAX_MAX_PASSES = 0
+SOFTMAX_EXP_PASSES = 1
+
+# Report kinds of layers (roofline summary per kind).
+KINDS = ("attention", "moe", "dense matmul", "vector ops")
 
 _MOE_PART = re.compile(r"^(?P<block>b\d+)\.(gate|e\d+\.fc[12]|mlp)$")
 
@@ -54,10 +70,13 @@ class InstrCost:
     act_write_bytes: int
     memory_cycles: int
     cycles: int
+    prologue_cycles: int = 0  # not overlapped: weight tile 0 and A rows beyond tile 0's compute
+    epilogue_cycles: int = 0  # the last weight tile's compute, after the last read
 
     @property
     def compute_cycles(self) -> int:
-        return self.array_cycles + self.vector_cycles
+        """Array + vector cycles and the MAC prologue: cycles = max(compute, memory) + overhead."""
+        return self.array_cycles + self.vector_cycles + self.prologue_cycles
 
     @property
     def ddr_bytes(self) -> int:
@@ -76,6 +95,21 @@ class LayerCost:
     ddr_bytes: int
     bound: str  # "compute" or "memory"
     utilisation: float  # MACs / (P*Q * cycles)
+    kind: str = ""  # one of KINDS
+    board_roofline: float = 0.0  # max(MACs / (P*Q), DDR bytes / sustained DDR bytes per cycle)
+    roofline_ratio: float = 0.0  # board_roofline / cycles
+
+
+@dataclass
+class KindCost:
+    """The layers of one kind together: their estimate against the pure board roofline."""
+    kind: str
+    layers: int
+    macs: int
+    ddr_bytes: int
+    cycles: int
+    board_roofline: float
+    roofline_ratio: float
 
 
 @dataclass
@@ -96,12 +130,30 @@ class Estimate:
     roofline_cycles: float = 0.0
     roofline_bound: str = ""
     roofline_ratio: float = 0.0  # roofline / estimate, in (0, 1]: how close to the board bound
+    # Per layer kind (KINDS): estimate vs the pure board roofline (no AXI port limit, no vector unit).
+    kinds: list[KindCost] = field(default_factory=list)
+    # resource -> {"used", "budget", "board"} (DSP, BRAM36, URAM, LUT of the tiling)
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    tiling_summary: str = ""
+    tiling_detail: dict = field(default_factory=dict)  # Tiling.to_json(): buffers, breakdowns
 
     def to_json(self) -> dict:
         d = asdict(self)
         for row, ins in zip(d["instrs"], self.instrs):
             row.update(compute_cycles=ins.compute_cycles, ddr_bytes=ins.ddr_bytes)
         return d
+
+    def resource_table(self) -> str:
+        head = f"{'resource':<10}{'used':>10}{'budget':>10}{'board':>10}{'of budget':>11}{'of board':>10}"
+        rows = [f"{name.upper():<10}{r['used']:>10,.0f}{r['budget']:>10,.0f}{r['board']:>10,.0f}"
+                f"{_share(r['used'], r['budget']):>11}{_share(r['used'], r['board']):>10}"
+                for name, r in self.resources.items()]
+        return "\n".join([head, *rows])
+
+    def kind_summary(self) -> str:
+        parts = [f"{k.kind} {k.roofline_ratio:.1%} ({k.layers} layers, {k.cycles:,} cycles vs {k.board_roofline:,.0f})"
+                 for k in self.kinds if k.layers]
+        return "roofline/estimate by kind: " + "; ".join(parts)
 
     def summary(self) -> str:
         t, tot = self.tiling, self.totals
@@ -118,16 +170,23 @@ class Estimate:
 
     def table(self) -> str:
         w = max([len("layer")] + [len(l.name) for l in self.layers]) + 2
-        head = (f"{'layer':<{w}}{'instrs':>7}{'MACs':>15}{'compute':>12}{'memory':>12}{'cycles':>12}"
-                f"{'DDR bytes':>14}{'bound':>9}{'util':>7}")
-        rows = [f"{l.name:<{w}}{l.instrs:>7}{l.macs:>15,}{l.compute_cycles:>12,}{l.memory_cycles:>12,}"
-                f"{l.cycles:>12,}{l.ddr_bytes:>14,}{l.bound:>9}{l.utilisation:>7.1%}" for l in self.layers]
+        head = (f"{'layer':<{w}}{'kind':>13}{'instrs':>7}{'MACs':>15}{'compute':>12}{'memory':>12}{'cycles':>12}"
+                f"{'DDR bytes':>14}{'bound':>9}{'util':>7}{'roofline':>10}{'roof/est':>9}")
+        rows = [f"{l.name:<{w}}{l.kind:>13}{l.instrs:>7}{l.macs:>15,}{l.compute_cycles:>12,}{l.memory_cycles:>12,}"
+                f"{l.cycles:>12,}{l.ddr_bytes:>14,}{l.bound:>9}{l.utilisation:>7.1%}{l.board_roofline:>10,.0f}"
+                f"{l.roofline_ratio:>9.1%}" for l in self.layers]
         tot = self.totals
-        total = (f"{'TOTAL':<{w}}{len(self.instrs):>7}{tot['macs']:>15,}{tot['compute_cycles']:>12,}"
+        board_roof = sum(k.board_roofline for k in self.kinds)
+        total = (f"{'TOTAL':<{w}}{'':>13}{len(self.instrs):>7}{tot['macs']:>15,}{tot['compute_cycles']:>12,}"
                  f"{tot['memory_cycles']:>12,}{tot['cycles']:>12,}{tot['ddr_bytes']:>14,}{'':>9}"
-                 f"{self.utilisation:>7.1%}")
+                 f"{self.utilisation:>7.1%}{board_roof:>10,.0f}{_share(board_roof, tot['cycles']):>9}")
         rule = "-" * len(head)
-        return "\n".join([head, rule, *rows, rule, total, "", self.summary()])
+        out = [head, rule, *rows, rule, total, "", self.kind_summary(),
+               "(roofline = max(MACs / (P*Q), DDR bytes / sustained DDR bytes per cycle): the board bound, "
+               "without the AXI port limit and vector-unit cycles)", ""]
+        if self.resources:
+            out += [self.tiling_summary, self.resource_table(), ""]
+        return "\n".join(out + [self.summary()])
 
 
 # ---------------------------------------------------------------- expert routing
@@ -184,33 +243,68 @@ def report_layer(prog: Program, ins: Instr) -> str:
     return f"{m['block']}.moe" if m and m["block"] in prog.moe_layers else ins.layer
 
 
-def hidden_addrs(prog: Program) -> set[int]:
-    """act addresses of MoE hidden rows, which live in the on-chip MoE hidden buffer."""
-    return {r.addr for name, r in prog.regions.items() if name.endswith("moe.hidden")}
+def forwarded_operands(prog: Program, act_banks: int = 2) -> set[int]:
+    """Indices of the instructions whose A operand (MATMUL) or x rows (GATE) the kernel still holds
+    on chip in an A bank: exactly the rows the previous MATMUL (no SCATTER) or LAYERNORM wrote, no
+    GATHER, and an output no wider than the A buffer. A GATE leaves the bank as it is. With one A
+    bank (act_banks=1) only LayerNorm outputs stay. Mirrors op_matmul / op_layernorm / op_gate in
+    hls_templates/firmware/codesign_top.cpp.j2."""
+    max_k = program_sizes(prog).max_k
+    max_m = max([i.args["m"] for i in prog.instrs if i.op == Op.MATMUL] +
+                [i.args["tokens"] for i in prog.instrs if i.op == Op.GATE], default=0)
+    out: set[int] = set()
+    fwd = None  # (addr, stride, n, rows bound, DYNM count_addr or None)
+    for i, ins in enumerate(prog.instrs):
+        a = ins.args
+        if ins.op == Op.MATMUL:
+            dynm = a["count_addr"] if ins.flags & Flag.DYNM else None
+            if (fwd and not ins.flags & Flag.GATHER and (a["a_addr"], a["a_stride"]) == fwd[:2] and a["k"] <= fwd[2]
+                    and a["m"] <= fwd[3] and fwd[4] in (None, dynm)):
+                out.add(i)
+            keep = act_banks == 2 and not ins.flags & Flag.SCATTER and a["n"] <= max_k
+            fwd = (a["out_addr"], a["out_stride"], a["n"], a["m"], dynm) if keep else None
+        elif ins.op == Op.LAYERNORM:
+            keep = a["dim"] <= max_k and a["rows"] <= max_m
+            fwd = (a["out_addr"], a["dim"], a["dim"], a["rows"], None) if keep else None
+        elif ins.op == Op.GATE:
+            if fwd and (a["x_addr"], a["dim"]) == fwd[:2] and a["dim"] <= fwd[2] and a["tokens"] <= fwd[3] \
+                    and fwd[4] is None:
+                out.add(i)
+            else:
+                fwd = None
+        else:
+            fwd = None
+    return out
 
 
-def vector_cycles(ins: Instr, rows: int, Q: int) -> int:
+def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
+    """Vector-unit cycles not hidden behind the MAC array (see the pass model above)."""
     a = ins.args
     if ins.op == Op.MATMUL:
         # SCATTER: multiply by the score and add into the int32 accumulator row.
         return rows * math.ceil(a["n"] / Q) if ins.flags & Flag.SCATTER else 0
     if ins.op == Op.ATTN:
-        return a["heads"] * a["tokens"] * SOFTMAX_PASSES * math.ceil(a["tokens"] / Q)
+        t, dh = a["tokens"], a["head_dim"]
+        exp = t * (SOFTMAX_MAX_PASSES + SOFTMAX_EXP_PASSES) * math.ceil(t / Q)  # per head, Q lanes
+        normalise = t * math.ceil(dh / Q)  # deferred: only the head_dim outputs of each query row
+        # The exp/sum pass feeds the P.V array pass: only what it cannot hide costs extra.
+        return a["heads"] * (max(0, exp - array_cycles(t, dh, t, P, Q)) + normalise)
     if ins.op == Op.LAYERNORM:
         return a["rows"] * LAYERNORM_PASSES * math.ceil(a["dim"] / Q)
     if ins.op in (Op.ADD, Op.REQUANT32):
         return math.ceil(a["count"] / Q)
     if ins.op == Op.GATE:
-        # Softmax of each token's logits, then top-k and the expert lists, one slot per cycle.
-        return a["tokens"] * (SOFTMAX_PASSES * math.ceil(a["experts"] / Q) + a["top_k"])
+        # Per token: exp/sum over the logits, normalise the top_k picked, one list slot per pick.
+        return a["tokens"] * ((SOFTMAX_MAX_PASSES + SOFTMAX_EXP_PASSES) * math.ceil(a["experts"] / Q) + 2 * a["top_k"])
     return 0
 
 
-def ddr_bytes(prog: Program, ins: Instr, rows: int, on_chip: set[int]) -> tuple[int, int, int]:
+
+def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False) -> tuple[int, int, int]:
     """(weight bytes, activation bytes read, activation bytes written) of one instruction."""
     eb, a = prog.elem_bytes, ins.args
     if ins.op == Op.MATMUL:
-        return _matmul_bytes(ins, rows, eb, prog.abits, on_chip)
+        return _matmul_bytes(ins, rows, eb, prog.abits, a_on_chip)
     if ins.op == Op.ATTN:
         d = a["heads"] * a["head_dim"]
         return 0, a["tokens"] * 3 * d * eb, a["tokens"] * d * eb
@@ -223,13 +317,13 @@ def ddr_bytes(prog: Program, ins: Instr, rows: int, on_chip: set[int]) -> tuple[
     if ins.op == Op.GATE:
         t, d, e, k = a["tokens"], a["dim"], a["experts"], a["top_k"]
         # One task's gate; writes counts, idx and score lists, and zeroes the int32 accumulator.
-        return e * d * eb + 4 * e, t * d * eb, 4 * e + 2 * 4 * t * k + 4 * t * d
+        return e * d * eb + 4 * e, 0 if a_on_chip else t * d * eb, 4 * e + 2 * 4 * t * k + 4 * t * d
     if ins.op == Op.REQUANT32:
         return 0, 4 * a["count"], a["count"] * eb
     return 0, 0, 0
 
 
-def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, on_chip: set[int]) -> tuple[int, int, int]:
+def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool) -> tuple[int, int, int]:
     a, f = ins.args, ins.flags
     count = 4 if f & Flag.DYNM else 0
     if rows == 0:
@@ -237,11 +331,45 @@ def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, on_chip: set[int])
     n, k = a["n"], a["k"]
     weights = n * k * eb + 2 * 4 * n + ((1 << abits) * eb if f & Flag.GELU else 0)  # W, bias, mult, LUT
     lists = 4 * rows * ((1 if f & (Flag.GATHER | Flag.SCATTER) else 0) + (1 if f & Flag.SCATTER else 0))
-    a_read = 0 if a["a_addr"] in on_chip else rows * k * eb
+    a_read = 0 if a_on_chip else rows * k * eb
     if f & Flag.SCATTER:  # read-modify-write of the int32 accumulator rows
         return weights, count + lists + a_read + 4 * rows * n, 4 * rows * n
-    out = 0 if a["out_addr"] in on_chip else rows * n * eb
-    return weights, count + lists + a_read, out
+    return weights, count + lists + a_read, rows * n * eb
+
+
+def matmul_prologue(ins: Instr, rows: int, P: int, Q: int, eb: int, axi_bpc: float, a_on_chip: bool) -> int:
+    """Cycles of a MAC-array instruction that nothing overlaps (the kernel's mac_run): weight tile 0
+    is read before the array starts; during tile 0 the A rows and then weight tile 1 stream in,
+    and whatever of that outlasts tile 0's compute stalls the array. One AXI beat per cycle."""
+    a = ins.args
+    if ins.op == Op.MATMUL:
+        n, k = a["n"], a["k"]
+    elif ins.op == Op.GATE:
+        n, k, rows = a["experts"], a["dim"], a["tokens"]
+    else:
+        return 0
+    if rows == 0:
+        return 0
+    row_beats = math.ceil(k * eb / axi_bpc)
+    tile0 = min(Q, n) * row_beats
+    tile1 = min(Q, max(0, n - Q)) * row_beats
+    a_beats = 0 if a_on_chip else rows * row_beats
+    return tile0 + max(0, a_beats + tile1 - math.ceil(rows / P) * k)
+
+
+def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float) -> int:
+    """The last weight tile's reduction steps, which no read overlaps but a SCATTER's reads of
+    that tile's old accumulator rows."""
+    a = ins.args
+    if ins.op == Op.MATMUL:
+        if not rows:
+            return 0
+        last_cols = a["n"] - (math.ceil(a["n"] / Q) - 1) * Q
+        acc_reads = rows * math.ceil(last_cols * 4 / axi_bpc) if ins.flags & Flag.SCATTER else 0
+        return max(0, math.ceil(rows / P) * a["k"] - acc_reads)
+    if ins.op == Op.GATE:
+        return math.ceil(a["tokens"] / P) * a["dim"]
+    return 0
 
 
 def transfer_cycles(read: float, write: float, ddr_bpc: float, axi_bpc: float) -> int:
@@ -249,15 +377,18 @@ def transfer_cycles(read: float, write: float, ddr_bpc: float, axi_bpc: float) -
 
 
 def instr_cost(prog: Program, t: Tiling, board: Board, index: int, ins: Instr, rows: int,
-               on_chip: set[int]) -> InstrCost:
+               a_on_chip: bool = False) -> InstrCost:
     passes = array_passes(ins, rows)
     macs = sum(M * N * K for M, N, K in passes)
     arr = sum(array_cycles(M, N, K, t.P, t.Q) for M, N, K in passes)
-    vec = vector_cycles(ins, rows, t.Q)
-    wgt, rd, wr = ddr_bytes(prog, ins, rows, on_chip)
-    mem = transfer_cycles(wgt + rd, wr, board.ddr_bytes_per_cycle, axi_bytes_per_cycle(board))
+    vec = vector_cycles(ins, rows, t.Q, t.P)
+    wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip)
+    axi_bpc = axi_bytes_per_cycle(board)
+    mem = transfer_cycles(wgt + rd, wr, board.ddr_bytes_per_cycle, axi_bpc)
+    prologue = matmul_prologue(ins, rows, t.P, t.Q, prog.elem_bytes, axi_bpc, a_on_chip)
+    epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc)
     return InstrCost(index, report_layer(prog, ins), ins.layer, ins.op.name, rows, macs, arr, vec, wgt, rd, wr,
-                     mem, max(arr + vec, mem) + INSTR_OVERHEAD_CYCLES)
+                     mem, max(arr + vec + prologue, mem + epilogue) + INSTR_OVERHEAD_CYCLES, prologue, epilogue)
 
 
 def axi_bytes_per_cycle(board: Board) -> float:
@@ -266,19 +397,60 @@ def axi_bytes_per_cycle(board: Board) -> float:
 
 # ---------------------------------------------------------------- the whole program
 
-def group_layers(costs: list[InstrCost], macs_per_cycle: int) -> list[LayerCost]:
+def group_layers(costs: list[InstrCost], macs_per_cycle: int, ddr_bpc: float = 0.0) -> list[LayerCost]:
     groups: dict[str, list[InstrCost]] = {}
     for c in costs:
         groups.setdefault(c.layer, []).append(c)
-    return [layer_cost(name, cs, macs_per_cycle) for name, cs in groups.items()]
+    return [layer_cost(name, cs, macs_per_cycle, ddr_bpc) for name, cs in groups.items()]
 
 
-def layer_cost(name: str, cs: list[InstrCost], macs_per_cycle: int) -> LayerCost:
+def layer_kind(cs: list[InstrCost]) -> str:
+    ops = {c.op for c in cs}
+    if "ATTN" in ops:
+        return "attention"
+    if "GATE" in ops or any(c.layer.endswith(".moe") for c in cs):
+        return "moe"
+    if "MATMUL" in ops:
+        return "dense matmul"
+    return "vector ops"
+
+
+def board_roofline(macs: int, ddr_bytes: int, macs_per_cycle: int, ddr_bpc: float) -> float:
+    """The pure board bound: MAC array peak and sustained DDR bandwidth, nothing else."""
+    return max(macs / macs_per_cycle, ddr_bytes / ddr_bpc if ddr_bpc else 0.0)
+
+
+def layer_cost(name: str, cs: list[InstrCost], macs_per_cycle: int, ddr_bpc: float = 0.0) -> LayerCost:
     macs, cycles = sum(c.macs for c in cs), sum(c.cycles for c in cs)
     compute, memory = sum(c.compute_cycles for c in cs), sum(c.memory_cycles for c in cs)
+    ddr = sum(c.ddr_bytes for c in cs)
+    roof = board_roofline(macs, ddr, macs_per_cycle, ddr_bpc)
     return LayerCost(name, len(cs), macs, compute, memory, cycles, sum(c.weight_bytes for c in cs),
-                     sum(c.ddr_bytes for c in cs), "compute" if compute >= memory else "memory",
-                     macs / (macs_per_cycle * cycles) if cycles else 0.0)
+                     ddr, "compute" if compute >= memory else "memory",
+                     macs / (macs_per_cycle * cycles) if cycles else 0.0,
+                     layer_kind(cs), roof, roof / cycles if cycles else 0.0)
+
+
+def kind_costs(layers: list[LayerCost]) -> list[KindCost]:
+    out = []
+    for kind in KINDS:
+        ls = [l for l in layers if l.kind == kind]
+        cycles, roof = sum(l.cycles for l in ls), sum(l.board_roofline for l in ls)
+        out.append(KindCost(kind, len(ls), sum(l.macs for l in ls), sum(l.ddr_bytes for l in ls), cycles, roof,
+                            roof / cycles if cycles else 0.0))
+    return out
+
+
+def resource_use(t: Tiling, board: Board, dsp_fraction: float = 0.8, mem_fraction: float = 0.8
+                 ) -> dict[str, dict[str, float]]:
+    """used / budget / board total of DSP, BRAM36, URAM and LUT for the tiling."""
+    budget = Budget(board, dsp_fraction, mem_fraction)
+    return {r: {"used": getattr(t, r), "budget": budget.limit(r), "board": getattr(board.resources, r)}
+            for r in ("dsp", "bram36", "uram", "lut")}
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
 
 
 def sum_totals(costs: list[InstrCost]) -> dict[str, int]:
@@ -291,9 +463,10 @@ def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[st
              ) -> Estimate:
     """Cycles, bytes and latency of one inference (one image, one task) of `prog` on `board`."""
     counts, notes = resolve_expert_counts(prog, expert_counts)
-    on_chip = hidden_addrs(prog)
+    forwarded = forwarded_operands(prog, tiling.act_banks)
     rows = instr_rows(prog, counts)
-    costs = [instr_cost(prog, tiling, board, i, ins, r, on_chip) for i, (ins, r) in enumerate(zip(prog.instrs, rows))]
+    costs = [instr_cost(prog, tiling, board, i, ins, r, i in forwarded)
+             for i, (ins, r) in enumerate(zip(prog.instrs, rows))]
     totals = sum_totals(costs)
     peak = tiling.macs_per_cycle
     ddr_bpc, axi_bpc = board.ddr_bytes_per_cycle, axi_bytes_per_cycle(board)
@@ -301,23 +474,35 @@ def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[st
     memory_bound = transfer_cycles(totals["weight_bytes"] + totals["act_read_bytes"], totals["act_write_bytes"],
                                    ddr_bpc, axi_bpc)
     roofline = max(compute_bound, memory_bound)
+    layers = group_layers(costs, peak, ddr_bpc)
     return Estimate(
         board=board.name, clock_mhz=board.clock_mhz, tiling=tiling_params(tiling), num_tasks=prog.num_tasks,
         ddr_bytes_per_cycle=ddr_bpc, axi_bytes_per_cycle=axi_bpc, expert_counts=counts,
-        assumptions=notes + model_notes(tiling, board), instrs=costs, layers=group_layers(costs, peak), totals=totals,
+        assumptions=notes + model_notes(tiling, board), instrs=costs, layers=layers, totals=totals,
         latency_ms=totals["cycles"] / board.clock_hz * 1e3,
         utilisation=totals["macs"] / (peak * totals["cycles"]) if totals["cycles"] else 0.0,
         roofline_cycles=roofline, roofline_bound="compute" if compute_bound >= memory_bound else "memory",
         roofline_ratio=roofline / totals["cycles"] if totals["cycles"] else 0.0,
+        kinds=kind_costs(layers), resources=resource_use(tiling, board, *tiling_fractions(tiling)),
+        tiling_summary=tiling.summary(), tiling_detail=tiling.to_json(),
     )
+
+
+def tiling_fractions(t: Tiling) -> tuple[float, float]:
+    """The budget fractions the tiling was chosen with."""
+    return t.dsp_fraction, t.mem_fraction
 
 
 def model_notes(t: Tiling, board: Board) -> list[str]:
     return [
         f"{INSTR_OVERHEAD_CYCLES} cycles fixed overhead per instruction (fetch, pipeline fill/drain)",
         f"vector unit: {t.Q} elements/cycle; requant/GELU pipelined into the MAC drain",
+        "MAC-array instructions: weight tile 0, A rows + tile 1 beyond tile 0's compute, and the last tile's "
+        "compute are not overlapped with the other stream",
         f"DDR through the one {board.memory.axi_data_bits}-bit AXI master: {axi_bytes_per_cycle(board):g} B/cycle "
         f"per direction, {board.ddr_bytes_per_cycle:.1f} B/cycle of sustained DDR shared by both",
-        "MoE hidden rows stay on chip between fc1 and fc2; the int32 MoE accumulator is in DDR",
+        "a MATMUL's output stays on chip for a directly following MATMUL that reads it (MoE hidden rows fc1 -> fc2, "
+        "dense MLP hidden rows); the int32 MoE accumulator is in DDR",
+        "softmax: max while the scores stream, one exp/sum pass fused with P.V, normalisation of the outputs only",
         "roofline peak: the P*Q array's MACs per cycle; bytes at the same DDR/AXI rates as the estimate",
     ]

@@ -7,12 +7,16 @@ Dataflow assumed by the sizing (and by codesign.schedule.estimate):
 * The whole A operand of one instruction (up to max_tokens x max_k) sits in the activation tile
   buffer, and weight tiles are double-buffered: every weight tile streams over all row tiles
   while the next one is prefetched, so a layer's weights and its input are each read from DDR
-  once.
+  once. The activation buffer has two banks: a MATMUL's drained outputs also go to the other
+  bank, where the next MATMUL finds its A operand when it is exactly those rows (a MoE expert's
+  compact hidden rows, fc1 -> fc2; a dense MLP's hidden rows), so they are not read back.
 * ATTN runs on the same array, one head at a time: that head's K and V (tokens x head_dim each)
   are on chip; S = q K^T and O = softmax(S) V use K / V^T as the "weights".
-* A MoE expert's compact hidden rows (fc1 output, fc2 input) stay on chip in the MoE hidden
-  buffer; the int32 MoE accumulator stays in DDR (act memory) as the ISA describes.
-* The vector unit has Q lanes (requantisation, GELU lookup, layernorm, softmax, add).
+* The int32 MoE accumulator stays in DDR (act memory) as the ISA describes; a SCATTER brings the
+  old accumulator rows of one weight tile on chip (acc_tile) while the array computes it.
+* GATE computes its logits on the MAC array too (x rows as A, the router weights as a tile).
+* The vector unit has Q lanes (requantisation, GELU lookup, layernorm, softmax, add); the MAC
+  drain requantises one AXI beat of outputs per cycle.
 
 Resource assumptions (stated where they are used): MACs per DSP, DSPs per vector lane, the
 BRAM36 / URAM aspect ratios, LUTs per MAC and per lane.
@@ -117,6 +121,9 @@ class Tiling:
     lut: int
     buffers: list[Buffer] = field(default_factory=list)
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # resource -> part -> count
+    dsp_fraction: float = 0.8  # the budget it was chosen within (choose_tiling)
+    mem_fraction: float = 0.8
+    act_banks: int = 2  # A operand banks: 2 lets a MATMUL's output stay on chip for the next one
 
     @property
     def macs_per_cycle(self) -> int:
@@ -136,7 +143,7 @@ class Tiling:
 def tiling_params(t: Tiling) -> dict:
     """The sizes the HLS / RTL templates are generated with."""
     return {"P": t.P, "Q": t.Q, "max_k": t.max_k, "max_n": t.max_n, "max_tokens": t.max_tokens,
-            "max_head_dim": t.max_head_dim}
+            "max_head_dim": t.max_head_dim, "act_banks": t.act_banks}
 
 
 # ---------------------------------------------------------------- workload of the MAC array
@@ -209,6 +216,7 @@ class Sizes:
     max_head_dim: int
     moe_hidden: int  # 0 without MoE layers
     gelu: bool
+    max_experts: int = 0  # 0 without GATE instructions
 
 
 def program_sizes(prog: Program) -> Sizes:
@@ -226,17 +234,21 @@ def program_sizes(prog: Program) -> Sizes:
         max_head_dim=max((a["head_dim"] for a in attn), default=0),
         moe_hidden=max((a["k"] for a in expert_fc2), default=0),  # fc2 of an expert reads the hidden rows
         gelu=any(i.op == Op.MATMUL and i.flags & Flag.GELU for i in prog.instrs),
+        max_experts=max((a["experts"] for a in gate), default=0),
     )
 
 
 # ---------------------------------------------------------------- buffers and their binding
 
-def plan_buffers(s: Sizes, P: int, Q: int, elem_bytes: int, abits: int) -> list[Buffer]:
+def plan_buffers(s: Sizes, P: int, Q: int, elem_bytes: int, abits: int, beat_bytes: int = 16,
+                 act_banks: int = 2) -> list[Buffer]:
+    """The kernel's on-chip memories (hls_templates/firmware/codesign_top.cpp.j2 declares the same)."""
     eb = 8 * elem_bytes
     row_tiles = math.ceil(s.max_tokens / P)
     buffers = [
         Buffer("weights", "weight tile Q x max_k, double-buffered for prefetch", Q, eb, 2 * s.max_k),
-        Buffer("act_tile", "A operand of one instruction: max_tokens x max_k", P, eb, row_tiles * s.max_k),
+        Buffer("act_tile", "A operand of one instruction (max_tokens x max_k)" +
+               (" and the forwarded output bank" if act_banks == 2 else ""), P, eb, act_banks * row_tiles * s.max_k),
         # Output rows (elements) or, in attention, int32 score rows: whole rows let the drain
         # softmax / write back in long bursts.
         Buffer("act_row", "P rows of the widest output / attention-score row", Q, 32,
@@ -246,20 +258,26 @@ def plan_buffers(s: Sizes, P: int, Q: int, elem_bytes: int, abits: int) -> list[
         buffers += [Buffer("k", "one head's K: tokens x head_dim", Q, eb, math.ceil(s.max_tokens / Q) * s.max_head_dim),
                     Buffer("v", "one head's V: tokens x head_dim", Q, eb, math.ceil(s.max_head_dim / Q) * s.max_tokens)]
     if s.moe_hidden:
-        buffers.append(Buffer("moe_hidden", "one expert's hidden rows: max_tokens x moe_hidden", P, eb,
-                              row_tiles * s.moe_hidden))
-    return buffers + rom_tables(s, Q, elem_bytes, abits)
+        seg_beats = math.ceil(Q * 4 / beat_bytes) + 1  # a tile row of int32, possibly unaligned
+        buffers.append(Buffer("acc_tile", "SCATTER: old MoE accumulator rows of one weight tile",
+                              seg_beats * beat_bytes // 4, 32, s.max_tokens))
+    if s.max_experts:
+        buffers += [Buffer("gate_logits", "router logits: max_tokens x experts", s.max_experts, 64, s.max_tokens),
+                    Buffer("gate_lists", "per-expert token and score lists", 2, 32, s.max_experts * s.max_tokens)]
+    return buffers + rom_tables(s, Q, elem_bytes, abits, beat_bytes)
 
 
-def rom_tables(s: Sizes, Q: int, elem_bytes: int, abits: int) -> list[Buffer]:
-    """Per-element tables are replicated for every two lanes (a BRAM has two read ports)."""
+def rom_tables(s: Sizes, Q: int, elem_bytes: int, abits: int, beat_bytes: int = 16) -> list[Buffer]:
+    """Per-element tables are replicated for every two lanes (a BRAM has two read ports): softmax
+    runs on Q lanes, the GELU lookup in the MAC drain on one AXI beat of elements per cycle."""
     per_lane_pair = max(1, Q // 2)
+    per_beat_pair = max(1, beat_bytes // elem_bytes // 2)
     roms = [Buffer("exp_rom", "softmax EXP table", 1, EXP_TABLE[1], EXP_TABLE[0], per_lane_pair),
             Buffer("recip_rom", "softmax RECIP table (once per row)", 1, RECIP_TABLE[1], RECIP_TABLE[0]),
             Buffer("rsqrt_rom", "layernorm RSQRT table (once per row)", 1, RSQRT_TABLE[1], RSQRT_TABLE[0])]
     if s.gelu:
         roms.append(Buffer("gelu_lut", "GELU table, loaded per instruction", 1, 8 * elem_bytes, 1 << abits,
-                           per_lane_pair))
+                           per_beat_pair))
     return roms
 
 
@@ -369,9 +387,10 @@ def program_array_cycles(prog: Program, P: int, Q: int) -> int:
     return sum(array_cycles(M, N, K, P, Q) for ins, r in zip(prog.instrs, rows) for M, N, K in array_passes(ins, r))
 
 
-def build_tiling(prog: Program, board: Board, s: Sizes, P: int, Q: int, per_dsp: int, uram_budget: int) -> Tiling:
+def build_tiling(prog: Program, board: Board, s: Sizes, P: int, Q: int, per_dsp: int, uram_budget: int,
+                 act_banks: int = 2) -> Tiling:
     eb = prog.elem_bytes
-    buffers = bind_buffers(plan_buffers(s, P, Q, eb, prog.abits), uram_budget)
+    buffers = bind_buffers(plan_buffers(s, P, Q, eb, prog.abits, beat_bytes(board), act_banks), uram_budget)
     dsp, lut = dsp_breakdown(P, Q, per_dsp), lut_breakdown(P, Q, buffers)
     bram, uram = memory_breakdown(buffers, "bram36"), memory_breakdown(buffers, "uram")
     return Tiling(
@@ -385,8 +404,21 @@ def build_tiling(prog: Program, board: Board, s: Sizes, P: int, Q: int, per_dsp:
         lut_rom_bits=sum(b.bits for b in buffers if b.name.endswith(("_rom", "_lut"))),
         dsp=sum(dsp.values()), bram36=math.ceil(sum(bram.values())), uram=sum(uram.values()),
         lut=sum(lut.values()),
-        buffers=buffers, breakdown={"dsp": dsp, "bram36": bram, "uram": uram, "lut": lut},
+        buffers=buffers, breakdown={"dsp": dsp, "bram36": bram, "uram": uram, "lut": lut}, act_banks=act_banks,
     )
+
+
+def beat_bytes(board: Board) -> int:
+    return board.memory.axi_data_bits // 8
+
+
+def buffer_bindings(prog: Program, board: Board, P: int, Q: int, act_banks: int = 2, mem_fraction: float = 0.8
+                    ) -> dict[str, str]:
+    """Buffer name -> "bram36" / "uram" / "lutram" for a P x Q array (the kernel's BIND_STORAGE)."""
+    budget = Budget(board, 0.8, mem_fraction)
+    t = build_tiling(prog, board, program_sizes(prog), P, Q, macs_per_dsp(board, prog), budget.limit("uram"),
+                     act_banks)
+    return {b.name: b.binding for b in t.buffers}
 
 
 def first_overrun(t: Tiling, budget: Budget) -> str | None:
@@ -412,8 +444,10 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
 
     dsp_fraction bounds DSPs and LUTs, mem_fraction BRAM36 and URAM.
     Among shapes of the same size, the one with the fewest MAC-array cycles for this program
-    wins (ties: the smaller Q, whose weight buffer is smaller). Raises ResourceError when not
-    even the smallest array (MIN_ARRAY_MACS) fits.
+    wins (ties: the smaller Q, whose weight buffer is smaller). A shape whose buffers do not fit
+    with two A banks is tried with one (a MATMUL's output is then read back from DDR by the next
+    MATMUL) before a smaller array. Raises ResourceError when not even the smallest array
+    (MIN_ARRAY_MACS) fits.
     """
     budget = Budget(board, dsp_fraction, mem_fraction)
     s = program_sizes(prog)
@@ -422,10 +456,12 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
     tried: list[Tiling] = []
     for total in array_sizes(s, per_dsp * board.resources.dsp):
         shapes = array_shapes(total, s, beat_elems)
-        tried = [build_tiling(prog, board, s, P, Q, per_dsp, budget.limit("uram"))
-                 for P, Q in sorted(shapes, key=lambda pq: (program_array_cycles(prog, *pq), pq[1]))]
+        tried = [build_tiling(prog, board, s, P, Q, per_dsp, budget.limit("uram"), banks)
+                 for P, Q in sorted(shapes, key=lambda pq: (program_array_cycles(prog, *pq), pq[1]))
+                 for banks in (2, 1)]
         fitting = [t for t in tried if first_overrun(t, budget) is None]
         if fitting:
+            fitting[0].dsp_fraction, fitting[0].mem_fraction = dsp_fraction, mem_fraction
             return fitting[0]
     if not tried:  # cannot happen with >= 1 DSP, kept for a clear message
         raise ResourceError(f"design does not fit {board.name}: no MAC array shape available")

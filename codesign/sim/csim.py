@@ -1,27 +1,40 @@
 """C simulation without Vitis: build the generated kernel + testbench with g++ and run it on data/.
 
-The testbench (hls_templates/tb/tb_codesign.cpp.j2) prints one `PASS <id>` or
-`FAIL <id> first mismatch at <tensor> (...)` line per test vector and a final
-`csim: N passed, M failed` line; this module parses them.
+The testbench (hls_templates/tb/tb_codesign.cpp.j2) prints, per test vector, one
+`LAYER <id> <tensor> PASS|FAIL ...` line per traced tensor and one `PASS <id>` or
+`FAIL <id> first mismatch at <tensor> (...)` line, and a final `csim: N passed, M failed`
+line; this module parses them (CsimResult.layer_table() renders the per-layer view).
+
+count_iterations() builds the same kernel with -DCODESIGN_COUNT_ITERS after inserting
+CODESIGN_COUNT_ITER(); behind every `#pragma HLS PIPELINE` line (as `make iters` does): the
+number of pipelined-loop iterations per instruction, a lower bound on its cycles at II=1 that
+can be set against codesign.schedule.estimate (iteration_ratios).
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from ..emit.hls import CSIM_CXXFLAGS
 
 TESTBENCH = Path("build") / "tb_codesign"
+COUNTING_TESTBENCH = Path("build") / "count" / "tb_codesign"
+COUNT_DEFINE = "-DCODESIGN_COUNT_ITERS"
+COUNT_HOOK = "CODESIGN_COUNT_ITER();"
+_PIPELINE_PRAGMA = re.compile(r"^\s*#pragma HLS PIPELINE\b.*$", re.M)
 
 _PASS = re.compile(r"^PASS (\S+)$", re.M)
 _FAIL = re.compile(r"^FAIL (\S+) first mismatch at (\S+)", re.M)
 _SUMMARY = re.compile(r"^csim: (\d+) passed, (\d+) failed$", re.M)
+_LAYER = re.compile(r"^LAYER (\S+) (\S+) (PASS|FAIL byte (\d+) got (-?\d+) expected (-?\d+))$", re.M)
+_ITERS = re.compile(r"^ITERS (\S+) (\d+) (\d+)$", re.M)
 
 
 class CsimError(RuntimeError):
@@ -41,24 +54,77 @@ class CsimResult:
     build_seconds: float
     run_seconds: float
     returncode: int = 0
+    # vector id -> traced tensor (execution order) -> "PASS" or "byte <offset>: got <g>, expected <e>"
+    layers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.returncode == 0
 
+    def layer_table(self) -> str:
+        """One row per traced tensor, one column per vector: PASS, or the first mismatching byte of
+        the first layer that differs and `(after)` for the layers behind it (which inherit it)."""
+        vectors = list(self.layers)
+        if not vectors:
+            return "no per-layer results"
+        tensors = list(next(iter(self.layers.values())))
+        cells = {v: _layer_cells(self.layers[v]) for v in vectors}
+        w0 = max(len("layers ok"), *(len(t) for t in tensors)) + 2
+        widths = [max(len(v), *(len(cells[v].get(t, "-")) for t in tensors)) + 2 for v in vectors]
+        lines = [f"{'layer':<{w0}}" + "".join(f"{v:<{w}}" for v, w in zip(vectors, widths))]
+        lines.append("-" * len(lines[0]))
+        for t in tensors:
+            lines.append(f"{t:<{w0}}" + "".join(f"{cells[v].get(t, '-'):<{w}}" for v, w in zip(vectors, widths)))
+        lines.append("-" * len(lines[0]))
+        passed = [sum(1 for c in cells[v].values() if c == "PASS") for v in vectors]
+        lines.append(f"{'layers ok':<{w0}}" + "".join(f"{f'{p}/{len(tensors)}':<{w}}" for p, w in zip(passed, widths)))
+        return "\n".join(lines).rstrip()
 
-def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, timeout: float = 600) -> CsimResult:
+
+def _layer_cells(results: dict[str, str]) -> dict[str, str]:
+    cells, seen_failure = {}, False
+    for tensor, status in results.items():
+        if status == "PASS":
+            cells[tensor] = "PASS"
+        elif not seen_failure:
+            cells[tensor], seen_failure = f"FAIL {status}", True
+        else:
+            cells[tensor] = "FAIL (after)"
+    return cells
+
+
+@dataclass
+class IterationCounts:
+    """Pipelined-loop iterations per instruction (index = pc; the last entry is END's fetch)."""
+    per_vector: dict[str, list[int]]
+    ops: list[str]  # op name per instruction, from data/manifest.json
+    layers: list[str]
+
+    def per_op(self, vector: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for op, n in zip(self.ops + ["END"], self.per_vector[vector]):
+            out[op] = out.get(op, 0) + n
+        return out
+
+    def total(self, vector: str) -> int:
+        return sum(self.per_vector[vector])
+
+
+def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, timeout: float = 600,
+             first: int | None = None) -> CsimResult:
     """Build (when sources changed) and run the testbench of a project rendered by render_hls.
 
     With dump_dir, the final act image of each vector is written to <dump_dir>/<id>.act.bin.
+    With first=N, only the first N vectors of each task run.
     """
     project_dir = Path(project_dir).resolve()
     deadline = time.monotonic() + timeout
     start = time.monotonic()
     build_log = build_testbench(project_dir, jobs, timeout)
     build_seconds = time.monotonic() - start
+    check_data_files(project_dir)
 
-    args = [str(project_dir / TESTBENCH)]
+    args = [str(project_dir / TESTBENCH), *_first_args(first)]
     if dump_dir is not None:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
         args.append(str(Path(dump_dir).resolve()))
@@ -69,29 +135,36 @@ def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, tim
     return _parse(run.stdout, run.returncode, log, build_seconds, run_seconds)
 
 
-def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600) -> str:
+def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, counting: bool = False) -> str:
     """Compile firmware/*.cpp and tb/tb_codesign.cpp into build/tb_codesign; return the compiler log.
 
-    Nothing is compiled when the executable is newer than every source and header.
+    counting: the iteration-counting build in build/count/ (instrumented copies of the firmware,
+    -DCODESIGN_COUNT_ITERS). Nothing is compiled when the executable is newer than every source.
     """
     project_dir = Path(project_dir)
     compiler = shutil.which("g++")
     if compiler is None:
         raise CsimError("g++ not found: apt-get install g++")
     firmware = sorted((project_dir / "firmware").glob("*.cpp"))
+    headers = sorted((project_dir / "firmware").glob("*.h"))
     testbench = project_dir / "tb" / "tb_codesign.cpp"
     if not firmware or not testbench.is_file():
         raise CsimError(f"no firmware/*.cpp or tb/tb_codesign.cpp in {project_dir}: render the project first")
-    sources = firmware + [testbench]
-    binary = project_dir / TESTBENCH
-    if _up_to_date(binary, sources + sorted((project_dir / "firmware").glob("*.h"))):
+    binary = project_dir / (COUNTING_TESTBENCH if counting else TESTBENCH)
+    if _up_to_date(binary, firmware + headers + [testbench]):
         return ""
     binary.parent.mkdir(parents=True, exist_ok=True)
+    flags: tuple[str, ...] = ()
+    if counting:
+        firmware = [_instrumented_copy(src, binary.parent) for src in firmware + headers][:len(firmware)]
+        flags = (COUNT_DEFINE,)
+    sources = firmware + [testbench]
     deadline = time.monotonic() + timeout
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        objects_and_logs = list(pool.map(partial(_compile, compiler, project_dir, deadline), sources))
+        objects_and_logs = list(pool.map(partial(_compile, compiler, project_dir, deadline, binary.parent, flags),
+                                         sources))
     objects = [str(obj) for obj, _ in objects_and_logs]
-    link = _run([compiler, *CSIM_CXXFLAGS, "-o", str(binary), *objects], project_dir,
+    link = _run([compiler, *CSIM_CXXFLAGS, *flags, "-o", str(binary), *objects], project_dir,
                 deadline - time.monotonic(), "g++ (link)")
     log = "".join(text for _, text in objects_and_logs) + link.stdout + link.stderr
     if link.returncode != 0:
@@ -99,16 +172,107 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600) -> s
     return log
 
 
+def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2, timeout: float = 600
+                     ) -> IterationCounts:
+    """Pipelined-loop iterations of every instruction of every vector (the counting build).
+
+    Raises CsimError when the run is not bit-exact: counts of a wrong run mean nothing."""
+    project_dir = Path(project_dir).resolve()
+    deadline = time.monotonic() + timeout
+    log = build_testbench(project_dir, jobs, timeout, counting=True)
+    check_data_files(project_dir)
+    run = _run([str(project_dir / COUNTING_TESTBENCH), *_first_args(first)], project_dir,
+               deadline - time.monotonic(), "the counting testbench")
+    result = _parse(run.stdout, run.returncode, log + run.stdout + run.stderr, 0.0, 0.0)
+    if not result.ok:
+        raise CsimError(f"the counting build is not bit-exact ({result.failed or 'status ' + str(run.returncode)})",
+                        result.log)
+    per_vector: dict[str, list[int]] = {}
+    for vid, pc, n in _ITERS.findall(run.stdout):
+        counts = per_vector.setdefault(vid, [])
+        counts.extend([0] * (int(pc) + 1 - len(counts)))
+        counts[int(pc)] = int(n)
+    man = json.loads((project_dir / "data" / "manifest.json").read_text())
+    ops = [i["op"] for i in man.get("instructions", [])]
+    layers = [i["layer"] for i in man.get("instructions", [])]
+    return IterationCounts(per_vector, ops, layers)
+
+
+def iteration_ratios(counts: list[int], estimate_instrs: list) -> dict[str, dict[str, float]]:
+    """Per op type: II=1 iterations vs the estimate's cycles (an Estimate's `instrs`, or the
+    "instrs" rows of reports/estimate.json) for one run with the same expert routing."""
+    out: dict[str, dict[str, float]] = {}
+    for n, ins in zip(counts, estimate_instrs):
+        row = ins if isinstance(ins, dict) else vars(ins)
+        entry = out.setdefault(row["op"], {"iterations": 0, "estimate_cycles": 0, "instrs": 0})
+        entry["iterations"] += n
+        entry["estimate_cycles"] += row["cycles"]
+        entry["instrs"] += 1
+    total = {"iterations": sum(e["iterations"] for e in out.values()) + sum(counts[len(estimate_instrs):]),
+             "estimate_cycles": sum(e["estimate_cycles"] for e in out.values()), "instrs": len(estimate_instrs)}
+    out["TOTAL"] = total
+    for entry in out.values():
+        entry["ratio"] = entry["iterations"] / entry["estimate_cycles"] if entry["estimate_cycles"] else 0.0
+    return out
+
+
+def check_data_files(project_dir: Path) -> None:
+    """The blobs and vector images must have the sizes in data/manifest.json (a truncated
+    weights.bin would otherwise send the kernel's reads past the end of the buffer)."""
+    data = Path(project_dir) / "data"
+    try:
+        man = json.loads((data / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise CsimError(f"{data / 'manifest.json'} not found: generate the project first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CsimError(f"{data / 'manifest.json'} is not valid JSON ({type(exc).__name__})") from None
+    expected = [(man.get("weights_file", "weights.bin"), man.get("wgt_bytes")),
+                (man.get("program_file", "program.bin"), man.get("prog_bytes"))]
+    for vec in man.get("vectors", []):
+        expected += [(vec["start"], man.get("act_bytes")), (vec["expected"], man.get("act_bytes"))]
+    for name, size in expected:
+        path = data / name
+        if not path.is_file():
+            raise CsimError(f"{path} is missing (listed in data/manifest.json)")
+        if size is not None and path.stat().st_size != size:
+            raise CsimError(f"{path} has {path.stat().st_size} bytes, data/manifest.json says {size}: "
+                            f"the file is truncated or from another design; regenerate the project")
+
+
 # ------------------------------------------------------------------ helpers
 
-def _compile(compiler: str, project_dir: Path, deadline: float, source: Path) -> tuple[Path, str]:
-    obj = project_dir / "build" / (source.stem + ".o")
-    cmd = [compiler, *CSIM_CXXFLAGS, "-c", "-o", str(obj), str(source.relative_to(project_dir))]
+def _first_args(first: int | None) -> list[str]:
+    if first is None:
+        return []
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise ValueError(f"first must be a positive number of vectors per task, got {first!r}")
+    return ["-n", str(first)]
+
+
+def _instrumented_copy(source: Path, out_dir: Path) -> Path:
+    """source with COUNT_HOOK after every `#pragma HLS PIPELINE` line (the same as `make iters`)."""
+    text = _PIPELINE_PRAGMA.sub(lambda m: m.group(0) + "\n" + COUNT_HOOK, source.read_text())
+    target = out_dir / source.name
+    target.write_text(text)
+    return target
+
+
+def _compile(compiler: str, project_dir: Path, deadline: float, obj_dir: Path, flags: tuple[str, ...],
+             source: Path) -> tuple[Path, str]:
+    obj = obj_dir / (source.stem + ".o")
+    cmd = [compiler, *CSIM_CXXFLAGS, *flags, "-c", "-o", str(obj), str(_relative(source, project_dir))]
     result = _run(cmd, project_dir, deadline - time.monotonic(), "g++")
     log = " ".join(cmd[1:]) + "\n" + result.stdout + result.stderr
     if result.returncode != 0:
-        raise CsimError(f"g++ failed on {source.relative_to(project_dir)}: {_first_error(result.stderr)}", log)
+        raise CsimError(f"g++ failed on {_relative(source, project_dir)}: {_first_error(result.stderr)}", log)
     return obj, log
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float, what: str) -> subprocess.CompletedProcess:
@@ -127,7 +291,11 @@ def _parse(stdout: str, returncode: int, log: str, build_seconds: float, run_sec
     failed = dict(_FAIL.findall(stdout))
     if (len(passed), len(failed)) != (int(summary[1]), int(summary[2])):
         raise CsimError(f"testbench output is inconsistent with its summary line '{summary[0]}'", log)
-    return CsimResult(passed, failed, log, build_seconds, run_seconds, returncode)
+    layers: dict[str, dict[str, str]] = {}
+    for vid, tensor, status, offset, got, expected in _LAYER.findall(stdout):
+        layers.setdefault(vid, {})[tensor] = (
+            "PASS" if status == "PASS" else f"byte {offset}: got {got}, expected {expected}")
+    return CsimResult(passed, failed, log, build_seconds, run_seconds, returncode, layers)
 
 
 def _up_to_date(target: Path, inputs: list[Path]) -> bool:
