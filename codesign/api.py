@@ -206,10 +206,13 @@ def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: 
     return Path(out_dir)
 
 
-def csim(project_dir: str | Path, dump_dir: str | Path | None = None):
+def csim(project_dir: str | Path, dump_dir: str | Path | None = None, first: int | None = None):
+    """g++ C simulation of the project's testbench; `first=N` runs only the first N vectors of each task."""
     from .sim.csim import run_csim
 
-    return run_csim(Path(project_dir), dump_dir=None if dump_dir is None else Path(dump_dir))
+    if first is not None:
+        first = checked_count(first, "first")
+    return run_csim(Path(project_dir), dump_dir=None if dump_dir is None else Path(dump_dir), first=first)
 
 
 def cosim(project_dir: str | Path, simulator: str = "verilator", waves: bool = False, vectors=None,

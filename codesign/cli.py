@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
     c.add_argument("project")
     c.add_argument("--dump", help="folder to write the final activation image of each test vector")
+    c.add_argument("--first", type=_positive_int, metavar="N", help="only the first N test vectors of each task")
+    c.add_argument("--layers", action="store_true", help="print the per-layer PASS/mismatch table")
 
     s = sub.add_parser("cosim", help="simulate the RTL with cocotb and check bit-exactness")
     s.add_argument("project")
@@ -102,7 +105,9 @@ def cmd_generate(args) -> int:
 def cmd_csim(args) -> int:
     from . import api
 
-    res = api.csim(args.project, args.dump)
+    res = api.csim(args.project, args.dump, args.first)
+    if args.layers or res.failed:
+        print(res.layer_table())
     for vid in res.passed:
         print(f"PASS {vid}")
     for vid, tensor in res.failed.items():
@@ -179,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codesign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except _known_errors() as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"codesign {args.cmd}: error: {msg}", file=sys.stderr)

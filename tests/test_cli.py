@@ -350,3 +350,11 @@ def test_estimate_checks_its_images_too(design):
     with pytest.raises(ValueError, match=r"^images look channels-last"):
         design.estimate(GOOD_CALIB.transpose(0, 2, 3, 1), 0)
     assert design.estimate(GOOD_CALIB[0], 1).to_json() == design.estimate(GOOD_CALIB[:1], 1).to_json()
+
+
+def test_csim_first_vectors_with_layer_table(project, capsys):
+    assert main(["csim", str(project), "--first", "1", "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["layer", "img0_task0", "img0_task1"]
+    assert ["b1.attn", "PASS", "PASS"] in [line.split() for line in out.splitlines()]
+    assert "csim: 2 passed, 0 failed" in out
