@@ -61,6 +61,7 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
     red = 1          # longest dot-mode reduction (elements)
     tokens = 1       # longest broadcast-mode (ATTN e.v) reduction
     experts = 1
+    gate_tokens = 0  # most tokens of a GATE
 
     def grow(key: str, words: int) -> None:
         need[key] = max(need[key], int(words))
@@ -98,7 +99,8 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
                 grow("lists", _ceil(m, 2))
             if f & Flag.SCATTER:
                 aligned("score_addr")
-                grow("acc", _ceil(n, 2))
+                grow("acc", n)  # two int32 rows (ACCB halves, SCATTER pipeline)
+                grow("x", m * (k // q) + n)   # A rows + two int32 accumulator rows
             if f & Flag.DYNM:
                 aligned("count_addr", to=4)
             kw = k // q
@@ -143,10 +145,24 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
             grow("w", _ceil(e, P) * (dim // q))
             grow("x", t * dim // q)
             grow("p", _ceil(e, 2) + 1)
-            grow("s", e)
+            acc = (a["acc_addr"], a["acc_addr"] + t * dim * 4)
+            for name, lo, nbytes in (("counts", a["counts_addr"], e * 4), ("idx", a["idx_addr"], e * ls * 4),
+                                     ("score", a["score_addr"], e * ls * 4)):
+                if lo < acc[1] and acc[0] < lo + nbytes:
+                    raise ValueError(f"{where}: the accumulator (zeroed early) overlaps the {name} output")
+            gate_tokens = max(gate_tokens, t)
+            grow("t", t)       # per-token maximum logit / argmax
             grow("lists", _ceil(e * ls, 2))
             experts = max(experts, e)
             red = max(red, dim)
+    if gate_tokens:
+        en = 4                 # the core's EN: power of two >= max experts (render.core_sizes)
+        while en < experts:
+            en *= 2
+        if gate_tokens * en > 1 << 16:
+            raise ValueError(f"GATE: {gate_tokens} tokens x {en} logit slots exceed the core's "
+                             "16-bit score index")
+        grow("s", gate_tokens * en)   # the logits of all tokens (one MAC run), row stride EN
     return core_sizes(eb, abits, P, need, red, experts, trace, tokens)
 
 
