@@ -55,7 +55,7 @@ def run_demo(out: Path, board: str = "zcu104", simulator: str = "verilator", ret
     t = _step(f"3/6 generate the HLS + RTL project in {out}")
     api.generate(design, out, force=force)
     (out / "reports" / "accuracy.json").write_text(json.dumps(rep.to_json(), indent=1, default=float))
-    print(design.estimate(api.vector_data(cfg, 1).images).summary() if hasattr(design.estimate(), "summary") else "")
+    print(design.estimate(api.vector_data(cfg, 1).images).summary())
     _done(t)
 
     t = _step("4/6 C simulation (g++), bit-exact against the golden model")
@@ -66,6 +66,9 @@ def run_demo(out: Path, board: str = "zcu104", simulator: str = "verilator", ret
     t = _step(f"5/6 RTL co-simulation (cocotb + {simulator}), bit-exact against the golden model")
     co = api.cosim(out, simulator)
     print(co.summary_text())
+    table = api.cycles_report(out, co)
+    if table:
+        print(table.splitlines()[-1] + f" (per layer: {out / 'reports' / 'cycles.txt'})")
     _done(t)
 
     t = _step("6/6 compare simulated FPGA outputs with the float PyTorch reference")

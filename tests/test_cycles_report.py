@@ -61,3 +61,11 @@ def test_embedded_model_cosim_of_foreign_rtl_dir_is_bit_exact_with_layer_table(p
         assert rows[layer]["rtl_cycles"] >= rows[layer]["rtl_roofline"] > 0
     # the dense MATMULs run the 2x8 array near its peak
     assert rows["b0.qkv"]["rtl_ratio"] > 0.85
+
+
+def test_kind_summary_sums_rooflines_and_cycles_per_kind():
+    rows = [{"layer": "b0.attn", "rtl_cycles": 200, "rtl_roofline": 150},
+            {"layer": "b1.attn", "rtl_cycles": 200, "rtl_roofline": 130},
+            {"layer": "b1.moe", "rtl_cycles": 100, "rtl_roofline": 80},
+            {"layer": "b0.ln1", "rtl_cycles": None, "rtl_roofline": 5}]
+    assert cycles.kind_summary(rows) == "RTL cycles vs the core's own roofline: attention 70%, moe 80%"

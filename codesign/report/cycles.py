@@ -84,8 +84,32 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
     names = {layer["name"] for layer in estimate["layers"]}
     rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc)
     t = estimate["tiling"]
-    table = format_rows(rows, vec.id, rtl_mpc, f"{t['P']}x{t['Q']}")
+    table = format_rows(rows, vec.id, rtl_mpc, f"{t['P']}x{t['Q']}") + "\n" + kind_summary(rows)
     (project_dir / "reports").mkdir(exist_ok=True)
     (project_dir / "reports" / "cycles.json").write_text(json.dumps({"vector": vec.id, "rows": rows}, indent=1))
     (project_dir / "reports" / "cycles.txt").write_text(table + "\n")
     return table
+
+
+def layer_kind(name: str) -> str:
+    """attention | moe | matmul | vector, from an estimate layer name."""
+    tail = name.rsplit(".", 1)[-1]
+    if tail == "attn":
+        return "attention"
+    if tail == "moe":
+        return "moe"
+    if tail in ("patch", "qkv", "proj", "gelu", "mlp"):
+        return "matmul"
+    return "vector"
+
+
+def kind_summary(rows: list[dict]) -> str:
+    """One line: the RTL core's roofline / cycles summed per layer kind."""
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        if r["rtl_cycles"]:
+            acc = sums.setdefault(layer_kind(r["layer"]), [0.0, 0.0])
+            acc[0] += r["rtl_roofline"]
+            acc[1] += r["rtl_cycles"]
+    parts = [f"{kind} {100 * roof / cyc:.0f}%" for kind, (roof, cyc) in sums.items()]
+    return "RTL cycles vs the core's own roofline: " + ", ".join(parts)
