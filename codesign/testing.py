@@ -38,3 +38,16 @@ def make_test_design(cfg: ModelConfig | None = None, seed: int = 0, images: int 
 
 def write_test_data(data_dir: Path, design: TestDesign) -> Path:
     return write_data_dir(data_dir, design.prog, design.qm, design.vectors)
+
+
+class PynqBufferStub(np.ndarray):
+    """Stands in for pynq.allocate's buffer in driver tests: an ndarray whose cache operations do nothing."""
+
+    def flush(self):
+        pass
+
+    def invalidate(self):
+        pass
+
+    def freebuffer(self):
+        pass

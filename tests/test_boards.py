@@ -21,6 +21,7 @@ import pytest
 
 from codesign.boards import Board, BoardError, known_boards, load_board
 from codesign.emit.tcl import render_tcl_and_driver
+from codesign.testing import PynqBufferStub
 
 PROJECT = "moe_vit"
 ALL_BOARDS = ["kv260", "pynq-z2", "ultra96v2", "zcu102", "zcu104"]
@@ -405,18 +406,8 @@ def _fake_pynq(manifest: dict) -> types.ModuleType:
     """A stand-in for pynq whose 'accelerator' writes input[:n] + task to the output region."""
     buffers_by_address = {}
 
-    class FakeBuffer(np.ndarray):
-        def flush(self):
-            pass
-
-        def invalidate(self):
-            pass
-
-        def freebuffer(self):
-            pass
-
     def allocate(shape, dtype):
-        buf = np.zeros(shape, dtype=dtype).view(FakeBuffer)
+        buf = np.zeros(shape, dtype=dtype).view(PynqBufferStub)
         # Above 4 GiB so the high address word is exercised.
         buf.physical_address = 0x8_0000_0000 + 0x100000 * len(buffers_by_address)
         buffers_by_address[buf.physical_address] = buf

@@ -28,6 +28,7 @@ from codesign.schedule.tiling import buffer_bindings, choose_tiling, tiling_para
 from codesign.sim import csim
 from codesign.sim.csim import TESTBENCH, CsimError, count_iterations, iteration_ratios, run_csim
 from codesign.testing import make_test_design, write_test_data
+from codesign.testing import PynqBufferStub
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
 
@@ -277,21 +278,11 @@ def _kernel_pynq(lib: ctypes.CDLL) -> types.ModuleType:
     the address registers point at (64-byte aligned, like CMA buffers)."""
     buffers = {}
 
-    class Buffer(np.ndarray):
-        def flush(self):
-            pass
-
-        def invalidate(self):
-            pass
-
-        def freebuffer(self):
-            pass
-
     def allocate(shape, dtype):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raw = np.zeros(nbytes + 64, np.uint8)
         start = -raw.ctypes.data % 64
-        buf = raw[start:start + nbytes].view(dtype).reshape(shape).view(Buffer)
+        buf = raw[start:start + nbytes].view(dtype).reshape(shape).view(PynqBufferStub)
         buf.physical_address = 0x4000_0000 + 0x100_0000 * len(buffers)
         buf.keep = raw
         buffers[buf.physical_address] = buf
