@@ -27,8 +27,7 @@ from codesign.schedule.estimate import estimate, expert_counts_from_golden
 from codesign.schedule.tiling import buffer_bindings, choose_tiling, tiling_params
 from codesign.sim import csim
 from codesign.sim.csim import TESTBENCH, CsimError, count_iterations, iteration_ratios, run_csim
-from codesign.testing import make_test_design, write_test_data
-from codesign.testing import PynqBufferStub
+from codesign.testing import PynqBufferStub, make_test_design, write_test_data
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
 
