@@ -358,3 +358,13 @@ def test_csim_first_vectors_with_layer_table(project, capsys):
     assert out.splitlines()[0].split() == ["layer", "img0_task0", "img0_task1"]
     assert ["b1.attn", "PASS", "PASS"] in [line.split() for line in out.splitlines()]
     assert "csim: 2 passed, 0 failed" in out
+
+
+def test_cosim_refuses_a_truncated_weight_blob(project, tmp_path, capsys):
+    copy = tmp_path / "proj"
+    shutil.copytree(project, copy)
+    blob = copy / "data" / "weights.bin"
+    blob.write_bytes(blob.read_bytes()[:1000])
+    assert main(["cosim", str(copy), "--simulator", "icarus"]) == 2
+    err = capsys.readouterr().err
+    assert "weights.bin has 1000 bytes" in err and "regenerate" in err and "Traceback" not in err

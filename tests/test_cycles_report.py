@@ -25,12 +25,13 @@ def test_moe_parts_group_into_the_estimates_moe_layer():
 
 
 def test_rooflines_use_macs_and_bytes_of_each_layer():
-    estimate = {"tiling": {"P": 4, "Q": 8}, "ddr_bytes_per_cycle": 10.0,
-                "layers": [{"name": "a", "macs": 1600, "ddr_bytes": 80, "cycles": 70},
-                           {"name": "b", "macs": 0, "ddr_bytes": 800, "cycles": 90}]}
+    estimate = {"layers": [{"name": "a", "kind": "dense matmul", "macs": 1600, "ddr_bytes": 80, "cycles": 70,
+                            "board_roofline": 50.0},
+                           {"name": "b", "kind": "vector ops", "macs": 0, "ddr_bytes": 800, "cycles": 90,
+                            "board_roofline": 80.0}]}
     rows = cycles.layer_rows(estimate, {"a": 200}, rtl_mpc=16)
-    assert rows[0] == {"layer": "a", "rtl_cycles": 200, "rtl_roofline": 100, "rtl_ratio": 0.5,
-                       "est_cycles": 70, "board_roofline": 50}
+    assert rows[0] == {"layer": "a", "kind": "dense matmul", "rtl_cycles": 200, "rtl_roofline": 100,
+                       "rtl_ratio": 0.5, "est_cycles": 70, "board_roofline": 50}
     assert rows[1]["rtl_cycles"] is None and rows[1]["rtl_roofline"] == 100 and rows[1]["board_roofline"] == 80
 
 
@@ -64,8 +65,8 @@ def test_embedded_model_cosim_of_foreign_rtl_dir_is_bit_exact_with_layer_table(p
 
 
 def test_kind_summary_sums_rooflines_and_cycles_per_kind():
-    rows = [{"layer": "b0.attn", "rtl_cycles": 200, "rtl_roofline": 150},
-            {"layer": "b1.attn", "rtl_cycles": 200, "rtl_roofline": 130},
-            {"layer": "b1.moe", "rtl_cycles": 100, "rtl_roofline": 80},
-            {"layer": "b0.ln1", "rtl_cycles": None, "rtl_roofline": 5}]
+    rows = [{"kind": "attention", "rtl_cycles": 200, "rtl_roofline": 150},
+            {"kind": "attention", "rtl_cycles": 200, "rtl_roofline": 130},
+            {"kind": "moe", "rtl_cycles": 100, "rtl_roofline": 80},
+            {"kind": "vector ops", "rtl_cycles": None, "rtl_roofline": 5}]
     assert cycles.kind_summary(rows) == "RTL cycles vs the core's own roofline: attention 70%, moe 80%"

@@ -82,7 +82,7 @@ def test_bad_task_and_shape_rejected():
 
 def test_trace_is_the_compared_layers_and_detail_holds_the_rest():
     design = make_test_design(SMALL)
-    res = run_golden(design.qm, design.vectors[0].x_q, 0)
+    res = run_golden(design.qm, design.vectors[0].x_q, 0, detail=True)
     assert list(res.trace) == design.prog.trace_names == design.qm.trace_names()
     t, e = SMALL.num_tokens, SMALL.num_experts
     used = [i for i in range(e) if f"b1.e{i}.tokens" in res.detail]
@@ -100,7 +100,7 @@ def test_trace_is_the_compared_layers_and_detail_holds_the_rest():
 def test_detail_reproduces_the_traced_layers(abits):
     """The detail tensors are the ones the layer outputs are made of, not a parallel recomputation."""
     design = make_test_design(SMALL, wbits=8, abits=abits)
-    qm, res = design.qm, run_golden(design.qm, design.vectors[0].x_q, 1)
+    qm, res = design.qm, run_golden(design.qm, design.vectors[0].x_q, 1, detail=True)
     det = res.detail
     for i, blk in enumerate(qm.blocks):
         e, at = det[f"b{i}.attn.exp"], blk.attn
@@ -123,3 +123,11 @@ def test_detail_reproduces_the_traced_layers(abits):
             assert np.array_equal(A.lut_lookup(det[f"b1.e{e}.fc1"], moe.fc1[e].gelu, abits), det[f"b1.e{e}.gelu"])
             acc[tokens] += det["b1.gate.probs"][tokens, e][:, None] * det[f"b1.e{e}.out"]
     assert np.array_equal(A.requant(acc, moe.out_mult, moe.out_shift, abits), res.trace["b1.mlp"])
+
+
+def test_detail_is_only_computed_on_request():
+    design = make_test_design(SMALL)
+    plain = run_golden(design.qm, design.vectors[0].x_q, 0)
+    full = run_golden(design.qm, design.vectors[0].x_q, 0, detail=True)
+    assert plain.detail == {} and full.detail
+    assert all(np.array_equal(plain.trace[k], full.trace[k]) for k in full.trace)

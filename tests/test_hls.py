@@ -370,3 +370,18 @@ def test_missing_compiler_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(csim.shutil, "which", lambda name: None)
     with pytest.raises(CsimError, match=r"^g\+\+ not found: apt-get install g\+\+$"):
         run_csim(tmp_path)
+
+
+@pytest.mark.parametrize("bits, ok", [(32, False), (64, True), (128, True), (1024, False)])
+def test_beat_width_must_hold_whole_64_bit_lanes(bits, ok):
+    from dataclasses import replace
+
+    from codesign.emit.hls import axi_bytes
+
+    board = load_board("zcu104")
+    board = replace(board, memory=replace(board.memory, axi_data_bits=bits))
+    if ok:
+        assert axi_bytes(board) == bits // 8
+    else:
+        with pytest.raises(ValueError, match=f"axi_data_bits {bits} is outside"):
+            axi_bytes(board)

@@ -153,9 +153,10 @@ def _program_sizes(prog: Program) -> dict:
 def axi_bytes(board: Board) -> int:
     """Bytes per beat of the kernel's m_axi ports: the board's PS port width (boards/*.yaml)."""
     width = board.memory.axi_data_bits // 8
-    if width > MAX_AXI_BYTES:
-        raise ValueError(f"{board.name}: memory.axi_data_bits {board.memory.axi_data_bits} is wider than the "
-                         f"{8 * MAX_AXI_BYTES}-bit beats the kernel supports")
+    # A beat holds whole 64-bit lanes (axi_word_t), so 32-bit ports are not supported either.
+    if not 8 <= width <= MAX_AXI_BYTES:
+        raise ValueError(f"{board.name}: memory.axi_data_bits {board.memory.axi_data_bits} is outside the "
+                         f"64..{8 * MAX_AXI_BYTES}-bit beats the kernel supports")
     return width
 
 
@@ -196,7 +197,7 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
                            "act_bytes": man["act_bytes"]},
         "elem_bytes": prog.elem_bytes, "abits": prog.abits, "qp": A.qmax(prog.abits),
         "words": WORDS, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
-        "prog_words": len(prog.code) // 4, "wgt_bytes": len(prog.wgt), "act_bytes": prog.act_bytes,
+        "wgt_bytes": len(prog.wgt), "act_bytes": prog.act_bytes,
         "num_instrs": len(prog.instrs), "tables": tables,
         "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC, "attn_frac": A.ATTN_FRAC,
         "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,

@@ -85,9 +85,10 @@ def expert_queues(ids: np.ndarray, num_experts: int) -> list[np.ndarray]:
     return [np.nonzero((ids == e).any(axis=1))[0] for e in range(num_experts)]
 
 
-def moe(x, moe_layer: QMoe, task: int, abits: int, detail: dict, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+def moe(x, moe_layer: QMoe, task: int, abits: int, detail: dict | None, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     logits, all_probs = gate_scores(x, moe_layer, task, abits)
-    detail[prefix + "gate.logits"], detail[prefix + "gate.probs"] = logits, all_probs
+    if detail is not None:
+        detail[prefix + "gate.logits"], detail[prefix + "gate.probs"] = logits, all_probs
     ids, probs = gate(logits, all_probs, moe_layer.top_k)
     acc = np.zeros(x.shape, np.int64)
     for e, tokens in enumerate(expert_queues(ids, len(moe_layer.fc1))):
@@ -97,33 +98,42 @@ def moe(x, moe_layer: QMoe, task: int, abits: int, detail: dict, prefix: str) ->
         y = apply_linear(h, moe_layer.fc2[e], abits)
         score = probs[tokens][ids[tokens] == e]
         acc[tokens] += score[:, None] * y
-        p = f"{prefix}e{e}."
-        detail.update({p + "tokens": tokens, p + "fc1": pre, p + "gelu": h, p + "out": y})
+        if detail is not None:
+            p = f"{prefix}e{e}."
+            detail.update({p + "tokens": tokens, p + "fc1": pre, p + "gelu": h, p + "out": y})
     return A.requant(acc, moe_layer.out_mult, moe_layer.out_shift, abits), ids
 
 
-def run_block(x, blk: QBlock, i: int, qm: QuantModel, task: int, res: GoldenResult) -> np.ndarray:
-    ab, p, tr, det = qm.abits, f"b{i}.", res.trace, res.detail
+def run_block(x, blk: QBlock, i: int, qm: QuantModel, task: int, res: GoldenResult,
+              det: dict | None) -> np.ndarray:
+    ab, p, tr = qm.abits, f"b{i}.", res.trace
     tr[p + "ln1"] = h = apply_norm(x, blk.ln1, ab)
     tr[p + "qkv"] = qkv = apply_linear(h, blk.qkv, ab)
     tr[p + "attn"] = att = attention(qkv, blk, qm.cfg.num_heads, ab)
-    det[p + "attn.scores"], det[p + "attn.exp"], det[p + "attn.probs"] = attention_probs(qkv, blk, qm.cfg.num_heads)
+    if det is not None:
+        det[p + "attn.scores"], det[p + "attn.exp"], det[p + "attn.probs"] = attention_probs(qkv, blk, qm.cfg.num_heads)
     tr[p + "proj"] = proj = apply_linear(att, blk.proj, ab)
     tr[p + "res1"] = x = apply_add(x, proj, blk.res1, ab)
     tr[p + "ln2"] = h = apply_norm(x, blk.ln2, ab)
     if blk.is_moe:
         y, res.routing[i] = moe(h, blk.mlp, task, ab, det, p)
     else:
-        det[p + "fc1"], g = apply_linear_parts(h, blk.mlp[0], ab)
+        pre, g = apply_linear_parts(h, blk.mlp[0], ab)
         tr[p + "gelu"] = g
+        if det is not None:
+            det[p + "fc1"] = pre
         y = apply_linear(g, blk.mlp[1], ab)
     tr[p + "mlp"] = y
     tr[p + "res2"] = x = apply_add(x, y, blk.res2, ab)
     return x
 
 
-def run_golden(qm: QuantModel, x_q: np.ndarray, task: int) -> GoldenResult:
-    """x_q: integer patch rows [T, F] (row 0 zero, see quantize_input); task selects the gates."""
+def run_golden(qm: QuantModel, x_q: np.ndarray, task: int, detail: bool = False) -> GoldenResult:
+    """x_q: integer patch rows [T, F] (row 0 zero, see quantize_input); task selects the gates.
+
+    With detail=True, res.detail also holds the tensors inside the layers (attention scores, gate,
+    experts), for the accuracy report; they cost about as much as the run itself, so only on request.
+    """
     if not 0 <= task < qm.cfg.num_tasks:
         raise ValueError(f"task id {task} out of range 0..{qm.cfg.num_tasks - 1}")
     x_q = np.asarray(x_q, np.int64)
@@ -134,7 +144,7 @@ def run_golden(qm: QuantModel, x_q: np.ndarray, task: int) -> GoldenResult:
     res.trace["patch"] = x = apply_linear(x_q, qm.patch, qm.abits)
     res.trace["embed"] = x = apply_add(x, qm.pos, qm.embed, qm.abits)
     for i, blk in enumerate(qm.blocks):
-        x = run_block(x, blk, i, qm, task, res)
+        x = run_block(x, blk, i, qm, task, res, res.detail if detail else None)
     res.trace["norm"] = res.output = apply_norm(x, qm.norm, qm.abits)
     return res
 

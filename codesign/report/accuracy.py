@@ -120,7 +120,7 @@ def accuracy_report(model: M3ViT, qm: QuantModel, data: SyntheticData, progress=
         # and NumPy's made this loop 3-4x slower on a 2-core machine.
         with torch_threads(1):
             for b in range(len(data)):
-                res = run_golden(qm, x_q[b], t)
+                res = run_golden(qm, x_q[b], t, detail=True)
                 _compare(qm, _image_trace(trace, qm.trace_names(), b), res.trace, sqnr)
                 _compare(qm, _float_detail(model, trace, attn, b, res.detail), res.detail, detail_sqnr)
                 golden_tokens.append(dequantize_output(qm, res.output))

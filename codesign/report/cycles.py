@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from ..schedule.estimate import board_roofline
+
 RTL_BYTES_PER_CYCLE = 8  # one 64-bit AXI beat per cycle
 _MOE_PART = re.compile(r"^(b\d+)\.(gate|mlp|e\d+\.fc[12])$")
 
@@ -32,27 +34,21 @@ def grouped_cycles(layer_cycles: dict[str, int], estimate_names: set[str]) -> di
 
 
 def rtl_macs_per_cycle(rtl_dir: Path) -> int | None:
-    from ..rtl.synth import rtl_array
+    from ..rtl.synth import rtl_core_shape
 
-    shape = rtl_array(rtl_dir)
-    if "x" not in shape:
-        return None
-    p, q = shape.split("x")
-    return int(p) * int(q)
+    shape = rtl_core_shape(rtl_dir)
+    return shape[0] * shape[1] if shape else None
 
 
 def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int) -> list[dict]:
     """One row per estimate layer: RTL cycles, the core's roofline and ratio, the board estimate and roofline."""
-    t = estimate["tiling"]
-    board_mpc, ddr_bpc = t["P"] * t["Q"], estimate["ddr_bytes_per_cycle"]
     rows = []
     for layer in estimate["layers"]:
-        macs, ddr = layer["macs"], layer["ddr_bytes"]
-        rtl_roof = max(macs / rtl_mpc, ddr / RTL_BYTES_PER_CYCLE)
+        rtl_roof = board_roofline(layer["macs"], layer["ddr_bytes"], rtl_mpc, RTL_BYTES_PER_CYCLE)
         cycles = rtl_cycles.get(layer["name"])
-        rows.append({"layer": layer["name"], "rtl_cycles": cycles, "rtl_roofline": round(rtl_roof),
-                     "rtl_ratio": (rtl_roof / cycles) if cycles else None,
-                     "est_cycles": layer["cycles"], "board_roofline": round(max(macs / board_mpc, ddr / ddr_bpc))})
+        rows.append({"layer": layer["name"], "kind": layer["kind"], "rtl_cycles": cycles,
+                     "rtl_roofline": round(rtl_roof), "rtl_ratio": (rtl_roof / cycles) if cycles else None,
+                     "est_cycles": layer["cycles"], "board_roofline": round(layer["board_roofline"])})
     return rows
 
 
@@ -91,24 +87,12 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
     return table
 
 
-def layer_kind(name: str) -> str:
-    """attention | moe | matmul | vector, from an estimate layer name."""
-    tail = name.rsplit(".", 1)[-1]
-    if tail == "attn":
-        return "attention"
-    if tail == "moe":
-        return "moe"
-    if tail in ("patch", "qkv", "proj", "gelu", "mlp"):
-        return "matmul"
-    return "vector"
-
-
 def kind_summary(rows: list[dict]) -> str:
     """One line: the RTL core's roofline / cycles summed per layer kind."""
     sums: dict[str, list[float]] = {}
     for r in rows:
         if r["rtl_cycles"]:
-            acc = sums.setdefault(layer_kind(r["layer"]), [0.0, 0.0])
+            acc = sums.setdefault(r["kind"], [0.0, 0.0])
             acc[0] += r["rtl_roofline"]
             acc[1] += r["rtl_cycles"]
     parts = [f"{kind} {100 * roof / cyc:.0f}%" for kind, (roof, cyc) in sums.items()]

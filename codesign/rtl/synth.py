@@ -121,13 +121,19 @@ def synth_table(result: SynthResult, board_resources: dict, estimate: dict | Non
     return "\n".join(lines)
 
 
-def rtl_array(rtl_dir: Path) -> str:
-    """'PxQ' of a generated core (from its localparams), or 'RTL' for foreign (e.g. Vitis) RTL."""
+def rtl_core_shape(rtl_dir: Path) -> tuple[int, int] | None:
+    """(P, Q) of a generated core, from its localparams; None for foreign (e.g. Vitis) RTL."""
     core = Path(rtl_dir) / "codesign_core.v"
     text = core.read_text() if core.exists() else ""
     p = re.search(r"localparam\s+P\s*=\s*(\d+)\s*;", text)
     eb = re.search(r"localparam\s+EB\s*=\s*(\d+)\s*;", text)
-    return f"{p.group(1)}x{8 // int(eb.group(1))}" if p and eb else "RTL"
+    return (int(p.group(1)), 8 // int(eb.group(1))) if p and eb else None
+
+
+def rtl_array(rtl_dir: Path) -> str:
+    """'PxQ' of a generated core, or 'RTL' for foreign RTL."""
+    shape = rtl_core_shape(rtl_dir)
+    return f"{shape[0]}x{shape[1]}" if shape else "RTL"
 
 
 def synth_project(project_dir: Path, rtl_dir: Path | None = None) -> tuple[SynthResult, str]:
@@ -142,8 +148,9 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None) -> tuple[Synth
     reports.mkdir(exist_ok=True)
     result = synth_rtl(rtl_dir, YOSYS_FAMILY.get(board.family, "xcup"), log=reports / "synth_yosys.log")
     estimate = _estimate_resources(reports / "estimate.json")
-    table = synth_table(result, asdict(board.resources), estimate, rtl_array(rtl_dir))
-    (reports / "synth.json").write_text(json.dumps({"board": board.name, "rtl_array": rtl_array(rtl_dir),
+    array = rtl_array(rtl_dir)
+    table = synth_table(result, asdict(board.resources), estimate, array)
+    (reports / "synth.json").write_text(json.dumps({"board": board.name, "rtl_array": array,
                                                     **result.to_json(), "estimate": estimate}, indent=1))
     (reports / "synth.txt").write_text(table + "\n")
     return result, table

@@ -46,7 +46,6 @@ INSTR_OVERHEAD_CYCLES = 128
 # softmax no pass for the maximum (taken in the array drain) and one fused exp/sum pass (for
 # ATTN overlapped with the P.V array pass), plus the normalisation of the outputs only.
 LAYERNORM_PASSES = 1
-SOFTMAX_MAX_PASSES = 0
 SOFTMAX_EXP_PASSES = 1
 
 # Report kinds of layers (roofline summary per kind).
@@ -285,7 +284,7 @@ def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
         return rows * math.ceil(a["n"] / Q) if ins.flags & Flag.SCATTER else 0
     if ins.op == Op.ATTN:
         t, dh = a["tokens"], a["head_dim"]
-        exp = t * (SOFTMAX_MAX_PASSES + SOFTMAX_EXP_PASSES) * math.ceil(t / Q)  # per head, Q lanes
+        exp = t * SOFTMAX_EXP_PASSES * math.ceil(t / Q)  # per head, Q lanes
         normalise = t * math.ceil(dh / Q)  # deferred: only the head_dim outputs of each query row
         # The exp/sum pass feeds the P.V array pass: only what it cannot hide costs extra.
         return a["heads"] * (max(0, exp - array_cycles(t, dh, t, P, Q)) + normalise)
@@ -295,7 +294,7 @@ def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
         return math.ceil(a["count"] / Q)
     if ins.op == Op.GATE:
         # Per token: exp/sum over the logits, normalise the top_k picked, one list slot per pick.
-        return a["tokens"] * ((SOFTMAX_MAX_PASSES + SOFTMAX_EXP_PASSES) * math.ceil(a["experts"] / Q) + 2 * a["top_k"])
+        return a["tokens"] * (SOFTMAX_EXP_PASSES * math.ceil(a["experts"] / Q) + 2 * a["top_k"])
     return 0
 
 

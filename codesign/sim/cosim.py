@@ -413,6 +413,7 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
         raise CosimError(f"{data_dir / 'manifest.json'} not found: generate the project first")
     if not any(rtl_dir.glob("*.v")):
         raise CosimError(f"no Verilog in {rtl_dir}: render it with render_project_rtl")
+    _check_blob_sizes(project_dir)
     man = load_manifest(project_dir)
     vecs = man["vectors"]
     if vectors:
@@ -458,6 +459,16 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     result = CosimResult(simulator, wall, out, results_dir)
     (work / "cosim.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
+
+
+def _check_blob_sizes(project_dir: Path) -> None:
+    """A truncated weights.bin would let the memory model read the neighbouring act image."""
+    from .csim import CsimError, check_data_files
+
+    try:
+        check_data_files(project_dir)
+    except CsimError as exc:
+        raise CosimError(str(exc)) from exc
 
 
 def _untraced_mismatch(man: dict, got: bytes, expected: bytes) -> str | None:
