@@ -10,7 +10,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from codesign.fsutil import atomic_dir
 from codesign.model.config import ModelConfig, TaskSpec
 from codesign.model.m3vit import M3ViT
 
@@ -72,18 +72,11 @@ def save_model(model: M3ViT, out_dir: str | Path) -> Path:
     Other files already in out_dir (a README, plots) are kept.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    with atomic_dir(out_dir, force=True) as staging:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         torch.save(state, staging / "model.pt")
         (staging / "config.yaml").write_text(yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
         _copy_unrelated_files(out_dir, staging)
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -450,11 +443,3 @@ def _copy_unrelated_files(old_dir: Path, new_dir: Path) -> None:
             shutil.copy2(entry, new_dir / entry.name, follow_symlinks=False)
 
 
-def _replace_dir(new_dir: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(new_dir, target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rename(target, retired / target.name)
-    os.rename(new_dir, target)
-    shutil.rmtree(retired, ignore_errors=True)
