@@ -86,13 +86,18 @@ def load_manifest(project_dir: Path) -> dict:
     return json.loads((Path(project_dir) / "data" / "manifest.json").read_text())
 
 
+def region_nbytes(region: dict, elem_bytes: int) -> int:
+    """Bytes of a manifest region: int32 tensors take 4 bytes per element, the others elem_bytes."""
+    return int(np.prod(region["shape"])) * (4 if region["kind"] == "i32" else elem_bytes)
+
+
 def compare_act(man: dict, got: bytes, expected: bytes) -> str | None:
     """Name of the first traced tensor (in execution order) that differs, or None when bit-exact."""
     regions = {r["name"]: r for r in man["regions"]}
     eb = man["elem_bytes"]
     for name in man["trace"]:
         r = regions[name]
-        size = int(np.prod(r["shape"])) * (4 if r["kind"] == "i32" else eb)
+        size = region_nbytes(r, eb)
         if got[r["addr"]: r["addr"] + size] != expected[r["addr"]: r["addr"] + size]:
             return name
     return None

@@ -23,7 +23,7 @@ from ..boards import Board
 from ..quant import arith as A
 from ..schedule.isa import FIELDS, WORDS, Flag, Op
 from ..schedule.program import Program
-from .data import load_manifest
+from .data import load_manifest, region_nbytes
 from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver
 
 # g++ flags of the csim build, shared by the Makefile and codesign.sim.csim.
@@ -108,7 +108,7 @@ def write_tb_lists(data_dir: Path, manifest: dict) -> list[Path]:
     """The testbench's plain-text view of the manifest (C++ without a JSON parser)."""
     vectors = [(v["id"], v["task"], v["start"], v["expected"]) for v in manifest["vectors"]]
     regions = {r["name"]: r for r in manifest["regions"]}
-    traced = [(name, regions[name]["addr"], _region_nbytes(regions[name], manifest["elem_bytes"]))
+    traced = [(name, regions[name]["addr"], region_nbytes(regions[name], manifest["elem_bytes"]))
               for name in manifest["trace"]]
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     paths = [Path(data_dir) / "tb_vectors.txt", Path(data_dir) / "tb_regions.txt"]
@@ -206,10 +206,6 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
 
 def _struct_name(op: Op) -> str:
     return op.name.capitalize() + "Fields"  # MATMUL -> MatmulFields, REQUANT32 -> Requant32Fields
-
-
-def _region_nbytes(region: dict, elem_bytes: int) -> int:
-    return int(np.prod(region["shape"])) * (4 if region["kind"] == "i32" else elem_bytes)
 
 
 def _token(value) -> str:

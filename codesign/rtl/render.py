@@ -26,6 +26,19 @@ def _addr_bits(depth: int) -> int:
     return max(1, (int(depth) - 1).bit_length())
 
 
+def tile_rows(P: int, q: int) -> int:
+    """W rows per MATMUL weight tile of the core (NT)."""
+    return max(16, P, q)
+
+
+def expert_slots(max_experts: int) -> int:
+    """The core's expert slots (EN): a power of two >= max_experts, at least 4."""
+    slots = 4
+    while slots < max_experts:
+        slots *= 2
+    return slots
+
+
 def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | None = None,
                max_reduction: int = 1024, max_experts: int = 8, trace: bool = False,
                max_tokens: int = 1024) -> dict:
@@ -60,12 +73,10 @@ def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | No
     if acc_w > 64:
         raise ValueError(f"reductions of {max_reduction} elements / {max_tokens} tokens need "
                          f"{acc_w}-bit accumulators (> 64)")
-    experts = 4
-    while experts < max_experts:
-        experts *= 2
+    experts = expert_slots(max_experts)
     return {
         "EB": elem_bytes, "ABITS": int(abits), "P": P, "LP": P.bit_length() - 1, "Q": q,
-        "NT": max(16, P, q), "WHALF": depth["whalf"], "ACC_W": acc_w,
+        "NT": tile_rows(P, q), "WHALF": depth["whalf"], "ACC_W": acc_w,
         "XD": depth["x"], "XAW": _addr_bits(depth["x"]), "WD": depth["w"], "WAW": _addr_bits(depth["w"]),
         "OD": depth["o"], "OAW": _addr_bits(depth["o"]), "PD": depth["p"], "PAW": _addr_bits(depth["p"]),
         "LD": depth["lut"], "LAW": _addr_bits(depth["lut"]), "ND": depth["lists"],

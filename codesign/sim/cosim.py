@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..emit.data import compare_act, load_manifest
-from ..rtl.render import core_sizes, render_rtl
+from ..emit.data import compare_act, load_manifest, region_nbytes
+from ..rtl.render import core_sizes, expert_slots, render_rtl, tile_rows
 from ..schedule.isa import Flag, Instr, Op, decode_program
 from .cocotb_runner import find_verilator, run_cocotb
 
@@ -56,7 +56,7 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
     """
     eb = int(elem_bytes)
     q = 8 // eb
-    nt = max(16, P, q)
+    nt = tile_rows(P, q)
     need = {"x": 0, "w": 0, "whalf": 0, "o": 0, "p": 0, "lut": 0, "lists": 0, "acc": 0, "s": 0, "t": 0}
     red = 1          # longest dot-mode reduction (elements)
     tokens = 1       # longest broadcast-mode (ATTN e.v) reduction
@@ -156,9 +156,7 @@ def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAU
             experts = max(experts, e)
             red = max(red, dim)
     if gate_tokens:
-        en = 4                 # the core's EN: power of two >= max experts (render.core_sizes)
-        while en < experts:
-            en *= 2
+        en = expert_slots(experts)
         if gate_tokens * en > 1 << 16:
             raise ValueError(f"GATE: {gate_tokens} tokens x {en} logit slots exceed the core's "
                              "16-bit score index")
@@ -220,7 +218,7 @@ def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
         total += 40  # fetch + decode + completion
         if ins.op == Op.MATMUL:
             m, k, n = a["m"], a["k"], a["n"]
-            tiles = _ceil(n, max(16, P, q))
+            tiles = _ceil(n, tile_rows(P, q))
             total += m * _ceil(n, P) * (k // q + 1) + n * k // 8 + m * k // 8 + tiles * 40
             total += (m * (n * 4 // 8 * 2 + n + 40)) if ins.flags & Flag.SCATTER else m * n // 8
         elif ins.op == Op.ATTN:
@@ -480,7 +478,7 @@ def _untraced_mismatch(man: dict, got: bytes, expected: bytes) -> str | None:
         return None
     eb = man["elem_bytes"]
     for r in man["regions"]:
-        size = int(np.prod(r["shape"])) * (4 if r["kind"] == "i32" else eb)
+        size = region_nbytes(r, eb)
         if r["addr"] <= offset < r["addr"] + size:
             return r["name"]
     return f"<act byte {offset}>"
