@@ -49,6 +49,9 @@ class Memory:
     ddr_efficiency: float  # sustained fraction of peak, in (0, 1]
     axi_data_bits: int  # width of one PS high-performance slave port
     hp_ports: int
+    # m_axi masters that stream weight tiles (the kernel's wgt, wgt1, ...), one PS HP port each;
+    # the activation/program master gmem takes HPC0 (Zynq UltraScale+) or HP0 (Zynq-7000).
+    weight_ports: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ _MEMORY_FIELDS = {
     "ddr_efficiency": "fraction",
     "axi_data_bits": "axi_width",
     "hp_ports": "count",
+    "weight_ports": "count",
 }
 _PS_FIELDS = {"type": "text", "ip_vlnv": "text"}
 _BOARD_FIELDS: dict[str, Any] = {
@@ -116,7 +120,20 @@ def load_board(name_or_path: str | Path) -> Board:
     board = _build_board(raw)
     _check_part(path, board)
     _check_ps_matches_family(path, board)
+    _check_weight_ports(path, board)
     return board
+
+
+def free_hp_ports(board: Board) -> int:
+    """HP ports left for weight masters: Zynq-7000 has no HPC port, so gmem takes HP0 there."""
+    return board.memory.hp_ports - (1 if board.family == "zynq" else 0)
+
+
+def _check_weight_ports(path: Path, board: Board) -> None:
+    limit = free_hp_ports(board)
+    if board.memory.weight_ports > limit:
+        raise BoardError(f"{path}: field memory.weight_ports must be at most {limit} (one PS HP port per weight "
+                         f"master, {board.memory.hp_ports} HP ports), got {board.memory.weight_ports}")
 
 
 def part_family(part: str) -> tuple[str, str] | None:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,8 @@ def test_missing_nested_field_is_named_with_its_section(tmp_path):
         (lambda raw: raw.update(clock_mhz=0), "clock_mhz"),
         (lambda raw: raw["memory"].update(ddr_efficiency=1.5), "memory.ddr_efficiency"),
         (lambda raw: raw["memory"].update(axi_data_bits=100), "memory.axi_data_bits"),
+        (lambda raw: raw["memory"].update(weight_ports=0), "memory.weight_ports"),
+        (lambda raw: raw["memory"].update(weight_ports=5), "memory.weight_ports"),
         (lambda raw: raw.update(family="versal"), "family"),
         (lambda raw: raw.update(pynq="yes please"), "pynq"),
         (lambda raw: raw.update(resources=[1, 2]), "resources"),
@@ -151,6 +154,15 @@ def test_bad_values_are_reported_by_field(tmp_path, edit, field):
         load_board(str(path))
     message = str(excinfo.value)
     assert f"field {field} " in message and "\n" not in message
+
+
+def test_zynq7000_keeps_an_hp_port_for_gmem(tmp_path):
+    """Zynq-7000 has no HPC port: gmem takes HP0, so at most 3 weight masters fit on its 4 HP ports."""
+    path = tmp_path / "z.yaml"
+    path.write_text((Path(__file__).parents[1] / "boards" / "pynq-z2.yaml").read_text()
+                    .replace("weight_ports: 3", "weight_ports: 4"))
+    with pytest.raises(BoardError, match=r"memory\.weight_ports must be at most 3 .* got 4$"):
+        load_board(str(path))
 
 
 @pytest.mark.parametrize("part", ["xcfoo123-bar", "xc7a35tcpg236-1", "zu7ev-ffvc1156-2-e", "xczu"])
@@ -317,7 +329,15 @@ def test_block_design_tcl_issues_the_vivado_flow(tmp_path, name):
     out_dir = _render(tmp_path, name)
     _add_exported_ip(out_dir)
     zynq_mp = board.family == "zynquplus"
-    master, hp_slave = ("M_AXI_HPM0_FPD", "S_AXI_HP0_FPD") if zynq_mp else ("M_AXI_GP0", "S_AXI_HP0")
+    master = "M_AXI_HPM0_FPD" if zynq_mp else "M_AXI_GP0"
+    # gmem (program, activations) and one master per weight port, each on its own PS port
+    ports = board.memory.weight_ports
+    if zynq_mp:
+        links = [("gmem", "S_AXI_HPC0_FPD", "PSU__USE__S_AXI_GP0")] + [
+            (f"wgt{p}", f"S_AXI_HP{p}_FPD", f"PSU__USE__S_AXI_GP{p + 2}") for p in range(ports)]
+    else:
+        links = [("gmem", "S_AXI_HP0", "PCW_USE_S_AXI_HP0")] + [
+            (f"wgt{p}", f"S_AXI_HP{p + 1}", f"PCW_USE_S_AXI_HP{p + 1}") for p in range(ports)]
     calls = _calls(_run_tcl(out_dir / "vivado" / "block_design.tcl", tmp_path))
     _assert_in_order(calls, [
         f"create_project -force {PROJECT}_vivado {out_dir}/vivado/{PROJECT}_vivado -part {board.part}",
@@ -328,8 +348,7 @@ def test_block_design_tcl_issues_the_vivado_flow(tmp_path, name):
         f"apply_bd_automation -rule xilinx.com:bd_rule:{board.ps.type}",
         "set_property -dict",
         "create_bd_cell -type ip -vlnv xilinx.com:hls:codesign_top:1.0 codesign_top_0",
-        "apply_bd_automation -rule xilinx.com:bd_rule:axi4",
-        "apply_bd_automation -rule xilinx.com:bd_rule:axi4",
+        *["apply_bd_automation -rule xilinx.com:bd_rule:axi4"] * (2 + ports),
         "assign_bd_address",
         "validate_bd_design",
         "make_wrapper",
@@ -342,9 +361,23 @@ def test_block_design_tcl_issues_the_vivado_flow(tmp_path, name):
     assert f"CONFIG.{clock_key} {board.clock_mhz}" in ps_config
     axi_rules = " ".join(c for c in calls if "bd_rule:axi4" in c)
     assert f"Master /zynq_ps/{master} Slave /codesign_top_0/s_axi_control" in axi_rules
-    assert f"Master /codesign_top_0/m_axi_gmem Slave /zynq_ps/{hp_slave}" in axi_rules
+    for axi_master, slave, use_key in links:
+        assert f"Master /codesign_top_0/m_axi_{axi_master} Slave /zynq_ps/{slave}" in axi_rules
+        assert f"CONFIG.{use_key} 1" in ps_config
+    assert axi_rules.count("Master /codesign_top_0/m_axi_") == 1 + ports
     # PYNQ needs the .hwh next to the .bit, same basename.
     assert (out_dir / "overlay" / f"{PROJECT}.hwh").read_text() == "<hwh/>"
+
+
+@needs_tclsh
+def test_block_design_with_one_weight_port_uses_hp0_only(tmp_path):
+    """weight_ports: 1 keeps the single-master design: m_axi_gmem on HP0, no other PS slave port."""
+    board = load_board("zcu104")
+    board = replace(board, memory=replace(board.memory, weight_ports=1))
+    render_tcl_and_driver(tmp_path, board, PROJECT)
+    text = (tmp_path / "vivado" / "block_design.tcl").read_text()
+    assert "Master /$accel/m_axi_gmem Slave /zynq_ps/S_AXI_HP0_FPD" in text
+    assert text.count("Master /$accel/m_axi_") == 1 and "HPC0" not in text and "PSU__USE__S_AXI_GP2 1" in text
 
 
 @needs_tclsh

@@ -33,7 +33,7 @@ def render_tcl_and_driver(out_dir: Path, board: Board, project_name: str) -> lis
     if not _PROJECT_NAME.fullmatch(project_name):
         raise ValueError(f"project name must be a C/Tcl identifier ([A-Za-z_][A-Za-z0-9_]*), got {project_name!r}")
     env = _template_environment()
-    context = {"board": board, "project_name": project_name, "top": TOP_FUNCTION}
+    context = {"board": board, "project_name": project_name, "top": TOP_FUNCTION, "links": memory_links(board)}
     written = []
     for template_name, relative_path in _OUTPUTS.items():
         target = Path(out_dir) / relative_path
@@ -41,6 +41,23 @@ def render_tcl_and_driver(out_dir: Path, board: Board, project_name: str) -> lis
         target.write_text(env.get_template(template_name).render(context))
         written.append(target)
     return written
+
+
+def memory_links(board: Board) -> list[dict[str, str]]:
+    """The kernel's m_axi masters and the PS slave port each one gets, with the PS configuration
+    keys that enable the port and set its width. With one weight port everything is on gmem and
+    gmem takes HP0; otherwise gmem takes HPC0 (Zynq UltraScale+) or HP0 (Zynq-7000, no HPC port)
+    and weight master p the next free HP port."""
+    ports = board.memory.weight_ports
+    masters = ["gmem"] + ([f"wgt{p}" for p in range(ports)] if ports > 1 else [])
+    if board.family == "zynquplus":
+        # PS names: S_AXI_HPC0_FPD is SAXIGP0, S_AXI_HP<n>_FPD is SAXIGP<n+2>.
+        slots = [("S_AXI_HP0_FPD", 2)] if ports == 1 else [("S_AXI_HPC0_FPD", 0)] + [
+            (f"S_AXI_HP{p}_FPD", p + 2) for p in range(ports)]
+        return [{"master": m, "slave": slave, "use": f"PSU__USE__S_AXI_GP{gp}", "width": f"PSU__SAXIGP{gp}__DATA_WIDTH"}
+                for m, (slave, gp) in zip(masters, slots)]
+    return [{"master": m, "slave": f"S_AXI_HP{n}", "use": f"PCW_USE_S_AXI_HP{n}", "width": f"PCW_S_AXI_HP{n}_DATA_WIDTH"}
+            for n, m in enumerate(masters)]
 
 
 def _template_environment() -> jinja2.Environment:
