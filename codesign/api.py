@@ -175,7 +175,7 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
     params = tiling_params(design.tiling)
     render_hls(out, design.prog, design.board, tile=params, project_name=project_name)
-    render_project_rtl(out, design.prog, tile=params)
+    render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
     save_model(design.model, out / "model")
     est = design.estimate(data.images, 0)
     (out / "reports").mkdir(exist_ok=True)

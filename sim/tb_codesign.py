@@ -1,8 +1,13 @@
 """Data-driven cocotb testbench for ``codesign_top``.
 
 Drives either our generated RTL or a Vitis-HLS-exported RTL directory (same
-port names): clock on ap_clk, active-low reset on ap_rst_n, an AxiRam on the
-``m_axi_gmem`` master and an AxiLiteMaster on ``s_axi_control``.
+port names): clock on ap_clk, active-low reset on ap_rst_n, an AxiLiteMaster on
+``s_axi_control`` and one AxiRam per AXI master, all sharing ONE memory: the
+``m_axi_gmem`` master and, for a kernel with W > 1 weight ports, the weight
+masters ``m_axi_wgt0`` .. ``m_axi_wgt{W-1}`` (discovered from the DUT's ports:
+W = the number of consecutive ``m_axi_wgt<p>`` masters, none: W = 1).  The
+``wgt_addr`` pointer goes into ``wgt`` (0x1c) and every extra weight pointer
+register ``wgt<p>`` (0x3c + 0xc*(p-1)), as the host does.
 
 Everything it does comes from ``$CODESIGN_COSIM_JOB/job.json``::
 
@@ -16,18 +21,24 @@ Everything it does comes from ``$CODESIGN_COSIM_JOB/job.json``::
     }
 
 Optional ``"backpressure": true`` makes the memory model randomly stall
-every AXI channel (seeded, reproducible) to shake out handshake bugs.
+every AXI channel of every master (seeded, reproducible) to shake out
+handshake bugs.
 
 Optional ``"record_reads": true`` (or ``CODESIGN_RECORD_READS=1`` in the
-environment) counts the AXI read beats: each run's result then has
-``read_bytes`` and ``reread_bytes`` per region name (bytes of bus words read
-at all / read more than once), and ``<job>/out_<run>_reads.json`` maps each
-top-level region to ``[[offset, nbytes, times_read], ...]`` runs of words.
+environment) counts the AXI read beats of every master: each run's result then
+has ``read_bytes`` and ``reread_bytes`` per region name (bytes of bus words read
+at all / read more than once, over all masters), ``read_bytes_by_port`` per
+master (``{"gmem": .., "wgt0": .., ...}``, bytes of all beats it returned), and
+``<job>/out_<run>_reads.json`` maps each top-level region to
+``[[offset, nbytes, times_read], ...]`` runs of words.
 
 Top-level ``regions`` are loaded once; each run may load extra ``regions`` and
 override ``task``, ``prog_addr``/``wgt_addr``/``act_addr``, ``outputs`` and
-``timeout_cycles``.  Without ``runs`` a single run uses the top-level values.
-Region files are relative to the job directory (or absolute).
+``timeout_cycles``.  Optional ``wgt_addrs`` (a list, one address per weight
+pointer register: wgt, wgt1, ...) replaces ``wgt_addr`` register by register
+(shell tests: it shows that every weight master uses its own register).
+Without ``runs`` a single run uses the top-level values.  Region files are
+relative to the job directory (or absolute).
 
 Per run the output regions are dumped to ``<job>/out_<run>_<name>.bin``
 (``<run>`` = the run's ``name``, else its 0-based index) and
@@ -35,7 +46,8 @@ Per run the output regions are dumped to ``<job>/out_<run>_<name>.bin``
 
     {"simulator": ..., "clock_ns": 10,
      "runs": [{"name", "task", "status": "ok"|"timeout"|"skipped", "cycles",
-               "ctrl_done", "ctrl_after"}]}
+               "ctrl_done", "ctrl_after"
+               [, "read_bytes", "reread_bytes", "read_bytes_by_port"]}]}
 
 ``cycles`` counts clock cycles from the completed ap_start write to the done
 interrupt (or, without an interrupt port, to the poll that saw ap_done); for a
@@ -74,12 +86,14 @@ REG_PROG = 0x10
 REG_WGT = 0x1C
 REG_ACT = 0x28
 REG_TASK = 0x34
+REG_WGT_EXTRA = 0x3C      # wgt<p> (p >= 1) at REG_WGT_EXTRA + REG_WGT_STRIDE * (p - 1)
+REG_WGT_STRIDE = 0x0C
 AP_START = 0x1
 AP_DONE = 0x2
 
 # Per-run keys that fall back to the job's top-level value.
 RUN_DEFAULT_KEYS = ("task", "prog_addr", "wgt_addr", "act_addr", "outputs",
-                    "timeout_cycles")
+                    "timeout_cycles", "wgt_addrs")
 
 
 # --------------------------------------------------------------------------
@@ -113,13 +127,13 @@ def region_bytes(job_dir: Path, region: dict) -> bytes:
 # --------------------------------------------------------------------------
 # DUT harness
 # --------------------------------------------------------------------------
-def gmem_bus(dut) -> AxiBus:
-    """AxiBus for m_axi_gmem, tolerating Vitis HLS's AXI3-style 2-bit LOCK.
+def axi_bus(dut, prefix: str) -> AxiBus:
+    """AxiBus for one m_axi master, tolerating Vitis HLS's AXI3-style 2-bit LOCK.
 
     cocotbext-axi insists on 1-bit AxLOCK; the RAM model ignores LOCK anyway,
     so a wider one is simply left unconnected.
     """
-    bus = AxiBus.from_prefix(dut, "m_axi_gmem")
+    bus = AxiBus.from_prefix(dut, prefix)
     for channel, name in ((bus.write.aw, "awlock"), (bus.read.ar, "arlock")):
         handle = getattr(channel, name, None)
         if handle is not None and len(handle) != 1:
@@ -128,19 +142,33 @@ def gmem_bus(dut) -> AxiBus:
     return bus
 
 
+def weight_ports(dut) -> list[str]:
+    """Names of the DUT's weight masters: wgt0, wgt1, ... while m_axi_wgt<p> exists ([] = all on gmem)."""
+    names = []
+    while hasattr(dut, f"m_axi_wgt{len(names)}_ARVALID"):
+        names.append(f"wgt{len(names)}")
+    return names
+
+
+def weight_pointer_regs(ports: list[str]) -> list[int]:
+    """Control registers that take the weight blob's address: wgt, then wgt1 .. wgt{W-1}."""
+    return [REG_WGT] + [REG_WGT_EXTRA + REG_WGT_STRIDE * (p - 1) for p in range(1, len(ports))]
+
+
 def random_pauses(seed: int):
     rng = random.Random(seed)
     while True:
         yield rng.random() < STALL_PROBABILITY
 
 
-def enable_backpressure(ram: AxiRam) -> None:
-    """Randomly drop AW/W/AR READY and R/B VALID on the memory side."""
+def enable_backpressure(ram: AxiRam, index: int = 0) -> None:
+    """Randomly drop AW/W/AR READY and R/B VALID on the memory side (`index`: the
+    master's position, so every master gets its own stall pattern)."""
     channels = (ram.write_if.aw_channel, ram.write_if.w_channel,
                 ram.write_if.b_channel, ram.read_if.ar_channel,
                 ram.read_if.r_channel)
     for seed, channel in enumerate(channels):
-        channel.set_pause_generator(random_pauses(seed))
+        channel.set_pause_generator(random_pauses(seed + len(channels) * index))
 
 
 def quiet_bus_models(dut) -> None:
@@ -152,22 +180,29 @@ def quiet_bus_models(dut) -> None:
 
 
 class ReadRecorder:
-    """Counts AXI read beats per bus word; installed only when asked for (it costs a call per beat)."""
+    """Counts AXI read beats per bus word (over every master) and per master; installed only when
+    asked for (it costs a call per beat)."""
 
-    def __init__(self, ram: AxiRam):
-        self.lanes = ram.read_if.byte_lanes
+    def __init__(self, rams: dict[str, AxiRam]):
+        self.lanes = next(iter(rams.values())).read_if.byte_lanes
         self.words: collections.Counter = collections.Counter()
-        inner = ram.read_if._read
+        self.beats: collections.Counter = collections.Counter({name: 0 for name in rams})
+        for name, ram in rams.items():
+            ram.read_if._read = self._counted(name, ram.read_if._read)
 
+    def _counted(self, name: str, inner):
         async def counted(address, length):
             self.words[address] += 1
+            self.beats[name] += 1
             return await inner(address, length)
+        return counted
 
-        ram.read_if._read = counted
-
-    def take(self) -> collections.Counter:
+    def take(self) -> tuple[collections.Counter, dict[str, int]]:
+        """(beats per word address, beats per master) since the last take."""
         words, self.words = self.words, collections.Counter()
-        return words
+        beats = dict(self.beats)
+        self.beats = collections.Counter({name: 0 for name in beats})
+        return words, beats
 
 
 def region_spans(job_dir: Path, regions: list[dict]) -> list[tuple[str, int, int]]:
@@ -202,8 +237,14 @@ def read_map(words: collections.Counter, lanes: int, start: int, size: int) -> l
 class Harness:
     def __init__(self, dut, mem_size: int):
         self.dut = dut
-        self.ram = AxiRam(gmem_bus(dut), dut.ap_clk, dut.ap_rst_n,
+        self.ram = AxiRam(axi_bus(dut, "m_axi_gmem"), dut.ap_clk, dut.ap_rst_n,
                           reset_active_level=False, size=mem_size)
+        # Weight masters see the same memory (the host passes one blob to every port).
+        self.wgt_ports = weight_ports(dut)
+        self.rams = {"gmem": self.ram}
+        for name in self.wgt_ports:
+            self.rams[name] = AxiRam(axi_bus(dut, f"m_axi_{name}"), dut.ap_clk, dut.ap_rst_n,
+                                     reset_active_level=False, size=mem_size, mem=self.ram.mem)
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"),
                                   dut.ap_clk, dut.ap_rst_n,
                                   reset_active_level=False)
@@ -243,7 +284,9 @@ class Harness:
     async def start(self, run: dict) -> float:
         """Program arguments, set ap_start; return the start time in ns."""
         await self.write_pointer(REG_PROG, int(run["prog_addr"] or 0))
-        await self.write_pointer(REG_WGT, int(run["wgt_addr"] or 0))
+        addrs = run.get("wgt_addrs") or []
+        for p, reg in enumerate(weight_pointer_regs(self.wgt_ports)):
+            await self.write_pointer(reg, int(addrs[p] if p < len(addrs) else run["wgt_addr"] or 0))
         await self.write_pointer(REG_ACT, int(run["act_addr"] or 0))
         await self.write_reg(REG_TASK, run["task"])
         await self.write_reg(REG_CTRL, AP_START)
@@ -310,12 +353,13 @@ async def execute_run(h: Harness, job_dir: Path, run: dict, recorder: ReadRecord
 
 def record_reads(recorder: ReadRecorder, job_dir: Path, run: dict, shared: list) -> dict:
     """Read totals of the run for result.json; per-word maps of the shared regions to a file."""
-    words = recorder.take()
+    words, beats = recorder.take()
     spans = shared + region_spans(job_dir, run["regions"])
     read, reread = read_totals(words, recorder.lanes, spans)
     maps = {name: read_map(words, recorder.lanes, start, size) for name, start, size in shared}
     (job_dir / f"out_{run['name']}_reads.json").write_text(json.dumps(maps))
-    return {"read_bytes": read, "reread_bytes": reread}
+    by_port = {name: recorder.lanes * n for name, n in beats.items()}
+    return {"read_bytes": read, "reread_bytes": reread, "read_bytes_by_port": by_port}
 
 
 @cocotb.test()
@@ -325,11 +369,12 @@ async def run_job(dut):
     runs = resolve_runs(job)
     h = Harness(dut, int(job["mem_size"]))
     if job.get("backpressure"):
-        enable_backpressure(h.ram)
+        for index, ram in enumerate(h.rams.values()):
+            enable_backpressure(ram, index)
     h.load_regions(job_dir, job.get("regions", []))
     recorder = None
     if job.get("record_reads") or os.environ.get("CODESIGN_RECORD_READS") == "1":
-        recorder = ReadRecorder(h.ram)
+        recorder = ReadRecorder(h.rams)
     shared = region_spans(job_dir, job.get("regions", []))
     await h.reset()
 

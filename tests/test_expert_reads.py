@@ -2,7 +2,8 @@
 layer, unused experts never, and no byte of the weight blob is read twice in one run.
 
 The ISA interpreter records its weight reads (isa.WgtReadLog); the cocotb testbench can count the
-RTL's AXI read beats (CODESIGN_RECORD_READS=1) so the same holds for the generated Verilog.
+RTL's AXI read beats (CODESIGN_RECORD_READS=1, over every AXI master) so the same holds for the
+generated Verilog, with one master and with the weights spread over 4 weight masters.
 """
 from __future__ import annotations
 
@@ -132,10 +133,12 @@ def rtl_word_counts(reads: list[list[int]], size: int, lanes: int) -> np.ndarray
 
 
 @pytest.mark.slow
-def test_rtl_fetches_exactly_the_interpreters_weight_words(tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_ports", [1, 4])
+def test_rtl_fetches_exactly_the_interpreters_weight_words(tmp_path, monkeypatch, weight_ports):
     """The RTL reads exactly the weight words the interpreter reads, each once.  (A GATE used to
     fetch one more 8-byte word after its task's bias slice -- for the last task the first word of
-    expert 0's fc1 weights; it now reads only the words that hold the slice.)"""
+    expert 0's fc1 weights; it now reads only the words that hold the slice.)  With 4 weight
+    masters the words come over all of them, and none over gmem."""
     from codesign.emit.data import load_manifest
     from codesign.sim.cocotb_runner import SimulatorMissing, simulator_env
     from codesign.sim.cosim import render_project_rtl, run_cosim
@@ -147,7 +150,7 @@ def test_rtl_fetches_exactly_the_interpreters_weight_words(tmp_path, monkeypatch
         pytest.skip(str(exc))
     design = make_test_design()
     write_test_data(tmp_path / "data", design)
-    render_project_rtl(tmp_path, design.prog)
+    render_project_rtl(tmp_path, design.prog, weight_ports=weight_ports)
     monkeypatch.setenv("CODESIGN_RECORD_READS", "1")
     res = run_cosim(tmp_path, "verilator")
     assert res.all_passed
@@ -162,4 +165,12 @@ def test_rtl_fetches_exactly_the_interpreters_weight_words(tmp_path, monkeypatch
         assert got.tolist() == want.tolist(), vec["id"]
         assert run["reread_bytes"]["prog"] == 0
         assert run["read_bytes"]["wgt"] == lanes * int(want.sum())
+        ports = run["read_bytes_by_port"]
+        if weight_ports == 1:
+            assert ports == {"gmem": sum(run["read_bytes"].values())}
+        else:
+            assert list(ports) == ["gmem", "wgt0", "wgt1", "wgt2", "wgt3"]
+            assert ports["gmem"] == run["read_bytes"]["prog"] + run["read_bytes"]["act"]
+            assert sum(ports[f"wgt{p}"] for p in range(4)) == run["read_bytes"]["wgt"]
+            assert min(ports.values()) > 0
     assert [r["reread_bytes"]["wgt"] for r in result["runs"]] == [0, 0]

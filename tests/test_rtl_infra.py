@@ -4,12 +4,17 @@ The placeholder core (rtl_templates/test/core_placeholder.v.j2) reads N = prog[0
 bytes from act, adds task[7:0] to every byte and writes them to act + N.
 These tests prove the register map, both AXI paths (including burst
 splitting at 256 beats / 4 KB) and the done handshake on both simulators.
+With W > 1 weight ports (render param `weight_ports`) the top has the Vitis
+interface of a kernel with W weight bundles (m_axi_wgt0 .. m_axi_wgt{W-1}, the
+pointer registers wgt1.. at 0x3c + 0xc*(p-1)) and the placeholder also reads one
+beat at every weight pointer over its own master.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import numpy as np
 import pytest
 
 from codesign.rtl import render_rtl
+from codesign.rtl.render import weight_port_params
 from codesign.sim import cocotb_runner
 from codesign.sim.cocotb_runner import (SimulatorMissing, find_verilator, run_cocotb,
                                         simulator_env)
@@ -34,6 +40,37 @@ def rtl_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rtl") / "rtl"
     render_rtl(out, {}, placeholder_core=True)   # shell tests use the placeholder core
     return out
+
+
+@pytest.fixture(scope="module")
+def rtl_dir_w4(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rtl_w4") / "rtl"
+    render_rtl(out, {"weight_ports": 4}, placeholder_core=True)
+    return out
+
+
+# The Vitis HLS port list of codesign_top (one m_axi bundle, gmem), in declaration order.
+CONTROL_SIGNALS = ["AWVALID", "AWREADY", "AWADDR", "WVALID", "WREADY", "WDATA", "WSTRB", "ARVALID",
+                   "ARREADY", "ARADDR", "RVALID", "RREADY", "RDATA", "RRESP", "BVALID", "BREADY", "BRESP"]
+AXI_SIGNALS = (["AWVALID", "AWREADY", "AWADDR", "AWID", "AWLEN", "AWSIZE", "AWBURST", "AWLOCK", "AWCACHE",
+                "AWPROT", "AWQOS", "AWREGION", "WVALID", "WREADY", "WDATA", "WSTRB", "WLAST", "BVALID",
+                "BREADY", "BRESP", "BID"]
+               + ["ARVALID", "ARREADY", "ARADDR", "ARID", "ARLEN", "ARSIZE", "ARBURST", "ARLOCK", "ARCACHE",
+                  "ARPROT", "ARQOS", "ARREGION", "RVALID", "RREADY", "RDATA", "RLAST", "RID", "RRESP"])
+TODAYS_PORTS = (["ap_clk", "ap_rst_n", "interrupt"] + [f"s_axi_control_{x}" for x in CONTROL_SIGNALS]
+                + [f"m_axi_gmem_{x}" for x in AXI_SIGNALS])
+
+
+def top_ports(rtl: Path) -> list[tuple[str, str, str]]:
+    """(direction, width, name) of codesign_top's ports, in order."""
+    text = (rtl / "codesign_top.v").read_text()
+    start = text.index("module codesign_top")
+    header = text[start: text.index(");", start)]
+    return re.findall(r"^\s*(input|output)\s+wire\s*(\[[^\]]*\])?\s*(\w+)", header, re.M)
+
+
+def top_params(rtl: Path) -> dict[str, str]:
+    return dict(re.findall(r"parameter\s+(\w+)\s*=\s*(\w+)", (rtl / "codesign_top.v").read_text()))
 
 
 def require(simulator: str) -> None:
@@ -91,13 +128,69 @@ def test_render_produces_plain_verilog(rtl_dir):
         assert path.read_text().startswith("`timescale 1ns/1ps"), path.name
 
 
-def test_verilator_lint_clean(rtl_dir):
+def test_one_weight_port_keeps_todays_interface(rtl_dir):
+    ports = top_ports(rtl_dir)
+    assert [name for _, _, name in ports] == TODAYS_PORTS and len(ports) == 59
+    params = top_params(rtl_dir)
+    assert params == {"C_S_AXI_CONTROL_ADDR_WIDTH": "6", "C_S_AXI_CONTROL_DATA_WIDTH": "32",
+                      "C_M_AXI_GMEM_ADDR_WIDTH": "64", "C_M_AXI_GMEM_DATA_WIDTH": "64",
+                      "C_M_AXI_GMEM_ID_WIDTH": "1"}
+    control = (rtl_dir / "axi_lite_control.v").read_text()
+    assert "ADDR_TASK    = 6'h34;" in control and "WGT1" not in control
+    for name in ("codesign_top.v", "core_placeholder.v"):
+        assert "rd_req_port" not in (rtl_dir / name).read_text()
+
+
+def test_four_weight_ports_interface(rtl_dir_w4):
+    ports = top_ports(rtl_dir_w4)
+    gmem = [(d, w, n) for d, w, n in ports if n.startswith("m_axi_gmem_")]
+    wgt = [(d, w.replace("GMEM", f"WGT{p}"), n.replace("m_axi_gmem_", f"m_axi_wgt{p}_"))
+           for p in range(4) for d, w, n in gmem]
+    # today's ports, then m_axi_wgt0 .. m_axi_wgt3 with exactly gmem's signals, directions and widths
+    assert [name for _, _, name in ports[:59]] == TODAYS_PORTS
+    assert ports[59:] == wgt and len(ports) == 59 + 4 * 39
+    params = top_params(rtl_dir_w4)
+    assert params["C_S_AXI_CONTROL_ADDR_WIDTH"] == "7"
+    for p in range(4):
+        assert [params[f"C_M_AXI_WGT{p}_{x}_WIDTH"] for x in ("ADDR", "DATA", "ID")] == ["64", "64", "1"]
+    assert len(params) == 5 + 4 * 3
+    control = (rtl_dir_w4 / "axi_lite_control.v").read_text()
+    for p, lo in ((1, 0x3C), (2, 0x48), (3, 0x54)):
+        assert f"ADDR_WGT{p}_LO = 7'h{lo:02x};" in control and f"ADDR_WGT{p}_HI = 7'h{lo + 4:02x};" in control
+    assert "ADDR_WGT4" not in control
+    # every weight master has its own engine, write channels included
+    top = (rtl_dir_w4 / "codesign_top.v").read_text()
+    assert [f"u_wgt{p}" in top for p in range(5)] == [True] * 4 + [False]
+
+
+def test_weight_port_params():
+    assert {w: weight_port_params(w)["ctrl_aw"] for w in (1, 2, 3, 4, 6, 7, 16)} == \
+        {1: 6, 2: 7, 3: 7, 4: 7, 6: 7, 7: 8, 16: 8}
+    assert weight_port_params(4)["regs"] == [(1, 0x3C), (2, 0x48), (3, 0x54)]
+    assert weight_port_params(1)["regs"] == [] and weight_port_params(1)["wbus"] == []
+    assert weight_port_params(3)["wbus"] == ["wgt0", "wgt1", "wgt2"]
+    assert [weight_port_params(w)["pw"] for w in (1, 2, 3, 4, 7, 8)] == [1, 2, 2, 3, 3, 4]
+    rows = np.arange(1 << 16, dtype=np.int64)
+    for w in range(1, 17):   # the core's ceil(rows / W) without a divider, exact for every 16-bit rows
+        wp = weight_port_params(w)
+        assert np.array_equal(((rows + w - 1) * wp["div_m"]) >> wp["div_s"], -(-rows // w)), w
+    for bad in (0, 17, 2.5, True, "4"):
+        with pytest.raises((ValueError, TypeError)):
+            weight_port_params(bad)
+
+
+@pytest.mark.parametrize("weight_ports", [1, 3, 4])
+def test_verilator_lint_clean(rtl_dir, tmp_path, weight_ports):
     try:
         env = find_verilator()
     except SimulatorMissing as exc:
         pytest.skip(str(exc))
+    rtl = rtl_dir
+    if weight_ports > 1:
+        rtl = tmp_path / "rtl"
+        render_rtl(rtl, {"weight_ports": weight_ports}, placeholder_core=True)
     cmd = ["verilator", "--lint-only", "-Wall", "--top-module", "codesign_top",
-           *map(str, sorted(rtl_dir.glob("*.v")))]
+           *map(str, sorted(rtl.glob("*.v")))]
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "%Warning" not in proc.stdout + proc.stderr
@@ -129,6 +222,35 @@ def test_placeholder_end_to_end(rtl_dir, tmp_path, simulator):
         # ap_done seen with ap_idle, ap_start self-cleared; ap_done is COR.
         assert run["ctrl_done"] & (CTRL_DONE | CTRL_IDLE | CTRL_START) == CTRL_DONE | CTRL_IDLE
         assert run["ctrl_after"] & CTRL_DONE == 0
+
+
+def test_weight_ports_end_to_end(rtl_dir_w4, tmp_path):
+    """Every weight master reads at its own pointer register; the act stream stays on gmem (with
+    random stalls on every channel of every master).  Verilator runs 4 weight masters in
+    tests/test_cosim.py."""
+    require("icarus")
+    act = random_act(N_SMALL)
+    marks = []
+    for p in range(4):   # one distinct 8-byte region per weight pointer
+        (tmp_path / f"w{p}.bin").write_bytes(bytes([p + 1] * 8))
+        marks.append({"name": f"w{p}", "addr": 0x8000 + 0x100 * p, "file": f"w{p}.bin"})
+    runs = [{"name": "own", "task": 9, "wgt_addrs": [m["addr"] for m in marks], "regions": marks},
+            {"name": "same", "task": 4, "regions": marks}]   # the host's way: one address in every register
+    make_job(tmp_path, act, runs, record_reads=True, backpressure=True)
+
+    result = run_cocotb(rtl_dir_w4, tmp_path, simulator="icarus")
+
+    own, same = result["runs"]
+    for run, task in ((own, 9), (same, 4)):
+        assert run["status"] == "ok", run
+        assert np.array_equal(read_output(tmp_path, run["name"]), expected(act, task, N_SMALL))
+        assert run["read_bytes_by_port"] == {"gmem": 8 + N_SMALL, "wgt0": 8, "wgt1": 8, "wgt2": 8, "wgt3": 8}
+        assert run["read_bytes"]["prog"] == 8 and run["read_bytes"]["act"] == N_SMALL
+    assert [own["read_bytes"][f"w{p}"] for p in range(4)] == [8, 8, 8, 8]
+    assert [own["reread_bytes"][f"w{p}"] for p in range(4)] == [0, 0, 0, 0]
+    # all four masters read the word at wgt_addr (region w0): 4 beats of one word
+    assert same["read_bytes"]["w0"] == 32 and same["reread_bytes"]["w0"] == 8
+    assert [same["read_bytes"][f"w{p}"] for p in (1, 2, 3)] == [0, 0, 0]
 
 
 def test_backpressure_and_timeout(rtl_dir, tmp_path):

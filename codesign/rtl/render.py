@@ -97,9 +97,35 @@ def lut_tables() -> dict:
             "rsqrt": [int(v) for v in arith.RSQRT]}
 
 
+MAX_WEIGHT_PORTS = 16
+WGT_REG_BASE = 0x3C    # s_axi_control offset of wgt1 (after task at 0x34 + its reserved word)
+WGT_REG_STRIDE = 0xC   # 64-bit pointer: low word, high word, reserved word (Vitis HLS layout)
+
+
+def weight_port_params(weight_ports: int) -> dict:
+    """Template variables `wp` derived from `weight_ports` (W, the number of weight AXI masters).
+
+    ctrl_aw: C_S_AXI_CONTROL_ADDR_WIDTH (6 for W == 1, else the smallest width holding the map
+    up to the last reserved word); regs: [(p, byte offset of wgt{p}'s low word)] for p = 1 .. W-1;
+    wbus: the weight masters' bundle names wgt0 .. wgt{W-1} (none for W == 1); pw: bits of a
+    master index (0 = gmem, 1 + p = wgt p); div_m / div_s: ceil(x / W) = ((x + W - 1) * div_m)
+    >> div_s, exact for every 16-bit x (the core splits a tile's rows into W row blocks without
+    a divider).
+    """
+    w = int(weight_ports)
+    if isinstance(weight_ports, bool) or w != weight_ports or not 1 <= w <= MAX_WEIGHT_PORTS:
+        raise ValueError(f"weight_ports must be an integer in 1..{MAX_WEIGHT_PORTS}, got {weight_ports!r}")
+    regs = [(p, WGT_REG_BASE + WGT_REG_STRIDE * (p - 1)) for p in range(1, w)]
+    end = regs[-1][1] + WGT_REG_STRIDE if regs else 0x40   # first byte past the map
+    div_s = 17 + (w - 1).bit_length()                      # x < 2^17; exact since M*W - 2^S < W
+    return {"W": w, "wbus": [f"wgt{p}" for p in range(w)] if w > 1 else [],
+            "ctrl_aw": max(6, (end - 1).bit_length()), "regs": regs, "pw": max(1, w.bit_length()),
+            "div_m": -(-(1 << div_s) // w), "div_s": div_s}
+
+
 def default_params() -> dict:
     """Parameters every template may use; callers' params override these."""
-    return {"core": core_sizes(), "luts": lut_tables()}
+    return {"core": core_sizes(), "luts": lut_tables(), "weight_ports": 1}
 
 
 def _environment() -> jinja2.Environment:
@@ -119,7 +145,9 @@ def template_names() -> list[str]:
 def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> list[Path]:
     """Render every rtl_templates/*.v.j2 to out_dir/*.v; return the paths written.
 
-    `params` override default_params() (core sizes for the default model, LUT tables).
+    `params` override default_params() (core sizes for the default model, LUT tables, one weight
+    port); `weight_ports` W > 1 gives the top W extra weight masters m_axi_wgt0 .. m_axi_wgt{W-1}
+    (the Vitis HLS interface of a kernel with W weight bundles, see rtl_templates/README.md).
     With placeholder_core the real core (codesign_core, cu_*) is replaced by
     rtl_templates/test/core_placeholder.v.j2 (shell tests).
     """
@@ -127,6 +155,7 @@ def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> l
     out_dir.mkdir(parents=True, exist_ok=True)
     env = _environment()
     params = {**default_params(), **params}
+    params["wp"] = weight_port_params(params["weight_ports"])
     names = template_names()
     if placeholder_core:
         names = [n for n in names if not _is_core_template(n)] + [PLACEHOLDER_TEMPLATE]

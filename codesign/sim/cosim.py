@@ -173,11 +173,14 @@ def _tile_P(tile) -> int:
     return int(value) if value else DEFAULT_RTL_P
 
 
-def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bool = True) -> list[Path]:
+def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bool = True,
+                       weight_ports: int = 1) -> list[Path]:
     """Render rtl/ of a project, the core sized for its program.
 
     `prog_or_manifest`: a codesign.schedule.program.Program, or the manifest dict (or None) of
     a project whose data/ is already written (the program is then read from data/program.bin).
+    `weight_ports`: weight AXI masters of the top (the board's memory.weight_ports gives the same
+    interface as the project's HLS kernel).
     """
     project_dir = Path(project_dir)
     if hasattr(prog_or_manifest, "instrs"):
@@ -187,7 +190,7 @@ def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bo
         man = prog_or_manifest if isinstance(prog_or_manifest, dict) else load_manifest(project_dir)
         code = (project_dir / "data" / man.get("program_file", "program.bin")).read_bytes()
         instrs, eb, abits = decode_program(code), man["elem_bytes"], man["abits"]
-    params = {"core": core_params(instrs, eb, abits, _tile_P(tile), trace)}
+    params = {"core": core_params(instrs, eb, abits, _tile_P(tile), trace), "weight_ports": weight_ports}
     out = project_dir / "rtl"
     for old in out.glob("*.v"):
         old.unlink()
