@@ -116,8 +116,8 @@ def task_estimates(design: api.Design, image: np.ndarray, board: Board | None = 
 
 def bandwidth_bound_cycles(est: Estimate) -> float:
     tot = est.totals
-    return transfer_cycles(tot["weight_bytes"] + tot["act_read_bytes"], tot["act_write_bytes"],
-                           est.ddr_bytes_per_cycle, est.axi_bytes_per_cycle)
+    return transfer_cycles(tot["weight_bytes"], tot["act_read_bytes"], tot["act_write_bytes"],
+                           est.ddr_bytes_per_cycle, est.axi_bytes_per_cycle, est.weight_ports)
 
 
 def image_figures(estimates: list[Estimate], macs_per_cycle: int) -> dict:
@@ -276,7 +276,9 @@ def measured_vs_model(design: api.Design, measured: dict[int, int]) -> dict:
     """RTL cycles against the estimate for the board's array and for the RTL core's own (smaller) array."""
     images = api.vector_data(design.qm.cfg, max(measured) + 1).images
     P, Q = rtl_core_array(design)
-    rtl_sized = dataclasses.replace(design, tiling=dataclasses.replace(design.tiling, P=P, Q=Q))
+    # the RTL core reads one beat per cycle whatever the number of weight masters
+    one_port = dataclasses.replace(design.board, memory=dataclasses.replace(design.board.memory, weight_ports=1))
+    rtl_sized = dataclasses.replace(design, board=one_port, tiling=dataclasses.replace(design.tiling, P=P, Q=Q))
     board_model = model_per_image(design, images, measured)
     rtl_model = model_per_image(rtl_sized, images, measured)
     rtl = float(np.mean(list(measured.values())))

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,18 +119,40 @@ def test_64_bit_axi_board_is_bit_exact(default_design, tmp_path):
 
 @needs_gxx
 def test_rendered_cpp_has_hls_interfaces_and_builds_without_warnings(default_csim):
+    """zcu104: prog and act on gmem, the weights over 4 masters (one per HP port), pointers appended."""
     project, result, _ = default_csim
     top = (project / "firmware" / "codesign_top.cpp").read_text()
-    for port in ("prog", "wgt", "act"):
+    for port in ("prog", "act"):
         assert f"#pragma HLS INTERFACE m_axi port={port} bundle=gmem offset=slave depth=" in top
-    for port in ("prog", "wgt", "act", "task", "return"):
+    for p, port in enumerate(("wgt", "wgt1", "wgt2", "wgt3")):
+        assert f"#pragma HLS INTERFACE m_axi port={port} bundle=wgt{p} offset=slave depth=" in top
+    assert "port=wgt4" not in top
+    for port in ("prog", "wgt", "act", "task", "wgt1", "wgt2", "wgt3", "return"):
         assert f"#pragma HLS INTERFACE s_axilite port={port} bundle=control" in top
     header = (project / "firmware" / "codesign_top.h").read_text()
-    assert "void codesign_top(const axi_word_t *prog, const axi_word_t *wgt, axi_word_t *act, uint32_t task)" in header
+    assert ("void codesign_top(const axi_word_t *prog, const axi_word_t *wgt, axi_word_t *act, uint32_t task, "
+            "const axi_word_t *wgt1, const axi_word_t *wgt2, const axi_word_t *wgt3)") in header
+    assert "task 0x34, wgt1 0x3c, wgt2 0x48, wgt3 0x54." in header
     assert "static const int AXI_BYTES = 16;" in header  # zcu104: 128-bit S_AXI_HP ports
     assert {"-Wall", "-Wextra"} <= set(CSIM_CXXFLAGS)
     assert result.build_seconds > 0, "the fixture must have compiled, so the log holds the compiler output"
     assert "warning" not in result.log
+
+
+@needs_gxx
+def test_one_weight_port_keeps_the_single_gmem_interface(default_design, tmp_path):
+    """weight_ports: 1 is the original kernel: prog, wgt, act on gmem, four arguments."""
+    board = load_board("zcu104")
+    board = replace(board, memory=replace(board.memory, weight_ports=1))
+    write_test_data(tmp_path / "data", default_design)
+    render_hls(tmp_path, default_design.prog, board)
+    top = (tmp_path / "firmware" / "codesign_top.cpp").read_text()
+    for port in ("prog", "wgt", "act"):
+        assert f"#pragma HLS INTERFACE m_axi port={port} bundle=gmem offset=slave depth=" in top
+    assert "bundle=wgt0" not in top and "port=wgt1" not in top
+    header = (tmp_path / "firmware" / "codesign_top.h").read_text()
+    assert "void codesign_top(const axi_word_t *prog, const axi_word_t *wgt, axi_word_t *act, uint32_t task);" in header
+    _assert_bit_exact(run_csim(tmp_path), default_design)
 
 
 @needs_gxx
@@ -139,6 +162,48 @@ def test_other_config_and_odd_tile_are_bit_exact(tmp_path):
     # A 3 x 5 MAC array leaves partial row and column blocks for every layer, and 5-byte output
     # segments that start and end inside AXI beats; one A bank: no MATMUL -> MATMUL forwarding.
     _assert_bit_exact(run_csim(_render_project(tmp_path, design, tile={"P": 3, "Q": 5, "act_banks": 1})), design)
+
+
+@needs_gxx
+def test_rows_no_expert_writes_are_still_cleared(tmp_path):
+    """The kernel clears the MoE accumulator lazily (a row is zeroed by its first SCATTER, GATE
+    writes nothing). With fc2 of the busiest expert capped to one row (top_k=1), the other tokens
+    routed to it are written by no expert: the kernel must zero them before REQUANT32 reads them,
+    as the ISA's GATE did. Expected images come from the ISA interpreter on the patched program."""
+    import dataclasses
+
+    from codesign.emit.data import manifest
+    from codesign.quant.golden import run_golden
+    from codesign.schedule.isa import Flag, Op, execute
+    from codesign.schedule.program import load_input
+
+    cfg = ModelConfig(embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=1)
+    design = make_test_design(cfg)
+    vec = design.vectors[0]
+    counts = np.bincount(np.asarray(run_golden(design.qm, vec.x_q, vec.task).routing[1]).ravel(), minlength=4)
+    busiest = int(np.argmax(counts))
+    assert counts[busiest] >= 2
+    instrs = [dataclasses.replace(i, args=dict(i.args, m=1)) if i.layer == f"b1.e{busiest}.fc2" else i
+              for i in design.prog.instrs]
+    assert any(i.op == Op.MATMUL and i.flags & Flag.SCATTER and i.args["m"] == 1 for i in instrs)
+    prog = dataclasses.replace(design.prog, instrs=instrs)
+    data = tmp_path / "data"
+    (data / "vec").mkdir(parents=True)
+    (data / "weights.bin").write_bytes(prog.wgt)
+    (data / "program.bin").write_bytes(prog.code)
+    start = bytearray(prog.act_bytes)
+    load_input(prog, start, vec.x_q)
+    acc = prog.regions["b1.moe.acc"]
+    start[acc.addr: acc.addr + 4 * int(np.prod(acc.shape))] = b"\x5a" * (4 * int(np.prod(acc.shape)))  # stale data
+    final = bytearray(start)
+    execute(prog.code, prog.wgt, final, vec.task, prog.abits, prog.elem_bytes)
+    (data / "vec" / "v.in.bin").write_bytes(bytes(start))
+    (data / "vec" / "v.act.bin").write_bytes(bytes(final))
+    man = manifest(prog, [{"id": "v", "task": vec.task, "start": "vec/v.in.bin", "expected": "vec/v.act.bin"}])
+    (data / "manifest.json").write_text(json.dumps(man))
+    render_hls(tmp_path, prog, BOARD)
+    result = run_csim(tmp_path)
+    assert result.passed == ["v"] and not result.failed
 
 
 def _with_extra_vectors(project: Path, copies: int) -> Path:
@@ -204,17 +269,18 @@ def test_pipelined_iterations_track_the_estimate(default_design, zcu104_project)
     man = load_manifest(project)
     for vec in default_design.vectors:
         per_instr = counts.per_vector[vec.id]
-        assert len(per_instr) == len(man["instructions"]) + 1 and per_instr[-1] == 64 // 16  # END: one fetch
+        # instructions are fetched one ahead: END's fetch is the last instruction's, END runs none
+        assert len(per_instr) == len(man["instructions"]) + 1 and per_instr[-1] == 0
         routing = expert_counts_from_golden(default_design.qm, vec.x_q, vec.task)
         est = estimate(default_design.prog, tiling, BOARD, routing)
         ratios = iteration_ratios(per_instr, est.instrs)
         for op, bound in MAX_ITERATION_RATIO.items():
             assert ratios[op]["ratio"] <= bound, (vec.id, op, ratios[op])
         for n, cost in zip(per_instr, est.instrs):
-            # Weights and activations move a whole 16-byte beat per iteration: a MATMUL reads its
-            # weights once, so its weight beats bound its iterations from below.
+            # Weights move a whole 16-byte beat per iteration on each of the 4 weight ports: a
+            # MATMUL reads its weights once, so its weight beats bound its iterations from below.
             if cost.op == "MATMUL":
-                assert cost.weight_bytes / 16 <= n <= 1.25 * cost.cycles, (cost.name, n, cost)
+                assert cost.weight_bytes / (16 * 4) <= n <= 1.25 * cost.cycles, (cost.name, n, cost)
         assert sum(per_instr) == counts.total(vec.id) == ratios["TOTAL"]["iterations"]
         assert counts.per_op(vec.id)["MATMUL"] == ratios["MATMUL"]["iterations"]
 
@@ -240,7 +306,7 @@ def test_kernel_binds_buffers_as_the_tiling_chose(default_design, zcu104_project
     for variable, buffer in (("a_buf", "act_tile"), ("w_buf", "weights"), ("lut", "gelu_lut"), ("acc_rows", "acc_tile")):
         assert f"#pragma HLS BIND_STORAGE variable={variable} type=ram_2p impl={impl[chosen[buffer]]}" in top
     # The m_axi ports move beats; the weight tiles are a ping-pong pair filled inside the MAC loop.
-    assert "static w_tiles_t w_buf;" in top and "tile_loader_step(wl, wgt, w_buf[cur ^ 1]);" in top
+    assert "static w_tiles_t w_buf;" in top and "tiles_step(wl, wcl, wgt, wgt1, wgt2, wgt3, w_buf[cur ^ 1], bias, mult);" in top
 
 
 def test_generated_docs_say_how_to_turn_cosim_on(default_project):
@@ -253,18 +319,24 @@ def test_generated_docs_say_how_to_turn_cosim_on(default_project):
 
 # ---------------------------------------------------------------- the host driver against the compiled kernel
 
-KERNEL_ENTRY = """
+WGT_EXTRA_REGS = [0x3C + 0xC * p for p in range(BOARD.memory.weight_ports - 1)]  # wgt1, wgt2, ...
+
+
+def _kernel_entry(extra_ports: int) -> str:
+    params = "".join(f", const void *wgt{p}" for p in range(1, extra_ports + 1))
+    args = "".join(f", (const axi_word_t *)wgt{p}" for p in range(1, extra_ports + 1))
+    return f"""
 #include <cstdint>
 #include "codesign_top.h"
-extern "C" void run_kernel(const void *prog, const void *wgt, void *act, uint32_t task) {
-    codesign_top((const axi_word_t *)prog, (const axi_word_t *)wgt, (axi_word_t *)act, task);
-}
+extern "C" void run_kernel(const void *prog, const void *wgt, void *act, uint32_t task{params}) {{
+    codesign_top((const axi_word_t *)prog, (const axi_word_t *)wgt, (axi_word_t *)act, task{args});
+}}
 """
 
 
 def _kernel_library(project: Path, out_dir: Path) -> ctypes.CDLL:
     entry = out_dir / "entry.cpp"
-    entry.write_text(KERNEL_ENTRY)
+    entry.write_text(_kernel_entry(len(WGT_EXTRA_REGS)))
     lib = out_dir / "libkernel.so"
     cmd = ["g++", "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{project / 'firmware'}", "-o", str(lib),
            str(project / "firmware" / "codesign_top.cpp"), str(entry)]
@@ -294,9 +366,10 @@ def _kernel_pynq(lib: ctypes.CDLL) -> types.ModuleType:
         def write(self, offset, value):
             self.regs[offset] = value
             if offset == 0x00 and value & 1:
-                ptr = [buffers[self.regs[o] | self.regs[o + 4] << 32].ctypes.data for o in (0x10, 0x1C, 0x28)]
-                lib.run_kernel(ctypes.c_void_p(ptr[0]), ctypes.c_void_p(ptr[1]), ctypes.c_void_p(ptr[2]),
-                               ctypes.c_uint32(self.regs[0x34]))
+                # a weight pointer the driver did not write is a KeyError here
+                ptr = [ctypes.c_void_p(buffers[self.regs[o] | self.regs[o + 4] << 32].ctypes.data)
+                       for o in (0x10, 0x1C, 0x28, *WGT_EXTRA_REGS)]
+                lib.run_kernel(*ptr[:3], ctypes.c_uint32(self.regs[0x34]), *ptr[3:])
                 self.regs[0x00] = 0x4 | 0x2
 
         def read(self, offset):
@@ -374,8 +447,6 @@ def test_missing_compiler_is_a_one_line_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bits, ok", [(32, False), (64, True), (128, True), (1024, False)])
 def test_beat_width_must_hold_whole_64_bit_lanes(bits, ok):
-    from dataclasses import replace
-
     from codesign.emit.hls import axi_bytes
 
     board = load_board("zcu104")

@@ -185,7 +185,10 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
         table["values"] = [int(v) for v in np.asarray(table["values"], np.int64)]
     beat = axi_bytes(board)
     bind = storage_bindings(prog, board, tile)
+    ports = weight_pointers(board)
     return {
+        "wports": len(ports), "wgt_ptrs": ports, "wgt_args": ", ".join(ports),
+        "wgt_params": ", ".join(f"const axi_word_t *{name}" for name in ports),
         "project_name": project_name, "top": TOP_FUNCTION, "tile": tile, "cxxflags": CSIM_CXXFLAGS,
         "board": board, "axi_bytes": beat, "chunk_beats": CHUNK_BEATS, "bind": bind,
         "bindings_note": ", ".join(f"{k} -> {v}" for k, v in bind.items()),
@@ -202,6 +205,12 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
         "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC, "attn_frac": A.ATTN_FRAC,
         "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,
     }
+
+
+def weight_pointers(board: Board) -> list[str]:
+    """The kernel's weight pointer arguments, one m_axi bundle each when there are several:
+    wgt (bundle wgt0, also the small weight reads), then wgt1 .. wgt{W-1}."""
+    return ["wgt"] + [f"wgt{p}" for p in range(1, board.memory.weight_ports)]
 
 
 def _struct_name(op: Op) -> str:

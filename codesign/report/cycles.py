@@ -44,7 +44,8 @@ def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int) -> list
     """One row per estimate layer: RTL cycles, the core's roofline and ratio, the board estimate and roofline."""
     rows = []
     for layer in estimate["layers"]:
-        rtl_roof = board_roofline(layer["macs"], layer["ddr_bytes"], rtl_mpc, RTL_BYTES_PER_CYCLE)
+        rtl_bytes = layer.get("isa_ddr_bytes") or layer["ddr_bytes"]  # the core moves what the ISA says
+        rtl_roof = board_roofline(layer["macs"], rtl_bytes, rtl_mpc, RTL_BYTES_PER_CYCLE)
         cycles = rtl_cycles.get(layer["name"])
         rows.append({"layer": layer["name"], "kind": layer["kind"], "rtl_cycles": cycles,
                      "rtl_roofline": round(rtl_roof), "rtl_ratio": (rtl_roof / cycles) if cycles else None,

@@ -15,13 +15,26 @@ Per instruction:
   MATMUL that directly consumes the previous MATMUL's output (a MoE expert's hidden rows fc1 ->
   fc2, a dense MLP's hidden rows): the kernel keeps that output in its second A bank, so it is
   written (the ISA stores it) but never read back. An expert with no tokens reads only its count.
-* Memory cycles: reads and writes use separate AXI channels of the single m_axi_gmem port
-  (axi_data_bits per cycle each) and share the DDR (board.ddr_bytes_per_cycle).
+  The MoE accumulator is cleared lazily (LazyAcc in the kernel): GATE writes no zeros, and an fc2
+  SCATTER reads back only the rows an earlier expert already wrote; each token is written first
+  by one of its top_k experts, so an expert's share of first writes is taken as rows / top_k.
+* Memory cycles: activations and the program go over m_axi_gmem, reads and writes on separate
+  channels (axi_data_bits per cycle each); weights over board.memory.weight_ports masters of the
+  same width, one beat per cycle each (with one weight port the weights share gmem's read
+  channel). Everything shares the DDR (board.ddr_bytes_per_cycle).
+* Serial loads before a MAC-array instruction's pipeline (matmul_preamble), each a DDR round trip
+  plus its beats: an expert's token list (read once per expert: fc2 reuses what fc1 read; the
+  token counts stay on chip from the GATE; a SCATTER then takes one step per token to mark the
+  accumulator rows it writes first, and its scores stream in with weight tile 0), the GELU table. The bias and multipliers of a tile
+  stream with its rows (after the rows of the ports with the fewest).
+* Instructions are fetched one ahead, and a MATMUL reads the next MATMUL's weight tile 0 during
+  its own last tile when the next one is sure to run (read_ahead_cycles).
 * cycles = max(compute + prologue, memory + epilogue) + INSTR_OVERHEAD_CYCLES: weight prefetch
   overlaps compute, except at the ends of a MATMUL / GATE on the MAC array: weight tile 0 streams
-  in before the array can start, the A rows (streamed during tile 0, unless on chip) plus the
-  prefetch of tile 1 can outlast tile 0's compute (matmul_prologue), and nothing is left to read
-  while the array computes the last tile (matmul_epilogue).
+  in before the array can start, the A rows (streamed during tile 0, unless on chip) and the
+  prefetch of tile 1 (after the A rows when they share a port) can outlast tile 0's compute
+  (matmul_prologue), and nothing is left to read while the array computes the last tile
+  (matmul_epilogue).
 """
 from __future__ import annotations
 
@@ -36,12 +49,15 @@ from ..quant.golden import run_golden
 from ..quant.qmodel import QuantModel
 from .isa import Flag, Instr, Op
 from .program import Program
-from .tiling import (Budget, Tiling, array_cycles, array_passes, gate_instrs, instr_rows, program_sizes,
-                     tiling_params, uniform_expert_counts)
+from .tiling import (Budget, Tiling, array_cycles, array_passes, expert_of, gate_instrs, instr_rows,
+                     program_sizes, tiling_params, uniform_expert_counts)
 
-# Instruction fetch (a 64-byte read: one PL->PS DDR round trip, ~0.5 us = ~100 cycles at 200 MHz)
-# plus pipeline fill and drain. Paid by every instruction, including unused experts.
-INSTR_OVERHEAD_CYCLES = 128
+# One PL -> PS DDR read round trip (~0.5 us = ~100 cycles at 200 MHz): paid by every burst that
+# nothing overlaps.
+DDR_ROUND_TRIP_CYCLES = 100
+# Instruction fetch (one round trip for a 64-byte read) plus pipeline fill and drain. Paid by every
+# instruction, including unused experts.
+INSTR_OVERHEAD_CYCLES = DDR_ROUND_TRIP_CYCLES + 28
 # Vector-unit passes over the data (see the module docstring): LayerNorm one pass per row;
 # softmax no pass for the maximum (taken in the array drain) and one fused exp/sum pass (for
 # ATTN overlapped with the P.V array pass), plus the normalisation of the outputs only.
@@ -69,7 +85,7 @@ class InstrCost:
     act_write_bytes: int
     memory_cycles: int
     cycles: int
-    prologue_cycles: int = 0  # not overlapped: weight tile 0 and A rows beyond tile 0's compute
+    prologue_cycles: int = 0  # not overlapped: serial loads, weight tile 0, A rows beyond tile 0's compute
     epilogue_cycles: int = 0  # the last weight tile's compute, after the last read
 
     @property
@@ -97,6 +113,9 @@ class LayerCost:
     kind: str = ""  # one of KINDS
     board_roofline: float = 0.0  # max(MACs / (P*Q), DDR bytes / sustained DDR bytes per cycle)
     roofline_ratio: float = 0.0  # board_roofline / cycles
+    # DDR bytes of the plain ISA dataflow, without the HLS kernel's lazy accumulator clear and
+    # list cache: what the RTL core moves (codesign.report.cycles uses it for the core's roofline)
+    isa_ddr_bytes: int = 0
 
 
 @dataclass
@@ -119,6 +138,7 @@ class Estimate:
     num_tasks: int
     ddr_bytes_per_cycle: float
     axi_bytes_per_cycle: float
+    weight_ports: int
     expert_counts: dict[str, list[int]]
     assumptions: list[str]
     instrs: list[InstrCost]
@@ -162,7 +182,8 @@ class Estimate:
             f"(x{self.num_tasks} tasks: {self.latency_ms * self.num_tasks:.3f} ms), "
             f"MAC utilisation {self.utilisation:.1%}",
             f"DDR: {tot['ddr_bytes']:,} bytes ({tot['weight_bytes']:,} weights) at "
-            f"{self.ddr_bytes_per_cycle:.1f} B/cycle DDR, {self.axi_bytes_per_cycle:.0f} B/cycle per AXI channel",
+            f"{self.ddr_bytes_per_cycle:.1f} B/cycle DDR, {self.axi_bytes_per_cycle:.0f} B/cycle per AXI channel, "
+            f"{self.weight_ports} weight port(s)",
             f"roofline: {self.roofline_cycles:,.0f} cycles ({self.roofline_bound}-bound), "
             f"{self.roofline_ratio:.1%} of the estimate",
         ] + [f"assumption: {a}" for a in self.assumptions])
@@ -293,17 +314,53 @@ def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
     if ins.op in (Op.ADD, Op.REQUANT32):
         return math.ceil(a["count"] / Q)
     if ins.op == Op.GATE:
-        # Per token: exp/sum over the logits, normalise the top_k picked, one list slot per pick.
-        return a["tokens"] * (SOFTMAX_EXP_PASSES * math.ceil(a["experts"] / Q) + 2 * a["top_k"])
+        # Per token: exp/sum over the logits, normalise the top_k picked, one list slot per pick,
+        # and one step to mark its accumulator row unwritten (the lazy clear).
+        return a["tokens"] * (SOFTMAX_EXP_PASSES * math.ceil(a["experts"] / Q) + 2 * a["top_k"] + 1)
     return 0
 
 
 
-def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False) -> tuple[int, int, int]:
-    """(weight bytes, activation bytes read, activation bytes written) of one instruction."""
+def lazy_gate(prog: Program, ins: Instr, gates: dict[str, Instr] | None = None) -> Instr | None:
+    """The GATE whose lazily cleared accumulator this expert SCATTER writes whole rows of, if any."""
+    owner = expert_of(prog, ins) if ins.flags & Flag.SCATTER else None
+    if owner is None:
+        return None
+    g = (gates or gate_instrs(prog))[owner[0]]
+    a = g.args
+    return g if (ins.args["out_addr"], ins.args["out_stride"], ins.args["n"]) == (a["acc_addr"], a["dim"], a["dim"]) \
+        else None
+
+
+def first_write_rows(rows: int, gate: Instr | None) -> int:
+    """Rows of an expert's fc2 SCATTER that the kernel stores without reading them back: the
+    tokens for which it is the first of their top_k experts, expected rows / top_k."""
+    if gate is None:
+        return 0
+    return round(rows / max(1, min(gate.args["top_k"], gate.args["experts"])))
+
+
+def isa_extra_bytes(ins: Instr, rows: int, fresh: int, cached: set[str]) -> int:
+    """Bytes the plain ISA dataflow moves on top of the HLS kernel's ddr_bytes: GATE's zeros in
+    the accumulator, the old accumulator rows of first writes, lists read again."""
+    a = ins.args
+    if ins.op == Op.GATE:
+        return 4 * a["tokens"] * a["dim"]
+    if ins.op != Op.MATMUL:
+        return 0
+    count = 4 if "count" in cached else 0
+    ids = 4 * rows if "ids" in cached and rows else 0
+    return count + ids + 4 * fresh * a["n"]
+
+
+def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False, fresh: int = 0,
+              cached: set[str] = frozenset()) -> tuple[int, int, int]:
+    """(weight bytes, activation bytes read, activation bytes written) of one instruction;
+    `fresh`: rows of a SCATTER that are not read back (first_write_rows); `cached`: what the
+    kernel's ListCache holds (cached_lists)."""
     eb, a = prog.elem_bytes, ins.args
     if ins.op == Op.MATMUL:
-        return _matmul_bytes(ins, rows, eb, prog.abits, a_on_chip)
+        return _matmul_bytes(ins, rows, eb, prog.abits, a_on_chip, fresh, cached)
     if ins.op == Op.ATTN:
         d = a["heads"] * a["head_dim"]
         return 0, a["tokens"] * 3 * d * eb, a["tokens"] * d * eb
@@ -315,48 +372,110 @@ def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False) -> 
         return (n, n, n) if ins.flags & Flag.B_WGT else (0, 2 * n, n)
     if ins.op == Op.GATE:
         t, d, e, k = a["tokens"], a["dim"], a["experts"], a["top_k"]
-        # One task's gate; writes counts, idx and score lists, and zeroes the int32 accumulator.
-        return e * d * eb + 4 * e, 0 if a_on_chip else t * d * eb, 4 * e + 2 * 4 * t * k + 4 * t * d
+        # One task's gate; writes counts, idx and score lists (the accumulator is cleared lazily).
+        return e * d * eb + 4 * e, 0 if a_on_chip else t * d * eb, 4 * e + 2 * 4 * t * k
     if ins.op == Op.REQUANT32:
         return 0, 4 * a["count"], a["count"] * eb
     return 0, 0, 0
 
 
-def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool) -> tuple[int, int, int]:
+def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool, fresh: int = 0,
+                  cached: set[str] = frozenset()) -> tuple[int, int, int]:
     a, f = ins.args, ins.flags
-    count = 4 if f & Flag.DYNM else 0
+    count = 4 if f & Flag.DYNM and "count" not in cached else 0
     if rows == 0:
         return 0, count, 0  # an unused expert: only its count is read
     n, k = a["n"], a["k"]
     weights = n * k * eb + 2 * 4 * n + ((1 << abits) * eb if f & Flag.GELU else 0)  # W, bias, mult, LUT
-    lists = 4 * rows * ((1 if f & (Flag.GATHER | Flag.SCATTER) else 0) + (1 if f & Flag.SCATTER else 0))
+    ids = f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached
+    lists = 4 * rows * ((1 if ids else 0) + (1 if f & Flag.SCATTER else 0))
     a_read = 0 if a_on_chip else rows * k * eb
-    if f & Flag.SCATTER:  # read-modify-write of the int32 accumulator rows
-        return weights, count + lists + a_read + 4 * rows * n, 4 * rows * n
+    if f & Flag.SCATTER:  # read-modify-write of the int32 accumulator rows, but the fresh ones
+        return weights, count + lists + a_read + 4 * (rows - fresh) * n, 4 * rows * n
     return weights, count + lists + a_read, rows * n * eb
 
 
-def matmul_prologue(ins: Instr, rows: int, P: int, Q: int, eb: int, axi_bpc: float, a_on_chip: bool) -> int:
+def tile_read_beats(cols: int, k: int, eb: int, axi_bpc: float, ports: int, has_mult: bool = True) -> int:
+    """Cycles to read one weight tile of `cols` rows of k elements with its bias and multipliers:
+    the busiest port's beats (port p: rows p, p + ports, ...; the bias after the rows of port
+    ports-1, the multipliers after those of port (ports-2) % ports), one beat per cycle."""
+    if cols == 0:
+        return 0
+    row_beats = math.ceil(k * eb / axi_bpc)
+    col_beats = math.ceil(4 * cols / axi_bpc)
+    extra = [0] * ports
+    extra[ports - 1] += col_beats
+    if has_mult:
+        extra[(ports - 2) % ports] += col_beats
+    return max(math.ceil(max(0, cols - p) / ports) * row_beats + extra[p] for p in range(ports))
+
+
+def matmul_prologue(ins: Instr, rows: int, P: int, Q: int, eb: int, axi_bpc: float, a_on_chip: bool,
+                    weight_ports: int = 1) -> int:
     """Cycles of a MAC-array instruction that nothing overlaps (the kernel's mac_run): weight tile 0
-    is read before the array starts; during tile 0 the A rows and then weight tile 1 stream in,
-    and whatever of that outlasts tile 0's compute stalls the array. One AXI beat per cycle."""
+    is read before the array starts; during tile 0 the A rows (a SCATTER's scores) and weight tile 1 stream in (one
+    after the other when the weights share gmem, side by side otherwise), and whatever of that
+    outlasts tile 0's compute stalls the array. One AXI beat per cycle and port."""
     a = ins.args
     if ins.op == Op.MATMUL:
-        n, k = a["n"], a["k"]
+        n, k, has_mult = a["n"], a["k"], True
     elif ins.op == Op.GATE:
-        n, k, rows = a["experts"], a["dim"], a["tokens"]
+        n, k, rows, has_mult = a["experts"], a["dim"], a["tokens"], False
     else:
         return 0
     if rows == 0:
         return 0
-    row_beats = math.ceil(k * eb / axi_bpc)
-    tile0 = min(Q, n) * row_beats
-    tile1 = min(Q, max(0, n - Q)) * row_beats
-    a_beats = 0 if a_on_chip else rows * row_beats
-    return tile0 + max(0, a_beats + tile1 - math.ceil(rows / P) * k)
+    tile0 = tile_read_beats(min(Q, n), k, eb, axi_bpc, weight_ports, has_mult)
+    tile1 = tile_read_beats(min(Q, max(0, n - Q)), k, eb, axi_bpc, weight_ports, has_mult)
+    a_beats = 0 if a_on_chip else rows * math.ceil(k * eb / axi_bpc)
+    if ins.op == Op.MATMUL and ins.flags & Flag.SCATTER:
+        a_beats += math.ceil(4 * rows / axi_bpc)  # the router scores
+    reads = a_beats + tile1 if weight_ports == 1 else max(a_beats, tile1)
+    return tile0 + max(0, reads - math.ceil(rows / P) * k)
 
 
-def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float) -> int:
+def cached_lists(prog: Program) -> list[set[str]]:
+    """Per instruction, what op_matmul finds in the kernel's ListCache: "count" when the GATE
+    that wrote the expert counts ran before it with only MATMULs in between, "ids" when the
+    MATMUL just before it read the same token list (an expert's fc2 after its fc1)."""
+    out, gate, prev = [], None, None
+    lists = Flag.GATHER | Flag.SCATTER
+    for ins in prog.instrs:
+        hits = set()
+        if ins.op == Op.MATMUL:
+            a = ins.args
+            if ins.flags & Flag.DYNM and gate is not None and \
+                    0 <= a["count_addr"] - gate["counts_addr"] < 4 * gate["experts"]:
+                hits.add("count")
+            if prev is not None and ins.flags & lists and prev.flags & lists and a["idx_addr"] == prev.args["idx_addr"]:
+                hits.add("ids")
+            prev = ins
+        else:
+            gate = ins.args if ins.op == Op.GATE else None
+            prev = None
+        out.append(hits)
+    return out
+
+
+def matmul_preamble(prog: Program, ins: Instr, rows: int, lazy_scatter: bool, axi_bpc: float,
+                    cached: set[str] = frozenset()) -> int:
+    """Serial loads of a MATMUL before its MAC pipeline starts (op_matmul): each a DDR round trip
+    and its beats; `cached`: what the ListCache already holds (cached_lists)."""
+    if ins.op != Op.MATMUL:
+        return 0
+    f = ins.flags
+    bursts = []
+    if f & Flag.DYNM and "count" not in cached:
+        bursts.append(1)  # the expert's token count
+    if rows and f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached:
+        bursts.append(math.ceil(4 * rows / axi_bpc))  # token list
+    if rows and f & Flag.GELU:
+        bursts.append(math.ceil((1 << prog.abits) * prog.elem_bytes / axi_bpc))
+    marking = rows if rows and lazy_scatter else 0  # one step per row: which rows are first writes
+    return sum(DDR_ROUND_TRIP_CYCLES + beats for beats in bursts) + marking
+
+
+def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, fresh: int = 0) -> int:
     """The last weight tile's reduction steps, which no read overlaps but a SCATTER's reads of
     that tile's old accumulator rows."""
     a = ins.args
@@ -364,30 +483,62 @@ def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float) -> in
         if not rows:
             return 0
         last_cols = a["n"] - (math.ceil(a["n"] / Q) - 1) * Q
-        acc_reads = rows * math.ceil(last_cols * 4 / axi_bpc) if ins.flags & Flag.SCATTER else 0
+        acc_reads = (rows - fresh) * math.ceil(last_cols * 4 / axi_bpc) if ins.flags & Flag.SCATTER else 0
         return max(0, math.ceil(rows / P) * a["k"] - acc_reads)
     if ins.op == Op.GATE:
         return math.ceil(a["tokens"] / P) * a["dim"]
     return 0
 
 
-def transfer_cycles(read: float, write: float, ddr_bpc: float, axi_bpc: float) -> int:
-    return math.ceil(max(read / axi_bpc, write / axi_bpc, (read + write) / ddr_bpc))
+def transfer_cycles(wgt_read: float, act_read: float, write: float, ddr_bpc: float, axi_bpc: float,
+                    weight_ports: int = 1) -> int:
+    """Cycles to move the bytes: gmem's read and write channels, the weight ports (gmem's read
+    channel when there is only one), and the DDR that all of them share."""
+    if weight_ports == 1:
+        read = (wgt_read + act_read) / axi_bpc
+    else:
+        read = max(wgt_read / (weight_ports * axi_bpc), act_read / axi_bpc)
+    return math.ceil(max(read, write / axi_bpc, (wgt_read + act_read + write) / ddr_bpc))
 
 
 def instr_cost(prog: Program, t: Tiling, board: Board, index: int, ins: Instr, rows: int,
-               a_on_chip: bool = False) -> InstrCost:
+               a_on_chip: bool = False, gate: Instr | None = None, cached: set[str] = frozenset(),
+               read_ahead: int = 0) -> InstrCost:
+    """`gate`: for an expert's fc2 SCATTER, the GATE whose accumulator it writes lazily (lazy_gate);
+    `cached`: the count / token list the kernel still holds from the previous MATMUL (cached_lists);
+    `read_ahead`: cycles of weight tile 0 the previous MATMUL read during its last tile (read_ahead_cycles)."""
+    fresh = first_write_rows(rows, gate)
     passes = array_passes(ins, rows)
     macs = sum(M * N * K for M, N, K in passes)
     arr = sum(array_cycles(M, N, K, t.P, t.Q) for M, N, K in passes)
     vec = vector_cycles(ins, rows, t.Q, t.P)
-    wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip)
-    axi_bpc = axi_bytes_per_cycle(board)
-    mem = transfer_cycles(wgt + rd, wr, board.ddr_bytes_per_cycle, axi_bpc)
-    prologue = matmul_prologue(ins, rows, t.P, t.Q, prog.elem_bytes, axi_bpc, a_on_chip)
-    epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc)
+    wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip, fresh, cached)
+    axi_bpc, ports = axi_bytes_per_cycle(board), board.memory.weight_ports
+    mem = transfer_cycles(wgt, rd, wr, board.ddr_bytes_per_cycle, axi_bpc, ports)
+    prologue = (matmul_prologue(ins, rows, t.P, t.Q, prog.elem_bytes, axi_bpc, a_on_chip, ports) - read_ahead
+                + matmul_preamble(prog, ins, rows, gate is not None, axi_bpc, cached))
+    epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc, fresh)
     return InstrCost(index, report_layer(prog, ins), ins.layer, ins.op.name, rows, macs, arr, vec, wgt, rd, wr,
                      mem, max(arr + vec + prologue, mem + epilogue) + INSTR_OVERHEAD_CYCLES, prologue, epilogue)
+
+
+def read_ahead_cycles(prog: Program, t: Tiling, board: Board, prev: InstrCost | None, ins: Instr, rows: int,
+                      cached: set[str]) -> int:
+    """Cycles of a MATMUL's weight tile 0 that the MATMUL before it read during its last tile (the
+    kernel's WeightAhead): when this one's rows are known on chip (not DYNM, or its count from the
+    GATE) and the one before has the tiles for it (a SCATTER 2, others 3), the previous last tile's
+    compute, up to the whole tile 0."""
+    if ins.op != Op.MATMUL or prev is None or prev.op != "MATMUL" or not prev.rows or not rows:
+        return 0
+    if ins.flags & Flag.DYNM and "count" not in cached:
+        return 0
+    before = prog.instrs[prev.index]
+    if math.ceil(before.args["n"] / t.Q) < (2 if before.flags & Flag.SCATTER else 3):
+        return 0
+    a = ins.args
+    tile0 = tile_read_beats(min(t.Q, a["n"]), a["k"], prog.elem_bytes, axi_bytes_per_cycle(board),
+                            board.memory.weight_ports)
+    return min(prev.epilogue_cycles, tile0)
 
 
 def axi_bytes_per_cycle(board: Board) -> float:
@@ -464,19 +615,31 @@ def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[st
     counts, notes = resolve_expert_counts(prog, expert_counts)
     forwarded = forwarded_operands(prog, tiling.act_banks)
     rows = instr_rows(prog, counts)
-    costs = [instr_cost(prog, tiling, board, i, ins, r, i in forwarded)
-             for i, (ins, r) in enumerate(zip(prog.instrs, rows))]
+    gates = gate_instrs(prog)
+    cached = cached_lists(prog)
+    lazy = [lazy_gate(prog, ins, gates) for ins in prog.instrs]
+    costs: list[InstrCost] = []
+    for i, (ins, r) in enumerate(zip(prog.instrs, rows)):
+        ahead = read_ahead_cycles(prog, tiling, board, costs[-1] if costs else None, ins, r, cached[i])
+        costs.append(instr_cost(prog, tiling, board, i, ins, r, i in forwarded, lazy[i], cached[i], ahead))
     totals = sum_totals(costs)
     peak = tiling.macs_per_cycle
     ddr_bpc, axi_bpc = board.ddr_bytes_per_cycle, axi_bytes_per_cycle(board)
     compute_bound = totals["macs"] / peak
-    memory_bound = transfer_cycles(totals["weight_bytes"] + totals["act_read_bytes"], totals["act_write_bytes"],
-                                   ddr_bpc, axi_bpc)
+    memory_bound = transfer_cycles(totals["weight_bytes"], totals["act_read_bytes"], totals["act_write_bytes"],
+                                   ddr_bpc, axi_bpc, board.memory.weight_ports)
     roofline = max(compute_bound, memory_bound)
     layers = group_layers(costs, peak, ddr_bpc)
+    isa_extra: dict[str, int] = {}
+    for c, ins, g in zip(costs, prog.instrs, lazy):
+        extra = isa_extra_bytes(ins, c.rows, first_write_rows(c.rows, g), cached[c.index])
+        isa_extra[c.layer] = isa_extra.get(c.layer, 0) + extra
+    for layer in layers:
+        layer.isa_ddr_bytes = layer.ddr_bytes + isa_extra.get(layer.name, 0)
     return Estimate(
         board=board.name, clock_mhz=board.clock_mhz, tiling=tiling_params(tiling), num_tasks=prog.num_tasks,
-        ddr_bytes_per_cycle=ddr_bpc, axi_bytes_per_cycle=axi_bpc, expert_counts=counts,
+        ddr_bytes_per_cycle=ddr_bpc, axi_bytes_per_cycle=axi_bpc, weight_ports=board.memory.weight_ports,
+        expert_counts=counts,
         assumptions=notes + model_notes(tiling, board), instrs=costs, layers=layers, totals=totals,
         latency_ms=totals["cycles"] / board.clock_hz * 1e3,
         utilisation=totals["macs"] / (peak * totals["cycles"]) if totals["cycles"] else 0.0,
@@ -492,16 +655,24 @@ def tiling_fractions(t: Tiling) -> tuple[float, float]:
     return t.dsp_fraction, t.mem_fraction
 
 
+def _weight_port_text(ports: int) -> str:
+    return f"{ports} weight masters side by side" if ports > 1 else "the weights on gmem's read channel"
+
+
 def model_notes(t: Tiling, board: Board) -> list[str]:
     return [
         f"{INSTR_OVERHEAD_CYCLES} cycles fixed overhead per instruction (fetch, pipeline fill/drain)",
         f"vector unit: {t.Q} elements/cycle; requant/GELU pipelined into the MAC drain",
         "MAC-array instructions: weight tile 0, A rows + tile 1 beyond tile 0's compute, and the last tile's "
         "compute are not overlapped with the other stream",
-        f"DDR through the one {board.memory.axi_data_bits}-bit AXI master: {axi_bytes_per_cycle(board):g} B/cycle "
-        f"per direction, {board.ddr_bytes_per_cycle:.1f} B/cycle of sustained DDR shared by both",
+        f"serial loads before a MATMUL's pipeline (count, token and score lists, GELU table): "
+        f"{DDR_ROUND_TRIP_CYCLES} cycles of DDR round trip each, plus their beats",
+        f"DDR through {board.memory.axi_data_bits}-bit AXI masters, {axi_bytes_per_cycle(board):g} B/cycle per channel: "
+        f"gmem (activations, program) and {_weight_port_text(board.memory.weight_ports)}; "
+        f"{board.ddr_bytes_per_cycle:.1f} B/cycle of sustained DDR shared by all",
         "a MATMUL's output stays on chip for a directly following MATMUL that reads it (MoE hidden rows fc1 -> fc2, "
-        "dense MLP hidden rows); the int32 MoE accumulator is in DDR",
+        "dense MLP hidden rows); the int32 MoE accumulator is in DDR, cleared lazily (no zeros written, a row's first "
+        "SCATTER not read back: rows / top_k of each expert's rows)",
         "softmax: max while the scores stream, one exp/sum pass fused with P.V, normalisation of the outputs only",
         "roofline peak: the P*Q array's MACs per cycle; bytes at the same DDR/AXI rates as the estimate",
     ]
