@@ -4,7 +4,7 @@ Outputs, relative to the generated project directory (next to the data/ folder t
 codesign.emit.data.write_data_dir wrote):
   firmware/codesign_top.cpp  the kernel: instruction fetch + one function per opcode
   firmware/codesign_top.h    its interface: the AXI beat type and the top-level prototype
-  firmware/arith.h           integer arithmetic (rshift_round, requant, softmax_row, layernorm_row)
+  firmware/arith.h           integer arithmetic (rshift_round, requant, exp_weight, layernorm_row)
   firmware/luts.h            EXP / RECIP / RSQRT tables copied from codesign.quant.arith
   tb/tb_codesign.cpp         csim testbench over data/ (bit-exact per traced tensor)
   Makefile                   `make csim` (and `make iters`) with plain g++; Vitis targets
@@ -203,6 +203,7 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
         "wgt_bytes": len(prog.wgt), "act_bytes": prog.act_bytes,
         "num_instrs": len(prog.instrs), "tables": tables,
         "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC, "attn_frac": A.ATTN_FRAC,
+        "gate_exp_copies": max(1, (tile["max_experts"] + 1) // 2),  # two router experts per EXP copy
         "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,
     }
 
