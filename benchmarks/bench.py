@@ -36,7 +36,7 @@ from codesign import api  # noqa: E402
 from codesign.boards import Board, load_board  # noqa: E402
 from codesign.model.config import ModelConfig  # noqa: E402
 from codesign.model.m3vit import M3ViT  # noqa: E402
-from codesign.schedule.estimate import Estimate, axi_bytes_per_cycle, transfer_cycles  # noqa: E402
+from codesign.schedule.estimate import KINDS, Estimate, transfer_cycles  # noqa: E402
 from codesign.schedule.tiling import choose_tiling  # noqa: E402
 
 # M3ViT backbones (ViT-tiny / ViT-small, MoE MLP with 16 experts top-2 in every odd block).
@@ -141,7 +141,19 @@ def image_figures(estimates: list[Estimate], macs_per_cycle: int) -> dict:
         "roofline_cycles": roofline,
         "roofline_bound": "/".join(sorted({e.roofline_bound for e in estimates})),
         "roofline_ratio": roofline / cycles,
+        "kinds": kind_ratios(estimates),
     }
+
+
+def kind_ratios(estimates: list[Estimate]) -> dict[str, dict]:
+    """Per layer kind over all tasks: estimated cycles, the pure board roofline, and their ratio."""
+    out = {}
+    for kind in KINDS:
+        cycles = sum(k.cycles for e in estimates for k in e.kinds if k.kind == kind)
+        roof = sum(k.board_roofline for e in estimates for k in e.kinds if k.kind == kind)
+        if cycles:
+            out[kind] = {"cycles": cycles, "board_roofline": roof, "ratio": roof / cycles}
+    return out
 
 
 def accelerator_figures(design: api.Design, image: np.ndarray) -> dict:
@@ -451,6 +463,10 @@ def notes(report: dict) -> list[str]:
         gen, csim, cosim = (c["tools"].get(k) or {} for k in ("generate", "csim", "cosim"))
         if gen and not gen["kind"].startswith("full"):
             lines.append(f"{c['name']}: project written {gen['kind']}")
+        kinds = c["accelerator"].get("kinds", {})
+        if kinds:
+            lines.append(f"{c['name']}: board roofline / estimate by layer kind: "
+                         + ", ".join(f"{kind} {k['ratio']:.0%}" for kind, k in kinds.items()))
         if csim:
             lines.append(f"{c['name']}: csim " + (f"{csim['passed']} passed, {csim['failed']} failed" if "passed" in
                                                   csim else f"error: {csim['error']}"))

@@ -57,6 +57,10 @@ def test_ratios_are_in_unit_interval_and_bounds_consistent(report):
     assert max(compute, bandwidth) <= acc["roofline_cycles"] + 1e-6 <= compute + bandwidth + 1e-6
     assert acc["cycles_per_image"] == sum(acc["cycles_per_task"])
     assert report["configs"][0]["ratios"]["convert_s_per_mparam"] > 0
+    kinds = acc["kinds"]  # the default model has every kind of layer
+    assert set(kinds) == {"attention", "moe", "dense matmul", "vector ops"}
+    assert all(0 < k["ratio"] <= 1 and k["ratio"] == k["board_roofline"] / k["cycles"] for k in kinds.values())
+    assert sum(k["cycles"] for k in kinds.values()) == acc["cycles_per_image"]
 
 
 def test_tables_and_plot_render(bench, report, tmp_path):
