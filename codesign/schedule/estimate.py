@@ -25,8 +25,9 @@ Per instruction:
 * Serial loads before a MAC-array instruction's pipeline (matmul_preamble), each a DDR round trip
   plus its beats: an expert's token list (read once per expert: fc2 reuses what fc1 read; the
   token counts stay on chip from the GATE; a SCATTER then takes one step per token to mark the
-  accumulator rows it writes first, and its scores stream in with weight tile 0), the GELU table. The bias and multipliers of a tile
-  stream with its rows (after the rows of the ports with the fewest).
+  accumulator rows it writes first, and its scores stream in with weight tile 0), the GELU
+  table. The bias and multipliers of a tile stream with its rows (after the rows of the ports
+  with the fewest).
 * Instructions are fetched one ahead, and a MATMUL reads the next MATMUL's weight tile 0 during
   its own last tile when the next one is sure to run (read_ahead_cycles).
 * cycles = max(compute + prologue, memory + epilogue) + INSTR_OVERHEAD_CYCLES: weight prefetch
@@ -413,9 +414,10 @@ def tile_read_beats(cols: int, k: int, eb: int, axi_bpc: float, ports: int, has_
 def matmul_prologue(ins: Instr, rows: int, P: int, Q: int, eb: int, axi_bpc: float, a_on_chip: bool,
                     weight_ports: int = 1) -> int:
     """Cycles of a MAC-array instruction that nothing overlaps (the kernel's mac_run): weight tile 0
-    is read before the array starts; during tile 0 the A rows (a SCATTER's scores) and weight tile 1 stream in (one
-    after the other when the weights share gmem, side by side otherwise), and whatever of that
-    outlasts tile 0's compute stalls the array. One AXI beat per cycle and port."""
+    is read before the array starts; during tile 0 the A rows (a SCATTER's scores) and weight
+    tile 1 stream in (one after the other when the weights share gmem, side by side otherwise),
+    and whatever of that outlasts tile 0's compute stalls the array. One AXI beat per cycle and
+    port."""
     a = ins.args
     if ins.op == Op.MATMUL:
         n, k, has_mult = a["n"], a["k"], True
