@@ -88,6 +88,7 @@ class InstrCost:
     cycles: int
     prologue_cycles: int = 0  # not overlapped: serial loads, weight tile 0, A rows beyond tile 0's compute
     epilogue_cycles: int = 0  # the last weight tile's compute, after the last read
+    isa_extra_bytes: int = 0  # what the plain ISA dataflow moves on top of ddr_bytes (isa_extra_bytes)
 
     @property
     def compute_cycles(self) -> int:
@@ -322,12 +323,13 @@ def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
 
 
 
-def lazy_gate(prog: Program, ins: Instr, gates: dict[str, Instr] | None = None) -> Instr | None:
-    """The GATE whose lazily cleared accumulator this expert SCATTER writes whole rows of, if any."""
+def lazy_gate(prog: Program, ins: Instr, gates: dict[str, Instr]) -> Instr | None:
+    """The GATE (of gate_instrs) whose lazily cleared accumulator this expert SCATTER writes whole
+    rows of, if any."""
     owner = expert_of(prog, ins) if ins.flags & Flag.SCATTER else None
     if owner is None:
         return None
-    g = (gates or gate_instrs(prog))[owner[0]]
+    g = gates[owner[0]]
     a = g.args
     return g if (ins.args["out_addr"], ins.args["out_stride"], ins.args["n"]) == (a["acc_addr"], a["dim"], a["dim"]) \
         else None
@@ -521,7 +523,8 @@ def instr_cost(prog: Program, t: Tiling, board: Board, index: int, ins: Instr, r
                 + matmul_preamble(prog, ins, rows, gate is not None, axi_bpc, cached))
     epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc, fresh)
     return InstrCost(index, report_layer(prog, ins), ins.layer, ins.op.name, rows, macs, arr, vec, wgt, rd, wr,
-                     mem, max(arr + vec + prologue, mem + epilogue) + INSTR_OVERHEAD_CYCLES, prologue, epilogue)
+                     mem, max(arr + vec + prologue, mem + epilogue) + INSTR_OVERHEAD_CYCLES, prologue, epilogue,
+                     isa_extra_bytes(ins, rows, fresh, cached))
 
 
 def read_ahead_cycles(prog: Program, t: Tiling, board: Board, prev: InstrCost | None, ins: Instr, rows: int,
@@ -580,7 +583,8 @@ def layer_cost(name: str, cs: list[InstrCost], macs_per_cycle: int, ddr_bpc: flo
     return LayerCost(name, len(cs), macs, compute, memory, cycles, sum(c.weight_bytes for c in cs),
                      ddr, "compute" if compute >= memory else "memory",
                      macs / (macs_per_cycle * cycles) if cycles else 0.0,
-                     layer_kind(cs), roof, roof / cycles if cycles else 0.0)
+                     layer_kind(cs), roof, roof / cycles if cycles else 0.0,
+                     ddr + sum(c.isa_extra_bytes for c in cs))
 
 
 def kind_costs(layers: list[LayerCost]) -> list[KindCost]:
@@ -619,11 +623,11 @@ def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[st
     rows = instr_rows(prog, counts)
     gates = gate_instrs(prog)
     cached = cached_lists(prog)
-    lazy = [lazy_gate(prog, ins, gates) for ins in prog.instrs]
     costs: list[InstrCost] = []
     for i, (ins, r) in enumerate(zip(prog.instrs, rows)):
         ahead = read_ahead_cycles(prog, tiling, board, costs[-1] if costs else None, ins, r, cached[i])
-        costs.append(instr_cost(prog, tiling, board, i, ins, r, i in forwarded, lazy[i], cached[i], ahead))
+        costs.append(instr_cost(prog, tiling, board, i, ins, r, i in forwarded, lazy_gate(prog, ins, gates),
+                                cached[i], ahead))
     totals = sum_totals(costs)
     peak = tiling.macs_per_cycle
     ddr_bpc, axi_bpc = board.ddr_bytes_per_cycle, axi_bytes_per_cycle(board)
@@ -632,12 +636,6 @@ def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[st
                                    ddr_bpc, axi_bpc, board.memory.weight_ports)
     roofline = max(compute_bound, memory_bound)
     layers = group_layers(costs, peak, ddr_bpc)
-    isa_extra: dict[str, int] = {}
-    for c, ins, g in zip(costs, prog.instrs, lazy):
-        extra = isa_extra_bytes(ins, c.rows, first_write_rows(c.rows, g), cached[c.index])
-        isa_extra[c.layer] = isa_extra.get(c.layer, 0) + extra
-    for layer in layers:
-        layer.isa_ddr_bytes = layer.ddr_bytes + isa_extra.get(layer.name, 0)
     return Estimate(
         board=board.name, clock_mhz=board.clock_mhz, tiling=tiling_params(tiling), num_tasks=prog.num_tasks,
         ddr_bytes_per_cycle=ddr_bpc, axi_bytes_per_cycle=axi_bpc, weight_ports=board.memory.weight_ports,
