@@ -24,7 +24,7 @@ from ..quant import arith as A
 from ..schedule.isa import FIELDS, WORDS, Flag, Op
 from ..schedule.program import Program
 from .data import load_manifest, region_nbytes
-from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver
+from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, weight_pointer_registers
 
 # g++ flags of the csim build, shared by the Makefile and codesign.sim.csim.
 CSIM_CXXFLAGS = ("-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Ifirmware")
@@ -188,6 +188,7 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
     ports = weight_pointers(board)
     return {
         "wports": len(ports), "wgt_ptrs": ports, "wgt_args": ", ".join(ports),
+        "wgt_regs": weight_pointer_registers(len(ports)),
         "wgt_params": ", ".join(f"const axi_word_t *{name}" for name in ports),
         "project_name": project_name, "top": TOP_FUNCTION, "tile": tile, "cxxflags": CSIM_CXXFLAGS,
         "board": board, "axi_bytes": beat, "chunk_beats": CHUNK_BEATS, "bind": bind,

@@ -16,6 +16,16 @@ from codesign.boards import Board
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
 TOP_FUNCTION = "codesign_top"
+# s_axi_control offsets of the extra weight pointers wgt1, wgt2, ... (Vitis HLS layout: each 64-bit
+# pointer takes a low word, a high word and a reserved word; wgt1 follows task at 0x34 and its
+# reserved word).
+WGT_REG_BASE = 0x3C
+WGT_REG_STRIDE = 0xC
+
+
+def weight_pointer_registers(weight_ports: int) -> list[int]:
+    """Control-register offsets of wgt1 .. wgt{W-1} (wgt itself is at 0x1c)."""
+    return [WGT_REG_BASE + WGT_REG_STRIDE * (p - 1) for p in range(1, weight_ports)]
 
 # template name -> output path inside out_dir
 _OUTPUTS = {
@@ -33,7 +43,8 @@ def render_tcl_and_driver(out_dir: Path, board: Board, project_name: str) -> lis
     if not _PROJECT_NAME.fullmatch(project_name):
         raise ValueError(f"project name must be a C/Tcl identifier ([A-Za-z_][A-Za-z0-9_]*), got {project_name!r}")
     env = _template_environment()
-    context = {"board": board, "project_name": project_name, "top": TOP_FUNCTION, "links": memory_links(board)}
+    context = {"board": board, "project_name": project_name, "top": TOP_FUNCTION, "links": memory_links(board),
+               "wgt_regs": weight_pointer_registers(board.memory.weight_ports)}
     written = []
     for template_name, relative_path in _OUTPUTS.items():
         target = Path(out_dir) / relative_path

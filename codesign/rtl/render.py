@@ -11,6 +11,8 @@ from pathlib import Path
 
 import jinja2
 
+from ..emit.tcl import WGT_REG_STRIDE, weight_pointer_registers  # the HLS kernel's register map
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "rtl_templates"
 TEMPLATE_SUFFIX = ".v.j2"
 # The placeholder core (for shell-only tests) lives outside the default glob.
@@ -98,8 +100,6 @@ def lut_tables() -> dict:
 
 
 MAX_WEIGHT_PORTS = 16
-WGT_REG_BASE = 0x3C    # s_axi_control offset of wgt1 (after task at 0x34 + its reserved word)
-WGT_REG_STRIDE = 0xC   # 64-bit pointer: low word, high word, reserved word (Vitis HLS layout)
 
 
 def weight_port_params(weight_ports: int) -> dict:
@@ -115,7 +115,7 @@ def weight_port_params(weight_ports: int) -> dict:
     w = int(weight_ports)
     if isinstance(weight_ports, bool) or w != weight_ports or not 1 <= w <= MAX_WEIGHT_PORTS:
         raise ValueError(f"weight_ports must be an integer in 1..{MAX_WEIGHT_PORTS}, got {weight_ports!r}")
-    regs = [(p, WGT_REG_BASE + WGT_REG_STRIDE * (p - 1)) for p in range(1, w)]
+    regs = list(enumerate(weight_pointer_registers(w), start=1))
     end = regs[-1][1] + WGT_REG_STRIDE if regs else 0x40   # first byte past the map
     div_s = 17 + (w - 1).bit_length()                      # x < 2^17; exact since M*W - 2^S < W
     return {"W": w, "wbus": [f"wgt{p}" for p in range(w)] if w > 1 else [],
