@@ -29,7 +29,7 @@ from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, wei
 # g++ flags of the csim build, shared by the Makefile and codesign.sim.csim.
 CSIM_CXXFLAGS = ("-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Ifirmware")
 
-DEFAULT_TILE = {"P": 4, "Q": 16, "act_banks": 2}
+DEFAULT_TILE = {"P": 4, "Q": 16, "act_banks": 2, "acc_on_chip": 1}
 
 # Beats the elementwise ops (ADD, REQUANT32) move per chunk: reads of chunk c overlap the writes
 # of chunk c-1, so the last chunk's writes are the only ones not hidden.
@@ -49,14 +49,16 @@ _OUTPUTS = {
 }
 
 # On-chip buffers whose size the program dictates (a smaller caller value would overflow them).
-_BUFFER_KEYS = ("max_m", "max_k", "max_n", "max_tokens", "max_head_dim", "max_dim", "max_experts", "max_row")
+_BUFFER_KEYS = ("max_m", "max_k", "max_n", "max_tokens", "max_head_dim", "max_dim", "max_experts", "max_row",
+                "acc_tokens", "acc_dim")
 
 # Instruction fields that bound each size key (max_heads and max_count only set loop trip counts).
 _SIZE_FIELDS = {
     Op.MATMUL: (("max_m", "m"), ("max_k", "k"), ("max_n", "n")),
     Op.ATTN: (("max_tokens", "tokens"), ("max_head_dim", "head_dim"), ("max_heads", "heads")),
     Op.LAYERNORM: (("max_tokens", "rows"), ("max_dim", "dim")),
-    Op.GATE: (("max_tokens", "tokens"), ("max_dim", "dim"), ("max_experts", "experts")),
+    Op.GATE: (("max_tokens", "tokens"), ("max_dim", "dim"), ("max_experts", "experts"), ("acc_tokens", "tokens"),
+              ("acc_dim", "dim")),  # the on-chip MoE accumulator
     Op.ADD: (("max_count", "count"),),
     Op.REQUANT32: (("max_count", "count"),),
 }
@@ -168,8 +170,8 @@ def storage_bindings(prog: Program, board: Board, tile: dict) -> dict[str, str]:
     """BIND_STORAGE impl of each kernel buffer, as codesign.schedule.tiling binds it for this array."""
     from ..schedule.tiling import buffer_bindings
 
-    chosen = buffer_bindings(prog, board, tile["P"], tile["Q"], tile["act_banks"])
-    names = ("act_tile", "weights", "gelu_lut", "acc_tile")
+    chosen = buffer_bindings(prog, board, tile["P"], tile["Q"], tile["act_banks"], acc_on_chip=bool(tile["acc_on_chip"]))
+    names = ("act_tile", "weights", "gelu_lut", "acc_tile", "moe_acc", "program")
     return {name: _IMPL[chosen.get(name, "bram36")] for name in names}
 
 

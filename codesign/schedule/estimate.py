@@ -3,11 +3,12 @@
 Per instruction:
 * MAC-array cycles: ceil(M/P) * ceil(N/Q) * K for each product it runs (K is sequential).
 * Vector-unit cycles at Q elements per cycle (the pass model below); requantisation and GELU of
-  a MATMUL are pipelined into the array's drain and cost nothing extra.
-* Softmax (ATTN, GATE) is one pass with deferred normalisation: the row maximum is taken while
-  the scores stream out of the array, exp and sum are fused with the P.V product (ATTN) or are
-  the only pass over the logits (GATE), and only the outputs are normalised: head_dim values per
-  query row (ATTN), the top_k picked probabilities per token (GATE).
+  a MATMUL (a SCATTER's score multiply-add) are pipelined into the array's drain, which costs
+  only for the last row block (drain_tail).
+* Softmax (ATTN) is one pass with deferred normalisation: the row maximum is taken while the
+  scores stream out of the array, exp and sum are fused with the P.V product, and only the
+  head_dim outputs per query row are normalised. GATE routes one token per step (softmax, top_k
+  and list slots with the experts unrolled), then writes its counts and lists.
 * LayerNorm reads each row once: sum and sum of squares accumulate as it streams in, and the
   normalisation of row r overlaps the read of row r+1.
 * DDR bytes: weights read once per instruction (weight tiles are double-buffered, activations
@@ -15,22 +16,30 @@ Per instruction:
   MATMUL that directly consumes the previous MATMUL's output (a MoE expert's hidden rows fc1 ->
   fc2, a dense MLP's hidden rows): the kernel keeps that output in its second A bank, so it is
   written (the ISA stores it) but never read back. An expert with no tokens reads only its count.
-  The MoE accumulator is cleared lazily (LazyAcc in the kernel): GATE writes no zeros, and an fc2
-  SCATTER reads back only the rows an earlier expert already wrote; each token is written first
-  by one of its top_k experts, so an expert's share of first writes is taken as rows / top_k.
+  The int32 MoE accumulator is on chip from its GATE to its REQUANT32 (MoeAcc in the kernel,
+  on_chip_acc here): the GATE writes no zeros, the fc2 SCATTERs add into it and the REQUANT32
+  reads it without DDR traffic.
 * Memory cycles: activations and the program go over m_axi_gmem, reads and writes on separate
   channels (axi_data_bits per cycle each); weights over board.memory.weight_ports masters of the
   same width, one beat per cycle each (with one weight port the weights share gmem's read
   channel). Everything shares the DDR (board.ddr_bytes_per_cycle).
 * Serial loads before a MAC-array instruction's pipeline (matmul_preamble), each a DDR round trip
-  plus its beats: an expert's token list (read once per expert: fc2 reuses what fc1 read; the
-  token counts stay on chip from the GATE; a SCATTER then takes one step per token to mark the
-  accumulator rows it writes first, and its scores stream in with weight tile 0), the GELU
-  table. The bias and multipliers of a tile stream with its rows (after the rows of the ports
-  with the fewest).
-* Instructions are fetched one ahead, and a MATMUL reads the next MATMUL's weight tile 0 during
-  its own last tile when the next one is sure to run (read_ahead_cycles).
-* cycles = max(compute + prologue, memory + epilogue) + INSTR_OVERHEAD_CYCLES: weight prefetch
+  plus its beats: an expert's token count unless on chip from the GATE, then its token list
+  (read once per expert: fc2 reuses what fc1 read) and the GELU table side by side. A SCATTER's
+  scores stream in with weight tile 0, and its drain marks the rows it writes first. The bias and multipliers of a tile stream with
+  its rows (after the rows of the ports with the fewest).
+* The kernel reads the whole program from DDR once per run, in one burst before instruction 0
+  (program_load_cycles, charged to instruction 0's overhead); an instruction is then fetched
+  from the on-chip copy (fetch_cycles), one ahead, and a MATMUL reads the next MATMUL's weight
+  tile 0 during its own last tile when the next one is sure to run (read_ahead_cycles).
+* An expert MATMUL no token was routed to returns at once: its fetch and SKIPPED_INSTR_CYCLES,
+  plus the DDR read of its count when that is not on chip from the GATE (matmul_preamble). After
+  a MATMUL the kernel does not even dispatch it (skipped_experts): only its fetch, and the MATMUL
+  before reads ahead for the next one that runs.
+* LayerNorm reads gamma and beta before its row loop, each burst a DDR round trip plus its beats
+  (layernorm_preamble); ADD reads b after a in one loop, so a position table in wgt does not
+  come in beside a (read_ports).
+* cycles = max(compute + prologue, memory + epilogue) + overhead (instr_overhead): weight prefetch
   overlaps compute, except at the ends of a MATMUL / GATE on the MAC array: weight tile 0 streams
   in before the array can start, the A rows (streamed during tile 0, unless on chip) and the
   prefetch of tile 1 (after the A rows when they share a port) can outlast tile 0's compute
@@ -48,7 +57,7 @@ import numpy as np
 from ..boards import Board
 from ..quant.golden import run_golden
 from ..quant.qmodel import QuantModel
-from .isa import Flag, Instr, Op
+from .isa import WORDS, Flag, Instr, Op
 from .program import Program
 from .tiling import (Budget, Tiling, array_cycles, array_passes, expert_of, gate_instrs, instr_rows,
                      program_sizes, tiling_params, uniform_expert_counts)
@@ -56,9 +65,16 @@ from .tiling import (Budget, Tiling, array_cycles, array_passes, expert_of, gate
 # One PL -> PS DDR read round trip (~0.5 us = ~100 cycles at 200 MHz): paid by every burst that
 # nothing overlaps.
 DDR_ROUND_TRIP_CYCLES = 100
-# Instruction fetch (one round trip for a 64-byte read) plus pipeline fill and drain. Paid by every
-# instruction, including unused experts.
-INSTR_OVERHEAD_CYCLES = DDR_ROUND_TRIP_CYCLES + 28
+# Pipeline fill and drain of an instruction's loops, on top of reading it from the on-chip program
+# (fetch_cycles): no instruction waits for DDR to be fetched (the program is loaded once per run).
+INSTR_OVERHEAD_CYCLES = 28
+# Reading an instruction from the on-chip program: the BRAM's read latency, then its 64 bytes one
+# AXI beat a cycle (the kernel's fetch).
+PROGRAM_READ_LATENCY = 2
+# An expert MATMUL no token was routed to, besides its fetch: decode, the look-up of its count in
+# the GATE's counts kept on chip, and the return (op_matmul). Not a whole instruction's overhead:
+# it runs no pipelined loop.
+SKIPPED_INSTR_CYCLES = 4
 # Vector-unit passes over the data (see the module docstring): LayerNorm one pass per row;
 # softmax no pass for the maximum (taken in the array drain) and one fused exp/sum pass (for
 # ATTN overlapped with the P.V array pass), plus the normalisation of the outputs only.
@@ -89,6 +105,7 @@ class InstrCost:
     prologue_cycles: int = 0  # not overlapped: serial loads, weight tile 0, A rows beyond tile 0's compute
     epilogue_cycles: int = 0  # the last weight tile's compute, after the last read
     isa_extra_bytes: int = 0  # what the plain ISA dataflow moves on top of ddr_bytes (isa_extra_bytes)
+    overhead_cycles: int = 0  # instr_overhead; instruction 0's also loads the program (program_load_cycles)
 
     @property
     def compute_cycles(self) -> int:
@@ -115,7 +132,7 @@ class LayerCost:
     kind: str = ""  # one of KINDS
     board_roofline: float = 0.0  # max(MACs / (P*Q), DDR bytes / sustained DDR bytes per cycle)
     roofline_ratio: float = 0.0  # board_roofline / cycles
-    # DDR bytes of the plain ISA dataflow, without the HLS kernel's lazy accumulator clear and
+    # DDR bytes of the plain ISA dataflow, without the HLS kernel's on-chip MoE accumulator and
     # list cache: what the RTL core moves (codesign.report.cycles uses it for the core's roofline)
     isa_ddr_bytes: int = 0
 
@@ -299,12 +316,9 @@ def forwarded_operands(prog: Program, act_banks: int = 2) -> set[int]:
     return out
 
 
-def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
+def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1, axi_bpc: float = 16) -> int:
     """Vector-unit cycles not hidden behind the MAC array (see the pass model above)."""
     a = ins.args
-    if ins.op == Op.MATMUL:
-        # SCATTER: multiply by the score and add into the int32 accumulator row.
-        return rows * math.ceil(a["n"] / Q) if ins.flags & Flag.SCATTER else 0
     if ins.op == Op.ATTN:
         t, dh = a["tokens"], a["head_dim"]
         exp = t * SOFTMAX_EXP_PASSES * math.ceil(t / Q)  # per head, Q lanes
@@ -316,54 +330,69 @@ def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1) -> int:
     if ins.op in (Op.ADD, Op.REQUANT32):
         return math.ceil(a["count"] / Q)
     if ins.op == Op.GATE:
-        # Per token: exp/sum over the logits, normalise the top_k picked, one list slot per pick,
-        # and one step to mark its accumulator row unwritten (the lazy clear).
-        return a["tokens"] * (SOFTMAX_EXP_PASSES * math.ceil(a["experts"] / Q) + 2 * a["top_k"] + 1)
+        # One step per token (route_tokens: softmax, top_k and list slots with the experts
+        # unrolled, the lazy clear's mark), then the counts and lists written out.
+        t, e, k = a["tokens"], a["experts"], a["top_k"]
+        return t + math.ceil((4 * e + 2 * 4 * t * k) / axi_bpc)
     return 0
 
 
 
-def lazy_gate(prog: Program, ins: Instr, gates: dict[str, Instr]) -> Instr | None:
-    """The GATE (of gate_instrs) whose lazily cleared accumulator this expert SCATTER writes whole
-    rows of, if any."""
-    owner = expert_of(prog, ins) if ins.flags & Flag.SCATTER else None
-    if owner is None:
-        return None
-    g = gates[owner[0]]
-    a = g.args
-    return g if (ins.args["out_addr"], ins.args["out_stride"], ins.args["n"]) == (a["acc_addr"], a["dim"], a["dim"]) \
-        else None
+def on_chip_acc(prog: Program, enabled: bool = True) -> set[int]:
+    """Indices of the GATEs, SCATTERs and REQUANT32s that use the kernel's on-chip MoE accumulator
+    (MoeAcc in hls_templates/firmware/codesign_top.cpp.j2; `enabled`: Tiling.acc_on_chip): a GATE
+    that clears it without DDR writes, the whole-row SCATTERs into it and the REQUANT32 that reads
+    it whole. Any other instruction touching it (or any other non-MATMUL) sends it to DDR."""
+    out: set[int] = set()
+    acc = None  # (addr, bytes, dim, elements) of the live on-chip accumulator
+    for i, ins in enumerate(prog.instrs if enabled else ()):
+        a = ins.args
+        if ins.op == Op.GATE:
+            out.add(i)
+            acc = (a["acc_addr"], 4 * a["tokens"] * a["dim"], a["dim"], a["tokens"] * a["dim"])
+        elif acc and ins.op == Op.MATMUL and ins.flags & Flag.SCATTER and \
+                (a["out_addr"], a["out_stride"], a["n"]) == (acc[0], acc[2], acc[2]):
+            out.add(i)
+        elif acc and ins.op == Op.REQUANT32 and (a["src_addr"], a["count"]) == (acc[0], acc[3]):
+            out.add(i)
+            acc = None
+        elif ins.op != Op.MATMUL or _touches(ins, acc, prog.elem_bytes):
+            acc = None
+    return out
 
 
-def first_write_rows(rows: int, gate: Instr | None) -> int:
-    """Rows of an expert's fc2 SCATTER that the kernel stores without reading them back: the
-    tokens for which it is the first of their top_k experts, expected rows / top_k."""
-    if gate is None:
-        return 0
-    return round(rows / max(1, min(gate.args["top_k"], gate.args["experts"])))
+def _touches(ins: Instr, acc: tuple | None, eb: int) -> bool:
+    """A MATMUL whose A rows or output overlap the accumulator (op_matmul's acc_overlaps)."""
+    if acc is None:
+        return False
+    a, out_eb = ins.args, 4 if ins.flags & Flag.SCATTER else eb
+    spans = [(a["a_addr"], eb * a["a_stride"] * a["m"]), (a["out_addr"], out_eb * a["out_stride"] * a["m"])]
+    return any(addr < acc[0] + acc[1] and acc[0] < addr + n for addr, n in spans)
 
 
-def isa_extra_bytes(ins: Instr, rows: int, fresh: int, cached: set[str]) -> int:
+def isa_extra_bytes(ins: Instr, rows: int, acc_on_chip: bool, cached: set[str]) -> int:
     """Bytes the plain ISA dataflow moves on top of the HLS kernel's ddr_bytes: GATE's zeros in
-    the accumulator, the old accumulator rows of first writes, lists read again."""
+    the accumulator, the SCATTERs' read-modify-writes of it and the REQUANT32's read of it when
+    it is on chip, lists read again."""
     a = ins.args
-    if ins.op == Op.GATE:
-        return 4 * a["tokens"] * a["dim"]
+    if ins.op in (Op.GATE, Op.REQUANT32):
+        return 4 * (a["tokens"] * a["dim"] if ins.op == Op.GATE else a["count"]) if acc_on_chip else 0
     if ins.op != Op.MATMUL:
         return 0
     count = 4 if "count" in cached else 0
     ids = 4 * rows if "ids" in cached and rows else 0
-    return count + ids + 4 * fresh * a["n"]
+    acc = 2 * 4 * rows * a["n"] if acc_on_chip and rows else 0
+    return count + ids + acc
 
 
-def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False, fresh: int = 0,
+def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False, acc_on_chip: bool = False,
               cached: set[str] = frozenset()) -> tuple[int, int, int]:
     """(weight bytes, activation bytes read, activation bytes written) of one instruction;
-    `fresh`: rows of a SCATTER that are not read back (first_write_rows); `cached`: what the
-    kernel's ListCache holds (cached_lists)."""
+    `acc_on_chip`: a SCATTER / REQUANT32 of the on-chip MoE accumulator (on_chip_acc); `cached`:
+    what the kernel's ListCache holds (cached_lists)."""
     eb, a = prog.elem_bytes, ins.args
     if ins.op == Op.MATMUL:
-        return _matmul_bytes(ins, rows, eb, prog.abits, a_on_chip, fresh, cached)
+        return _matmul_bytes(ins, rows, eb, prog.abits, a_on_chip, acc_on_chip, cached)
     if ins.op == Op.ATTN:
         d = a["heads"] * a["head_dim"]
         return 0, a["tokens"] * 3 * d * eb, a["tokens"] * d * eb
@@ -375,14 +404,15 @@ def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False, fre
         return (n, n, n) if ins.flags & Flag.B_WGT else (0, 2 * n, n)
     if ins.op == Op.GATE:
         t, d, e, k = a["tokens"], a["dim"], a["experts"], a["top_k"]
-        # One task's gate; writes counts, idx and score lists (the accumulator is cleared lazily).
-        return e * d * eb + 4 * e, 0 if a_on_chip else t * d * eb, 4 * e + 2 * 4 * t * k
+        # One task's gate; writes counts, idx and score lists, and zeros the accumulator unless it is on chip.
+        zeros = 0 if acc_on_chip else 4 * t * d
+        return e * d * eb + 4 * e, 0 if a_on_chip else t * d * eb, 4 * e + 2 * 4 * t * k + zeros
     if ins.op == Op.REQUANT32:
-        return 0, 4 * a["count"], a["count"] * eb
+        return 0, 0 if acc_on_chip else 4 * a["count"], a["count"] * eb
     return 0, 0, 0
 
 
-def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool, fresh: int = 0,
+def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool, acc_on_chip: bool = False,
                   cached: set[str] = frozenset()) -> tuple[int, int, int]:
     a, f = ins.args, ins.flags
     count = 4 if f & Flag.DYNM and "count" not in cached else 0
@@ -393,8 +423,10 @@ def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool, f
     ids = f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached
     lists = 4 * rows * ((1 if ids else 0) + (1 if f & Flag.SCATTER else 0))
     a_read = 0 if a_on_chip else rows * k * eb
-    if f & Flag.SCATTER:  # read-modify-write of the int32 accumulator rows, but the fresh ones
-        return weights, count + lists + a_read + 4 * (rows - fresh) * n, 4 * rows * n
+    if f & Flag.SCATTER and acc_on_chip:
+        return weights, count + lists + a_read, 0
+    if f & Flag.SCATTER:  # read-modify-write of the int32 accumulator rows in DDR
+        return weights, count + lists + a_read + 4 * rows * n, 4 * rows * n
     return weights, count + lists + a_read, rows * n * eb
 
 
@@ -461,33 +493,47 @@ def cached_lists(prog: Program) -> list[set[str]]:
     return out
 
 
-def matmul_preamble(prog: Program, ins: Instr, rows: int, lazy_scatter: bool, axi_bpc: float,
-                    cached: set[str] = frozenset()) -> int:
-    """Serial loads of a MATMUL before its MAC pipeline starts (op_matmul): each a DDR round trip
-    and its beats; `cached`: what the ListCache already holds (cached_lists)."""
+def matmul_preamble(prog: Program, ins: Instr, rows: int, axi_bpc: float, cached: set[str] = frozenset(),
+                    weight_ports: int = 1) -> int:
+    """Serial loads of a MATMUL before its MAC pipeline starts (op_matmul), each a DDR round trip
+    and its beats: the token count, then the token list (gmem) and the GELU table (a weight port)
+    side by side, one after the other when the weights share gmem; `cached`: what the ListCache
+    already holds (cached_lists)."""
     if ins.op != Op.MATMUL:
         return 0
     f = ins.flags
-    bursts = []
-    if f & Flag.DYNM and "count" not in cached:
-        bursts.append(1)  # the expert's token count
-    if rows and f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached:
-        bursts.append(math.ceil(4 * rows / axi_bpc))  # token list
-    if rows and f & Flag.GELU:
-        bursts.append(math.ceil((1 << prog.abits) * prog.elem_bytes / axi_bpc))
-    marking = rows if rows and lazy_scatter else 0  # one step per row: which rows are first writes
-    return sum(DDR_ROUND_TRIP_CYCLES + beats for beats in bursts) + marking
+
+    def burst(beats: int) -> int:
+        return DDR_ROUND_TRIP_CYCLES + beats if beats else 0
+
+    count = burst(1) if f & Flag.DYNM and "count" not in cached else 0
+    ids = burst(math.ceil(4 * rows / axi_bpc)) if rows and f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached else 0
+    gelu = burst(math.ceil((1 << prog.abits) * prog.elem_bytes / axi_bpc)) if rows and f & Flag.GELU else 0
+    return count + (ids + gelu if weight_ports == 1 else max(ids, gelu))
 
 
-def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, fresh: int = 0) -> int:
+def drain_tail(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, eb: int, acc_on_chip: bool = False) -> int:
+    """The drain of a MATMUL's last row block, after the array's last step (the earlier blocks
+    drain while the array computes the next): one beat of outputs per cycle, for a SCATTER into
+    DDR int32 beats, into the on-chip accumulator one element per bank (a beat's worth of elements)."""
+    if ins.op != Op.MATMUL or not rows:
+        return 0
+    n = ins.args["n"]
+    last_rows, last_cols = rows - (math.ceil(rows / P) - 1) * P, n - (math.ceil(n / Q) - 1) * Q
+    out_bytes = 4 if ins.flags & Flag.SCATTER and not acc_on_chip else eb
+    return last_rows * math.ceil(last_cols * out_bytes / axi_bpc)
+
+
+def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, acc_on_chip: bool = False) -> int:
     """The last weight tile's reduction steps, which no read overlaps but a SCATTER's reads of
-    that tile's old accumulator rows."""
+    that tile's old accumulator rows from DDR."""
     a = ins.args
     if ins.op == Op.MATMUL:
         if not rows:
             return 0
         last_cols = a["n"] - (math.ceil(a["n"] / Q) - 1) * Q
-        acc_reads = (rows - fresh) * math.ceil(last_cols * 4 / axi_bpc) if ins.flags & Flag.SCATTER else 0
+        acc_in_ddr = ins.flags & Flag.SCATTER and not acc_on_chip
+        acc_reads = rows * math.ceil(last_cols * 4 / axi_bpc) if acc_in_ddr else 0
         return max(0, math.ceil(rows / P) * a["k"] - acc_reads)
     if ins.op == Op.GATE:
         return math.ceil(a["tokens"] / P) * a["dim"]
@@ -506,33 +552,76 @@ def transfer_cycles(wgt_read: float, act_read: float, write: float, ddr_bpc: flo
 
 
 def instr_cost(prog: Program, t: Tiling, board: Board, index: int, ins: Instr, rows: int,
-               a_on_chip: bool = False, gate: Instr | None = None, cached: set[str] = frozenset(),
-               read_ahead: int = 0) -> InstrCost:
-    """`gate`: for an expert's fc2 SCATTER, the GATE whose accumulator it writes lazily (lazy_gate);
+               a_on_chip: bool = False, acc_on_chip: bool = False, cached: set[str] = frozenset(),
+               read_ahead: int = 0, skipped: bool = False) -> InstrCost:
+    """`acc_on_chip`: a SCATTER or REQUANT32 of the on-chip MoE accumulator (on_chip_acc);
+    `skipped`: an unused expert the kernel does not dispatch (skipped_experts);
     `cached`: the count / token list the kernel still holds from the previous MATMUL (cached_lists);
     `read_ahead`: cycles of weight tile 0 the previous MATMUL read during its last tile (read_ahead_cycles)."""
-    fresh = first_write_rows(rows, gate)
     passes = array_passes(ins, rows)
     macs = sum(M * N * K for M, N, K in passes)
     arr = sum(array_cycles(M, N, K, t.P, t.Q) for M, N, K in passes)
-    vec = vector_cycles(ins, rows, t.Q, t.P)
-    wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip, fresh, cached)
-    axi_bpc, ports = axi_bytes_per_cycle(board), board.memory.weight_ports
+    axi_bpc, ports = axi_bytes_per_cycle(board), read_ports(ins, board)
+    vec = (vector_cycles(ins, rows, t.Q, t.P, axi_bpc)
+           + drain_tail(ins, rows, t.P, t.Q, axi_bpc, prog.elem_bytes, acc_on_chip))
+    wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip, acc_on_chip, cached)
     mem = transfer_cycles(wgt, rd, wr, board.ddr_bytes_per_cycle, axi_bpc, ports)
     prologue = (matmul_prologue(ins, rows, t.P, t.Q, prog.elem_bytes, axi_bpc, a_on_chip, ports) - read_ahead
-                + matmul_preamble(prog, ins, rows, gate is not None, axi_bpc, cached))
-    epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc, fresh)
+                + matmul_preamble(prog, ins, rows, axi_bpc, cached, ports))
+    epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc, acc_on_chip)
+    prologue += layernorm_preamble(ins, axi_bpc)
+    overhead = instr_overhead(ins, rows, board, skipped) + (program_load_cycles(prog, board) if index == 0 else 0)
     return InstrCost(index, report_layer(prog, ins), ins.layer, ins.op.name, rows, macs, arr, vec, wgt, rd, wr,
-                     mem, max(arr + vec + prologue, mem + epilogue) + INSTR_OVERHEAD_CYCLES, prologue, epilogue,
-                     isa_extra_bytes(ins, rows, fresh, cached))
+                     mem, max(arr + vec + prologue, mem + epilogue) + overhead, prologue, epilogue,
+                     isa_extra_bytes(ins, rows, acc_on_chip, cached), overhead)
+
+
+def fetch_cycles(board: Board) -> int:
+    """Cycles to read one 64-byte instruction from the kernel's on-chip program."""
+    return PROGRAM_READ_LATENCY + math.ceil(4 * WORDS / axi_bytes_per_cycle(board))
+
+
+def program_load_cycles(prog: Program, board: Board) -> int:
+    """The kernel's one read of the whole program (END included) before instruction 0: one burst."""
+    return DDR_ROUND_TRIP_CYCLES + math.ceil(len(prog.code) / axi_bytes_per_cycle(board))
+
+
+def instr_overhead(ins: Instr, rows: int, board: Board, skipped: bool = False) -> int:
+    """Cycles of an instruction besides its compute and transfers: its fetch, then its pipelines'
+    fill and drain, or for an expert MATMUL with no rows only SKIPPED_INSTR_CYCLES (the DDR read of
+    its count, when not on chip, is in matmul_preamble); only the fetch when it is not dispatched
+    (`skipped`: skipped_experts)."""
+    if skipped:
+        return fetch_cycles(board)
+    return fetch_cycles(board) + (SKIPPED_INSTR_CYCLES if ins.op == Op.MATMUL and rows == 0 else INSTR_OVERHEAD_CYCLES)
+
+
+def skipped_experts(prog: Program, rows: list[int], cached: list[set[str]]) -> set[int]:
+    """Indices of the unused experts the kernel does not dispatch: right after a MATMUL, an expert
+    MATMUL whose count (on chip from the GATE) is 0 (skip_unused_experts in the kernel)."""
+    return {i for i in range(1, len(prog.instrs))
+            if prog.instrs[i].op == prog.instrs[i - 1].op == Op.MATMUL and rows[i] == 0 and "count" in cached[i]}
+
+
+def layernorm_preamble(ins: Instr, axi_bpc: float) -> int:
+    """LayerNorm's gamma and beta, each read in its own burst before its row loop (op_layernorm)."""
+    if ins.op != Op.LAYERNORM:
+        return 0
+    return 2 * (DDR_ROUND_TRIP_CYCLES + math.ceil(4 * ins.args["dim"] / axi_bpc))
+
+
+def read_ports(ins: Instr, board: Board) -> int:
+    """Weight ports that read beside gmem: none for ADD, whose one loop reads b (under B_WGT the
+    position table in wgt) after a, a beat a cycle (op_add)."""
+    return 1 if ins.op == Op.ADD else board.memory.weight_ports
 
 
 def read_ahead_cycles(prog: Program, t: Tiling, board: Board, prev: InstrCost | None, ins: Instr, rows: int,
                       cached: set[str]) -> int:
-    """Cycles of a MATMUL's weight tile 0 that the MATMUL before it read during its last tile (the
-    kernel's WeightAhead): when this one's rows are known on chip (not DYNM, or its count from the
-    GATE) and the one before has the tiles for it (a SCATTER 2, others 3), the previous last tile's
-    compute, up to the whole tile 0."""
+    """Cycles of a MATMUL's weight tile 0 that the MATMUL before it (`prev`: the last one that ran,
+    with only skipped experts since) read during its last tile (the kernel's WeightAhead): when this
+    one's rows are known on chip (not DYNM, or its count from the GATE) and the one before has the
+    tiles for it (a SCATTER 2, others 3), the previous last tile's compute, up to the whole tile 0."""
     if ins.op != Op.MATMUL or prev is None or prev.op != "MATMUL" or not prev.rows or not rows:
         return 0
     if ins.flags & Flag.DYNM and "count" not in cached:
@@ -621,13 +710,17 @@ def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[st
     counts, notes = resolve_expert_counts(prog, expert_counts)
     forwarded = forwarded_operands(prog, tiling.act_banks)
     rows = instr_rows(prog, counts)
-    gates = gate_instrs(prog)
+    acc_users = on_chip_acc(prog, tiling.acc_on_chip)
     cached = cached_lists(prog)
+    skipped = skipped_experts(prog, rows, cached)
     costs: list[InstrCost] = []
+    ran = None  # the last MATMUL that ran, with only skipped experts since
     for i, (ins, r) in enumerate(zip(prog.instrs, rows)):
-        ahead = read_ahead_cycles(prog, tiling, board, costs[-1] if costs else None, ins, r, cached[i])
-        costs.append(instr_cost(prog, tiling, board, i, ins, r, i in forwarded, lazy_gate(prog, ins, gates),
-                                cached[i], ahead))
+        ahead = read_ahead_cycles(prog, tiling, board, ran, ins, r, cached[i])
+        costs.append(instr_cost(prog, tiling, board, i, ins, r, i in forwarded, i in acc_users, cached[i], ahead,
+                                i in skipped))
+        if i not in skipped:
+            ran = costs[-1] if ins.op == Op.MATMUL and r else None
     totals = sum_totals(costs)
     peak = tiling.macs_per_cycle
     ddr_bpc, axi_bpc = board.ddr_bytes_per_cycle, axi_bytes_per_cycle(board)
@@ -661,7 +754,12 @@ def _weight_port_text(ports: int) -> str:
 
 def model_notes(t: Tiling, board: Board) -> list[str]:
     return [
-        f"{INSTR_OVERHEAD_CYCLES} cycles fixed overhead per instruction (fetch, pipeline fill/drain)",
+        f"program loaded from DDR once per run, before instruction 0 (one round trip and its beats); an "
+        f"instruction then costs its on-chip fetch ({fetch_cycles(board)} cycles) and {INSTR_OVERHEAD_CYCLES} "
+        f"cycles of pipeline fill/drain, an expert MATMUL with no tokens {SKIPPED_INSTR_CYCLES} instead "
+        f"(plus its count's DDR round trip when the count is not on chip)",
+        "LayerNorm: gamma and beta loaded serially before its row loop (a DDR round trip each); ADD: b read "
+        "after a in the same loop, also from wgt",
         f"vector unit: {t.Q} elements/cycle; requant/GELU pipelined into the MAC drain",
         "MAC-array instructions: weight tile 0, A rows + tile 1 beyond tile 0's compute, and the last tile's "
         "compute are not overlapped with the other stream",
@@ -671,8 +769,8 @@ def model_notes(t: Tiling, board: Board) -> list[str]:
         f"gmem (activations, program) and {_weight_port_text(board.memory.weight_ports)}; "
         f"{board.ddr_bytes_per_cycle:.1f} B/cycle of sustained DDR shared by all",
         "a MATMUL's output stays on chip for a directly following MATMUL that reads it (MoE hidden rows fc1 -> fc2, "
-        "dense MLP hidden rows); the int32 MoE accumulator is in DDR, cleared lazily (no zeros written, a row's first "
-        "SCATTER not read back: rows / top_k of each expert's rows)",
+        "dense MLP hidden rows); the int32 MoE accumulator is on chip from its GATE to its REQUANT32 (no DDR traffic "
+        "for it, cleared lazily)",
         "softmax: max while the scores stream, one exp/sum pass fused with P.V, normalisation of the outputs only",
         "roofline peak: the P*Q array's MACs per cycle; bytes at the same DDR/AXI rates as the estimate",
     ]

@@ -176,7 +176,7 @@ class _RecordingMemory(Memory):
 def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
     m = a["m"]
     if f & Flag.DYNM:
-        m = min(m, int(mem.i32(a["count_addr"], 1)[0]))
+        m = max(0, min(m, int(mem.i32(a["count_addr"], 1)[0])))  # a negative count runs no rows
     if m == 0:
         return
     idx = mem.i32(a["idx_addr"], m) if f & (Flag.GATHER | Flag.SCATTER) else np.arange(m)

@@ -12,9 +12,12 @@ Dataflow assumed by the sizing (and by codesign.schedule.estimate):
   compact hidden rows, fc1 -> fc2; a dense MLP's hidden rows), so they are not read back.
 * ATTN runs on the same array, one head at a time: that head's K and V (tokens x head_dim each)
   are on chip; S = q K^T and O = softmax(S) V use K / V^T as the "weights".
-* The int32 MoE accumulator stays in DDR (act memory) as the ISA describes; a SCATTER brings the
-  old accumulator rows of one weight tile on chip (acc_tile) while the array computes it.
+* The int32 MoE accumulator (tokens x dim) is on chip from its GATE to its REQUANT32 (moe_acc,
+  one int32 bank per element of an AXI beat): the experts' fc2 SCATTERs add into it and the
+  REQUANT32 reads it without DDR traffic. acc_tile holds a tile's old rows for a SCATTER into DDR
+  (the ISA allows one; a compiled program has none).
 * GATE computes its logits on the MAC array too (x rows as A, the router weights as a tile).
+* The whole program (64 bytes an instruction) is on chip, read from DDR once per run.
 * The vector unit has Q lanes (requantisation, GELU lookup, layernorm, softmax, add); the MAC
   drain requantises one AXI beat of outputs per cycle.
 
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..boards import Board
 from ..quant import arith as A
-from .isa import Flag, Instr, Op
+from .isa import WORDS, Flag, Instr, Op
 from .program import Program
 
 # DSP48E2 (UltraScale+) packs two int8 x int8 products that share one operand (AMD WP486); in a
@@ -66,6 +69,12 @@ URAM_MIN_BRAM36 = 8
 EXP_TABLE = (A.EXP_LUT_SIZE, A.EXP_FRAC + 1)
 RECIP_TABLE = (1 << (A.RECIP_MBITS - 1), A.RECIP_FRAC - (A.RECIP_MBITS - 1) + 1)
 RSQRT_TABLE = (1 << A.RSQRT_MBITS, A.RSQRT_FRAC + 1)
+
+
+# (A banks, MoE accumulator on chip) tried in this order for each array shape: one A bank (a
+# MATMUL's output read back from DDR by the next MATMUL) costs less than the accumulator's
+# read-modify-writes in DDR.
+BUFFER_FALLBACKS = ((2, True), (1, True), (2, False), (1, False))
 
 
 class ResourceError(ValueError):
@@ -124,6 +133,7 @@ class Tiling:
     dsp_fraction: float = 0.8  # the budget it was chosen within (choose_tiling)
     mem_fraction: float = 0.8
     act_banks: int = 2  # A operand banks: 2 lets a MATMUL's output stay on chip for the next one
+    acc_on_chip: bool = True  # the MoE accumulator on chip (moe_acc), else in DDR as the ISA has it
 
     @property
     def macs_per_cycle(self) -> int:
@@ -143,7 +153,7 @@ class Tiling:
 def tiling_params(t: Tiling) -> dict:
     """The sizes the HLS / RTL templates are generated with."""
     return {"P": t.P, "Q": t.Q, "max_k": t.max_k, "max_n": t.max_n, "max_tokens": t.max_tokens,
-            "max_head_dim": t.max_head_dim, "act_banks": t.act_banks}
+            "max_head_dim": t.max_head_dim, "act_banks": t.act_banks, "acc_on_chip": int(t.acc_on_chip)}
 
 
 # ---------------------------------------------------------------- workload of the MAC array
@@ -217,6 +227,8 @@ class Sizes:
     moe_hidden: int  # 0 without MoE layers
     gelu: bool
     max_experts: int = 0  # 0 without GATE instructions
+    moe_acc_elems: int = 0  # the largest MoE accumulator (GATE tokens x dim), 0 without GATE instructions
+    instrs: int = 1  # instructions, END included: the kernel holds the whole program on chip
 
 
 def program_sizes(prog: Program) -> Sizes:
@@ -235,13 +247,15 @@ def program_sizes(prog: Program) -> Sizes:
         moe_hidden=max((a["k"] for a in expert_fc2), default=0),  # fc2 of an expert reads the hidden rows
         gelu=any(i.op == Op.MATMUL and i.flags & Flag.GELU for i in prog.instrs),
         max_experts=max((a["experts"] for a in gate), default=0),
+        moe_acc_elems=max((a["tokens"] for a in gate), default=0) * max((a["dim"] for a in gate), default=0),
+        instrs=len(prog.instrs) + 1,
     )
 
 
 # ---------------------------------------------------------------- buffers and their binding
 
 def plan_buffers(s: Sizes, P: int, Q: int, elem_bytes: int, abits: int, beat_bytes: int = 16,
-                 act_banks: int = 2) -> list[Buffer]:
+                 act_banks: int = 2, acc_on_chip: bool = True) -> list[Buffer]:
     """The kernel's on-chip memories (hls_templates/firmware/codesign_top.cpp.j2 declares the same)."""
     eb = 8 * elem_bytes
     row_tiles = math.ceil(s.max_tokens / P)
@@ -261,9 +275,15 @@ def plan_buffers(s: Sizes, P: int, Q: int, elem_bytes: int, abits: int, beat_byt
         seg_beats = math.ceil(Q * 4 / beat_bytes) + 1  # a tile row of int32, possibly unaligned
         buffers.append(Buffer("acc_tile", "SCATTER: old MoE accumulator rows of one weight tile",
                               seg_beats * beat_bytes // 4, 32, s.max_tokens))
+    if s.moe_acc_elems and acc_on_chip:
+        banks = beat_bytes // elem_bytes  # one int32 per bank: any beat of elements or of int32 in one cycle
+        buffers.append(Buffer("moe_acc", "the MoE accumulator, tokens x dim int32, from its GATE to its REQUANT32",
+                              1, 32, math.ceil(s.moe_acc_elems / banks), copies=banks))
     if s.max_experts:
         buffers += [Buffer("gate_logits", "router logits: max_tokens x experts", s.max_experts, 64, s.max_tokens),
                     Buffer("gate_lists", "per-expert token and score lists", 2, 32, s.max_experts * s.max_tokens)]
+    buffers.append(Buffer("program", "the whole program, loaded once per run", beat_bytes // 4, 32,
+                          s.instrs * 4 * WORDS // beat_bytes))
     return buffers + rom_tables(s, Q, elem_bytes, abits, beat_bytes)
 
 
@@ -388,9 +408,10 @@ def program_array_cycles(prog: Program, P: int, Q: int) -> int:
 
 
 def build_tiling(prog: Program, board: Board, s: Sizes, P: int, Q: int, per_dsp: int, uram_budget: int,
-                 act_banks: int = 2) -> Tiling:
+                 act_banks: int = 2, acc_on_chip: bool = True) -> Tiling:
     eb = prog.elem_bytes
-    buffers = bind_buffers(plan_buffers(s, P, Q, eb, prog.abits, beat_bytes(board), act_banks), uram_budget)
+    buffers = bind_buffers(plan_buffers(s, P, Q, eb, prog.abits, beat_bytes(board), act_banks, acc_on_chip),
+                           uram_budget)
     dsp, lut = dsp_breakdown(P, Q, per_dsp), lut_breakdown(P, Q, buffers)
     bram, uram = memory_breakdown(buffers, "bram36"), memory_breakdown(buffers, "uram")
     return Tiling(
@@ -405,6 +426,7 @@ def build_tiling(prog: Program, board: Board, s: Sizes, P: int, Q: int, per_dsp:
         dsp=sum(dsp.values()), bram36=math.ceil(sum(bram.values())), uram=sum(uram.values()),
         lut=sum(lut.values()),
         buffers=buffers, breakdown={"dsp": dsp, "bram36": bram, "uram": uram, "lut": lut}, act_banks=act_banks,
+        acc_on_chip=acc_on_chip,
     )
 
 
@@ -412,12 +434,12 @@ def beat_bytes(board: Board) -> int:
     return board.memory.axi_data_bits // 8
 
 
-def buffer_bindings(prog: Program, board: Board, P: int, Q: int, act_banks: int = 2, mem_fraction: float = 0.8
-                    ) -> dict[str, str]:
+def buffer_bindings(prog: Program, board: Board, P: int, Q: int, act_banks: int = 2, mem_fraction: float = 0.8,
+                    acc_on_chip: bool = True) -> dict[str, str]:
     """Buffer name -> "bram36" / "uram" / "lutram" for a P x Q array (the kernel's BIND_STORAGE)."""
     budget = Budget(board, 0.8, mem_fraction)
     t = build_tiling(prog, board, program_sizes(prog), P, Q, macs_per_dsp(board, prog), budget.limit("uram"),
-                     act_banks)
+                     act_banks, acc_on_chip)
     return {b.name: b.binding for b in t.buffers}
 
 
@@ -445,8 +467,7 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
     dsp_fraction bounds DSPs and LUTs, mem_fraction BRAM36 and URAM.
     Among shapes of the same size, the one with the fewest MAC-array cycles for this program
     wins (ties: the smaller Q, whose weight buffer is smaller). A shape whose buffers do not fit
-    with two A banks is tried with one (a MATMUL's output is then read back from DDR by the next
-    MATMUL) before a smaller array. Raises ResourceError when not even the smallest array
+    is tried with less on chip (BUFFER_FALLBACKS) before a smaller array. Raises ResourceError when not even the smallest array
     (MIN_ARRAY_MACS) fits.
     """
     budget = Budget(board, dsp_fraction, mem_fraction)
@@ -456,9 +477,9 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
     tried: list[Tiling] = []
     for total in array_sizes(s, per_dsp * board.resources.dsp):
         shapes = array_shapes(total, s, beat_elems)
-        tried = [build_tiling(prog, board, s, P, Q, per_dsp, budget.limit("uram"), banks)
+        tried = [build_tiling(prog, board, s, P, Q, per_dsp, budget.limit("uram"), banks, acc)
                  for P, Q in sorted(shapes, key=lambda pq: (program_array_cycles(prog, *pq), pq[1]))
-                 for banks in (2, 1)]
+                 for banks, acc in BUFFER_FALLBACKS]
         fitting = [t for t in tried if first_overrun(t, budget) is None]
         if fitting:
             fitting[0].dsp_fraction, fitting[0].mem_fraction = dsp_fraction, mem_fraction

@@ -95,7 +95,8 @@ def _layer_cells(results: dict[str, str]) -> dict[str, str]:
 
 @dataclass
 class IterationCounts:
-    """Pipelined-loop iterations per instruction (index = pc; the last entry is END's fetch)."""
+    """Pipelined-loop iterations per instruction (index = pc; instruction 0's include the program
+    load, the last entry is END, which runs none)."""
     per_vector: dict[str, list[int]]
     ops: list[str]  # op name per instruction, from data/manifest.json
     layers: list[str]
