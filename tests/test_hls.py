@@ -275,9 +275,31 @@ def test_accumulator_in_ddr_when_it_does_not_fit(default_design, tmp_path):
     _assert_bit_exact(run_csim(project), default_design)
 
 
-def run_patched_program(tmp_path: Path, design, instrs, stale_regions=()):
+@needs_gxx
+def test_attention_streams_unaligned_heads_and_partial_blocks(tmp_path):
+    """op_attn streams Q, K, V and the outputs beat by beat beside its compute loops. Two ATTNs
+    appended to the program, on a 4 x 16 array (query blocks of 4 rows): 3 heads of 5 elements
+    whose slices start and end inside AXI beats (output rows 15 bytes apart share beats), 17
+    tokens (a partial last block), a head_dim narrower than the ATTNs before (stale columns on
+    chip); then 3 tokens, fewer than a block. Bit-exact with the ISA interpreter."""
+    from codesign.schedule.isa import Op
+
+    design = make_test_design()
+    attn = next(i for i in design.prog.instrs if i.op == Op.ATTN)
+    qkv, out = design.prog.regions["b0.qkv"].addr, design.prog.regions["b0.attn"].addr
+    extra = [replace(attn, layer="x.attn_unaligned",
+                     args=dict(attn.args, qkv_addr=qkv + 1, heads=3, head_dim=5, tokens=17, out_addr=out + 3)),
+             replace(attn, layer="x.attn_short",
+                     args=dict(attn.args, qkv_addr=qkv + 7, heads=2, head_dim=7, tokens=3, out_addr=out + 600))]
+    assert attn.args["head_dim"] == 16 and attn.args["tokens"] == 17
+    instrs = list(design.prog.instrs) + extra
+    assert run_patched_program(tmp_path, design, instrs, tile={"P": 4, "Q": 16}).passed == ["v"]
+
+
+def run_patched_program(tmp_path: Path, design, instrs, stale_regions=(), tile: dict | None = None):
     """csim of `instrs` in place of the design's program on its first vector; the expected act
-    image comes from the ISA interpreter. `stale_regions` start filled with 0x5a instead of 0."""
+    image comes from the ISA interpreter. `stale_regions` start filled with 0x5a instead of 0;
+    `tile` overrides the kernel's sizes (render_hls)."""
     import dataclasses
 
     from codesign.emit.data import manifest
@@ -301,7 +323,7 @@ def run_patched_program(tmp_path: Path, design, instrs, stale_regions=()):
     (data / "vec" / "v.act.bin").write_bytes(bytes(final))
     man = manifest(prog, [{"id": "v", "task": vec.task, "start": "vec/v.in.bin", "expected": "vec/v.act.bin"}])
     (data / "manifest.json").write_text(json.dumps(man))
-    render_hls(tmp_path, prog, BOARD)
+    render_hls(tmp_path, prog, BOARD, tile=tile)
     result = run_csim(tmp_path)
     assert not result.failed, result.log[-2000:]
     return result
@@ -359,8 +381,10 @@ def zcu104_project(default_design, tmp_path_factory):
 
 
 # Iterations of pipelined loops (II=1 lower bound on cycles) over the estimate, per op type, that
-# the kernel must stay within. ATTN is being redesigned (single-pass softmax) and is not bounded here.
-MAX_ITERATION_RATIO = {"MATMUL": 1.1, "LAYERNORM": 1.0, "ADD": 1.0, "REQUANT32": 1.0, "GATE": 1.0}
+# the kernel must stay within. ATTN measures 1.09 here: with 17 tokens and head_dim 16 it is bound
+# by its qkv reads, and what no read overlaps (the last head's two key loops, the last block's
+# normalise-and-write) is a larger share than on bigger models (M3ViT-tiny: 0.99).
+MAX_ITERATION_RATIO = {"MATMUL": 1.1, "LAYERNORM": 1.0, "ADD": 1.0, "REQUANT32": 1.0, "GATE": 1.0, "ATTN": 1.15}
 
 
 @needs_gxx

@@ -26,8 +26,8 @@ Per instruction:
 * Serial loads before a MAC-array instruction's pipeline (matmul_preamble), each a DDR round trip
   plus its beats: an expert's token count unless on chip from the GATE, then its token list
   (read once per expert: fc2 reuses what fc1 read) and the GELU table side by side. A SCATTER's
-  scores stream in with weight tile 0, and its drain marks the rows it writes first. The bias and multipliers of a tile stream with
-  its rows (after the rows of the ports with the fewest).
+  scores stream in with weight tile 0, and its drain marks the rows it writes first. The bias
+  and multipliers of a tile stream with its rows (after the rows of the ports with the fewest).
 * The kernel reads the whole program from DDR once per run, in one burst before instruction 0
   (program_load_cycles, charged to instruction 0's overhead); an instruction is then fetched
   from the on-chip copy (fetch_cycles), one ahead, and a MATMUL reads the next MATMUL's weight
@@ -375,8 +375,10 @@ def isa_extra_bytes(ins: Instr, rows: int, acc_on_chip: bool, cached: set[str]) 
     the accumulator, the SCATTERs' read-modify-writes of it and the REQUANT32's read of it when
     it is on chip, lists read again."""
     a = ins.args
-    if ins.op in (Op.GATE, Op.REQUANT32):
-        return 4 * (a["tokens"] * a["dim"] if ins.op == Op.GATE else a["count"]) if acc_on_chip else 0
+    if ins.op == Op.GATE:  # the zeros
+        return 4 * a["tokens"] * a["dim"] if acc_on_chip else 0
+    if ins.op == Op.REQUANT32:  # the int32 reads
+        return 4 * a["count"] if acc_on_chip else 0
     if ins.op != Op.MATMUL:
         return 0
     count = 4 if "count" in cached else 0

@@ -11,7 +11,8 @@ Dataflow assumed by the sizing (and by codesign.schedule.estimate):
   bank, where the next MATMUL finds its A operand when it is exactly those rows (a MoE expert's
   compact hidden rows, fc1 -> fc2; a dense MLP's hidden rows), so they are not read back.
 * ATTN runs on the same array, one head at a time: that head's K and V (tokens x head_dim each)
-  are on chip; S = q K^T and O = softmax(S) V use K / V^T as the "weights".
+  are on chip, with room for the next head's, which stream in meanwhile; S = q K^T and
+  O = softmax(S) V use K / V^T as the "weights".
 * The int32 MoE accumulator (tokens x dim) is on chip from its GATE to its REQUANT32 (moe_acc,
   one int32 bank per element of an AXI beat): the experts' fc2 SCATTERs add into it and the
   REQUANT32 reads it without DDR traffic. acc_tile holds a tile's old rows for a SCATTER into DDR
@@ -269,8 +270,11 @@ def plan_buffers(s: Sizes, P: int, Q: int, elem_bytes: int, abits: int, beat_byt
                P * math.ceil(max(s.max_n * elem_bytes, s.max_tokens * 4) / (4 * Q))),
     ]
     if s.max_head_dim:
-        buffers += [Buffer("k", "one head's K: tokens x head_dim", Q, eb, math.ceil(s.max_tokens / Q) * s.max_head_dim),
-                    Buffer("v", "one head's V: tokens x head_dim", Q, eb, math.ceil(s.max_head_dim / Q) * s.max_tokens)]
+        # Two heads each: the kernel computes on one head's K and V while the next head's stream in.
+        buffers += [Buffer("k", "K of two heads (compute one, prefetch the next): 2 x tokens x head_dim", Q, eb,
+                           2 * math.ceil(s.max_tokens / Q) * s.max_head_dim),
+                    Buffer("v", "V of two heads (compute one, prefetch the next): 2 x tokens x head_dim", Q, eb,
+                           2 * math.ceil(s.max_head_dim / Q) * s.max_tokens)]
     if s.moe_hidden:
         seg_beats = math.ceil(Q * 4 / beat_bytes) + 1  # a tile row of int32, possibly unaligned
         buffers.append(Buffer("acc_tile", "SCATTER: old MoE accumulator rows of one weight tile",
