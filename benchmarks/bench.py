@@ -288,9 +288,11 @@ def measured_vs_model(design: api.Design, measured: dict[int, int]) -> dict:
     """RTL cycles against the estimate for the board's array and for the RTL core's own (smaller) array."""
     images = api.vector_data(design.qm.cfg, max(measured) + 1).images
     P, Q = rtl_core_array(design)
-    # the RTL core reads one beat per cycle whatever the number of weight masters
+    # the RTL core reads one beat per cycle whatever the number of weight masters, and keeps the
+    # MoE accumulator in DDR
     one_port = dataclasses.replace(design.board, memory=dataclasses.replace(design.board.memory, weight_ports=1))
-    rtl_sized = dataclasses.replace(design, board=one_port, tiling=dataclasses.replace(design.tiling, P=P, Q=Q))
+    rtl_tiling = dataclasses.replace(design.tiling, P=P, Q=Q, acc_on_chip=False)
+    rtl_sized = dataclasses.replace(design, board=one_port, tiling=rtl_tiling)
     board_model = model_per_image(design, images, measured)
     rtl_model = model_per_image(rtl_sized, images, measured)
     rtl = float(np.mean(list(measured.values())))

@@ -759,13 +759,14 @@ def model_notes(t: Tiling, board: Board) -> list[str]:
         f"program loaded from DDR once per run, before instruction 0 (one round trip and its beats); an "
         f"instruction then costs its on-chip fetch ({fetch_cycles(board)} cycles) and {INSTR_OVERHEAD_CYCLES} "
         f"cycles of pipeline fill/drain, an expert MATMUL with no tokens {SKIPPED_INSTR_CYCLES} instead "
-        f"(plus its count's DDR round trip when the count is not on chip)",
+        f"(plus its count's DDR round trip when the count is not on chip), or only its fetch right after a MATMUL "
+        f"(not dispatched)",
         "LayerNorm: gamma and beta loaded serially before its row loop (a DDR round trip each); ADD: b read "
         "after a in the same loop, also from wgt",
         f"vector unit: {t.Q} elements/cycle; requant/GELU pipelined into the MAC drain",
         "MAC-array instructions: weight tile 0, A rows + tile 1 beyond tile 0's compute, and the last tile's "
         "compute are not overlapped with the other stream",
-        f"serial loads before a MATMUL's pipeline (count, token and score lists, GELU table): "
+        f"serial loads before a MATMUL's pipeline (its count, then its token list beside the GELU table): "
         f"{DDR_ROUND_TRIP_CYCLES} cycles of DDR round trip each, plus their beats",
         f"DDR through {board.memory.axi_data_bits}-bit AXI masters, {axi_bytes_per_cycle(board):g} B/cycle per channel: "
         f"gmem (activations, program) and {_weight_port_text(board.memory.weight_ports)}; "
