@@ -303,17 +303,27 @@ def test_one_act_bank_when_two_do_not_fit():
     assert next(c for c in est.instrs if c.name == "b0.mlp").act_read_bytes > 0
 
 
-def test_softmax_is_one_pass_with_deferred_normalisation(zcu104):
-    from codesign.schedule.estimate import vector_cycles
+def test_attention_runs_query_blocks_with_its_streams_beside(zcu104):
+    """ATTN as op_attn runs it: per head and block of P*Q/head_dim queries, one key per cycle for
+    the scores, then one for exp, sum and e.v together (no softmax pass of its own); only head 0's
+    K, V and first query block come in before, and the last block's normalisation and writes after.
+    GATE routes one token per step, then writes its counts and lists."""
+    from codesign.schedule.estimate import DDR_ROUND_TRIP_CYCLES, attn_ends, vector_cycles
+    from codesign.schedule.tiling import instr_array_cycles
 
     prog = design().prog
     attn = next(i for i in prog.instrs if i.op == Op.ATTN)
     a = attn.args
-    P, Q = 4, 16  # the exp/sum pass (tokens x ceil(tokens/Q)) is not hidden behind P.V here
-    exp = a["tokens"] * -(-a["tokens"] // Q)
-    pv = -(-a["tokens"] // P) * -(-a["head_dim"] // Q) * a["tokens"]
-    normalise = a["tokens"] * -(-a["head_dim"] // Q)
-    assert vector_cycles(attn, 0, Q, P) == a["heads"] * (max(0, exp - pv) + normalise)
+    t = replace(choose_tiling(prog, zcu104), P=4, Q=16)  # 64 multipliers: blocks of 64 / head_dim queries
+    qb = 4 * 16 // a["head_dim"]
+    blocks = -(-a["tokens"] // qb)
+    assert instr_array_cycles(attn, 0, 4, 16, t.max_head_dim, t.max_tokens) == a["heads"] * blocks * 2 * a["tokens"]
+    assert instr_array_cycles(attn, 0, 16, 4, t.max_head_dim, t.max_tokens) == a["heads"] * blocks * 2 * a["tokens"]
+    row_beats = -(-a["head_dim"] // 16)
+    last = a["tokens"] - (blocks - 1) * qb
+    assert attn_ends(attn, t, 1, 16) == (DDR_ROUND_TRIP_CYCLES + (2 * a["tokens"] + qb) * row_beats,
+                                         last * (1 + row_beats))
+    assert vector_cycles(attn, 0, 16, 4) == 0
     gate = next(i for i in prog.instrs if i.op == Op.GATE)
     g = gate.args
     # one routing step per token, then the counts and token / score lists written

@@ -1,14 +1,18 @@
 """Analytical latency model of a program on the tiled accelerator (see codesign.schedule.tiling).
 
 Per instruction:
-* MAC-array cycles: ceil(M/P) * ceil(N/Q) * K for each product it runs (K is sequential).
+* MAC-array cycles: ceil(M/P) * ceil(N/Q) * K for each product it runs (K is sequential); ATTN
+  per head and block of P*Q / head_dim queries, one key per cycle for the scores and one for the
+  outputs (tiling.instr_array_cycles).
 * Vector-unit cycles at Q elements per cycle (the pass model below); requantisation and GELU of
   a MATMUL (a SCATTER's score multiply-add) are pipelined into the array's drain, which costs
   only for the last row block (drain_tail).
-* Softmax (ATTN) is one pass with deferred normalisation: the row maximum is taken while the
-  scores stream out of the array, exp and sum are fused with the P.V product, and only the
-  head_dim outputs per query row are normalised. GATE routes one token per step (softmax, top_k
-  and list slots with the experts unrolled), then writes its counts and lists.
+* Softmax (ATTN) is one pass with deferred normalisation: the row maximum is kept as the scores
+  come, exp and sum are fused with the e.v loop, and only the head_dim outputs per query row are
+  normalised, in the next block's scores loop. Q, K and V stream in and the outputs out beside
+  the key loops, except head 0's K, V and first query block and the last block's rows
+  (attn_ends). GATE routes one token per step (softmax, top_k and list slots with the experts
+  unrolled), then writes its counts and lists.
 * LayerNorm reads each row once: sum and sum of squares accumulate as it streams in, and the
   normalisation of row r overlaps the read of row r+1.
 * DDR bytes: weights read once per instruction (weight tiles are double-buffered, activations
@@ -59,8 +63,8 @@ from ..quant.golden import run_golden
 from ..quant.qmodel import QuantModel
 from .isa import WORDS, Flag, Instr, Op
 from .program import Program
-from .tiling import (Budget, Tiling, array_cycles, array_passes, expert_of, gate_instrs, instr_rows,
-                     program_sizes, tiling_params, uniform_expert_counts)
+from .tiling import (Budget, Tiling, array_passes, attn_query_block, expert_of, gate_instrs, instr_array_cycles,
+                     instr_rows, program_sizes, tiling_params, uniform_expert_counts)
 
 # One PL -> PS DDR read round trip (~0.5 us = ~100 cycles at 200 MHz): paid by every burst that
 # nothing overlaps.
@@ -75,11 +79,8 @@ PROGRAM_READ_LATENCY = 2
 # the GATE's counts kept on chip, and the return (op_matmul). Not a whole instruction's overhead:
 # it runs no pipelined loop.
 SKIPPED_INSTR_CYCLES = 4
-# Vector-unit passes over the data (see the module docstring): LayerNorm one pass per row;
-# softmax no pass for the maximum (taken in the array drain) and one fused exp/sum pass (for
-# ATTN overlapped with the P.V array pass), plus the normalisation of the outputs only.
+# Vector-unit passes over the data (see the module docstring): LayerNorm one pass per row.
 LAYERNORM_PASSES = 1
-SOFTMAX_EXP_PASSES = 1
 
 # Report kinds of layers (roofline summary per kind).
 KINDS = ("attention", "moe", "dense matmul", "vector ops")
@@ -319,12 +320,6 @@ def forwarded_operands(prog: Program, act_banks: int = 2) -> set[int]:
 def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1, axi_bpc: float = 16) -> int:
     """Vector-unit cycles not hidden behind the MAC array (see the pass model above)."""
     a = ins.args
-    if ins.op == Op.ATTN:
-        t, dh = a["tokens"], a["head_dim"]
-        exp = t * SOFTMAX_EXP_PASSES * math.ceil(t / Q)  # per head, Q lanes
-        normalise = t * math.ceil(dh / Q)  # deferred: only the head_dim outputs of each query row
-        # The exp/sum pass feeds the P.V array pass: only what it cannot hide costs extra.
-        return a["heads"] * (max(0, exp - array_cycles(t, dh, t, P, Q)) + normalise)
     if ins.op == Op.LAYERNORM:
         return a["rows"] * LAYERNORM_PASSES * math.ceil(a["dim"] / Q)
     if ins.op in (Op.ADD, Op.REQUANT32):
@@ -514,6 +509,20 @@ def matmul_preamble(prog: Program, ins: Instr, rows: int, axi_bpc: float, cached
     return count + (ids + gelu if weight_ports == 1 else max(ids, gelu))
 
 
+def attn_ends(ins: Instr, t: Tiling, eb: int, axi_bpc: float) -> tuple[int, int]:
+    """(prologue, tail) of an ATTN that nothing overlaps (op_attn): head 0's K, V and first query
+    block read before the first scores loop, a DDR round trip and a beat per cycle; the last
+    block's rows normalised, a row per cycle, and written. Every other read and write streams
+    beside the key loops, and each block's exp weights are taken in its output loop."""
+    if ins.op != Op.ATTN:
+        return 0, 0
+    a = ins.args
+    qb = min(attn_query_block(t.P, t.Q, t.max_head_dim, t.max_tokens), a["tokens"])
+    row_beats = math.ceil(a["head_dim"] * eb / axi_bpc)
+    last = a["tokens"] - (math.ceil(a["tokens"] / qb) - 1) * qb
+    return DDR_ROUND_TRIP_CYCLES + (2 * a["tokens"] + qb) * row_beats, last * (1 + row_beats)
+
+
 def drain_tail(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, eb: int, acc_on_chip: bool = False) -> int:
     """The drain of a MATMUL's last row block, after the array's last step (the earlier blocks
     drain while the array computes the next): one beat of outputs per cycle, for a SCATTER into
@@ -562,16 +571,17 @@ def instr_cost(prog: Program, t: Tiling, board: Board, index: int, ins: Instr, r
     `read_ahead`: cycles of weight tile 0 the previous MATMUL read during its last tile (read_ahead_cycles)."""
     passes = array_passes(ins, rows)
     macs = sum(M * N * K for M, N, K in passes)
-    arr = sum(array_cycles(M, N, K, t.P, t.Q) for M, N, K in passes)
+    arr = instr_array_cycles(ins, rows, t.P, t.Q, t.max_head_dim, t.max_tokens)
     axi_bpc, ports = axi_bytes_per_cycle(board), read_ports(ins, board)
-    vec = (vector_cycles(ins, rows, t.Q, t.P, axi_bpc)
+    attn_prologue, attn_tail = attn_ends(ins, t, prog.elem_bytes, axi_bpc)
+    vec = (vector_cycles(ins, rows, t.Q, t.P, axi_bpc) + attn_tail
            + drain_tail(ins, rows, t.P, t.Q, axi_bpc, prog.elem_bytes, acc_on_chip))
     wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip, acc_on_chip, cached)
     mem = transfer_cycles(wgt, rd, wr, board.ddr_bytes_per_cycle, axi_bpc, ports)
     prologue = (matmul_prologue(ins, rows, t.P, t.Q, prog.elem_bytes, axi_bpc, a_on_chip, ports) - read_ahead
                 + matmul_preamble(prog, ins, rows, axi_bpc, cached, ports))
     epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc, acc_on_chip)
-    prologue += layernorm_preamble(ins, axi_bpc)
+    prologue += layernorm_preamble(ins, axi_bpc) + attn_prologue
     overhead = instr_overhead(ins, rows, board, skipped) + (program_load_cycles(prog, board) if index == 0 else 0)
     return InstrCost(index, report_layer(prog, ins), ins.layer, ins.op.name, rows, macs, arr, vec, wgt, rd, wr,
                      mem, max(arr + vec + prologue, mem + epilogue) + overhead, prologue, epilogue,
@@ -774,6 +784,8 @@ def model_notes(t: Tiling, board: Board) -> list[str]:
         "a MATMUL's output stays on chip for a directly following MATMUL that reads it (MoE hidden rows fc1 -> fc2, "
         "dense MLP hidden rows); the int32 MoE accumulator is on chip from its GATE to its REQUANT32 (no DDR traffic "
         "for it, cleared lazily)",
-        "softmax: max while the scores stream, one exp/sum pass fused with P.V, normalisation of the outputs only",
+        "attention: blocks of P*Q/head_dim queries meet one key per cycle, scores then e.v with exp/sum fused; "
+        "max kept as the scores come, normalisation of the outputs only; Q/K/V reads and output writes beside "
+        "the key loops but head 0's K, V and first block and the last block's rows",
         "roofline peak: the P*Q array's MACs per cycle; bytes at the same DDR/AXI rates as the estimate",
     ]

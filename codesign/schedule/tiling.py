@@ -10,9 +10,10 @@ Dataflow assumed by the sizing (and by codesign.schedule.estimate):
   once. The activation buffer has two banks: a MATMUL's drained outputs also go to the other
   bank, where the next MATMUL finds its A operand when it is exactly those rows (a MoE expert's
   compact hidden rows, fc1 -> fc2; a dense MLP's hidden rows), so they are not read back.
-* ATTN runs on the same array, one head at a time: that head's K and V (tokens x head_dim each)
-  are on chip, with room for the next head's, which stream in meanwhile; S = q K^T and
-  O = softmax(S) V use K / V^T as the "weights".
+* ATTN runs on the same multipliers, one head at a time: that head's K and V (tokens x head_dim
+  each) are on chip, with room for the next head's, which stream in meanwhile. A block of
+  P*Q / head_dim queries meets one key per cycle, for S = q K^T and then for O = softmax(S) V
+  (attn_array_cycles), so the P x Q shape does not matter to it.
 * The int32 MoE accumulator (tokens x dim) is on chip from its GATE to its REQUANT32 (moe_acc,
   one int32 bank per element of an AXI beat): the experts' fc2 SCATTERs add into it and the
   REQUANT32 reads it without DDR traffic. acc_tile holds a tile's old rows for a SCATTER into DDR
@@ -217,6 +218,22 @@ def array_cycles(M: int, N: int, K: int, P: int, Q: int) -> int:
     return math.ceil(M / P) * math.ceil(N / Q) * K
 
 
+def attn_query_block(P: int, Q: int, max_head_dim: int, max_tokens: int) -> int:
+    """Queries an ATTN block holds (the kernel's ATTN_QB): the array's P*Q multipliers over the
+    head_dim lanes of each query."""
+    return max(1, min(P * Q // max(1, max_head_dim), max_tokens))
+
+
+def instr_array_cycles(ins: Instr, rows: int, P: int, Q: int, max_head_dim: int, max_tokens: int) -> int:
+    """Cycles an instruction keeps the MAC array busy: its products in P x Q blocks, or for ATTN,
+    per head and query block, one key per cycle for the scores and one for the outputs."""
+    if ins.op == Op.ATTN:
+        a = ins.args
+        blocks = math.ceil(a["tokens"] / attn_query_block(P, Q, max_head_dim, max_tokens))
+        return a["heads"] * blocks * 2 * a["tokens"]
+    return sum(array_cycles(M, N, K, P, Q) for M, N, K in array_passes(ins, rows))
+
+
 # ---------------------------------------------------------------- program sizes
 
 @dataclass(frozen=True)
@@ -408,7 +425,8 @@ def _pow2_ceil(n: int) -> int:
 def program_array_cycles(prog: Program, P: int, Q: int) -> int:
     """MAC-array cycles of the whole program under uniform routing: the figure a shape is chosen by."""
     rows = instr_rows(prog, uniform_counts_for(prog))
-    return sum(array_cycles(M, N, K, P, Q) for ins, r in zip(prog.instrs, rows) for M, N, K in array_passes(ins, r))
+    s = program_sizes(prog)
+    return sum(instr_array_cycles(ins, r, P, Q, s.max_head_dim, s.max_tokens) for ins, r in zip(prog.instrs, rows))
 
 
 def build_tiling(prog: Program, board: Board, s: Sizes, P: int, Q: int, per_dsp: int, uram_budget: int,
