@@ -265,6 +265,15 @@ def test_unused_experts_run_after_a_matmul_writes_over_their_counts(tmp_path):
     assert ran["patched"] > 10 * ran["plain"] > 0, ran
 
 
+def test_gate_lists_start_on_64_byte_lines(default_design):
+    """The compiler starts every expert's token and score list on a 64-byte line, so the kernel
+    writes them as whole beats (store_list) and never reads a partial beat back from DDR."""
+    from codesign.schedule.isa import Op
+
+    gates = [i.args for i in default_design.prog.instrs if i.op == Op.GATE]
+    assert gates and all(a["idx_addr"] % 64 == a["score_addr"] % 64 == 4 * a["list_stride"] % 64 == 0 for a in gates)
+
+
 @needs_gxx
 def test_accumulator_in_ddr_when_it_does_not_fit(default_design, tmp_path):
     """A tiling without room for the on-chip MoE accumulator (Tiling.acc_on_chip False): the GATE

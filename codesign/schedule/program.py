@@ -146,7 +146,9 @@ class _Compiler:
     def moe(self, prefix: str, moe: QMoe, x_addr: int) -> int:
         cfg = self.cfg
         t, d, e = cfg.num_tokens, cfg.embed_dim, cfg.num_experts
-        stride = (t + 1) // 2 * 2  # keeps every list 8-byte aligned
+        # Every list starts a 64-byte line (the regions are 64-byte aligned): the HLS kernel writes
+        # them as whole AXI beats, without reading a partial last beat back first.
+        stride = (t + 15) // 16 * 16
         counts = self.act.alloc(prefix + "gate.counts", (e,), "i32")
         idx = self.act.alloc(prefix + "gate.idx", (e, stride), "i32")
         score = self.act.alloc(prefix + "gate.score", (e, stride), "i32")
