@@ -63,7 +63,7 @@ from ..quant.golden import run_golden
 from ..quant.qmodel import QuantModel
 from .isa import WORDS, Flag, Instr, Op
 from .program import Program
-from .tiling import (Budget, Tiling, array_passes, attn_query_block, expert_of, gate_instrs, instr_array_cycles,
+from .tiling import (Budget, Tiling, array_passes, attn_query_block, gate_instrs, instr_array_cycles,
                      instr_rows, program_sizes, tiling_params, uniform_expert_counts)
 
 # One PL -> PS DDR read round trip (~0.5 us = ~100 cycles at 200 MHz): paid by every burst that
