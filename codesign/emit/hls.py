@@ -23,6 +23,7 @@ from ..boards import Board
 from ..quant import arith as A
 from ..schedule.isa import FIELDS, WORDS, Flag, Op
 from ..schedule.program import Program
+from ..schedule.tiling import attn_query_block
 from .data import load_manifest, region_nbytes
 from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, weight_pointer_registers
 
@@ -207,6 +208,7 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
         "num_instrs": len(prog.instrs), "tables": tables,
         "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC, "attn_frac": A.ATTN_FRAC,
         "gate_exp_copies": max(1, (tile["max_experts"] + 1) // 2),  # two router experts per EXP copy
+        "attn_qb": attn_query_block(tile["P"], tile["Q"], tile["max_head_dim"], tile["max_tokens"]),
         "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,
     }
 
