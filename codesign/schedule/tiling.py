@@ -13,7 +13,7 @@ Dataflow assumed by the sizing (and by codesign.schedule.estimate):
 * ATTN runs on the same multipliers, one head at a time: that head's K and V (tokens x head_dim
   each) are on chip, with room for the next head's, which stream in meanwhile. A block of
   P*Q / head_dim queries meets one key per cycle, for S = q K^T and then for O = softmax(S) V
-  (attn_array_cycles), so the P x Q shape does not matter to it.
+  (instr_array_cycles), so the P x Q shape does not matter to it.
 * The int32 MoE accumulator (tokens x dim) is on chip from its GATE to its REQUANT32 (moe_acc,
   one int32 bank per element of an AXI beat): the experts' fc2 SCATTERs add into it and the
   REQUANT32 reads it without DDR traffic. acc_tile holds a tile's old rows for a SCATTER into DDR
@@ -489,8 +489,8 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
     dsp_fraction bounds DSPs and LUTs, mem_fraction BRAM36 and URAM.
     Among shapes of the same size, the one with the fewest MAC-array cycles for this program
     wins (ties: the smaller Q, whose weight buffer is smaller). A shape whose buffers do not fit
-    is tried with less on chip (BUFFER_FALLBACKS) before a smaller array. Raises ResourceError when not even the smallest array
-    (MIN_ARRAY_MACS) fits.
+    is tried with less on chip (BUFFER_FALLBACKS) before a smaller array. Raises ResourceError
+    when not even the smallest array (MIN_ARRAY_MACS) fits.
     """
     budget = Budget(board, dsp_fraction, mem_fraction)
     s = program_sizes(prog)
