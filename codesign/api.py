@@ -17,7 +17,7 @@ from .model.m3vit import M3ViT
 from .quant.golden import dequantize_output, run_golden
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
-from .schedule.estimate import Estimate, estimate, expert_counts_from_golden
+from .schedule.estimate import Estimate, estimate_design, expert_counts_from_golden
 from .schedule.program import Program, compile_program
 from .schedule.tiling import Tiling, choose_tiling, tiling_params
 
@@ -142,7 +142,7 @@ class Design:
             task = checked_task(task, self.qm.cfg)
             first = checked_images(images, self.qm.cfg, "images", single=True)[:1]
             counts = expert_counts_from_golden(self.qm, quantize_input(first, self.qm)[0], task)
-        return estimate(self.prog, self.tiling, self.board, counts)
+        return estimate_design(self.prog, self.tiling, self.board, counts)
 
 
 def convert(model, board: str | Board = "zcu104", wbits: int = 8, abits: int = 8, calib=None,

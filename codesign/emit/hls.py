@@ -23,7 +23,7 @@ from ..boards import Board
 from ..quant import arith as A
 from ..schedule.isa import FIELDS, WORDS, Flag, Op
 from ..schedule.program import Program
-from ..schedule.tiling import attn_query_block
+from ..schedule.legacy_tiling import attn_query_block
 from .data import load_manifest, region_nbytes
 from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, weight_pointer_registers
 
@@ -169,7 +169,7 @@ _IMPL = {"bram36": "bram", "uram": "uram", "lutram": "lutram"}
 
 def storage_bindings(prog: Program, board: Board, tile: dict) -> dict[str, str]:
     """BIND_STORAGE impl of each kernel buffer, as codesign.schedule.tiling binds it for this array."""
-    from ..schedule.tiling import buffer_bindings
+    from ..schedule.legacy_tiling import buffer_bindings
 
     chosen = buffer_bindings(prog, board, tile["P"], tile["Q"], tile["act_banks"], acc_on_chip=bool(tile["acc_on_chip"]))
     names = ("act_tile", "weights", "gelu_lut", "acc_tile", "moe_acc", "program")

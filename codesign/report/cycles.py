@@ -11,10 +11,13 @@ import json
 import re
 from pathlib import Path
 
-from ..schedule.estimate import board_roofline
 
 RTL_BYTES_PER_CYCLE = 8  # one 64-bit AXI beat per cycle
 _MOE_PART = re.compile(r"^(b\d+)\.(gate|mlp|e\d+\.fc[12])$")
+
+
+def board_roofline(macs: int, ddr_bytes: int, macs_per_cycle: int, bytes_per_cycle: float) -> float:
+    return max(macs / macs_per_cycle, ddr_bytes / bytes_per_cycle)
 
 
 def estimate_layer(cosim_name: str, estimate_names: set[str]) -> str:

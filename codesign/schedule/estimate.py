@@ -1,54 +1,20 @@
-"""Analytical latency model of a program on the tiled accelerator (see codesign.schedule.tiling).
+"""Cycle model of a program on the compute unit (docs/UARCH.md), evaluating docs/SCHEDULE.md.
 
-Per instruction:
-* MAC-array cycles: ceil(M/P) * ceil(N/Q) * K for each product it runs (K is sequential); ATTN
-  per head and block of P*Q / head_dim queries, one key per cycle for the scores and one for the
-  outputs (tiling.instr_array_cycles).
-* Vector-unit cycles at Q elements per cycle (the pass model below); requantisation and GELU of
-  a MATMUL (a SCATTER's score multiply-add) are pipelined into the array's drain, which costs
-  only for the last row block (drain_tail).
-* Softmax (ATTN) is one pass with deferred normalisation: the row maximum is kept as the scores
-  come, exp and sum are fused with the e.v loop, and only the head_dim outputs per query row are
-  normalised, in the next block's scores loop. Q, K and V stream in and the outputs out beside
-  the key loops, except head 0's K, V and first query block and the last block's rows
-  (attn_ends). GATE routes one token per step (softmax, top_k and list slots with the experts
-  unrolled), then writes its counts and lists.
-* LayerNorm reads each row once: sum and sum of squares accumulate as it streams in, and the
-  normalisation of row r overlaps the read of row r+1.
-* DDR bytes: weights read once per instruction (weight tiles are double-buffered, activations
-  held on chip), activations as the instruction reads / writes them, except the A operand of a
-  MATMUL that directly consumes the previous MATMUL's output (a MoE expert's hidden rows fc1 ->
-  fc2, a dense MLP's hidden rows): the kernel keeps that output in its second A bank, so it is
-  written (the ISA stores it) but never read back. An expert with no tokens reads only its count.
-  The int32 MoE accumulator is on chip from its GATE to its REQUANT32 (MoeAcc in the kernel,
-  on_chip_acc here): the GATE writes no zeros, the fc2 SCATTERs add into it and the REQUANT32
-  reads it without DDR traffic.
-* Memory cycles: activations and the program go over m_axi_gmem, reads and writes on separate
-  channels (axi_data_bits per cycle each); weights over board.memory.weight_ports masters of the
-  same width, one beat per cycle each (with one weight port the weights share gmem's read
-  channel). Everything shares the DDR (board.ddr_bytes_per_cycle).
-* Serial loads before a MAC-array instruction's pipeline (matmul_preamble), each a DDR round trip
-  plus its beats: an expert's token count unless on chip from the GATE, then its token list
-  (read once per expert: fc2 reuses what fc1 read) and the GELU table side by side. A SCATTER's
-  scores stream in with weight tile 0, and its drain marks the rows it writes first. The bias
-  and multipliers of a tile stream with its rows (after the rows of the ports with the fewest).
-* The kernel reads the whole program from DDR once per run, in one burst before instruction 0
-  (program_load_cycles, charged to instruction 0's overhead); an instruction is then fetched
-  from the on-chip copy (fetch_cycles), one ahead, and a MATMUL reads the next MATMUL's weight
-  tile 0 during its own last tile when the next one is sure to run (read_ahead_cycles).
-* An expert MATMUL no token was routed to returns at once: its fetch and SKIPPED_INSTR_CYCLES,
-  plus the DDR read of its count when that is not on chip from the GATE (matmul_preamble). After
-  a MATMUL the kernel does not even dispatch it (skipped_experts): only its fetch, and the MATMUL
-  before reads ahead for the next one that runs.
-* LayerNorm reads gamma and beta before its row loop, each burst a DDR round trip plus its beats
-  (layernorm_preamble); ADD reads b after a in one loop, so a position table in wgt does not
-  come in beside a (read_ports).
-* cycles = max(compute + prologue, memory + epilogue) + overhead (instr_overhead): weight prefetch
-  overlaps compute, except at the ends of a MATMUL / GATE on the MAC array: weight tile 0 streams
-  in before the array can start, the A rows (streamed during tile 0, unless on chip) and the
-  prefetch of tile 1 (after the A rows when they share a port) can outlast tile 0's compute
-  (matmul_prologue), and nothing is left to read while the array computes the last tile
-  (matmul_epilogue).
+Two streams run side by side, as in the core:
+* the **weight engine** walks the program ahead of the sequencer and fills the two weight slots
+  in program order: a slot job is issued once its slot is free (its job two back was consumed)
+  and, for a DYNM MATMUL, once the GATE before it has completed; each of the W weight ports then
+  returns its beats one per cycle after the DDR read latency (a port already streaming hides the
+  latency of the next burst), all of them within the board's sustained DDR bandwidth;
+* the **sequencer** runs one instruction at a time; a MAC-array block of `k` cycles waits for its
+  weight slot, its A rows and the shadow (the drain of the block before), exactly the rows of
+  codesign.schedule.schedule.SCHEDULE.
+
+The abank forwarding tags follow UARCH.md (`Banks`), so the model knows which inputs come from
+chip and which from DDR (after a write fence: every earlier write acknowledged).
+
+The figures are estimates: the RTL core simulated with the board's DDR latency and bandwidth is
+what measures cycles (reports/cycles.json compares the two per layer).
 """
 from __future__ import annotations
 
@@ -61,172 +27,19 @@ import numpy as np
 from ..boards import Board
 from ..quant.golden import run_golden
 from ..quant.qmodel import QuantModel
-from .isa import WORDS, Flag, Instr, Op
+from .isa import Flag, Instr, Op
 from .program import Program
-from .tiling import (Budget, Tiling, array_passes, attn_query_block, gate_instrs, instr_array_cycles,
-                     instr_rows, program_sizes, tiling_params, uniform_expert_counts)
+from .schedule import (LATENCY, Ctx, attn_col_passes, attn_key_blocks, attn_query_blocks, attn_query_groups,
+                       feed_latency, k_passes, list_write_beats, loop, mm_dims)
+from .uarch import Uarch
 
-# One PL -> PS DDR read round trip (~0.5 us = ~100 cycles at 200 MHz): paid by every burst that
-# nothing overlaps.
-DDR_ROUND_TRIP_CYCLES = 100
-# Pipeline fill and drain of an instruction's loops, on top of reading it from the on-chip program
-# (fetch_cycles): no instruction waits for DDR to be fetched (the program is loaded once per run).
-INSTR_OVERHEAD_CYCLES = 28
-# Reading an instruction from the on-chip program: the BRAM's read latency, then its 64 bytes one
-# AXI beat a cycle (the kernel's fetch).
-PROGRAM_READ_LATENCY = 2
-# An expert MATMUL no token was routed to, besides its fetch: decode, the look-up of its count in
-# the GATE's counts kept on chip, and the return (op_matmul). Not a whole instruction's overhead:
-# it runs no pipelined loop.
-SKIPPED_INSTR_CYCLES = 4
-# Vector-unit passes over the data (see the module docstring): LayerNorm one pass per row.
-LAYERNORM_PASSES = 1
-
-# Report kinds of layers (roofline summary per kind).
 KINDS = ("attention", "moe", "dense matmul", "vector ops")
-
 _MOE_PART = re.compile(r"^(?P<block>b\d+)\.(gate|e\d+\.fc[12]|mlp)$")
+DEFAULT_READ_LATENCY_NS = 250.0
 
 
-@dataclass
-class InstrCost:
-    index: int
-    layer: str  # report group: instr.layer, or "<block>.moe" for a MoE layer's instructions
-    name: str  # instr.layer
-    op: str
-    rows: int  # rows processed (an expert MATMUL: tokens routed to it)
-    macs: int
-    array_cycles: int
-    vector_cycles: int
-    weight_bytes: int
-    act_read_bytes: int
-    act_write_bytes: int
-    memory_cycles: int
-    cycles: int
-    prologue_cycles: int = 0  # not overlapped: serial loads, weight tile 0, A rows beyond tile 0's compute
-    epilogue_cycles: int = 0  # the last weight tile's compute, after the last read
-    isa_extra_bytes: int = 0  # what the plain ISA dataflow moves on top of ddr_bytes (isa_extra_bytes)
-    overhead_cycles: int = 0  # instr_overhead; instruction 0's also loads the program (program_load_cycles)
-
-    @property
-    def compute_cycles(self) -> int:
-        """Array + vector cycles and the MAC prologue: cycles = max(compute, memory) + overhead."""
-        return self.array_cycles + self.vector_cycles + self.prologue_cycles
-
-    @property
-    def ddr_bytes(self) -> int:
-        return self.weight_bytes + self.act_read_bytes + self.act_write_bytes
-
-
-@dataclass
-class LayerCost:
-    name: str
-    instrs: int
-    macs: int
-    compute_cycles: int
-    memory_cycles: int
-    cycles: int
-    weight_bytes: int
-    ddr_bytes: int
-    bound: str  # "compute" or "memory"
-    utilisation: float  # MACs / (P*Q * cycles)
-    kind: str = ""  # one of KINDS
-    board_roofline: float = 0.0  # max(MACs / (P*Q), DDR bytes / sustained DDR bytes per cycle)
-    roofline_ratio: float = 0.0  # board_roofline / cycles
-    # DDR bytes of the plain ISA dataflow, without the HLS kernel's on-chip MoE accumulator and
-    # list cache: what the RTL core moves (codesign.report.cycles uses it for the core's roofline)
-    isa_ddr_bytes: int = 0
-
-
-@dataclass
-class KindCost:
-    """The layers of one kind together: their estimate against the pure board roofline."""
-    kind: str
-    layers: int
-    macs: int
-    ddr_bytes: int
-    cycles: int
-    board_roofline: float
-    roofline_ratio: float
-
-
-@dataclass
-class Estimate:
-    board: str
-    clock_mhz: float
-    tiling: dict
-    num_tasks: int
-    ddr_bytes_per_cycle: float
-    axi_bytes_per_cycle: float
-    weight_ports: int
-    expert_counts: dict[str, list[int]]
-    assumptions: list[str]
-    instrs: list[InstrCost]
-    layers: list[LayerCost]
-    totals: dict[str, int] = field(default_factory=dict)
-    latency_ms: float = 0.0
-    utilisation: float = 0.0
-    roofline_cycles: float = 0.0
-    roofline_bound: str = ""
-    roofline_ratio: float = 0.0  # roofline / estimate, in (0, 1]: how close to the board bound
-    # Per layer kind (KINDS): estimate vs the pure board roofline (no AXI port limit, no vector unit).
-    kinds: list[KindCost] = field(default_factory=list)
-    # resource -> {"used", "budget", "board"} (DSP, BRAM36, URAM, LUT of the tiling)
-    resources: dict[str, dict[str, float]] = field(default_factory=dict)
-    tiling_summary: str = ""
-    tiling_detail: dict = field(default_factory=dict)  # Tiling.to_json(): buffers, breakdowns
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        for row, ins in zip(d["instrs"], self.instrs):
-            row.update(compute_cycles=ins.compute_cycles, ddr_bytes=ins.ddr_bytes)
-        return d
-
-    def resource_table(self) -> str:
-        head = f"{'resource':<10}{'used':>10}{'budget':>10}{'board':>10}{'of budget':>11}{'of board':>10}"
-        rows = [f"{name.upper():<10}{r['used']:>10,.0f}{r['budget']:>10,.0f}{r['board']:>10,.0f}"
-                f"{_share(r['used'], r['budget']):>11}{_share(r['used'], r['board']):>10}"
-                for name, r in self.resources.items()]
-        return "\n".join([head, *rows])
-
-    def kind_summary(self) -> str:
-        parts = [f"{k.kind} {k.roofline_ratio:.1%} ({k.layers} layers, {k.cycles:,} cycles vs {k.board_roofline:,.0f})"
-                 for k in self.kinds if k.layers]
-        return "roofline/estimate by kind: " + "; ".join(parts)
-
-    def summary(self) -> str:
-        t, tot = self.tiling, self.totals
-        return "\n".join([
-            f"board {self.board} @ {self.clock_mhz:g} MHz, {t['P']}x{t['Q']} MAC array; one image, one task",
-            f"total: {tot['macs']:,} MACs, {tot['cycles']:,} cycles = {self.latency_ms:.3f} ms "
-            f"(x{self.num_tasks} tasks: {self.latency_ms * self.num_tasks:.3f} ms), "
-            f"MAC utilisation {self.utilisation:.1%}",
-            f"DDR: {tot['ddr_bytes']:,} bytes ({tot['weight_bytes']:,} weights) at "
-            f"{self.ddr_bytes_per_cycle:.1f} B/cycle DDR, {self.axi_bytes_per_cycle:.0f} B/cycle per AXI channel, "
-            f"{self.weight_ports} weight port(s)",
-            f"roofline: {self.roofline_cycles:,.0f} cycles ({self.roofline_bound}-bound), "
-            f"{self.roofline_ratio:.1%} of the estimate",
-        ] + [f"assumption: {a}" for a in self.assumptions])
-
-    def table(self) -> str:
-        w = max([len("layer")] + [len(l.name) for l in self.layers]) + 2
-        head = (f"{'layer':<{w}}{'kind':>13}{'instrs':>7}{'MACs':>15}{'compute':>12}{'memory':>12}{'cycles':>12}"
-                f"{'DDR bytes':>14}{'bound':>9}{'util':>7}{'roofline':>10}{'roof/est':>9}")
-        rows = [f"{l.name:<{w}}{l.kind:>13}{l.instrs:>7}{l.macs:>15,}{l.compute_cycles:>12,}{l.memory_cycles:>12,}"
-                f"{l.cycles:>12,}{l.ddr_bytes:>14,}{l.bound:>9}{l.utilisation:>7.1%}{l.board_roofline:>10,.0f}"
-                f"{l.roofline_ratio:>9.1%}" for l in self.layers]
-        tot = self.totals
-        board_roof = sum(k.board_roofline for k in self.kinds)
-        total = (f"{'TOTAL':<{w}}{'':>13}{len(self.instrs):>7}{tot['macs']:>15,}{tot['compute_cycles']:>12,}"
-                 f"{tot['memory_cycles']:>12,}{tot['cycles']:>12,}{tot['ddr_bytes']:>14,}{'':>9}"
-                 f"{self.utilisation:>7.1%}{board_roof:>10,.0f}{_share(board_roof, tot['cycles']):>9}")
-        rule = "-" * len(head)
-        out = [head, rule, *rows, rule, total, "", self.kind_summary(),
-               "(roofline = max(MACs / (P*Q), DDR bytes / sustained DDR bytes per cycle): the board bound, "
-               "without the AXI port limit and vector-unit cycles)", ""]
-        if self.resources:
-            out += [self.tiling_summary, self.resource_table(), ""]
-        return "\n".join(out + [self.summary()])
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 # ---------------------------------------------------------------- expert routing
@@ -237,6 +50,29 @@ def expert_counts_from_golden(qm: QuantModel, x_q, task: int) -> dict[str, list[
     experts = qm.cfg.num_experts
     return {f"b{block}": np.bincount(np.asarray(ids).ravel(), minlength=experts).tolist()
             for block, ids in sorted(routing.items())}
+
+
+def uniform_expert_counts(tokens: int, top_k: int, experts: int) -> list[int]:
+    """tokens*top_k routing slots spread as evenly as integers allow."""
+    base, extra = divmod(tokens * top_k, experts)
+    return [base + 1] * extra + [base] * (experts - extra)
+
+
+def gate_instrs(prog: Program) -> dict[str, Instr]:
+    """MoE block name (as in prog.moe_layers) -> its GATE instruction."""
+    by_counts = {info["counts_addr"]: name for name, info in prog.moe_layers.items()}
+    return {by_counts[i.args["counts_addr"]]: i for i in prog.instrs if i.op == Op.GATE}
+
+
+def expert_of(prog: Program, ins: Instr) -> tuple[str, int] | None:
+    """(MoE block, expert id) of a per-expert MATMUL (DYNM reads that expert's count), else None."""
+    if ins.op != Op.MATMUL or not ins.flags & Flag.DYNM:
+        return None
+    for name, info in prog.moe_layers.items():
+        ex, rem = divmod(ins.args["count_addr"] - info["counts_addr"], 4)
+        if rem == 0 and 0 <= ex < info["experts"]:
+            return name, ex
+    raise ValueError(f"{ins.layer}: DYNM count_addr matches no MoE layer's counts")
 
 
 def resolve_expert_counts(prog: Program, expert_counts: dict[str, list[int]] | None
@@ -276,388 +112,581 @@ def _checked_counts(block: str, counts: list[int], gate: Instr) -> list[int]:
     return [int(c) for c in counts]
 
 
-# ---------------------------------------------------------------- one instruction
+def instr_rows(prog: Program, counts: dict[str, list[int]]) -> list[int]:
+    """Rows each instruction processes: m, or for an expert MATMUL min(m, tokens routed to it)."""
+    rows = []
+    for ins in prog.instrs:
+        owner = expert_of(prog, ins)
+        rows.append(ins.args.get("m", 0) if owner is None else min(ins.args["m"], counts[owner[0]][owner[1]]))
+    return rows
+
+
+# ---------------------------------------------------------------- forwarding (UARCH.md abank tags)
+
+@dataclass(frozen=True)
+class Rect:
+    """Bytes of `rows` rows of `row_bytes`, `stride` apart, from `addr` (act space)."""
+    addr: int
+    stride: int
+    rows: int
+    row_bytes: int
+
+    @property
+    def contiguous(self) -> bool:
+        return self.rows <= 1 or self.stride == self.row_bytes
+
+    @property
+    def end(self) -> int:
+        return self.addr + (self.rows - 1) * self.stride + self.row_bytes if self.rows else self.addr
+
+    def inside(self, tag: "Rect") -> bool:
+        if self.contiguous and tag.contiguous:
+            return tag.addr <= self.addr and self.end <= tag.end
+        off = self.addr - tag.addr
+        return (self.stride == tag.stride and off >= 0 and off % self.stride + self.row_bytes <= tag.row_bytes
+                and off // self.stride + self.rows <= tag.rows)
+
+    def overlaps(self, other: "Rect") -> bool:
+        return self.addr < other.end and other.addr < self.end
+
+
+class Banks:
+    """The two abank tags: which tensor each bank mirrors, and which was written last."""
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity = capacity_bytes
+        self.tags: list[Rect | None] = [None, None]
+        self.last = 1  # the bank written most recently
+
+    def find(self, r: Rect) -> int | None:
+        return next((i for i, t in enumerate(self.tags) if t is not None and r.inside(t)), None)
+
+    def write(self, out: Rect, busy: set[int]) -> None:
+        """An instruction writes `out` to DDR, and to a bank its inputs (`busy`) do not use."""
+        for i, t in enumerate(self.tags):
+            if t is not None and t.overlaps(out):
+                self.tags[i] = None
+        free = [i for i in (1 - self.last, self.last) if i not in busy]
+        if free and out.end - out.addr <= self.capacity:
+            self.tags[free[0]], self.last = out, free[0]
+
+    def invalidate(self, r: Rect) -> None:
+        for i, t in enumerate(self.tags):
+            if t is not None and t.overlaps(r):
+                self.tags[i] = None
+
+    def load(self, r: Rect, busy: set[int]) -> int | None:
+        """A DDR load of `r` into a bank (MATMUL/GATE A rows, ATTN qkv): the bank written less recently."""
+        free = [i for i in (1 - self.last, self.last) if i not in busy]
+        if not free or r.end - r.addr > self.capacity:
+            return None
+        self.tags[free[0]], self.last = r, free[0]
+        return free[0]
+
+
+def instr_io(ins: Instr, rows: int, eb: int) -> tuple[list[Rect], Rect | None]:
+    """(element-row inputs read from act, element-row output) of one instruction."""
+    a = ins.args
+    if ins.op == Op.MATMUL:
+        src = Rect(a["a_addr"], a["a_stride"] * eb, a["m"] if ins.flags & Flag.GATHER else rows, a["k"] * eb)
+        out = None if ins.flags & Flag.SCATTER else Rect(a["out_addr"], a["out_stride"] * eb, rows, a["n"] * eb)
+        return [src], out
+    if ins.op == Op.GATE:
+        return [Rect(a["x_addr"], a["dim"] * eb, a["tokens"], a["dim"] * eb)], None
+    if ins.op == Op.ATTN:
+        d = a["heads"] * a["head_dim"]
+        return [Rect(a["qkv_addr"], 3 * d * eb, a["tokens"], 3 * d * eb)], Rect(a["out_addr"], d * eb, a["tokens"], d * eb)
+    if ins.op == Op.LAYERNORM:
+        r = a["dim"] * eb
+        return [Rect(a["x_addr"], r, a["rows"], r)], Rect(a["out_addr"], r, a["rows"], r)
+    if ins.op == Op.ADD:
+        n = a["count"] * eb
+        srcs = [Rect(a["a_addr"], n, 1, n)] + ([] if ins.flags & Flag.B_WGT else [Rect(a["b_addr"], n, 1, n)])
+        return srcs, Rect(a["out_addr"], n, 1, n)
+    if ins.op == Op.REQUANT32:
+        n = a["count"] * eb
+        return [], Rect(a["out_addr"], n, 1, n)
+    return [], None
+
+
+def side_writes(ins: Instr) -> list[Rect]:
+    """act bytes an instruction writes besides element rows (GATE counts and lists)."""
+    a = ins.args
+    if ins.op == Op.GATE:
+        e, s = a["experts"], a["list_stride"]
+        return [Rect(a["counts_addr"], 4 * e, 1, 4 * e), Rect(a["idx_addr"], 4 * e * s, 1, 4 * e * s),
+                Rect(a["score_addr"], 4 * e * s, 1, 4 * e * s)]
+    return []
+
+
+# ---------------------------------------------------------------- cost records
+
+@dataclass
+class InstrCost:
+    index: int
+    layer: str  # report group: instr.layer, or "<block>.moe" for a MoE layer's instructions
+    name: str
+    op: str
+    rows: int
+    macs: int  # packed (two per DSP) and unpacked MACs together
+    unpacked_macs: int  # MACs at one per DSP (attention e.v; all of them when operands are wide)
+    start: float
+    end: float
+    cycles: int  # end of the previous instruction -> end of this one
+    weight_bytes: int
+    act_read_bytes: int
+    act_write_bytes: int
+    weight_wait: int = 0  # cycles the array waited for a weight slot
+    forwarded: bool = False  # every element-row input came from an abank
+    skipped: bool = False  # an expert with no tokens: neither run nor read
+
+    @property
+    def ddr_bytes(self) -> int:
+        return self.weight_bytes + self.act_read_bytes + self.act_write_bytes
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str
+    instrs: int
+    macs: int
+    cycles: int
+    weight_bytes: int
+    ddr_bytes: int
+    roofline: float  # max(array-peak cycles of its MACs, DDR bytes / sustained bytes per cycle)
+    board_roofline: float  # the same against every DSP of the board
+    bound: str  # "compute" or "memory" (the larger term of `roofline`)
+    utilisation: float  # MACs / (peak MACs per cycle * cycles)
+
+    @property
+    def roofline_ratio(self) -> float:
+        return self.roofline / self.cycles if self.cycles else 0.0
+
+
+@dataclass
+class KindCost:
+    kind: str
+    layers: int
+    macs: int
+    ddr_bytes: int
+    cycles: int
+    roofline: float
+    board_roofline: float
+
+    @property
+    def roofline_ratio(self) -> float:
+        return self.roofline / self.cycles if self.cycles else 0.0
+
+    @property
+    def board_ratio(self) -> float:
+        return self.board_roofline / self.cycles if self.cycles else 0.0
+
+
+# ---------------------------------------------------------------- the machine
+
+class Machine:
+    """Event model of one run: the sequencer's time, the weight engine's slots and ports, the writer."""
+
+    def __init__(self, prog: Program, u: Uarch, board: Board, rows: list[int], read_latency: int):
+        self.prog, self.u, self.board, self.rows = prog, u, board, rows
+        self.L = read_latency
+        self.t = 0.0
+        self.last_write = 0.0  # when the last DDR write was queued
+        self.banks = Banks(u.bank_beats * u.beat_bytes)
+        self.jobs = list(weight_jobs(prog, u, rows))
+        self.job_index = {}  # instruction index -> its job indices
+        self.ring_prev: list[int | None] = []
+        by_ring: dict[str, list[int]] = {}
+        for j, job in enumerate(self.jobs):
+            self.job_index.setdefault(job.pc, []).append(j)
+            ring = by_ring.setdefault(job.ring, [])
+            self.ring_prev.append(ring[-2] if len(ring) >= 2 else None)
+            ring.append(j)
+        self.ready: dict[int, float] = {}
+        self.release: dict[int, float] = {}
+        self.issue_prev = 0.0
+        self.port_free = [0.0] * u.weight_ports
+        self.gate_end: dict[int, float] = {}  # GATE pc -> completion time
+        self.stretch = max(1.0, u.weight_ports * u.beat_bytes / board.ddr_bytes_per_cycle)
+
+    # -- weight engine
+    def job_ready(self, j: int) -> float:
+        if j in self.ready:
+            return self.ready[j]
+        job = self.jobs[j]
+        before = self.ring_prev[j]  # the job two back in the same ring: its slot is the one j fills
+        issue = max(self.issue_prev, self.release.get(before, 0.0) if before is not None else 0.0,
+                    self.program_loaded)
+        if job.after_gate is not None:
+            issue = max(issue, self.gate_end[job.after_gate])
+        self.issue_prev = issue
+        end = issue
+        for p, beats in enumerate(job.port_beats):
+            if beats:
+                start = max(issue + self.L, self.port_free[p])
+                self.port_free[p] = start + beats * self.stretch
+                end = max(end, self.port_free[p])
+        self.ready[j] = end
+        return end
+
+    # -- DDR activation traffic
+    def fence(self) -> float:
+        """When a DDR read of act may be issued: every earlier write acknowledged."""
+        return self.last_write + self.L if self.last_write else 0.0
+
+    def ddr_stream_ready(self, start: float) -> float:
+        return max(start, self.fence()) + self.L
+
+    def run(self) -> list[InstrCost]:
+        u = self.u
+        prog_beats = _cdiv(len(self.prog.code), u.beat_bytes)
+        self.program_loaded = self.L + prog_beats
+        self.t = self.program_loaded
+        costs = []
+        prev_end = 0.0
+        for pc, ins in enumerate(self.prog.instrs):
+            cost = self.instr(pc, ins, self.rows[pc])
+            cost.cycles = int(round(cost.end - prev_end))
+            prev_end = cost.end
+            costs.append(cost)
+        end = max(self.t, self.last_write + self.L)  # END: every write acknowledged
+        costs[-1].end = end
+        costs[-1].cycles += int(round(end - prev_end))
+        return costs
+
+    # -- one instruction
+    def instr(self, pc: int, ins: Instr, rows: int) -> InstrCost:
+        u, eb = self.u, self.prog.elem_bytes
+        start = self.t + LATENCY["issue"]
+        skipped = ins.op == Op.MATMUL and ins.flags & Flag.DYNM and rows == 0
+        ins_io, out = instr_io(ins, rows, eb)
+        cost = InstrCost(pc, report_layer(self.prog, ins), ins.layer, ins.op.name, rows, *instr_macs(ins, rows, u),
+                         start, start, 0, sum(self.jobs[j].bytes for j in self.job_index.get(pc, [])), 0, 0,
+                         skipped=bool(skipped))
+        if skipped:
+            self.t = start
+            cost.end = start
+            return cost
+        sources = [self.banks.find(r) for r in ins_io]
+        cost.forwarded = all(s is not None for s in sources) and bool(sources)
+        busy = {s for s in sources if s is not None}
+        handler = getattr(self, "op_" + ins.op.name.lower())
+        end = handler(pc, ins, rows, start, ins_io, sources, busy, cost)
+        if out is not None:
+            self.banks.write(out, busy)
+            cost.act_write_bytes += out.rows * out.row_bytes
+        for r in side_writes(ins):
+            self.banks.invalidate(r)
+        if out is not None or side_writes(ins):
+            self.last_write = end
+        self.t = end
+        cost.end = end
+        if ins.op == Op.GATE:
+            self.gate_end[pc] = end
+        return cost
+
+    def a_rows_ready(self, src: Rect, source: int | None, start: float, busy: set[int], cost: InstrCost,
+                     row_beats: int):
+        """When each row of a MAC-array operand is on chip: at once from a bank, else as its DDR load
+        (into a bank) streams in, one beat per cycle."""
+        if source is not None:
+            return lambda r: start
+        t0 = self.ddr_stream_ready(start)
+        self.banks.load(src, busy)
+        cost.act_read_bytes += src.rows * src.row_bytes
+        return lambda r: t0 + (r + 1) * row_beats
+
+    def op_matmul(self, pc, ins, rows, start, ins_io, sources, busy, cost):
+        a, u = ins.args, self.u
+        ctx = Ctx(ins, rows, u)
+        M, N, K = mm_dims(ctx)
+        kc = K * k_passes(ctx)
+        ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, K // u.epb)
+        if ins.flags & (Flag.GATHER | Flag.SCATTER):
+            cost.act_read_bytes += 0  # token ids and scores are on chip from the GATE
+        return self.mac_blocks(pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True)
+
+    def mac_blocks(self, pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True, router=False):
+        """The weights-outer block loop of a MAC-array instruction (SCHEDULE: mac_block, drain)."""
+        u = self.u
+        jobs = self.job_index.get(pc, [])
+        rb, nt = _cdiv(M, u.P), _cdiv(N, u.Q)
+        end_prev, drain_prev = None, 0
+        for t in range(nt):
+            ready_w = self.job_ready(jobs[t])
+            qt = min(u.Q, N - t * u.Q)
+            for b in range(rb):
+                rows_b = min(u.P, M - b * u.P)
+                inputs = max(ready_w, ready_a(min(M, (b + 1) * u.P) - 1) if t == 0 else 0.0)
+                if end_prev is None:
+                    end = max(start, inputs) + feed_latency(u) + kc
+                else:
+                    end = max(end_prev + kc, end_prev + drain_prev, inputs + feed_latency(u) + kc)
+                cost.weight_wait += int(max(0.0, ready_w - (end - kc)))
+                end_prev = end
+                drain_prev = rows_b if router else rows_b * _cdiv(qt, u.epb)
+            self.release[jobs[t]] = end_prev
+        tail = LATENCY["router"] if router else LATENCY["drain"]
+        return end_prev + drain_prev + tail
+
+    def op_gate(self, pc, ins, rows, start, ins_io, sources, busy, cost):
+        a, u = ins.args, self.u
+        ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, a["dim"] // u.epb)
+        kc = a["dim"] * k_passes(Ctx(ins, rows, u))
+        end = self.mac_blocks(pc, a["tokens"], a["experts"], kc, start, ready_a, cost, router=True)
+        counts = self.gate_counts.get(pc) if hasattr(self, "gate_counts") else None
+        beats = list_write_beats(counts, u.beat_bytes) if counts else loop("GATE", "list_write").trip(Ctx(ins, rows, u))
+        cost.act_write_bytes += beats * u.beat_bytes
+        return end + beats
+
+    def op_attn(self, pc, ins, rows, start, ins_io, sources, busy, cost):
+        a, u = ins.args, self.u
+        ctx = Ctx(ins, rows, u)
+        t = start
+        if sources[0] is None:  # qkv into a bank first
+            t = self.ddr_stream_ready(start) + loop("ATTN", "qkv_load").trip(ctx)
+            self.banks.load(ins_io[0], busy)
+            cost.act_read_bytes += ins_io[0].rows * ins_io[0].row_bytes
+        score = loop("ATTN", "score_block").trip(ctx)
+        ev = a["tokens"] + LATENCY["exp"]
+        q_first = loop("ATTN", "q_load").trip(ctx)
+        for h in range(a["heads"]):
+            t += q_first  # a head's first query block: nothing to hide its qbuf load behind
+            for qb in range(attn_query_blocks(ctx)):
+                queries = min(u.Q, a["tokens"] - qb * u.Q)
+                groups = _cdiv(queries, u.P)
+                t += feed_latency(u) + attn_key_blocks(ctx) * score
+                t += groups * attn_col_passes(ctx) * (ev + feed_latency(u))
+        drain = loop("ATTN", "ev_drain").trip(ctx)
+        return t + LATENCY["recip"] + drain + LATENCY["drain"]
+
+    def op_layernorm(self, pc, ins, rows, start, ins_io, sources, busy, cost):
+        u = self.u
+        t = start if sources[0] is not None else self.ddr_stream_ready(start)
+        if sources[0] is None:
+            cost.act_read_bytes += ins_io[0].rows * ins_io[0].row_bytes
+        for j in self.job_index.get(pc, []):
+            t = max(t, self.job_ready(j))
+        end = t + loop("LAYERNORM", "rows").trip(Ctx(ins, rows, u)) + LATENCY["layernorm"]
+        for j in self.job_index.get(pc, []):
+            self.release[j] = end
+        return end
+
+    def op_add(self, pc, ins, rows, start, ins_io, sources, busy, cost):
+        u = self.u
+        from_ddr = [r for r, s in zip(ins_io, sources) if s is None]
+        t = self.ddr_stream_ready(start) if from_ddr else start
+        cost.act_read_bytes += sum(r.rows * r.row_bytes for r in from_ddr)
+        for j in self.job_index.get(pc, []):
+            t = max(t, self.job_ready(j))
+        end = t + loop("ADD", "elems").trip(Ctx(ins, rows, u)) * max(1, len(from_ddr)) + LATENCY["vector"]
+        for j in self.job_index.get(pc, []):
+            self.release[j] = end
+        return end
+
+    def op_requant32(self, pc, ins, rows, start, ins_io, sources, busy, cost):
+        return start + loop("REQUANT32", "elems").trip(Ctx(ins, rows, self.u)) + LATENCY["vector"]
+
+
+# ---------------------------------------------------------------- weight jobs
+
+@dataclass(frozen=True)
+class WeightJob:
+    pc: int
+    port_beats: tuple[int, ...]
+    bytes: int
+    after_gate: int | None  # a DYNM MATMUL's GATE: the job waits until it completed
+    ring: str = "slot"  # "slot": the two weight slots; "pring": LayerNorm's param ring
+
+
+def weight_jobs(prog: Program, u: Uarch, rows: list[int]):
+    """The weight engine's slot jobs in program order (docs/UARCH.md, Weight engine)."""
+    last_gate = None
+    eb, W, B = prog.elem_bytes, u.weight_ports, u.beat_bytes
+    for pc, ins in enumerate(prog.instrs):
+        a = ins.args
+        if ins.op == Op.GATE:
+            last_gate = pc
+            yield _tile_job(pc, a["experts"], a["dim"], u, eb, param_beats=_cdiv(4 * a["experts"], B))
+        elif ins.op == Op.MATMUL and rows[pc]:
+            after = last_gate if ins.flags & Flag.DYNM else None
+            lut = _cdiv((1 << prog.abits) * eb, B) if ins.flags & Flag.GELU else 0
+            for t in range(_cdiv(a["n"], u.Q)):
+                qt = min(u.Q, a["n"] - t * u.Q)
+                yield _tile_job(pc, qt, a["k"], u, eb, param_beats=2 * _cdiv(4 * qt, B), extra0=lut if t == 0 else 0,
+                                after_gate=after)
+        elif ins.op == Op.LAYERNORM:
+            yield _spread_job(pc, 2 * _cdiv(4 * a["dim"], B), W, B, ring="pring")
+        elif ins.op == Op.ADD and ins.flags & Flag.B_WGT:
+            beats = _cdiv(a["count"] * eb, B)
+            yield WeightJob(pc, (beats,) + (0,) * (W - 1), beats * B, None)
+
+
+def _tile_job(pc, rows, k, u: Uarch, eb, param_beats, extra0=0, after_gate=None) -> WeightJob:
+    W, B = u.weight_ports, u.beat_bytes
+    beats = [0] * W
+    row_beats = _cdiv(k * eb, B)
+    for g in range(_cdiv(rows, u.epb)):
+        beats[g % W] += min(u.epb, rows - g * u.epb) * row_beats
+    for p in range(W):  # bias and multipliers, each split in W chunks
+        beats[p] += _cdiv(param_beats, W)
+    beats[0] += extra0
+    return WeightJob(pc, tuple(beats), sum(beats) * B, after_gate)
+
+
+def _spread_job(pc, beats_total, W, B, ring="slot") -> WeightJob:
+    beats = [_cdiv(beats_total, W)] * W
+    return WeightJob(pc, tuple(beats), sum(beats) * B, None, ring)
+
+
+def instr_macs(ins: Instr, rows: int, u: Uarch) -> tuple[int, int]:
+    """(all MACs, the unpacked ones) of an instruction on the array."""
+    a = ins.args
+    if ins.op == Op.MATMUL:
+        m = rows * a["n"] * a["k"]
+    elif ins.op == Op.GATE:
+        m = a["tokens"] * a["experts"] * a["dim"]
+    elif ins.op == Op.ATTN:
+        half = a["heads"] * a["tokens"] * a["tokens"] * a["head_dim"]
+        return 2 * half, half if u.packed else 2 * half
+    else:
+        return 0, 0
+    return m, 0 if u.packed else m
+
 
 def report_layer(prog: Program, ins: Instr) -> str:
     m = _MOE_PART.match(ins.layer)
     return f"{m['block']}.moe" if m and m["block"] in prog.moe_layers else ins.layer
 
 
-def forwarded_operands(prog: Program, act_banks: int = 2) -> set[int]:
-    """Indices of the instructions whose A operand (MATMUL) or x rows (GATE) the kernel still holds
-    on chip in an A bank: exactly the rows the previous MATMUL (no SCATTER) or LAYERNORM wrote, no
-    GATHER, and an output no wider than the A buffer. A GATE leaves the bank as it is. With one A
-    bank (act_banks=1) only LayerNorm outputs stay. Mirrors op_matmul / op_layernorm / op_gate in
-    hls_templates/firmware/codesign_top.cpp.j2."""
-    max_k = program_sizes(prog).max_k
-    max_m = max([i.args["m"] for i in prog.instrs if i.op == Op.MATMUL] +
-                [i.args["tokens"] for i in prog.instrs if i.op == Op.GATE], default=0)
-    out: set[int] = set()
-    fwd = None  # (addr, stride, n, rows bound, DYNM count_addr or None)
-    for i, ins in enumerate(prog.instrs):
-        a = ins.args
-        if ins.op == Op.MATMUL:
-            dynm = a["count_addr"] if ins.flags & Flag.DYNM else None
-            if (fwd and not ins.flags & Flag.GATHER and (a["a_addr"], a["a_stride"]) == fwd[:2] and a["k"] <= fwd[2]
-                    and a["m"] <= fwd[3] and fwd[4] in (None, dynm)):
-                out.add(i)
-            keep = act_banks == 2 and not ins.flags & Flag.SCATTER and a["n"] <= max_k
-            fwd = (a["out_addr"], a["out_stride"], a["n"], a["m"], dynm) if keep else None
-        elif ins.op == Op.LAYERNORM:
-            keep = a["dim"] <= max_k and a["rows"] <= max_m
-            fwd = (a["out_addr"], a["dim"], a["dim"], a["rows"], None) if keep else None
-        elif ins.op == Op.GATE:
-            if fwd and (a["x_addr"], a["dim"]) == fwd[:2] and a["dim"] <= fwd[2] and a["tokens"] <= fwd[3] \
-                    and fwd[4] is None:
-                out.add(i)
-            else:
-                fwd = None
-        else:
-            fwd = None
-    return out
+# ---------------------------------------------------------------- the estimate
+
+@dataclass
+class Estimate:
+    board: str
+    clock_mhz: float
+    tiling: dict
+    num_tasks: int
+    ddr_bytes_per_cycle: float
+    read_latency_cycles: int
+    weight_ports: int
+    expert_counts: dict[str, list[int]]
+    assumptions: list[str]
+    instrs: list[InstrCost]
+    layers: list[LayerCost]
+    kinds: list[KindCost]
+    totals: dict[str, int]
+    peak_macs_per_cycle: int  # the design's array, packed
+    board_peak_macs_per_cycle: int  # every DSP of the board, at the MACs per DSP the code implements
+    dsp_used: int
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    tiling_summary: str = ""
+    tiling_detail: dict = field(default_factory=dict)
+
+    @property
+    def cycles(self) -> int:
+        return self.totals["cycles"]
+
+    @property
+    def latency_ms(self) -> float:
+        """One task inference (one backbone pass)."""
+        return self.cycles / (self.clock_mhz * 1e3)
+
+    @property
+    def latency_ms_per_image(self) -> float:
+        """Every task of one image: M3ViT runs one backbone pass per task."""
+        return self.latency_ms * self.num_tasks
+
+    @property
+    def gops(self) -> float:
+        return 2 * self.totals["macs"] / (self.latency_ms * 1e6) if self.cycles else 0.0
+
+    @property
+    def macs_per_dsp_per_cycle(self) -> float:
+        return self.totals["macs"] / (self.cycles * self.dsp_used) if self.cycles and self.dsp_used else 0.0
+
+    @property
+    def utilisation(self) -> float:
+        return self.totals["macs"] / (self.peak_macs_per_cycle * self.cycles) if self.cycles else 0.0
+
+    @property
+    def board_peak_fraction(self) -> float:
+        return self.totals["macs"] / (self.board_peak_macs_per_cycle * self.cycles) if self.cycles else 0.0
+
+    @property
+    def roofline_cycles(self) -> float:
+        return sum(k.roofline for k in self.kinds)
+
+    @property
+    def roofline_ratio(self) -> float:
+        return self.roofline_cycles / self.cycles if self.cycles else 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for row, ins in zip(d["instrs"], self.instrs):
+            row["ddr_bytes"] = ins.ddr_bytes
+        for row, layer in zip(d["layers"], self.layers):
+            row["roofline_ratio"] = layer.roofline_ratio
+        for row, kind in zip(d["kinds"], self.kinds):
+            row.update(roofline_ratio=kind.roofline_ratio, board_ratio=kind.board_ratio)
+        d.update(cycles=self.cycles, latency_ms=self.latency_ms, latency_ms_per_task=self.latency_ms,
+                 latency_ms_per_image=self.latency_ms_per_image, gops=self.gops,
+                 macs_per_dsp_per_cycle=self.macs_per_dsp_per_cycle, utilisation=self.utilisation,
+                 board_peak_fraction=self.board_peak_fraction, roofline_cycles=self.roofline_cycles,
+                 roofline_ratio=self.roofline_ratio)
+        return d
+
+    # -- text
+    def kind_summary(self) -> str:
+        parts = [f"{k.kind} {k.roofline_ratio:.0%} of its roofline ({k.board_ratio:.0%} of the board's)"
+                 for k in self.kinds if k.layers]
+        return "by kind: " + "; ".join(parts)
+
+    def resource_table(self) -> str:
+        head = f"{'resource':<10}{'used':>10}{'budget':>10}{'board':>10}{'of board':>10}"
+        rows = [f"{name.upper():<10}{r['used']:>10,.0f}{r['budget']:>10,.0f}{r['board']:>10,.0f}"
+                f"{_share(r['used'], r['board']):>10}" for name, r in self.resources.items()]
+        return "\n".join([head, *rows])
+
+    def summary(self) -> str:
+        t, tot = self.tiling, self.totals
+        return "\n".join([
+            f"board {self.board} @ {self.clock_mhz:g} MHz, {t['P']}x{t['Q']} MAC array "
+            f"({self.peak_macs_per_cycle} MACs/cycle on {self.dsp_used} DSPs; the board's {self.board_peak_macs_per_cycle})",
+            f"estimate: {tot['cycles']:,} cycles = {self.latency_ms:.3f} ms per task inference "
+            f"({self.latency_ms_per_image:.3f} ms per image, {self.num_tasks} tasks); {tot['macs']:,} MACs, "
+            f"{self.gops:.0f} GOPS, {self.macs_per_dsp_per_cycle:.2f} MAC/DSP/cycle, "
+            f"{self.utilisation:.0%} of the array's peak, {self.board_peak_fraction:.0%} of the board's",
+            f"DDR: {tot['ddr_bytes']:,} bytes ({tot['weight_bytes']:,} weights), {self.ddr_bytes_per_cycle:.1f} B/cycle "
+            f"sustained, read latency {self.read_latency_cycles} cycles, {self.weight_ports} weight port(s)",
+        ] + [f"assumption: {a}" for a in self.assumptions])
+
+    def table(self) -> str:
+        w = max([len("layer")] + [len(l.name) for l in self.layers]) + 2
+        head = (f"{'layer':<{w}}{'kind':>13}{'instrs':>7}{'MACs':>14}{'cycles':>11}{'DDR bytes':>13}"
+                f"{'roofline':>10}{'roof/est':>9}{'bound':>8}")
+        rows = [f"{l.name:<{w}}{l.kind:>13}{l.instrs:>7}{l.macs:>14,}{l.cycles:>11,}{l.ddr_bytes:>13,}"
+                f"{l.roofline:>10,.0f}{l.roofline_ratio:>9.0%}{l.bound:>8}" for l in self.layers]
+        tot = self.totals
+        total = (f"{'TOTAL':<{w}}{'':>13}{len(self.instrs):>7}{tot['macs']:>14,}{tot['cycles']:>11,}"
+                 f"{tot['ddr_bytes']:>13,}{self.roofline_cycles:>10,.0f}{self.roofline_ratio:>9.0%}{'':>8}")
+        rule = "-" * len(head)
+        out = [head, rule, *rows, rule, total, "", self.kind_summary(),
+               "(roofline = max(MACs at the array's peak: 2 a DSP packed, 1 unpacked; DDR bytes at the sustained "
+               "rate); the board's = the same with every DSP of the board)", ""]
+        if self.resources:
+            out += [self.tiling_summary, self.resource_table(), ""]
+        return "\n".join(out + [self.summary()])
 
 
-def vector_cycles(ins: Instr, rows: int, Q: int, P: int = 1, axi_bpc: float = 16) -> int:
-    """Vector-unit cycles not hidden behind the MAC array (see the pass model above)."""
-    a = ins.args
-    if ins.op == Op.LAYERNORM:
-        return a["rows"] * LAYERNORM_PASSES * math.ceil(a["dim"] / Q)
-    if ins.op in (Op.ADD, Op.REQUANT32):
-        return math.ceil(a["count"] / Q)
-    if ins.op == Op.GATE:
-        # One step per token (route_tokens: softmax, top_k and list slots with the experts
-        # unrolled, the lazy clear's mark), then the counts and lists written out.
-        t, e, k = a["tokens"], a["experts"], a["top_k"]
-        return t + math.ceil((4 * e + 2 * 4 * t * k) / axi_bpc)
-    return 0
+def _share(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
 
 
-
-def on_chip_acc(prog: Program, enabled: bool = True) -> set[int]:
-    """Indices of the GATEs, SCATTERs and REQUANT32s that use the kernel's on-chip MoE accumulator
-    (MoeAcc in hls_templates/firmware/codesign_top.cpp.j2; `enabled`: Tiling.acc_on_chip): a GATE
-    that clears it without DDR writes, the whole-row SCATTERs into it and the REQUANT32 that reads
-    it whole. Any other instruction touching it (or any other non-MATMUL) sends it to DDR."""
-    out: set[int] = set()
-    acc = None  # (addr, bytes, dim, elements) of the live on-chip accumulator
-    for i, ins in enumerate(prog.instrs if enabled else ()):
-        a = ins.args
-        if ins.op == Op.GATE:
-            out.add(i)
-            acc = (a["acc_addr"], 4 * a["tokens"] * a["dim"], a["dim"], a["tokens"] * a["dim"])
-        elif acc and ins.op == Op.MATMUL and ins.flags & Flag.SCATTER and \
-                (a["out_addr"], a["out_stride"], a["n"]) == (acc[0], acc[2], acc[2]):
-            out.add(i)
-        elif acc and ins.op == Op.REQUANT32 and (a["src_addr"], a["count"]) == (acc[0], acc[3]):
-            out.add(i)
-            acc = None
-        elif ins.op != Op.MATMUL or _touches(ins, acc, prog.elem_bytes):
-            acc = None
-    return out
-
-
-def _touches(ins: Instr, acc: tuple | None, eb: int) -> bool:
-    """A MATMUL whose A rows or output overlap the accumulator (op_matmul's acc_overlaps)."""
-    if acc is None:
-        return False
-    a, out_eb = ins.args, 4 if ins.flags & Flag.SCATTER else eb
-    spans = [(a["a_addr"], eb * a["a_stride"] * a["m"]), (a["out_addr"], out_eb * a["out_stride"] * a["m"])]
-    return any(addr < acc[0] + acc[1] and acc[0] < addr + n for addr, n in spans)
-
-
-def isa_extra_bytes(ins: Instr, rows: int, acc_on_chip: bool, cached: set[str]) -> int:
-    """Bytes the plain ISA dataflow moves on top of the HLS kernel's ddr_bytes: GATE's zeros in
-    the accumulator, the SCATTERs' read-modify-writes of it and the REQUANT32's read of it when
-    it is on chip, lists read again."""
-    a = ins.args
-    if ins.op == Op.GATE:  # the zeros
-        return 4 * a["tokens"] * a["dim"] if acc_on_chip else 0
-    if ins.op == Op.REQUANT32:  # the int32 reads
-        return 4 * a["count"] if acc_on_chip else 0
-    if ins.op != Op.MATMUL:
-        return 0
-    count = 4 if "count" in cached else 0
-    ids = 4 * rows if "ids" in cached and rows else 0
-    acc = 2 * 4 * rows * a["n"] if acc_on_chip and rows else 0
-    return count + ids + acc
-
-
-def ddr_bytes(prog: Program, ins: Instr, rows: int, a_on_chip: bool = False, acc_on_chip: bool = False,
-              cached: set[str] = frozenset()) -> tuple[int, int, int]:
-    """(weight bytes, activation bytes read, activation bytes written) of one instruction;
-    `acc_on_chip`: a SCATTER / REQUANT32 of the on-chip MoE accumulator (on_chip_acc); `cached`:
-    what the kernel's ListCache holds (cached_lists)."""
-    eb, a = prog.elem_bytes, ins.args
-    if ins.op == Op.MATMUL:
-        return _matmul_bytes(ins, rows, eb, prog.abits, a_on_chip, acc_on_chip, cached)
-    if ins.op == Op.ATTN:
-        d = a["heads"] * a["head_dim"]
-        return 0, a["tokens"] * 3 * d * eb, a["tokens"] * d * eb
-    if ins.op == Op.LAYERNORM:
-        n = a["rows"] * a["dim"] * eb
-        return 2 * 4 * a["dim"], n, n
-    if ins.op == Op.ADD:
-        n = a["count"] * eb
-        return (n, n, n) if ins.flags & Flag.B_WGT else (0, 2 * n, n)
-    if ins.op == Op.GATE:
-        t, d, e, k = a["tokens"], a["dim"], a["experts"], a["top_k"]
-        # One task's gate; writes counts, idx and score lists, and zeros the accumulator unless it is on chip.
-        zeros = 0 if acc_on_chip else 4 * t * d
-        return e * d * eb + 4 * e, 0 if a_on_chip else t * d * eb, 4 * e + 2 * 4 * t * k + zeros
-    if ins.op == Op.REQUANT32:
-        return 0, 0 if acc_on_chip else 4 * a["count"], a["count"] * eb
-    return 0, 0, 0
-
-
-def _matmul_bytes(ins: Instr, rows: int, eb: int, abits: int, a_on_chip: bool, acc_on_chip: bool = False,
-                  cached: set[str] = frozenset()) -> tuple[int, int, int]:
-    a, f = ins.args, ins.flags
-    count = 4 if f & Flag.DYNM and "count" not in cached else 0
-    if rows == 0:
-        return 0, count, 0  # an unused expert: only its count is read
-    n, k = a["n"], a["k"]
-    weights = n * k * eb + 2 * 4 * n + ((1 << abits) * eb if f & Flag.GELU else 0)  # W, bias, mult, LUT
-    ids = f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached
-    lists = 4 * rows * ((1 if ids else 0) + (1 if f & Flag.SCATTER else 0))
-    a_read = 0 if a_on_chip else rows * k * eb
-    if f & Flag.SCATTER and acc_on_chip:
-        return weights, count + lists + a_read, 0
-    if f & Flag.SCATTER:  # read-modify-write of the int32 accumulator rows in DDR
-        return weights, count + lists + a_read + 4 * rows * n, 4 * rows * n
-    return weights, count + lists + a_read, rows * n * eb
-
-
-def tile_read_beats(cols: int, k: int, eb: int, axi_bpc: float, ports: int, has_mult: bool = True) -> int:
-    """Cycles to read one weight tile of `cols` rows of k elements with its bias and multipliers:
-    the busiest port's beats (port p: rows p, p + ports, ...; the bias after the rows of port
-    ports-1, the multipliers after those of port (ports-2) % ports), one beat per cycle."""
-    if cols == 0:
-        return 0
-    row_beats = math.ceil(k * eb / axi_bpc)
-    col_beats = math.ceil(4 * cols / axi_bpc)
-    extra = [0] * ports
-    extra[ports - 1] += col_beats
-    if has_mult:
-        extra[(ports - 2) % ports] += col_beats
-    return max(math.ceil(max(0, cols - p) / ports) * row_beats + extra[p] for p in range(ports))
-
-
-def matmul_prologue(ins: Instr, rows: int, P: int, Q: int, eb: int, axi_bpc: float, a_on_chip: bool,
-                    weight_ports: int = 1) -> int:
-    """Cycles of a MAC-array instruction that nothing overlaps (the kernel's mac_run): weight tile 0
-    is read before the array starts; during tile 0 the A rows (a SCATTER's scores) and weight
-    tile 1 stream in (one after the other when the weights share gmem, side by side otherwise),
-    and whatever of that outlasts tile 0's compute stalls the array. One AXI beat per cycle and
-    port."""
-    a = ins.args
-    if ins.op == Op.MATMUL:
-        n, k, has_mult = a["n"], a["k"], True
-    elif ins.op == Op.GATE:
-        n, k, rows, has_mult = a["experts"], a["dim"], a["tokens"], False
-    else:
-        return 0
-    if rows == 0:
-        return 0
-    tile0 = tile_read_beats(min(Q, n), k, eb, axi_bpc, weight_ports, has_mult)
-    tile1 = tile_read_beats(min(Q, max(0, n - Q)), k, eb, axi_bpc, weight_ports, has_mult)
-    a_beats = 0 if a_on_chip else rows * math.ceil(k * eb / axi_bpc)
-    if ins.op == Op.MATMUL and ins.flags & Flag.SCATTER:
-        a_beats += math.ceil(4 * rows / axi_bpc)  # the router scores
-    reads = a_beats + tile1 if weight_ports == 1 else max(a_beats, tile1)
-    return tile0 + max(0, reads - math.ceil(rows / P) * k)
-
-
-def cached_lists(prog: Program) -> list[set[str]]:
-    """Per instruction, what op_matmul finds in the kernel's ListCache: "count" when the GATE
-    that wrote the expert counts ran before it with only MATMULs in between, "ids" when the
-    MATMUL just before it read the same token list (an expert's fc2 after its fc1)."""
-    out, gate, prev = [], None, None
-    lists = Flag.GATHER | Flag.SCATTER
-    for ins in prog.instrs:
-        hits = set()
-        if ins.op == Op.MATMUL:
-            a = ins.args
-            if ins.flags & Flag.DYNM and gate is not None and \
-                    0 <= a["count_addr"] - gate["counts_addr"] < 4 * gate["experts"]:
-                hits.add("count")
-            if prev is not None and ins.flags & lists and prev.flags & lists and a["idx_addr"] == prev.args["idx_addr"]:
-                hits.add("ids")
-            prev = ins
-        else:
-            gate = ins.args if ins.op == Op.GATE else None
-            prev = None
-        out.append(hits)
-    return out
-
-
-def matmul_preamble(prog: Program, ins: Instr, rows: int, axi_bpc: float, cached: set[str] = frozenset(),
-                    weight_ports: int = 1) -> int:
-    """Serial loads of a MATMUL before its MAC pipeline starts (op_matmul), each a DDR round trip
-    and its beats: the token count, then the token list (gmem) and the GELU table (a weight port)
-    side by side, one after the other when the weights share gmem; `cached`: what the ListCache
-    already holds (cached_lists)."""
-    if ins.op != Op.MATMUL:
-        return 0
-    f = ins.flags
-
-    def burst(beats: int) -> int:
-        return DDR_ROUND_TRIP_CYCLES + beats if beats else 0
-
-    count = burst(1) if f & Flag.DYNM and "count" not in cached else 0
-    ids = burst(math.ceil(4 * rows / axi_bpc)) if rows and f & (Flag.GATHER | Flag.SCATTER) and "ids" not in cached else 0
-    gelu = burst(math.ceil((1 << prog.abits) * prog.elem_bytes / axi_bpc)) if rows and f & Flag.GELU else 0
-    return count + (ids + gelu if weight_ports == 1 else max(ids, gelu))
-
-
-def attn_ends(ins: Instr, t: Tiling, eb: int, axi_bpc: float) -> tuple[int, int]:
-    """(prologue, tail) of an ATTN that nothing overlaps (op_attn): head 0's K, V and first query
-    block read before the first scores loop, a DDR round trip and a beat per cycle; the last
-    block's rows normalised, a row per cycle, and written. Every other read and write streams
-    beside the key loops, and each block's exp weights are taken in its output loop."""
-    if ins.op != Op.ATTN:
-        return 0, 0
-    a = ins.args
-    qb = min(attn_query_block(t.P, t.Q, t.max_head_dim, t.max_tokens), a["tokens"])
-    row_beats = math.ceil(a["head_dim"] * eb / axi_bpc)
-    last = a["tokens"] - (math.ceil(a["tokens"] / qb) - 1) * qb
-    return DDR_ROUND_TRIP_CYCLES + (2 * a["tokens"] + qb) * row_beats, last * (1 + row_beats)
-
-
-def drain_tail(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, eb: int, acc_on_chip: bool = False) -> int:
-    """The drain of a MATMUL's last row block, after the array's last step (the earlier blocks
-    drain while the array computes the next): one beat of outputs per cycle, for a SCATTER into
-    DDR int32 beats, into the on-chip accumulator one element per bank (a beat's worth of elements)."""
-    if ins.op != Op.MATMUL or not rows:
-        return 0
-    n = ins.args["n"]
-    last_rows, last_cols = rows - (math.ceil(rows / P) - 1) * P, n - (math.ceil(n / Q) - 1) * Q
-    out_bytes = 4 if ins.flags & Flag.SCATTER and not acc_on_chip else eb
-    return last_rows * math.ceil(last_cols * out_bytes / axi_bpc)
-
-
-def matmul_epilogue(ins: Instr, rows: int, P: int, Q: int, axi_bpc: float, acc_on_chip: bool = False) -> int:
-    """The last weight tile's reduction steps, which no read overlaps but a SCATTER's reads of
-    that tile's old accumulator rows from DDR."""
-    a = ins.args
-    if ins.op == Op.MATMUL:
-        if not rows:
-            return 0
-        last_cols = a["n"] - (math.ceil(a["n"] / Q) - 1) * Q
-        acc_in_ddr = ins.flags & Flag.SCATTER and not acc_on_chip
-        acc_reads = rows * math.ceil(last_cols * 4 / axi_bpc) if acc_in_ddr else 0
-        return max(0, math.ceil(rows / P) * a["k"] - acc_reads)
-    if ins.op == Op.GATE:
-        return math.ceil(a["tokens"] / P) * a["dim"]
-    return 0
-
-
-def transfer_cycles(wgt_read: float, act_read: float, write: float, ddr_bpc: float, axi_bpc: float,
-                    weight_ports: int = 1) -> int:
-    """Cycles to move the bytes: gmem's read and write channels, the weight ports (gmem's read
-    channel when there is only one), and the DDR that all of them share."""
-    if weight_ports == 1:
-        read = (wgt_read + act_read) / axi_bpc
-    else:
-        read = max(wgt_read / (weight_ports * axi_bpc), act_read / axi_bpc)
-    return math.ceil(max(read, write / axi_bpc, (wgt_read + act_read + write) / ddr_bpc))
-
-
-def instr_cost(prog: Program, t: Tiling, board: Board, index: int, ins: Instr, rows: int,
-               a_on_chip: bool = False, acc_on_chip: bool = False, cached: set[str] = frozenset(),
-               read_ahead: int = 0, skipped: bool = False) -> InstrCost:
-    """`acc_on_chip`: a SCATTER or REQUANT32 of the on-chip MoE accumulator (on_chip_acc);
-    `skipped`: an unused expert the kernel does not dispatch (skipped_experts);
-    `cached`: the count / token list the kernel still holds from the previous MATMUL (cached_lists);
-    `read_ahead`: cycles of weight tile 0 the previous MATMUL read during its last tile (read_ahead_cycles)."""
-    passes = array_passes(ins, rows)
-    macs = sum(M * N * K for M, N, K in passes)
-    arr = instr_array_cycles(ins, rows, t.P, t.Q, t.max_head_dim, t.max_tokens)
-    axi_bpc, ports = axi_bytes_per_cycle(board), read_ports(ins, board)
-    attn_prologue, attn_tail = attn_ends(ins, t, prog.elem_bytes, axi_bpc)
-    vec = (vector_cycles(ins, rows, t.Q, t.P, axi_bpc) + attn_tail
-           + drain_tail(ins, rows, t.P, t.Q, axi_bpc, prog.elem_bytes, acc_on_chip))
-    wgt, rd, wr = ddr_bytes(prog, ins, rows, a_on_chip, acc_on_chip, cached)
-    mem = transfer_cycles(wgt, rd, wr, board.ddr_bytes_per_cycle, axi_bpc, ports)
-    prologue = (matmul_prologue(ins, rows, t.P, t.Q, prog.elem_bytes, axi_bpc, a_on_chip, ports) - read_ahead
-                + matmul_preamble(prog, ins, rows, axi_bpc, cached, ports))
-    epilogue = matmul_epilogue(ins, rows, t.P, t.Q, axi_bpc, acc_on_chip)
-    prologue += layernorm_preamble(ins, axi_bpc) + attn_prologue
-    overhead = instr_overhead(ins, rows, board, skipped) + (program_load_cycles(prog, board) if index == 0 else 0)
-    return InstrCost(index, report_layer(prog, ins), ins.layer, ins.op.name, rows, macs, arr, vec, wgt, rd, wr,
-                     mem, max(arr + vec + prologue, mem + epilogue) + overhead, prologue, epilogue,
-                     isa_extra_bytes(ins, rows, acc_on_chip, cached), overhead)
-
-
-def fetch_cycles(board: Board) -> int:
-    """Cycles to read one 64-byte instruction from the kernel's on-chip program."""
-    return PROGRAM_READ_LATENCY + math.ceil(4 * WORDS / axi_bytes_per_cycle(board))
-
-
-def program_load_cycles(prog: Program, board: Board) -> int:
-    """The kernel's one read of the whole program (END included) before instruction 0: one burst."""
-    return DDR_ROUND_TRIP_CYCLES + math.ceil(len(prog.code) / axi_bytes_per_cycle(board))
-
-
-def instr_overhead(ins: Instr, rows: int, board: Board, skipped: bool = False) -> int:
-    """Cycles of an instruction besides its compute and transfers: its fetch, then its pipelines'
-    fill and drain, or for an expert MATMUL with no rows only SKIPPED_INSTR_CYCLES (the DDR read of
-    its count, when not on chip, is in matmul_preamble); only the fetch when it is not dispatched
-    (`skipped`: skipped_experts)."""
-    if skipped:
-        return fetch_cycles(board)
-    return fetch_cycles(board) + (SKIPPED_INSTR_CYCLES if ins.op == Op.MATMUL and rows == 0 else INSTR_OVERHEAD_CYCLES)
-
-
-def skipped_experts(prog: Program, rows: list[int], cached: list[set[str]]) -> set[int]:
-    """Indices of the unused experts the kernel does not dispatch: right after a MATMUL, an expert
-    MATMUL whose count (on chip from the GATE) is 0 (skip_unused_experts in the kernel)."""
-    return {i for i in range(1, len(prog.instrs))
-            if prog.instrs[i].op == prog.instrs[i - 1].op == Op.MATMUL and rows[i] == 0 and "count" in cached[i]}
-
-
-def layernorm_preamble(ins: Instr, axi_bpc: float) -> int:
-    """LayerNorm's gamma and beta, each read in its own burst before its row loop (op_layernorm)."""
-    if ins.op != Op.LAYERNORM:
-        return 0
-    return 2 * (DDR_ROUND_TRIP_CYCLES + math.ceil(4 * ins.args["dim"] / axi_bpc))
-
-
-def read_ports(ins: Instr, board: Board) -> int:
-    """Weight ports that read beside gmem: none for ADD, whose one loop reads b (under B_WGT the
-    position table in wgt) after a, a beat a cycle (op_add)."""
-    return 1 if ins.op == Op.ADD else board.memory.weight_ports
-
-
-def read_ahead_cycles(prog: Program, t: Tiling, board: Board, prev: InstrCost | None, ins: Instr, rows: int,
-                      cached: set[str]) -> int:
-    """Cycles of a MATMUL's weight tile 0 that the MATMUL before it (`prev`: the last one that ran,
-    with only skipped experts since) read during its last tile (the kernel's WeightAhead): when this
-    one's rows are known on chip (not DYNM, or its count from the GATE) and the one before has the
-    tiles for it (a SCATTER 2, others 3), the previous last tile's compute, up to the whole tile 0."""
-    if ins.op != Op.MATMUL or prev is None or prev.op != "MATMUL" or not prev.rows or not rows:
-        return 0
-    if ins.flags & Flag.DYNM and "count" not in cached:
-        return 0
-    before = prog.instrs[prev.index]
-    if math.ceil(before.args["n"] / t.Q) < (2 if before.flags & Flag.SCATTER else 3):
-        return 0
-    a = ins.args
-    tile0 = tile_read_beats(min(t.Q, a["n"]), a["k"], prog.elem_bytes, axi_bytes_per_cycle(board),
-                            board.memory.weight_ports)
-    return min(prev.epilogue_cycles, tile0)
-
-
-def axi_bytes_per_cycle(board: Board) -> float:
-    return board.memory.axi_data_bits / 8
-
-
-# ---------------------------------------------------------------- the whole program
-
-def group_layers(costs: list[InstrCost], macs_per_cycle: int, ddr_bpc: float = 0.0) -> list[LayerCost]:
-    groups: dict[str, list[InstrCost]] = {}
-    for c in costs:
-        groups.setdefault(c.layer, []).append(c)
-    return [layer_cost(name, cs, macs_per_cycle, ddr_bpc) for name, cs in groups.items()]
+def read_latency_cycles(board: Board) -> int:
+    ns = getattr(board.memory, "read_latency_ns", None) or DEFAULT_READ_LATENCY_NS
+    return int(round(ns * board.clock_mhz / 1000))
 
 
 def layer_kind(cs: list[InstrCost]) -> str:
@@ -671,121 +700,73 @@ def layer_kind(cs: list[InstrCost]) -> str:
     return "vector ops"
 
 
-def board_roofline(macs: int, ddr_bytes: int, macs_per_cycle: int, ddr_bpc: float) -> float:
-    """The pure board bound: MAC array peak and sustained DDR bandwidth, nothing else."""
-    return max(macs / macs_per_cycle, ddr_bytes / ddr_bpc if ddr_bpc else 0.0)
+def roofline(macs: int, unpacked: int, ddr_bytes: int, dsps: int, per_dsp: int, ddr_bpc: float) -> float:
+    """max(MACs at `dsps` DSPs doing `per_dsp` packed MACs (1 unpacked), bytes at the DDR rate)."""
+    compute = (macs - unpacked) / (dsps * per_dsp) + unpacked / dsps if dsps else 0.0
+    return max(compute, ddr_bytes / ddr_bpc if ddr_bpc else 0.0)
 
 
-def layer_cost(name: str, cs: list[InstrCost], macs_per_cycle: int, ddr_bpc: float = 0.0) -> LayerCost:
-    macs, cycles = sum(c.macs for c in cs), sum(c.cycles for c in cs)
-    compute, memory = sum(c.compute_cycles for c in cs), sum(c.memory_cycles for c in cs)
-    ddr = sum(c.ddr_bytes for c in cs)
-    roof = board_roofline(macs, ddr, macs_per_cycle, ddr_bpc)
-    return LayerCost(name, len(cs), macs, compute, memory, cycles, sum(c.weight_bytes for c in cs),
-                     ddr, "compute" if compute >= memory else "memory",
-                     macs / (macs_per_cycle * cycles) if cycles else 0.0,
-                     layer_kind(cs), roof, roof / cycles if cycles else 0.0,
-                     ddr + sum(c.isa_extra_bytes for c in cs))
+def group_layers(costs: list[InstrCost], u: Uarch, board: Board) -> list[LayerCost]:
+    groups: dict[str, list[InstrCost]] = {}
+    for c in costs:
+        groups.setdefault(c.layer, []).append(c)
+    per_dsp, bpc = u.macs_per_dsp, board.ddr_bytes_per_cycle
+    out = []
+    for name, cs in groups.items():
+        macs, unp = sum(c.macs for c in cs), sum(c.unpacked_macs for c in cs)
+        ddr, cycles = sum(c.ddr_bytes for c in cs), sum(c.cycles for c in cs)
+        roof = roofline(macs, unp, ddr, u.dsps_array, per_dsp, bpc)
+        compute = roofline(macs, unp, 0, u.dsps_array, per_dsp, 0)
+        out.append(LayerCost(name, layer_kind(cs), len(cs), macs, cycles, sum(c.weight_bytes for c in cs), ddr,
+                             roof, roofline(macs, unp, ddr, board.resources.dsp, per_dsp, bpc),
+                             "compute" if compute >= ddr / bpc else "memory",
+                             macs / (u.macs_per_cycle * cycles) if cycles else 0.0))
+    return out
 
 
 def kind_costs(layers: list[LayerCost]) -> list[KindCost]:
     out = []
     for kind in KINDS:
         ls = [l for l in layers if l.kind == kind]
-        cycles, roof = sum(l.cycles for l in ls), sum(l.board_roofline for l in ls)
-        out.append(KindCost(kind, len(ls), sum(l.macs for l in ls), sum(l.ddr_bytes for l in ls), cycles, roof,
-                            roof / cycles if cycles else 0.0))
+        out.append(KindCost(kind, len(ls), sum(l.macs for l in ls), sum(l.ddr_bytes for l in ls),
+                            sum(l.cycles for l in ls), sum(l.roofline for l in ls), sum(l.board_roofline for l in ls)))
     return out
 
 
-def resource_use(t: Tiling, board: Board, dsp_fraction: float = 0.8, mem_fraction: float = 0.8
-                 ) -> dict[str, dict[str, float]]:
-    """used / budget / board total of DSP, BRAM36, URAM and LUT for the tiling."""
-    budget = Budget(board, dsp_fraction, mem_fraction)
-    return {r: {"used": getattr(t, r), "budget": budget.limit(r), "board": getattr(board.resources, r)}
-            for r in ("dsp", "bram36", "uram", "lut")}
-
-
-def _share(part: float, whole: float) -> str:
-    return f"{part / whole:.1%}" if whole else "-"
-
-
-def sum_totals(costs: list[InstrCost]) -> dict[str, int]:
-    return {key: sum(getattr(c, key) for c in costs)
-            for key in ("macs", "array_cycles", "vector_cycles", "compute_cycles", "memory_cycles", "cycles",
-                        "weight_bytes", "act_read_bytes", "act_write_bytes", "ddr_bytes")}
-
-
-def estimate(prog: Program, tiling: Tiling, board: Board, expert_counts: dict[str, list[int]] | None = None
-             ) -> Estimate:
-    """Cycles, bytes and latency of one inference (one image, one task) of `prog` on `board`."""
+def estimate(prog: Program, u: Uarch, board: Board, expert_counts: dict[str, list[int]] | None = None,
+             resources: dict[str, dict[str, float]] | None = None, dsp_used: int | None = None,
+             tiling: dict | None = None, summary: str = "") -> Estimate:
+    """Cycles, bytes and latency of one task inference of `prog` on the compute unit `u`."""
     counts, notes = resolve_expert_counts(prog, expert_counts)
-    forwarded = forwarded_operands(prog, tiling.act_banks)
     rows = instr_rows(prog, counts)
-    acc_users = on_chip_acc(prog, tiling.acc_on_chip)
-    cached = cached_lists(prog)
-    skipped = skipped_experts(prog, rows, cached)
-    costs: list[InstrCost] = []
-    ran = None  # the last MATMUL that ran, with only skipped experts since
-    for i, (ins, r) in enumerate(zip(prog.instrs, rows)):
-        ahead = read_ahead_cycles(prog, tiling, board, ran, ins, r, cached[i])
-        costs.append(instr_cost(prog, tiling, board, i, ins, r, i in forwarded, i in acc_users, cached[i], ahead,
-                                i in skipped))
-        if i not in skipped:
-            ran = costs[-1] if ins.op == Op.MATMUL and r else None
-    totals = sum_totals(costs)
-    peak = tiling.macs_per_cycle
-    ddr_bpc, axi_bpc = board.ddr_bytes_per_cycle, axi_bytes_per_cycle(board)
-    compute_bound = totals["macs"] / peak
-    memory_bound = transfer_cycles(totals["weight_bytes"], totals["act_read_bytes"], totals["act_write_bytes"],
-                                   ddr_bpc, axi_bpc, board.memory.weight_ports)
-    roofline = max(compute_bound, memory_bound)
-    layers = group_layers(costs, peak, ddr_bpc)
-    return Estimate(
-        board=board.name, clock_mhz=board.clock_mhz, tiling=tiling_params(tiling), num_tasks=prog.num_tasks,
-        ddr_bytes_per_cycle=ddr_bpc, axi_bytes_per_cycle=axi_bpc, weight_ports=board.memory.weight_ports,
-        expert_counts=counts,
-        assumptions=notes + model_notes(tiling, board), instrs=costs, layers=layers, totals=totals,
-        latency_ms=totals["cycles"] / board.clock_hz * 1e3,
-        utilisation=totals["macs"] / (peak * totals["cycles"]) if totals["cycles"] else 0.0,
-        roofline_cycles=roofline, roofline_bound="compute" if compute_bound >= memory_bound else "memory",
-        roofline_ratio=roofline / totals["cycles"] if totals["cycles"] else 0.0,
-        kinds=kind_costs(layers), resources=resource_use(tiling, board, *tiling_fractions(tiling)),
-        tiling_summary=tiling.summary(), tiling_detail=tiling.to_json(),
-    )
+    m = Machine(prog, u, board, rows, read_latency_cycles(board))
+    m.gate_counts = {pc: counts[name] for name, g in gate_instrs(prog).items()
+                     for pc, ins in enumerate(prog.instrs) if ins is g}
+    costs = m.run()
+    layers = group_layers(costs, u, board)
+    totals = {k: int(sum(getattr(c, k) for c in costs)) for k in
+              ("macs", "cycles", "weight_bytes", "act_read_bytes", "act_write_bytes")}
+    totals["ddr_bytes"] = totals["weight_bytes"] + totals["act_read_bytes"] + totals["act_write_bytes"]
+    return Estimate(board.name, board.clock_mhz, tiling or {"P": u.P, "Q": u.Q}, prog.num_tasks,
+                    board.ddr_bytes_per_cycle, m.L, u.weight_ports, counts, notes + model_notes(u, board), costs,
+                    layers, kind_costs(layers), totals, u.macs_per_cycle, board.resources.dsp * u.macs_per_dsp,
+                    dsp_used or u.dsps_array, resources or {}, summary, {})
 
 
-def tiling_fractions(t: Tiling) -> tuple[float, float]:
-    """The budget fractions the tiling was chosen with."""
-    return t.dsp_fraction, t.mem_fraction
-
-
-def _weight_port_text(ports: int) -> str:
-    return f"{ports} weight masters side by side" if ports > 1 else "the weights on gmem's read channel"
-
-
-def model_notes(t: Tiling, board: Board) -> list[str]:
+def model_notes(u: Uarch, board: Board) -> list[str]:
     return [
-        f"program loaded from DDR once per run, before instruction 0 (one round trip and its beats); an "
-        f"instruction then costs its on-chip fetch ({fetch_cycles(board)} cycles) and {INSTR_OVERHEAD_CYCLES} "
-        f"cycles of pipeline fill/drain, an expert MATMUL with no tokens {SKIPPED_INSTR_CYCLES} instead "
-        f"(plus its count's DDR round trip when the count is not on chip), or only its fetch right after a MATMUL "
-        f"(not dispatched)",
-        "LayerNorm: gamma and beta loaded serially before its row loop (a DDR round trip each); ADD: b read "
-        "after a in the same loop, also from wgt",
-        f"vector unit: {t.Q} elements/cycle; requant/GELU pipelined into the MAC drain",
-        "MAC-array instructions: weight tile 0, A rows + tile 1 beyond tile 0's compute, and the last tile's "
-        "compute are not overlapped with the other stream",
-        f"serial loads before a MATMUL's pipeline (its count, then its token list beside the GELU table): "
-        f"{DDR_ROUND_TRIP_CYCLES} cycles of DDR round trip each, plus their beats",
-        f"DDR through {board.memory.axi_data_bits}-bit AXI masters, {axi_bytes_per_cycle(board):g} B/cycle per channel: "
-        f"gmem (activations, program) and {_weight_port_text(board.memory.weight_ports)}; "
-        f"{board.ddr_bytes_per_cycle:.1f} B/cycle of sustained DDR shared by all",
-        "a MATMUL's output stays on chip for a directly following MATMUL that reads it (MoE hidden rows fc1 -> fc2, "
-        "dense MLP hidden rows); the int32 MoE accumulator is on chip from its GATE to its REQUANT32 (no DDR traffic "
-        "for it, cleared lazily)",
-        "attention: blocks of P*Q/head_dim queries meet one key per cycle, scores then e.v with exp/sum fused; "
-        "max kept as the scores come, normalisation of the outputs only; Q/K/V reads and output writes beside "
-        "the key loops but head 0's K, V and first block and the last block's rows",
-        "roofline peak: the P*Q array's MACs per cycle; bytes at the same DDR/AXI rates as the estimate",
+        f"the compute unit of docs/UARCH.md at {u.P}x{u.Q} ({'packed, 2' if u.packed else 'unpacked, 1'} MAC per "
+        f"DSP; attention e.v 1), {u.weight_ports} weight port(s), {u.beat_bytes}-byte AXI beats, EPB = {u.epb}",
+        f"DDR: read latency {read_latency_cycles(board)} cycles, {board.ddr_bytes_per_cycle:.1f} B/cycle sustained "
+        f"for every master together; an act read from DDR waits for every earlier write to be acknowledged",
+        "loops, trip counts and entry costs of docs/SCHEDULE.md; inputs forwarded from the abanks as UARCH.md says",
     ]
+
+
+def estimate_design(prog: Program, tiling, board: Board, expert_counts: dict[str, list[int]] | None = None
+                    ) -> Estimate:
+    """The estimate of a chosen tiling (codesign.schedule.tiling.Tiling), with its resources."""
+    resources = {r: {"used": tiling.used[r], "budget": tiling.budget[r], "board": getattr(board.resources, r)}
+                 for r in tiling.used}
+    return estimate(prog, tiling.uarch, board, expert_counts, resources=resources, dsp_used=tiling.used["dsp"],
+                    tiling={"P": tiling.P, "Q": tiling.Q}, summary=tiling.summary())

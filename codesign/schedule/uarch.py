@@ -66,10 +66,10 @@ class Uarch:
     max_experts: int  # 0 without GATE
     bank_beats: int  # one abank copy
     slot_row_beats: int  # beats of one weight row in a slot (max_k / EPB)
-    param_words: int  # int32 parameters a slot holds (bias + mult, or gamma + beta)
     acc_words: int  # moe_acc words (EPB int32 each), 0 without MoE
     instrs: int  # program words / 16, END included
     gelu: bool
+    dsp_packing: bool = True  # the DSP is a DSP48E2 (27x18): two int8 products fit one multiply
 
     @property
     def epb(self) -> int:
@@ -85,7 +85,7 @@ class Uarch:
 
     @property
     def packed(self) -> bool:
-        return packable(self.wbits, self.abits)
+        return self.dsp_packing and packable(self.wbits, self.abits)
 
     @property
     def macs_per_dsp(self) -> int:
@@ -114,7 +114,8 @@ def _args(prog: Program, op: Op) -> list[dict]:
     return [i.args for i in prog.instrs if i.op == op]
 
 
-def derive_uarch(prog: Program, P: int, Q: int, beat_bytes: int, weight_ports: int) -> Uarch:
+def derive_uarch(prog: Program, P: int, Q: int, beat_bytes: int, weight_ports: int,
+                 dsp_packing: bool = True) -> Uarch:
     """The microarchitecture parameters of `prog` on a P x Q array (sizes from the program)."""
     eb = prog.elem_bytes
     epb = beat_bytes // eb
@@ -136,8 +137,9 @@ def derive_uarch(prog: Program, P: int, Q: int, beat_bytes: int, weight_ports: i
         max_dim=max(dims + [1]), max_dh=max([a["head_dim"] for a in attn] + [0]),
         max_experts=max([a["experts"] for a in gate] + [0]),
         bank_beats=-(-max(elems + [1]) // epb), slot_row_beats=-(-max_k // epb),
-        param_words=max([2 * Q] + [2 * d for d in dims]), acc_words=-(-acc_elems // epb),
+        acc_words=-(-acc_elems // epb),
         instrs=len(prog.instrs) + 1, gelu=any(i.op == Op.MATMUL and i.flags & Flag.GELU for i in prog.instrs),
+        dsp_packing=dsp_packing,
     )
 
 
@@ -193,3 +195,167 @@ def _dynm_from_gate(count_addr: int, gate: Instr | None) -> str | None:
     if off % 4 or not 0 <= off < 4 * experts:
         return "its DYNM count is not one of the last GATE's counts"
     return None
+
+
+# ---------------------------------------------------------------- memories (docs/UARCH.md table)
+
+# Simple dual-port aspect ratios (width bits, depth); 9/18/36/72-bit modes include parity bits,
+# which hold data here. A BRAM36 splits into two BRAM18, counted as 0.5 each.
+BRAM36_SHAPES = ((72, 512), (36, 1024), (18, 2048), (9, 4096), (4, 8192), (2, 16384), (1, 32768))
+BRAM18_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+URAM_SHAPE = (72, 4096)  # URAM288: one fixed aspect ratio
+LUTRAM_DEPTH = 64  # a LUT6 as a 64x1 RAM/ROM
+# Shallow or tiny memories go to distributed RAM, as Vivado does: a BRAM would be mostly empty.
+LUTRAM_MAX_DEPTH = 64
+LUTRAM_MAX_BITS = 8192
+# A memory that needs at least this many BRAM36 goes to URAM while URAM is left.
+URAM_MIN_BRAM36 = 4
+
+
+@dataclass(frozen=True)
+class Memory:
+    name: str
+    purpose: str
+    width: int  # bits read per port per cycle
+    depth: int
+    copies: int = 1
+    binding: str = ""  # "bram36", "uram" or "lutram" (bind_memories)
+    count: float = 0.0  # BRAM36 (halves), URAM or LUTs, all copies
+
+    @property
+    def bits(self) -> int:
+        return self.width * self.depth * self.copies
+
+
+def memories(u: Uarch) -> list[Memory]:
+    """Every on-chip memory the core declares, with the shape each copy has."""
+    beat, eb = 8 * u.beat_bytes, 8 * u.elem_bytes
+    mems = [
+        Memory("prog", "the program, 16 words an instruction", 32, 16 * u.instrs),
+        Memory("abank", "A operand / forwarded tensor: 2 banks x G copies", beat, u.bank_beats, 2 * u.G),
+        Memory("wslot", "weight tile rows: 2 slots in each of GW group memories", beat,
+               2 * u.epb * u.slot_row_beats, u.GW),
+        Memory("params", "bias + mult of 2 slots", 32, 2 * 2 * u.Q),
+        Memory("pring", "LayerNorm gamma + beta, 2 entries", 32, 2 * 2 * u.max_dim),
+        Memory("rsqrt_rom", "LayerNorm RSQRT table", A.RSQRT_FRAC + 1, 1 << A.RSQRT_MBITS),
+        Memory("recip_rom", "softmax RECIP table", A.RECIP_FRAC - A.RECIP_MBITS + 2, 1 << (A.RECIP_MBITS - 1)),
+    ]
+    if u.gelu:
+        mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 << u.abits, max(1, u.epb // 2)))
+    if u.max_dh:
+        mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, 2 * u.epb * (u.max_dh // u.epb), u.GW),
+                 Memory("sbuf", "scores of one query block: a word of Q int32 per key", 32 * u.Q, u.max_tokens),
+                 Memory("exp_rom", "EXP table for the e.v feed, P/2 copies", A.EXP_FRAC + 1, A.EXP_LUT_SIZE,
+                        max(1, u.P // 2))]
+    if u.max_experts:
+        mems += [Memory("moe_acc", "MoE accumulator: EPB int32 a word", 32 * u.epb, u.acc_words),
+                 Memory("lists", "per expert: token id and score", 2 * 16, u.max_tokens, u.max_experts),
+                 Memory("router_exp", "EXP table for the router, experts/2 copies", A.EXP_FRAC + 1,
+                        A.EXP_LUT_SIZE, max(1, u.max_experts // 2))]
+    return mems
+
+
+def bram36_count(width: int, depth: int) -> float:
+    """BRAM36 primitives of one memory, in halves (a memory may use a lone BRAM18)."""
+    whole = min(math.ceil(width / w) * math.ceil(depth / d) for w, d in BRAM36_SHAPES)
+    halves = min(math.ceil(width / w) * math.ceil(depth / d) for w, d in BRAM18_SHAPES)
+    return min(float(whole), halves / 2)
+
+
+def uram_count(width: int, depth: int) -> int:
+    return math.ceil(width / URAM_SHAPE[0]) * math.ceil(depth / URAM_SHAPE[1])
+
+
+def lutram_count(width: int, depth: int) -> int:
+    return width * math.ceil(depth / LUTRAM_DEPTH)
+
+
+def bind_memories(mems: list[Memory], uram_budget: int) -> list[Memory]:
+    """Small memories to LUTs, the biggest to URAM while it lasts, the rest to BRAM36."""
+    out, left = {}, uram_budget
+    for m in sorted(mems, key=lambda m: -bram36_count(m.width, m.depth) * m.copies):
+        brams = bram36_count(m.width, m.depth) * m.copies
+        urams = uram_count(m.width, m.depth) * m.copies
+        if m.depth <= LUTRAM_MAX_DEPTH or m.width * m.depth <= LUTRAM_MAX_BITS:
+            out[m.name] = _bound(m, "lutram", lutram_count(m.width, m.depth) * m.copies)
+        elif brams >= URAM_MIN_BRAM36 and urams <= left and urams < brams:
+            left -= urams
+            out[m.name] = _bound(m, "uram", urams)
+        else:
+            out[m.name] = _bound(m, "bram36", brams)
+    return [out[m.name] for m in mems]
+
+
+def _bound(m: Memory, binding: str, count: float) -> Memory:
+    return Memory(m.name, m.purpose, m.width, m.depth, m.copies, binding, count)
+
+
+# ---------------------------------------------------------------- logic
+
+# Per-unit fabric coefficients: what each instantiated piece costs. They are a model of the
+# generated RTL, checked against yosys synth_xilinx (codesign synth), not a substitute for it.
+LANE_DSPS = 4  # per drain lane: 32x15 requant product (2), LayerNorm / attention normalisation (2)
+ROUTER_DSPS = 4  # softmax score of the chosen experts: e * QP * RECIP
+SCALAR_DSPS = 4  # LayerNorm variance, attention / router reciprocal scaling
+LUTS_PER_LANE = 900  # rounding, saturation, shifters, table addressing of one drain lane
+LUTS_CONTROL = 12000  # sequencer, weight engine, reader, writer, router, attention control
+LUTS_PER_MASTER = 1500  # one AXI4 master: burst splitter, queues
+FF_PER_LANE = 400
+FF_CONTROL = 8000
+FF_PER_MASTER = 1200
+
+
+@dataclass(frozen=True)
+class Part:
+    """One instantiated piece: how many, and what each costs."""
+    name: str
+    count: int
+    dsp: float = 0
+    ff: float = 0
+    lut: float = 0
+
+
+def logic_parts(u: Uarch) -> list[Part]:
+    """The datapath as instantiated: array cells, operand feed, drain lanes, control, masters."""
+    pairs, beat = u.dsps_array, 8 * u.beat_bytes
+    acc = u.acc_w
+    # A column pair: one DSP, two ACC_W accumulators (+ their shadow), the packed hi extraction
+    # (an 18-bit incrementer) and the accumulator input select (packed half or whole product).
+    cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc, lut=2 * acc + 18 + acc)
+    # The drain's row select: a P-to-1 choice of Q accumulator values, then EPB of them.
+    shadow_select = Part("shadow_select", u.Q * acc, lut=math.ceil(u.P / 4) + 1)
+    feed = Part("operand_row", u.P + u.Q, ff=2 * beat, lut=8 * u.elem_bytes * 4)
+    lanes = Part("drain_lane", u.epb, dsp=LANE_DSPS, ff=FF_PER_LANE, lut=LUTS_PER_LANE)
+    masters = Part("axi_master", 1 + u.weight_ports, ff=FF_PER_MASTER, lut=LUTS_PER_MASTER)
+    control = Part("control", 1, dsp=SCALAR_DSPS + (ROUTER_DSPS if u.max_experts else 0), ff=FF_CONTROL,
+                   lut=LUTS_CONTROL)
+    return [cell, shadow_select, feed, lanes, masters, control]
+
+
+RESOURCES = ("dsp", "ff", "lut", "bram36", "uram")
+
+
+@dataclass(frozen=True)
+class ResourceUse:
+    used: dict[str, float]  # resource -> count
+    parts: list[Part]
+    memories: list[Memory]
+
+    def breakdown(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {r: {} for r in RESOURCES}
+        for p in self.parts:
+            for r in ("dsp", "ff", "lut"):
+                if getattr(p, r):
+                    out[r][p.name] = p.count * getattr(p, r)
+        for m in self.memories:
+            out["lut" if m.binding == "lutram" else m.binding][m.name] = m.count
+        return out
+
+
+def resource_use(u: Uarch, uram_budget: int) -> ResourceUse:
+    parts, mems = logic_parts(u), bind_memories(memories(u), uram_budget)
+    used = {r: sum(p.count * getattr(p, r) for p in parts) for r in ("dsp", "ff", "lut")}
+    used["lut"] += sum(m.count for m in mems if m.binding == "lutram")
+    used["bram36"] = math.ceil(sum(m.count for m in mems if m.binding == "bram36"))
+    used["uram"] = sum(m.count for m in mems if m.binding == "uram")
+    return ResourceUse({r: math.ceil(used[r]) for r in RESOURCES}, parts, mems)
