@@ -36,7 +36,7 @@ from codesign import api  # noqa: E402
 from codesign.boards import Board, load_board  # noqa: E402
 from codesign.model.config import ModelConfig  # noqa: E402
 from codesign.model.m3vit import M3ViT  # noqa: E402
-from codesign.schedule.estimate import KINDS, Estimate, transfer_cycles  # noqa: E402
+from codesign.schedule.estimate import KINDS, Estimate  # noqa: E402
 from codesign.schedule.tiling import choose_tiling  # noqa: E402
 
 # M3ViT backbones (ViT-tiny / ViT-small, MoE MLP with 16 experts top-2 in every odd block).
@@ -45,11 +45,20 @@ M3VIT_TINY = ModelConfig(img_size=224, patch_size=16, embed_dim=192, depth=12, n
 M3VIT_SMALL = dataclasses.replace(M3VIT_TINY, embed_dim=384, num_heads=6)
 CONFIGS = {"default": ModelConfig(), "m3vit-tiny": M3VIT_TINY, "m3vit-small": M3VIT_SMALL}
 QUICK_CONFIGS = ("default", "m3vit-tiny")
+REFERENCE_CONFIG = "m3vit-tiny"  # the config the published peers ran (edge-moe-tiny once it exists)
 
-# Published, not measured here (Edge-MoE, Sarkar et al., ICCAD 2023, arXiv:2305.18691).
-EDGE_MOE = {"name": "Edge-MoE (published)", "model": "m3vit-tiny", "board": "zcu102", "clock_mhz": 300.0,
-            "ms_per_image": 59.0, "source": "published figure (~59 ms/image, M3ViT-tiny, ZCU102 @ 300 MHz); "
-                                               "not measured here"}
+# Published figures, not measured here: M3ViT-tiny (128x256 image, 129 tokens, dim 192, 12 blocks,
+# 3 heads, 16 experts top-2) on a ZCU102 at 300 MHz, as the UbiMoE and CoQMoE papers tabulate them.
+REFERENCES = (
+    {"name": "Edge-MoE", "ms_per_image": 34.64, "precision": "hand-written HLS", "dsp": None,
+     "source": "Sarkar et al., ICCAD 2023 (arXiv:2305.18691), as tabulated by UbiMoE and CoQMoE"},
+    {"name": "UbiMoE", "ms_per_image": 25.76, "precision": "W16A32", "dsp": None,
+     "source": "UbiMoE paper, its comparison table"},
+    {"name": "CoQMoE", "ms_per_image": 6.47, "precision": "INT8", "dsp": 1754, "watts": 9.83,
+     "source": "CoQMoE paper, its comparison table (0.37 MACs per DSP per cycle)"},
+)
+REFERENCE_SETUP = {"model": "m3vit-tiny at 128x256 (Edge-MoE's Cityscapes model)", "board": "zcu102",
+                   "clock_mhz": 300.0}
 
 CALIBRATION_IMAGES = 2
 VECTOR_IMAGES = 1
@@ -114,54 +123,51 @@ def task_estimates(design: api.Design, image: np.ndarray, board: Board | None = 
     return [design.estimate(image[None], task) for task in range(design.qm.cfg.num_tasks)]
 
 
-def bandwidth_bound_cycles(est: Estimate) -> float:
-    tot = est.totals
-    return transfer_cycles(tot["weight_bytes"], tot["act_read_bytes"], tot["act_write_bytes"],
-                           est.ddr_bytes_per_cycle, est.axi_bytes_per_cycle, est.weight_ports)
-
-
-def image_figures(estimates: list[Estimate], macs_per_cycle: int) -> dict:
-    """Per-image figures (all tasks: one backbone run per task) from the per-task estimates."""
-    cycles = sum(e.totals["cycles"] for e in estimates)
+def image_figures(estimates: list[Estimate]) -> dict:
+    """Per task and per image (all tasks: one backbone run each) from the per-task estimates."""
+    e0, tasks = estimates[0], len(estimates)
+    cycles = [e.cycles for e in estimates]
     macs = sum(e.totals["macs"] for e in estimates)
-    clock_mhz = estimates[0].clock_mhz
+    per_ms = e0.clock_mhz * 1e3
     roofline = sum(e.roofline_cycles for e in estimates)
     return {
-        "tasks": len(estimates),
+        "tasks": tasks,
         "macs_per_image": macs,
-        "cycles_per_image": cycles,
-        "cycles_per_task": [e.totals["cycles"] for e in estimates],
-        "latency_ms_per_image": cycles / (clock_mhz * 1e3),
-        "latency_ms_per_task": cycles / len(estimates) / (clock_mhz * 1e3),
-        "mac_utilisation": macs / (macs_per_cycle * cycles),
+        "cycles_per_image": sum(cycles),
+        "cycles_per_task": cycles,
+        "latency_ms_per_task": sum(cycles) / tasks / per_ms,
+        "latency_ms_per_image": sum(cycles) / per_ms,
+        "gops": 2 * macs / (sum(cycles) / per_ms * 1e6),
+        "macs_per_dsp_per_cycle": macs / (sum(cycles) * e0.dsp_used),
+        "array_utilisation": macs / (e0.peak_macs_per_cycle * sum(cycles)),
+        "board_peak_fraction": macs / (e0.board_peak_macs_per_cycle * sum(cycles)),
         "ddr_bytes_per_image": sum(e.totals["ddr_bytes"] for e in estimates),
         "weight_bytes_per_image": sum(e.totals["weight_bytes"] for e in estimates),
-        "roofline_compute_cycles": macs / macs_per_cycle,
-        "roofline_bandwidth_cycles": float(sum(bandwidth_bound_cycles(e) for e in estimates)),
         "roofline_cycles": roofline,
-        "roofline_bound": "/".join(sorted({e.roofline_bound for e in estimates})),
-        "roofline_ratio": roofline / cycles,
+        "roofline_ratio": roofline / sum(cycles),
         "kinds": kind_ratios(estimates),
     }
 
 
 def kind_ratios(estimates: list[Estimate]) -> dict[str, dict]:
-    """Per layer kind over all tasks: estimated cycles, the pure board roofline, and their ratio."""
+    """Per layer kind over all tasks: estimated cycles, the array's and the board's rooflines."""
     out = {}
     for kind in KINDS:
-        cycles = sum(k.cycles for e in estimates for k in e.kinds if k.kind == kind)
-        roof = sum(k.board_roofline for e in estimates for k in e.kinds if k.kind == kind)
+        ks = [k for e in estimates for k in e.kinds if k.kind == kind]
+        cycles = sum(k.cycles for k in ks)
         if cycles:
-            out[kind] = {"cycles": cycles, "board_roofline": roof, "ratio": roof / cycles}
+            roof, board = sum(k.roofline for k in ks), sum(k.board_roofline for k in ks)
+            out[kind] = {"cycles": cycles, "roofline": roof, "ratio": roof / cycles, "board_roofline": board,
+                         "board_ratio": board / cycles}
     return out
 
 
 def accelerator_figures(design: api.Design, image: np.ndarray) -> dict:
-    t = design.tiling
-    figures = image_figures(task_estimates(design, image), t.macs_per_cycle)
+    t, estimates = design.tiling, task_estimates(design, image)
     return {"board": design.board.name, "clock_mhz": design.board.clock_mhz, "P": t.P, "Q": t.Q,
-            "macs_per_cycle": t.macs_per_cycle, "dsp": t.dsp, "bram36": t.bram36, "uram": t.uram,
-            "lut": t.lut, **figures}
+            "macs_per_cycle": t.macs_per_cycle, "board_peak_macs_per_cycle": estimates[0].board_peak_macs_per_cycle,
+            "resources": {r: {"used": t.used[r], "board": getattr(design.board.resources, r)} for r in t.used},
+            **image_figures(estimates)}
 
 
 # ---------------------------------------------------------------- project, csim, cosim
@@ -267,42 +273,45 @@ def cosim_figures(design: api.Design, project: Path, simulator: str) -> dict:
         return not_simulated("cosim returned no per-vector cycles", seconds)
     return {"simulated": True, "simulator": simulator, "seconds": seconds,
             "all_passed": bool(getattr(result, "all_passed", False)),
-            **measured_vs_model(design, measured)}
+            **measured_vs_model(design, project, measured)}
 
 
-def rtl_core_array(design: api.Design) -> tuple[int, int]:
-    """(P, Q) of the simulated RTL core: DEFAULT_RTL_P MAC units x one 64-bit word of lanes. It is
-    sized for simulation, not for the board (generate renders it without an rtl_P override)."""
-    from codesign.sim.cosim import DEFAULT_RTL_P
-
-    return DEFAULT_RTL_P, 8 // design.prog.elem_bytes
-
-
-def model_per_image(design: api.Design, images: np.ndarray, indices) -> dict[str, float]:
-    """Estimate and roofline cycles per image, averaged over the given vector images."""
-    figures = [image_figures(task_estimates(design, images[i]), design.tiling.macs_per_cycle) for i in indices]
-    return {key: float(np.mean([f[key] for f in figures])) for key in ("cycles_per_image", "roofline_cycles")}
+def rtl_array(project: Path, design: api.Design) -> dict:
+    """The array, ports and bus width the project's RTL was built with (data/manifest.json "rtl"),
+    else the board tiling's."""
+    man = json.loads((project / "data" / "manifest.json").read_text())
+    rtl = man.get("rtl") or {}
+    return {"P": rtl.get("P", design.tiling.P), "Q": rtl.get("Q", design.tiling.Q),
+            "weight_ports": rtl.get("weight_ports", design.board.memory.weight_ports),
+            "axi_bits": rtl.get("axi_bits", design.board.memory.axi_data_bits)}
 
 
-def measured_vs_model(design: api.Design, measured: dict[int, int]) -> dict:
-    """RTL cycles against the estimate for the board's array and for the RTL core's own (smaller) array."""
+def estimate_at(design: api.Design, rtl: dict, image: np.ndarray) -> list[Estimate]:
+    """The estimate with the RTL's array, ports and beat: the like-for-like check of the model."""
+    from codesign.schedule.estimate import estimate
+    from codesign.schedule.uarch import derive_uarch
+
+    u = derive_uarch(design.prog, rtl["P"], rtl["Q"], rtl["axi_bits"] // 8, rtl["weight_ports"],
+                     dsp_packing=design.tiling.uarch.dsp_packing)
+    counts = [design.estimate(image[None], task).expert_counts for task in range(design.qm.cfg.num_tasks)]
+    return [estimate(design.prog, u, design.board, c) for c in counts]
+
+
+def measured_vs_model(design: api.Design, project: Path, measured: dict[int, int]) -> dict:
+    """RTL cycles (per image, all tasks) against the board estimate and the estimate at the RTL's array."""
     images = api.vector_data(design.qm.cfg, max(measured) + 1).images
-    P, Q = rtl_core_array(design)
-    # the RTL core reads one beat per cycle whatever the number of weight masters, and keeps the
-    # MoE accumulator in DDR
-    one_port = dataclasses.replace(design.board, memory=dataclasses.replace(design.board.memory, weight_ports=1))
-    rtl_tiling = dataclasses.replace(design.tiling, P=P, Q=Q, acc_on_chip=False)
-    rtl_sized = dataclasses.replace(design, board=one_port, tiling=rtl_tiling)
-    board_model = model_per_image(design, images, measured)
-    rtl_model = model_per_image(rtl_sized, images, measured)
-    rtl = float(np.mean(list(measured.values())))
-    return {"rtl_cycles_per_image": rtl, "rtl_ms_per_image": rtl / (design.board.clock_mhz * 1e3),
-            "estimate_cycles_per_image": board_model["cycles_per_image"],
-            "estimate_over_rtl": board_model["cycles_per_image"] / rtl,
-            "roofline_over_rtl": board_model["roofline_cycles"] / rtl,
-            "rtl_array": f"{P}x{Q}", "estimate_rtl_array_cycles_per_image": rtl_model["cycles_per_image"],
-            "estimate_rtl_array_over_rtl": rtl_model["cycles_per_image"] / rtl,
-            "roofline_rtl_array_over_rtl": rtl_model["roofline_cycles"] / rtl}
+    rtl = rtl_array(project, design)
+    board_est = [image_figures(task_estimates(design, images[i])) for i in measured]
+    rtl_est = [image_figures(estimate_at(design, rtl, images[i])) for i in measured]
+    cycles = float(np.mean(list(measured.values())))
+    per_ms = design.board.clock_mhz * 1e3
+    macs = float(np.mean([f["macs_per_image"] for f in board_est]))
+    board_peak = board_est[0]["cycles_per_image"] and design.board.resources.dsp * design.tiling.macs_per_dsp
+    return {"rtl_array": f"{rtl['P']}x{rtl['Q']}", "rtl_cycles_per_image": cycles,
+            "rtl_ms_per_image": cycles / per_ms, "rtl_ms_per_task": cycles / design.qm.cfg.num_tasks / per_ms,
+            "rtl_board_peak_fraction": macs / (board_peak * cycles),
+            "estimate_rtl_array_over_rtl": float(np.mean([f["cycles_per_image"] for f in rtl_est])) / cycles,
+            "estimate_board_array_cycles_per_image": float(np.mean([f["cycles_per_image"] for f in board_est]))}
 
 
 # ---------------------------------------------------------------- one config
@@ -355,21 +364,23 @@ def tool_ratios(result: dict) -> dict:
     }
 
 
-# ---------------------------------------------------------------- Edge-MoE reference
+# ---------------------------------------------------------------- published references
 
-def edge_moe_reference(tiny_design: api.Design | None) -> dict:
-    """The published figure, next to our estimate for the same model on the same board and clock."""
-    ref = dict(EDGE_MOE)
+def references(tiny_design: api.Design | None) -> dict:
+    """The published peers, next to our estimate for the same model on the same board and clock."""
+    out = {"setup": REFERENCE_SETUP, "rows": [dict(r) for r in REFERENCES]}
     if tiny_design is None:
-        return ref
-    board = dataclasses.replace(load_board(ref["board"]), clock_mhz=ref["clock_mhz"])
-    tiling = choose_tiling(tiny_design.prog, board)
-    image = api.vector_data(tiny_design.qm.cfg, 1).images[0]
-    ours = image_figures(task_estimates(tiny_design, image, board), tiling.macs_per_cycle)
-    ref["ours_estimate"] = {"board": board.name, "clock_mhz": board.clock_mhz, "P": tiling.P, "Q": tiling.Q,
+        return out
+    board = dataclasses.replace(load_board(REFERENCE_SETUP["board"]), clock_mhz=REFERENCE_SETUP["clock_mhz"])
+    design = dataclasses.replace(tiny_design, board=board, tiling=choose_tiling(tiny_design.prog, board))
+    image = api.vector_data(design.qm.cfg, 1).images[0]
+    ours = image_figures(task_estimates(design, image))
+    out["ours_estimate"] = {"board": board.name, "clock_mhz": board.clock_mhz, "P": design.tiling.P,
+                            "Q": design.tiling.Q, "dsp": design.tiling.used["dsp"],
                             "ms_per_image": ours["latency_ms_per_image"], "ms_per_task": ours["latency_ms_per_task"],
-                            "roofline_ms_per_image": ours["roofline_cycles"] / (board.clock_mhz * 1e3)}
-    return ref
+                            "macs_per_dsp_per_cycle": ours["macs_per_dsp_per_cycle"],
+                            "tokens": design.qm.cfg.num_tokens}
+    return out
 
 
 # ---------------------------------------------------------------- the whole run
@@ -388,8 +399,8 @@ def run_benchmark(names: list[str], board: str = "zcu104", csim_for: tuple[str, 
             stages = Stages(generate=generate, csim=generate and name in csim_for,
                             cosim=generate and cosim and name == "default", simulator=simulator)
             configs.append(bench_config(name, design, seconds, stages, projects))
-            tiny = design if name == "m3vit-tiny" else tiny
-    return {"meta": run_metadata(board), "configs": configs, "reference": edge_moe_reference(tiny)}
+            tiny = design if name == REFERENCE_CONFIG else tiny
+    return {"meta": run_metadata(board), "configs": configs, "references": references(tiny)}
 
 
 def run_metadata(board: str) -> dict:
@@ -406,29 +417,28 @@ def fmt(value, spec: str = ",.0f", missing: str = "-") -> str:
 
 
 def accelerator_table(report: dict) -> str:
-    head = (f"{'config':<13}{'Mparams':>8}{'GMAC/img':>9}{'PxQ':>7}{'est cyc/img':>13}{'ms/img':>8}"
-            f"{'util':>7}{'DDR MB/img':>11}{'roof comp':>11}{'roof bw':>11}{'roof/est':>9}"
-            f"{'RTL cyc/img':>13}{'est/RTL':>8}{'roof/RTL':>9}{'RTL PxQ':>8}{'est@RTL PxQ/RTL':>16}")
+    head = (f"{'config':<13}{'Mparams':>8}{'GMAC/task':>10}{'PxQ':>8}{'DSP':>6}{'est ms/task':>12}"
+            f"{'GOPS':>7}{'MAC/DSP/cyc':>12}{'of array':>9}{'of board':>9}{'roof/est':>9}"
+            f"{'RTL PxQ':>8}{'RTL ms/task':>12}{'est@RTL/RTL':>12}")
     rows = [accelerator_row(c) for c in report["configs"]]
-    return "\n".join([head, "-" * len(head), *rows])
+    return "\n".join(["estimate (codesign.schedule.estimate) per task inference; RTL = cocotb cosim of the generated "
+                      "Verilog with the board's DDR latency and bandwidth", head, "-" * len(head), *rows])
 
 
 def accelerator_row(c: dict) -> str:
     a = c["accelerator"]
     array = f"{a['P']}x{a['Q']}"
-    return (f"{c['name']:<13}{c['params'] / 1e6:>8.2f}{a['macs_per_image'] / 1e9:>9.3f}{array:>7}"
-            f"{a['cycles_per_image']:>13,}{a['latency_ms_per_image']:>8.2f}{a['mac_utilisation']:>7.1%}"
-            f"{a['ddr_bytes_per_image'] / 1e6:>11.2f}{a['roofline_compute_cycles']:>11,.0f}"
-            f"{a['roofline_bandwidth_cycles']:>11,.0f}{a['roofline_ratio']:>9.2f}"
-            f"{measured_cells(c['tools'].get('cosim') or {})}")
+    return (f"{c['name']:<13}{c['params'] / 1e6:>8.2f}{a['macs_per_image'] / a['tasks'] / 1e9:>10.3f}"
+            f"{array:>8}{a['resources']['dsp']['used']:>6}{a['latency_ms_per_task']:>12.3f}"
+            f"{a['gops']:>7.0f}{a['macs_per_dsp_per_cycle']:>12.2f}{a['array_utilisation']:>9.0%}"
+            f"{a['board_peak_fraction']:>9.0%}{a['roofline_ratio']:>9.0%}{measured_cells(c['tools'].get('cosim') or {})}")
 
 
 def measured_cells(cosim: dict) -> str:
     if not cosim.get("simulated"):
-        return f"{'not simulated':>30}"
-    return (f"{fmt(cosim['rtl_cycles_per_image']):>13}{fmt(cosim['estimate_over_rtl'], '.2f'):>8}"
-            f"{fmt(cosim['roofline_over_rtl'], '.2f'):>9}{cosim['rtl_array']:>8}"
-            f"{fmt(cosim['estimate_rtl_array_over_rtl'], '.2f'):>16}")
+        return f"{'not simulated':>32}"
+    return (f"{cosim['rtl_array']:>8}{cosim['rtl_ms_per_task']:>12.3f}"
+            f"{fmt(cosim['estimate_rtl_array_over_rtl'], '.2f'):>12}")
 
 
 def tools_table(report: dict) -> str:
@@ -448,15 +458,18 @@ def tools_row(c: dict) -> str:
             f"{fmt(r['rss_growth_mib_per_mparam'], '.1f'):>12}")
 
 
-def reference_line(ref: dict) -> str:
-    line = (f"{ref['name']}: {ref['ms_per_image']:g} ms/image, {ref['model']} on {ref['board']} "
-            f"@ {ref['clock_mhz']:g} MHz")
-    ours = ref.get("ours_estimate")
+def reference_lines(refs: dict) -> list[str]:
+    setup = refs["setup"]
+    lines = [f"published (not measured here): {setup['model']} on {setup['board']} @ {setup['clock_mhz']:g} MHz"]
+    for r in refs["rows"]:
+        dsp = f", {r['dsp']:,} DSPs" if r.get("dsp") else ""
+        lines.append(f"  {r['name']:<9}{r['ms_per_image']:>7.2f} ms/image  {r['precision']}{dsp}  ({r['source']})")
+    ours = refs.get("ours_estimate")
     if ours:
-        line += (f"\n  ours (estimate, same model/board/clock, {ours['P']}x{ours['Q']} array): "
-                 f"{ours['ms_per_image']:.2f} ms/image all tasks = {ours['ms_per_task']:.2f} ms/task; "
-                 f"roofline {ours['roofline_ms_per_image']:.2f} ms/image")
-    return line + f"\n  ({ref['source']})"
+        lines.append(f"  ours (estimate, {ours['tokens']} tokens, {ours['P']}x{ours['Q']} array, {ours['dsp']:,} DSPs): "
+                     f"{ours['ms_per_task']:.2f} ms/task, {ours['ms_per_image']:.2f} ms/image (all tasks), "
+                     f"{ours['macs_per_dsp_per_cycle']:.2f} MAC/DSP/cycle")
+    return lines
 
 
 def notes(report: dict) -> list[str]:
@@ -467,8 +480,8 @@ def notes(report: dict) -> list[str]:
             lines.append(f"{c['name']}: project written {gen['kind']}")
         kinds = c["accelerator"].get("kinds", {})
         if kinds:
-            lines.append(f"{c['name']}: board roofline / estimate by layer kind: "
-                         + ", ".join(f"{kind} {k['ratio']:.0%}" for kind, k in kinds.items()))
+            lines.append(f"{c['name']}: roofline / estimate by layer kind (array's; board's): "
+                         + ", ".join(f"{kind} {k['ratio']:.0%}; {k['board_ratio']:.0%}" for kind, k in kinds.items()))
         if csim:
             lines.append(f"{c['name']}: csim " + (f"{csim['passed']} passed, {csim['failed']} failed" if "passed" in
                                                   csim else f"error: {csim['error']}"))
@@ -476,8 +489,8 @@ def notes(report: dict) -> list[str]:
             lines.append(f"{c['name']}: cosim not simulated: {cosim['reason']}")
         elif cosim:
             lines.append(f"{c['name']}: cosim ({cosim['simulator']}) {'bit-exact' if cosim['all_passed'] else 'FAILED'}"
-                         f"; RTL core {cosim['rtl_array']}: estimate at that array "
-                         f"{cosim['estimate_rtl_array_cycles_per_image']:,.0f} cycles/image")
+                         f"; RTL {cosim['rtl_array']}: {cosim['rtl_cycles_per_image']:,.0f} cycles/image, "
+                         f"{cosim['rtl_board_peak_fraction']:.0%} of the board's peak")
     return lines
 
 
@@ -486,7 +499,7 @@ def report_text(report: dict) -> str:
     return "\n".join([
         f"board {m['board']}; random weights; per image = one backbone run per task; torch threads "
         f"{m['torch_threads']}", "", accelerator_table(report), "", tools_table(report), "",
-        "reference: " + reference_line(report["reference"]), *(["", *notes(report)] if notes(report) else [])])
+        *reference_lines(report["references"]), *(["", *notes(report)] if notes(report) else [])])
 
 
 def plot(report: dict, path: Path) -> None:
@@ -503,35 +516,33 @@ def plot(report: dict, path: Path) -> None:
 
 
 def latency_groups(report: dict) -> tuple[list[str], dict[str, list[float]]]:
-    """x labels and ms/image per series: one group per config, then the Edge-MoE comparison group."""
-    series = {"estimate": [], "roofline bound": [], "RTL cosim (measured, RTL core array)": [], "published": []}
+    """x labels and ms per task inference per series: one group per config, then the peers' setup."""
+    series = {"estimate": [], "RTL cosim (measured)": [], "published": []}
     labels = []
     for c in report["configs"]:
-        a, per_ms = c["accelerator"], c["accelerator"]["clock_mhz"] * 1e3
+        a = c["accelerator"]
         labels.append(f"{c['name']}\n{a['board']} @ {a['clock_mhz']:g} MHz")
-        for key, value in zip(series, (a["cycles_per_image"] / per_ms, a["roofline_cycles"] / per_ms,
-                                       (c["tools"].get("cosim") or {}).get("rtl_ms_per_image", np.nan), np.nan)):
+        for key, value in zip(series, (a["latency_ms_per_task"],
+                                       (c["tools"].get("cosim") or {}).get("rtl_ms_per_task", np.nan), np.nan)):
             series[key].append(value)
-    ref = report["reference"]
-    ours = ref.get("ours_estimate")
-    if ours:
-        labels.append(f"{ref['model']}\n{ref['board']} @ {ref['clock_mhz']:g} MHz")
-        for key, value in zip(series, (ours["ms_per_image"], ours["roofline_ms_per_image"], np.nan,
-                                       ref["ms_per_image"])):
+    refs = report["references"]
+    ours = refs.get("ours_estimate")
+    for r in refs["rows"]:
+        labels.append(f"{r['name']}\n{refs['setup']['board']} @ {refs['setup']['clock_mhz']:g} MHz")
+        for key, value in zip(series, (ours["ms_per_task"] if ours else np.nan, np.nan, r["ms_per_image"])):
             series[key].append(value)
     return labels, series
 
 
 def plot_latency(ax, report: dict) -> None:
     labels, series = latency_groups(report)
-    x, width = np.arange(len(labels)), 0.2
+    x, width = np.arange(len(labels)), 0.27
     for i, (label, values) in enumerate(series.items()):
-        name = f"{report['reference']['name']}" if label == "published" else label
-        ax.bar(x + (i - 1.5) * width, values, width, label=name, hatch="//" if label == "published" else None)
-    ax.set_xticks(x, labels, fontsize=8)
+        ax.bar(x + (i - 1) * width, values, width, label=label, hatch="//" if label == "published" else None)
+    ax.set_xticks(x, labels, fontsize=7)
     ax.set_yscale("log")
-    ax.set_ylabel("ms per image (all tasks)")
-    ax.set_title("accelerator latency per image")
+    ax.set_ylabel("ms per task inference")
+    ax.set_title("latency (ours next to the published peers)")
     ax.legend(fontsize=8)
 
 
