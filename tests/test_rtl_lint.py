@@ -115,7 +115,7 @@ def sources(rtl_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------- slang
 
 def slang(files: list[Path]) -> tuple[list[str], list[str]]:
-    """(top module names, unwaived diagnostics as `file:line: severity [option] message`)."""
+    """(top module names, unwaived diagnostics as `file:line: severity [-Woption]: message`)."""
     driver = Driver()
     driver.addStandardArgs()
     assert driver.parseCommandLine(" ".join(["slang", *SLANG_ARGS, *map(str, files)]))
