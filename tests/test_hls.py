@@ -140,6 +140,26 @@ def test_rendered_cpp_has_hls_interfaces_and_builds_without_warnings(default_csi
     assert "warning" not in result.log
 
 
+# -O0: the sanitizers see every access (nothing optimised away); the -O2 build is the fixture's.
+SANITIZE_FLAGS = ("-O0", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+
+
+@needs_gxx
+def test_csim_builds_with_werror_and_runs_clean_under_asan_and_ubsan(default_design, default_project, tmp_path):
+    """The csim sources with CSIM_CXXFLAGS (-Wall -Wextra) plus -Werror and AddressSanitizer +
+    UndefinedBehaviorSanitizer (a report ends the run), every vector once: bit-exact, no report."""
+    binary = tmp_path / "tb_codesign"
+    sources = [*sorted((default_project / "firmware").glob("*.cpp")), default_project / "tb" / "tb_codesign.cpp"]
+    build = subprocess.run(["g++", *CSIM_CXXFLAGS, "-Werror", *SANITIZE_FLAGS, "-o", str(binary), *map(str, sources)],
+                           cwd=default_project, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-4000:]
+    assert build.stderr == ""
+    run = subprocess.run([str(binary)], cwd=default_project, capture_output=True, text=True, timeout=600)
+    assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[-4000:]
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"csim: {len(default_design.vectors)} passed, 0 failed" in run.stdout
+
+
 @needs_gxx
 def test_one_weight_port_keeps_the_single_gmem_interface(default_design, tmp_path):
     """weight_ports: 1 is the original kernel: prog, wgt, act on gmem, four arguments."""
