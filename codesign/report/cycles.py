@@ -14,6 +14,7 @@ from pathlib import Path
 from ..schedule.estimate import board_roofline
 
 RTL_BYTES_PER_CYCLE = 8  # one 64-bit AXI beat per cycle
+REPORT_FILES = ("cycles.txt", "cycles.json")  # in PROJECT/reports
 _MOE_PART = re.compile(r"^(b\d+)\.(gate|mlp|e\d+\.fc[12])$")
 
 
@@ -76,6 +77,7 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
     # generate computes the estimate for the first image's task 0 routing
     vec = next((v for v in traced if v.id == "img0_task0"), traced[0] if traced else None)
     if not est_path.exists() or rtl_mpc is None or vec is None:
+        clear_cycles_report(project_dir)  # an earlier run's table would pass for this run's
         return None
     estimate = json.loads(est_path.read_text())
     names = {layer["name"] for layer in estimate["layers"]}
@@ -98,3 +100,8 @@ def kind_summary(rows: list[dict]) -> str:
             acc[1] += r["rtl_cycles"]
     parts = [f"{kind} {100 * roof / cyc:.0f}%" for kind, (roof, cyc) in sums.items()]
     return "RTL cycles vs the core's own roofline: " + ", ".join(parts)
+
+
+def clear_cycles_report(project_dir: Path) -> None:
+    for name in REPORT_FILES:
+        (Path(project_dir) / "reports" / name).unlink(missing_ok=True)
