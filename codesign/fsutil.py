@@ -71,10 +71,12 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_name_lengths(path: Path, base: Path, extra: int) -> None:
+    """Every name still to be created fits; the last one with `extra` bytes to spare."""
     limit = os.pathconf(base, "PC_NAME_MAX")
-    for part in path.relative_to(base).parts if path != base else (path.name,):
-        if len(os.fsencode(part)) + (extra if part == path.name else 0) > limit:
-            room = limit - (extra if part == path.name else 0)
+    parts = path.relative_to(base).parts if path != base else (path.name,)
+    for i, part in enumerate(parts):
+        room = limit - (extra if i == len(parts) - 1 else 0)
+        if len(os.fsencode(part)) > room:
             raise OutputError(f"name too long in {brief_path(path)}: {len(os.fsencode(part))} bytes, at most "
                               f"{room} here")
 

@@ -472,6 +472,24 @@ def test_a_cosim_run_leaves_none_of_an_earlier_runs_reports(project, capsys):
     assert json.loads((project / "cosim" / "cosim.json").read_text())["vectors"][0]["status"] == "timeout"
 
 
+def test_a_cosim_run_that_fails_leaves_no_earlier_results(project, capsys, monkeypatch):
+    from codesign.sim import cosim
+
+    stale = [project / "reports" / "cycles.txt", project / "cosim" / "results" / "img0_task0.act.bin",
+             project / "cosim" / "cosim.json"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("from an earlier run")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the simulator crashed")
+
+    monkeypatch.setattr(cosim, "run_images", crash)
+    assert main(["cosim", str(project), "--simulator", "icarus"]) == 2
+    assert one_line_error(capsys, "cosim") == "the simulator crashed"
+    assert [p for p in stale if p.exists()] == []
+
+
 def test_last_retired_instruction_comes_from_the_trace_after_the_last_finished_run(project):
     build = project / "cosim" / "sim_build_fake"
     build.mkdir(parents=True)

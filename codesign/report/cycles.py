@@ -77,7 +77,6 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
     # generate computes the estimate for the first image's task 0 routing
     vec = next((v for v in traced if v.id == "img0_task0"), traced[0] if traced else None)
     if not est_path.exists() or rtl_mpc is None or vec is None:
-        clear_cycles_report(project_dir)  # an earlier run's table would pass for this run's
         return None
     estimate = json.loads(est_path.read_text())
     names = {layer["name"] for layer in estimate["layers"]}
@@ -103,5 +102,6 @@ def kind_summary(rows: list[dict]) -> str:
 
 
 def clear_cycles_report(project_dir: Path) -> None:
+    """Before a cosim run (api.cosim): an earlier run's table would pass for this run's."""
     for name in REPORT_FILES:
         (Path(project_dir) / "reports" / name).unlink(missing_ok=True)
