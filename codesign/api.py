@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 
 from .boards import Board, load_board
 from .emit.data import Vector, write_data_dir
-from .fsutil import atomic_dir, refuse_existing
+from .fsutil import atomic_dir, checked_project_target
 from .model.config import ModelConfig
 from .model.data import SyntheticData, make_dataset
 from .model.m3vit import M3ViT
@@ -195,13 +196,18 @@ def _add_image_index(manifest_path: Path) -> None:
 
 
 def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: int = 2, force: bool = False,
-             wbits: int = 8, abits: int = 8, calib=None, config=None, project_name: str = "codesign") -> Path:
-    """Write a complete project (HLS C++, RTL, Tcl, host driver, data, reports) to `out_dir`."""
+             wbits: int = 8, abits: int = 8, calib=None, config=None, project_name: str = "codesign",
+             inputs=()) -> Path:
+    """Write a complete project (HLS C++, RTL, Tcl, host driver, data, reports) to `out_dir`.
+
+    An existing `out_dir` is replaced only with `force`, and only when it is a codesign project
+    that holds none of the files read (`model`, `config`, `calib` and any other `inputs` paths)."""
     images = checked_count(images, "images (test images per task)")
-    refuse_existing(out_dir, force)  # before the slow conversion, not after it
+    inputs = [*inputs, *(p for p in (model, config, calib) if isinstance(p, (str, os.PathLike)))]
+    checked_project_target(out_dir, force, inputs)  # before the slow conversion, not after it
     design = model if isinstance(model, Design) else convert(model, board, wbits, abits, calib, config)
     data = vector_data(design.qm.cfg, images)
-    with atomic_dir(Path(out_dir), force) as tmp:
+    with atomic_dir(Path(out_dir), force, project=True, protect=inputs) as tmp:
         _write_project(tmp, design, data, project_name)
     return Path(out_dir)
 
@@ -219,10 +225,12 @@ def cosim(project_dir: str | Path, simulator: str = "verilator", waves: bool = F
           timeout_cycles: int | None = None, rtl_dir: str | Path | None = None):
     """RTL co-simulation; `timeout_cycles` limits each run (default: 4x a rough estimate + 100k);
     `rtl_dir` simulates other RTL with the same ports (a Vitis HLS export's verilog/) instead of rtl/."""
+    from .report.cycles import clear_cycles_report
     from .sim.cosim import run_cosim
 
     if timeout_cycles is not None:
         timeout_cycles = checked_count(timeout_cycles, "timeout_cycles")
+    clear_cycles_report(project_dir)  # written again by cycles_report for this run only
     return run_cosim(Path(project_dir), simulator=simulator, waves=waves, vectors=vectors,
                      timeout_cycles=timeout_cycles, rtl_dir=None if rtl_dir is None else Path(rtl_dir))
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from .errors import brief, brief_list
+from .yamlio import read_yaml
 
 BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
 
@@ -84,10 +85,16 @@ class Board:
         return sustained_bytes_per_s / self.clock_hz
 
 
+# Upper bounds that no real board reaches: a value past them is a typo (or 1e12, .inf) that would
+# otherwise turn every estimate into nonsense.
+MAX_CLOCK_MHZ = 1000  # programmable logic clocks stay well below 1 GHz
+MAX_DDR_GBPS = 1000  # HBM parts have about 820 GB/s
+MAX_COUNT = 100_000_000  # the largest devices have about 20 million flip-flops
+
 # Field schemas: name -> expected kind. Nested sections map to their own schema.
 _RESOURCE_FIELDS = {"dsp": "count", "bram36": "count", "uram": "count0", "lut": "count", "ff": "count"}
 _MEMORY_FIELDS = {
-    "ddr_gbps": "positive",
+    "ddr_gbps": "bandwidth",
     "ddr_efficiency": "fraction",
     "axi_data_bits": "axi_width",
     "hp_ports": "count",
@@ -100,7 +107,7 @@ _BOARD_FIELDS: dict[str, Any] = {
     "part": "text",
     "board_part": "optional_text",
     "family": "family",
-    "clock_mhz": "positive",
+    "clock_mhz": "clock",
     "resources": _RESOURCE_FIELDS,
     "memory": _MEMORY_FIELDS,
     "ps": _PS_FIELDS,
@@ -147,14 +154,14 @@ def part_family(part: str) -> tuple[str, str] | None:
 def _check_part(path: Path, board: Board) -> None:
     known = part_family(board.part)
     if known is None:
-        raise BoardError(f"{path}: field part {board.part!r} is not a part of a supported device family; "
+        raise BoardError(f"{path}: field part {brief(board.part)} is not a part of a supported device family; "
                          f"expected {PART_PATTERNS_TEXT}")
     description, family = known
     if family not in PS_TYPE_BY_FAMILY:
-        raise BoardError(f"{path}: field part {board.part!r} is a {description} part, whose PS the generated block "
+        raise BoardError(f"{path}: field part {brief(board.part)} is a {description} part, whose PS the generated block "
                          f"design does not support yet (family must be one of {', '.join(PS_TYPE_BY_FAMILY)})")
     if family != board.family:
-        raise BoardError(f"{path}: field part {board.part!r} is a {description} part: family must be {family!r}, "
+        raise BoardError(f"{path}: field part {brief(board.part)} is a {description} part: family must be {family!r}, "
                          f"got {board.family!r}")
 
 
@@ -167,17 +174,12 @@ def _resolve_board_file(name_or_path: str) -> Path:
         return path
     if name_or_path not in known_boards():
         known = ", ".join(known_boards())
-        raise BoardError(f"unknown board {name_or_path!r}; known boards: {known}")
+        raise BoardError(f"unknown board {brief(name_or_path)}; known boards: {known}")
     return BOARDS_DIR / f"{name_or_path}.yaml"
 
 
 def _read_yaml_mapping(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        # PyYAML messages span several lines; keep only the first for a one-line error.
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BoardError(f"{path}: invalid YAML: {first_line}") from None
+    raw = read_yaml(path, BoardError)
     if not isinstance(raw, dict):
         raise BoardError(f"{path}: expected a mapping of board fields at top level")
     return raw
@@ -189,9 +191,9 @@ def _check_fields(path: Path, raw: Mapping, schema: Mapping[str, Any], prefix: s
     if missing:
         raise BoardError(f"{path}: missing field(s): {', '.join(missing)}")
     # Unknown keys are most likely typos of optional fields, which would otherwise be ignored.
-    unknown = [prefix + str(key) for key in raw if key not in schema]
+    unknown = [prefix + (key if isinstance(key, str) else brief(key)) for key in raw if key not in schema]
     if unknown:
-        raise BoardError(f"{path}: unknown field(s): {', '.join(unknown)}")
+        raise BoardError(f"{path}: unknown field(s): {brief_list(unknown)}")
     for key, kind in schema.items():
         field = prefix + key
         if isinstance(kind, Mapping):
@@ -199,7 +201,7 @@ def _check_fields(path: Path, raw: Mapping, schema: Mapping[str, Any], prefix: s
                 raise BoardError(f"{path}: field {field} must be a mapping")
             _check_fields(path, raw[key], kind, prefix=field + ".")
         elif not _VALIDATORS[kind](raw[key]):
-            raise BoardError(f"{path}: field {field} must be {_KIND_DESCRIPTIONS[kind]}, got {raw[key]!r}")
+            raise BoardError(f"{path}: field {field} must be {_KIND_DESCRIPTIONS[kind]}, got {brief(raw[key])}")
 
 
 def _is_number(value: Any) -> bool:
@@ -215,10 +217,11 @@ _VALIDATORS = {
     "text": lambda v: isinstance(v, str) and v.strip() != "",
     "optional_text": lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
     "family": lambda v: v in PS_TYPE_BY_FAMILY,
-    "positive": lambda v: _is_number(v) and v > 0,
+    "clock": lambda v: _is_number(v) and 0 < v <= MAX_CLOCK_MHZ,  # NaN and inf fail both comparisons
+    "bandwidth": lambda v: _is_number(v) and 0 < v <= MAX_DDR_GBPS,
     "fraction": lambda v: _is_number(v) and 0 < v <= 1,
-    "count": lambda v: _is_int(v) and v > 0,
-    "count0": lambda v: _is_int(v) and v >= 0,  # e.g. URAM: absent on many parts
+    "count": lambda v: _is_int(v) and 0 < v <= MAX_COUNT,
+    "count0": lambda v: _is_int(v) and 0 <= v <= MAX_COUNT,  # e.g. URAM: absent on many parts
     "axi_width": lambda v: _is_int(v) and v in (32, 64, 128, 256, 512, 1024),
     "bool": lambda v: isinstance(v, bool),
 }
@@ -227,10 +230,11 @@ _KIND_DESCRIPTIONS = {
     "text": "a non-empty string",
     "optional_text": "a non-empty string or null",
     "family": "one of " + ", ".join(PS_TYPE_BY_FAMILY),
-    "positive": "a positive number",
+    "clock": f"a clock in MHz in (0, {MAX_CLOCK_MHZ}]",
+    "bandwidth": f"a bandwidth in GB/s in (0, {MAX_DDR_GBPS}]",
     "fraction": "a number in (0, 1]",
-    "count": "a positive integer",
-    "count0": "a non-negative integer",
+    "count": f"an integer in 1..{MAX_COUNT:,}",
+    "count0": f"an integer in 0..{MAX_COUNT:,}",
     "axi_width": "a power-of-two AXI width between 32 and 1024",
     "bool": "true or false",
 }
@@ -254,4 +258,4 @@ def _build_board(raw: Mapping) -> Board:
 def _check_ps_matches_family(path: Path, board: Board) -> None:
     expected = PS_TYPE_BY_FAMILY[board.family]
     if board.ps.type != expected:
-        raise BoardError(f"{path}: field ps.type must be {expected!r} for family {board.family!r}, got {board.ps.type!r}")
+        raise BoardError(f"{path}: field ps.type must be {expected!r} for family {board.family!r}, got {brief(board.ps.type)}")

@@ -40,11 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", required=True, help="project folder to create")
     g.add_argument("--images", type=_positive_int, default=2, help="test images per task in the project, >= 1 "
                                                                     "(default 2)")
-    g.add_argument("--force", action="store_true", help="replace an existing project folder")
+    g.add_argument("--force", action="store_true", help="replace an existing codesign project folder (only a "
+                                                        "folder codesign wrote, never the working folder or "
+                                                        "one holding the model)")
 
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
     c.add_argument("project")
-    c.add_argument("--dump", help="folder to write the final activation image of each test vector")
+    c.add_argument("--dump", metavar="DIR", help="folder to write the final activation image of each test vector")
     c.add_argument("--first", type=_positive_int, metavar="N", help="only the first N test vectors of each task")
     c.add_argument("--layers", action="store_true", help="print the per-layer PASS/mismatch table")
 
@@ -62,9 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("project")
     y.add_argument("--rtl", metavar="DIR", help="synthesize this RTL folder instead of PROJECT/rtl")
 
-    m = sub.add_parser("compare", help="compare FPGA/simulation results with the software reference")
+    m = sub.add_parser("compare", help="compare FPGA/simulation results with the software reference",
+                       description="Compare FPGA/simulation results with the golden and float models. Exit "
+                                   "status: 0 every vector of the project has a result and all are bit-exact "
+                                   "(output and, for act images, every traced layer); 1 all results are there "
+                                   "and at least one differs; 2 bad input, including incomplete results: a "
+                                   "vector without a result file, a file cut short or longer than a result, "
+                                   "or a result for a vector the project does not have (the report lists them "
+                                   "whenever any result is readable).")
     m.add_argument("project")
-    m.add_argument("results", help="folder of <id>.act.bin (csim/cosim) or <id>.npy (board dump) files")
+    m.add_argument("results", help="folder of <id>.act.bin (csim/cosim) or <id>.npy (board dump) files, one "
+                                   "for every vector of the project")
     m.add_argument("-o", "--out", help="report folder (default PROJECT/reports/compare)")
 
     e = sub.add_parser("estimate", help="tiling, resources, cycles and roofline for a model on a board")
@@ -77,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     d.add_argument("--retrain", action="store_true", help="retrain the embedded model instead of the shipped one")
     d.add_argument("--eval-images", type=_positive_int, default=64, help="held-out images for the accuracy report")
-    d.add_argument("--force", action="store_true", help="replace an existing project folder")
+    d.add_argument("--force", action="store_true", help="replace an existing codesign project folder")
     return ap
 
 
@@ -92,11 +102,12 @@ def _model(args):
 
 def cmd_generate(args) -> int:
     from . import api
-    from .fsutil import refuse_existing
+    from .fsutil import checked_project_target
 
-    refuse_existing(args.out, args.force)  # before loading and converting the model
+    inputs = [p for p in (args.model, args.config, args.calib) if p and p != DEFAULT_MODEL]
+    checked_project_target(args.out, args.force, inputs)  # before loading and converting the model
     design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
-    out = api.generate(design, args.out, images=args.images, force=args.force)
+    out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
           f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name})")
     return 0
@@ -143,8 +154,12 @@ def cmd_synth(args) -> int:
 def cmd_compare(args) -> int:
     from . import api
 
+    from .report.compare import CompareError
+
     rep = api.compare(args.project, args.results, args.out)
     print(rep.summary_text())
+    if not rep.complete:  # not a bit-exactness verdict: exit 2, as for other bad input
+        raise CompareError(rep.incomplete_reason())
     return 0 if rep.all_bit_exact else 1
 
 
@@ -152,12 +167,14 @@ def cmd_estimate(args) -> int:
     import json
 
     from . import api
+    from .fsutil import checked_output_path
 
+    json_path = checked_output_path(args.json, "file") if args.json else None  # before the conversion
     design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
     est = design.estimate()
     print(est.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(est.to_json(), indent=1))
+    if json_path:
+        json_path.write_text(json.dumps(est.to_json(), indent=1))
     return 0
 
 
@@ -177,6 +194,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return user_error_types()
 
 
+def _error_line(exc: BaseException) -> str:
+    from .errors import one_line
+
+    return one_line(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -188,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except _known_errors() as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"codesign {args.cmd}: error: {msg}", file=sys.stderr)
+        print(f"codesign {args.cmd}: error: {_error_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -33,10 +33,10 @@ def _accuracy(design, eval_images: int):
 def run_demo(out: Path, board: str = "zcu104", simulator: str = "verilator", retrain: bool = False,
              eval_images: int = 64, force: bool = False) -> int:
     from . import api
-    from .fsutil import refuse_existing
+    from .fsutil import checked_project_target
     from .model.zoo import ensure_default_model, load_default_model
 
-    refuse_existing(out, force)  # before minutes of training and simulation, not after
+    checked_project_target(out, force)  # before minutes of training and simulation, not after
     t = _step("1/6 embedded model: tiny M3ViT (synthetic shapes: semantic segmentation + depth)")
     ensure_default_model(retrain=retrain)
     model = load_default_model()

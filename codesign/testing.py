@@ -51,3 +51,10 @@ class PynqBufferStub(np.ndarray):
 
     def freebuffer(self):
         pass
+
+
+def alias_bomb(field: str, levels: int = 9) -> str:
+    """About 500 bytes of YAML whose `field` expands to 9**levels strings (the "billion laughs")."""
+    rows = ['  - &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    rows += [f"  - &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "anchors:\n" + "\n".join(rows) + f"\n{field}: *l{levels - 1}\n"

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from codesign.boards import Board, BoardError, known_boards, load_board
 from codesign.emit.tcl import render_tcl_and_driver
-from codesign.testing import PynqBufferStub
+from codesign.testing import PynqBufferStub, alias_bomb
 
 PROJECT = "moe_vit"
 ALL_BOARDS = ["kv260", "pynq-z2", "ultra96v2", "zcu102", "zcu104"]
@@ -139,6 +140,11 @@ def test_missing_nested_field_is_named_with_its_section(tmp_path):
         (lambda raw: raw["resources"].update(bram36="312"), "resources.bram36"),
         (lambda raw: raw["resources"].update(ff=True), "resources.ff"),
         (lambda raw: raw.update(clock_mhz=0), "clock_mhz"),
+        (lambda raw: raw.update(clock_mhz=1e12), "clock_mhz"),
+        (lambda raw: raw.update(clock_mhz=float("nan")), "clock_mhz"),
+        (lambda raw: raw["memory"].update(ddr_gbps=float("inf")), "memory.ddr_gbps"),
+        (lambda raw: raw["memory"].update(ddr_gbps=5000), "memory.ddr_gbps"),
+        (lambda raw: raw["resources"].update(lut=10 ** 12), "resources.lut"),
         (lambda raw: raw["memory"].update(ddr_efficiency=1.5), "memory.ddr_efficiency"),
         (lambda raw: raw["memory"].update(axi_data_bits=100), "memory.axi_data_bits"),
         (lambda raw: raw["memory"].update(weight_ports=0), "memory.weight_ports"),
@@ -513,3 +519,30 @@ def test_driver_rejects_bad_task_and_input(tmp_path, monkeypatch):
         driver.run(np.zeros(5, dtype=np.int8), task=0)
     with pytest.raises(RuntimeError, match="run\\(\\) first"):
         driver.dump(tmp_path / "nothing.npy")
+
+
+def test_an_alias_bomb_in_a_board_file_is_refused_quickly_and_briefly(tmp_path):
+    """Issue 14: a bomb in `vendor:` made a 2.1 GB error message and took 6.8 GB of memory."""
+    board = (Path(__file__).resolve().parents[1] / "boards" / "zcu104.yaml").read_text().splitlines()
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb("vendor") + "\n".join(row for row in board if not row.startswith("vendor:")))
+    start = time.monotonic()
+    with pytest.raises(BoardError) as excinfo:
+        load_board(str(path))
+    assert time.monotonic() - start < 2
+    assert str(excinfo.value) == f"{path}: invalid YAML: the aliases expand to more than 100000 nodes (an alias bomb?)"
+
+
+def test_long_values_are_quoted_briefly(tmp_path):
+    path = _write_board_yaml(tmp_path, lambda raw: raw.update(vendor=["v" * 5000] * 100))
+    with pytest.raises(BoardError) as excinfo:
+        load_board(str(path))
+    assert str(excinfo.value).startswith(f"{path}: field vendor must be a non-empty string, got ['vvvvv")
+    assert len(str(excinfo.value)) < 400
+
+
+def test_a_board_file_larger_than_any_board_needs_is_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# padding\n" * 200_000)
+    with pytest.raises(BoardError, match=r"big\.yaml: larger than 1024 KiB"):
+        load_board(str(path))

@@ -15,7 +15,7 @@ import torch
 
 from codesign import api
 from codesign.cli import main
-from codesign.fsutil import atomic_dir
+from codesign.fsutil import PROJECT_MARKER, atomic_dir, mark_project
 from codesign.model.config import ModelConfig
 from codesign.model.zoo import default_model_dir, load_default_model
 
@@ -45,12 +45,13 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """One real `codesign generate` of the embedded model, over a stale folder (--force)."""
+    """One real `codesign generate` of the embedded model, over a stale project (--force)."""
     root = tmp_path_factory.mktemp("cli")
     np.save(root / "calib.npy", GOOD_CALIB)  # 4 images calibrate much faster than the default 64
     proj = root / "proj"
     (proj / "stale").mkdir(parents=True)
     (proj / "stale" / "old.txt").write_text("old")
+    mark_project(proj)
     argv = ["generate", "default", "-o", str(proj), "--images", "1", "--calib", str(root / "calib.npy"), "--force"]
     assert main(argv) == 0
     return proj
@@ -212,13 +213,178 @@ def test_force_replaced_the_stale_folder_with_a_readable_project(project):
 
 
 @pytest.mark.parametrize("command", [["generate", "default"], ["demo"]])
-def test_existing_output_is_refused_with_a_force_hint(command, capsys, tmp_path):
+def test_existing_project_is_refused_with_a_force_hint(command, capsys, tmp_path):
     out = tmp_path / "keep"
     out.mkdir()
     (out / "precious.txt").write_text("mine")
+    mark_project(out)
     assert main([*command, "-o", str(out)]) == 2
     assert one_line_error(capsys, command[0]) == f"{out} exists; pass --force to replace it"
     assert (out / "precious.txt").read_text() == "mine"
+
+
+NOT_A_PROJECT = ("exists and is not a codesign project (no .codesign-project): --force replaces only codesign "
+                 "projects; choose another -o or remove it yourself")
+
+
+def _user_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", [["generate", "default"], ["demo"]])
+@pytest.mark.parametrize("target, message", [
+    (".", "{work} " + NOT_A_PROJECT),
+    ("..", "{root} " + NOT_A_PROJECT),
+    ("model", "{work}/model " + NOT_A_PROJECT),
+    ("notes.txt", "{work}/notes.txt exists and is not a folder"),
+])
+def test_force_never_replaces_what_codesign_did_not_write(command, target, message, capsys, tmp_path,
+                                                          monkeypatch):
+    """Issue 14: `-o . --force` emptied the working folder, `-o ..` its parent, `-o MODEL_DIR`
+    the user's model, `-o FILE` the file; all exited 0."""
+    work = tmp_path / "work"
+    shutil.copytree(default_model_dir(), work / "model")
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    before = _user_files(tmp_path)
+    monkeypatch.setattr(api, "convert", lambda *a, **k: pytest.fail("converted before refusing"))
+    assert main([*command, "-o", target, "--force"]) == 2
+    assert one_line_error(capsys, command[0]) == message.format(work=work, root=tmp_path)
+    assert _user_files(tmp_path) == before
+
+
+def test_force_refuses_the_working_project_and_one_holding_the_model(project, capsys, monkeypatch):
+    before = _user_files(project)
+    monkeypatch.chdir(project / "data")
+    assert main(["generate", "default", "-o", "..", "--force"]) == 2
+    assert one_line_error(capsys, "generate") == (f"refusing to replace {project}: it is the working folder or "
+                                                  f"one of its parents")
+    monkeypatch.chdir(project.parent)
+    assert main(["generate", str(project / "model"), "-o", str(project), "--force"]) == 2
+    assert one_line_error(capsys, "generate") == (f"refusing to replace {project}: it holds {project}/model, an "
+                                                  f"input of this run")
+    assert _user_files(project) == before
+
+
+def test_killed_runs_leave_no_project_behind_and_are_cleaned_up(tmp_path):
+    out = tmp_path / "proj"
+    stale = tmp_path / ".proj.tmp-k1ll3d00"  # what a run killed mid-write leaves
+    (stale / "data").mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, project=True) as tmp:
+        (tmp / "data").mkdir()
+        assert not (tmp / PROJECT_MARKER).exists()  # written last: an unfinished folder is never a project
+        raise KeyboardInterrupt
+    with atomic_dir(out, project=True) as tmp:
+        (tmp / "f").write_text("x")
+    assert (out / PROJECT_MARKER).is_file() and not stale.exists() and leftovers(out) == []
+
+
+def test_a_second_writer_of_the_same_folder_fails_at_once(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "proj"
+    entered = []
+
+    def write_while_another_run_writes(tmp, *args):
+        entered.append(tmp)
+        assert main(["generate", "default", "-o", str(out), "--images", "1"]) == 2
+
+    monkeypatch.setattr(api, "convert", lambda *a, **k: SimpleNamespace(qm=SimpleNamespace(cfg=ModelConfig())))
+    monkeypatch.setattr(api, "_write_project", write_while_another_run_writes)
+    api.generate("default", out, images=1)
+    assert entered and one_line_error(capsys, "generate") == (f"another codesign run is writing {out} (lock "
+                                                              f".proj.lock); wait for it or choose another -o")
+    assert (out / PROJECT_MARKER).is_file() and leftovers(out) == []
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder nobody can write in, root included (chmod does not stop root; chattr +i does)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):
+        immutable = os.system(f"chattr +i {folder} 2>/dev/null") == 0
+        if not immutable:
+            pytest.skip("cannot make a folder unwritable here (root without chattr)")
+    yield folder
+    if immutable:
+        os.system(f"chattr -i {folder}")
+    folder.chmod(0o755)
+
+
+def test_unwritable_outputs_are_one_line_errors_before_the_work(project, unwritable, capsys, monkeypatch):
+    monkeypatch.setattr(api, "convert", lambda *a, **k: pytest.fail("converted before checking the output"))
+    for argv in (["generate", "default", "-o", str(unwritable / "p")],
+                 ["estimate", "default", "--json", str(unwritable / "e.json")]):
+        assert main(argv) == 2
+        assert one_line_error(capsys, argv[0]).startswith(f"cannot write in {unwritable}: ")
+    monkeypatch.undo()
+    for argv in (["compare", str(project), str(project / "data" / "vec"), "-o", str(unwritable / "c")],
+                 ["csim", str(project), "--dump", str(unwritable / "d")]):
+        assert main(argv) == 2
+        assert one_line_error(capsys, argv[0]).startswith(f"cannot write in {unwritable}: ")
+
+
+def test_unusable_output_paths_are_one_line_errors(project, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "convert", lambda *a, **k: pytest.fail("converted before checking the output"))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    long_name = "n" * 300
+    cases = [
+        (["generate", "default", "-o", f"{tmp_path}/file/p"], f"cannot create {tmp_path}/file/p: {tmp_path}/file "
+                                                              f"is not a folder"),
+        (["generate", "default", "-o", f"{tmp_path}/{long_name}"], "name too long in "),
+        (["generate", "default", "-o", f"{tmp_path}/{'n' * 250}"], "name too long in "),  # no room for .tmp-*
+        (["estimate", "default", "--json", str(tmp_path / "folder")], f"{tmp_path}/folder is a folder; give a "
+                                                                      f"file name"),
+        (["estimate", "default", "--json", f"{tmp_path}/{long_name}"], "name too long in "),
+        (["compare", str(project), str(project / "data" / "vec"), "-o", str(tmp_path / "file")],
+         f"{tmp_path}/file exists and is not a folder"),
+        (["csim", str(project), "--dump", str(tmp_path / "file")], f"{tmp_path}/file exists and is not a folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert one_line_error(capsys, argv[0]).startswith(message)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+BAD_VECTOR = "vectors[0] must have an id, a task below num_tasks and relative start and expected files"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda man: man["vectors"][0].pop("start"), BAD_VECTOR),
+    (lambda man: man["vectors"][0].update(start="../../../etc/passwd"), BAD_VECTOR),
+    (lambda man: man["regions"][-1].update(addr=10 ** 9), "regions must be a list of {name, addr, shape, kind} "
+                                                          "inside the act image"),
+    (lambda man: man.pop("trace"), "trace must be a list of region names"),
+])
+def test_malformed_manifests_are_one_line_errors(project, edit, message, capsys, tmp_path):
+    copy = tmp_path / "proj"
+    shutil.copytree(project, copy)
+    path = copy / "data" / "manifest.json"
+    man = json.loads(path.read_text())
+    edit(man)
+    path.write_text(json.dumps(man))
+    for argv in (["csim", str(copy)], ["compare", str(copy), str(copy / "data" / "vec")],
+                 ["cosim", str(copy), "--simulator", "icarus"]):
+        assert main(argv) == 2
+        assert one_line_error(capsys, argv[0]) == f"{path}: {message}; regenerate the project"
+
+
+def test_a_manifest_that_is_a_list_and_project_json_without_scale(project, capsys, tmp_path):
+    copy = tmp_path / "proj"
+    shutil.copytree(project, copy)
+    info = json.loads((copy / "project.json").read_text())
+    del info["output_scale"]
+    (copy / "project.json").write_text(json.dumps(info))
+    assert main(["compare", str(copy), str(copy / "data" / "vec")]) == 2
+    assert one_line_error(capsys, "compare") == (f"{copy}/project.json has no positive output_scale: regenerate "
+                                                 f"the project")
+    (copy / "data" / "manifest.json").write_text("[1, 2]")
+    for argv in (["csim", str(copy)], ["cosim", str(copy), "--simulator", "icarus"]):
+        assert main(argv) == 2
+        assert one_line_error(capsys, argv[0]) == (f"{copy}/data/manifest.json: expected a JSON object, got list; "
+                                                   f"regenerate the project")
 
 
 @pytest.mark.parametrize("failure, rc", [(KeyboardInterrupt, 130), (RuntimeError, None)])
@@ -226,6 +392,7 @@ def test_failed_generate_keeps_the_old_folder_and_no_temp(failure, rc, monkeypat
     out = tmp_path / "proj"
     out.mkdir()
     (out / "precious.txt").write_text("mine")
+    mark_project(out)
 
     def half_written(tmp, *args):
         (tmp / "data").mkdir()
@@ -241,7 +408,7 @@ def test_failed_generate_keeps_the_old_folder_and_no_temp(failure, rc, monkeypat
     else:
         assert main(argv) == rc
         assert capsys.readouterr().err == "codesign: interrupted\n"
-    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [PROJECT_MARKER, "precious.txt"]
     assert leftovers(out) == []
 
 
@@ -287,6 +454,40 @@ def test_cosim_timeout_reports_limit_cycle_and_last_instruction(project, capsys)
     assert lines[0] == "FAIL first mismatch at <timeout> img0_task0 (task 0): 5002 cycles"
     assert lines[-1] == ("TIMEOUT img0_task0 timed out: limit 5000 cycles, reached 5002; "
                          "last retired: none (the first instruction did not finish)")
+
+
+def test_a_cosim_run_leaves_none_of_an_earlier_runs_reports(project, capsys):
+    """Issue 14: `cosim --timeout-cycles 10` emptied cosim/results/ but kept the old cycles.txt."""
+    if shutil.which("iverilog") is None:
+        pytest.skip("icarus verilog not installed")
+    stale = [project / "reports" / "cycles.txt", project / "reports" / "cycles.json",
+             project / "cosim" / "results" / "img0_task0.act.bin", project / "cosim" / "cosim.json"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("from an earlier run")
+    assert main(["cosim", str(project), "--simulator", "icarus", "--timeout-cycles", "10",
+                 "--vectors", "img0_task0"]) == 1
+    assert "cycles per layer" not in capsys.readouterr().out
+    assert [p for p in stale if p.exists() and p.read_text() == "from an earlier run"] == []
+    assert json.loads((project / "cosim" / "cosim.json").read_text())["vectors"][0]["status"] == "timeout"
+
+
+def test_a_cosim_run_that_fails_leaves_no_earlier_results(project, capsys, monkeypatch):
+    from codesign.sim import cosim
+
+    stale = [project / "reports" / "cycles.txt", project / "cosim" / "results" / "img0_task0.act.bin",
+             project / "cosim" / "cosim.json"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("from an earlier run")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the simulator crashed")
+
+    monkeypatch.setattr(cosim, "run_images", crash)
+    assert main(["cosim", str(project), "--simulator", "icarus"]) == 2
+    assert one_line_error(capsys, "cosim") == "the simulator crashed"
+    assert [p for p in stale if p.exists()] == []
 
 
 def test_last_retired_instruction_comes_from_the_trace_after_the_last_finished_run(project):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from codesign.cli import main
 from codesign.emit.data import Vector, write_data_dir
 from codesign.model.data import make_dataset
 from codesign.quant.quantize import quantize_input
@@ -112,7 +113,7 @@ def test_board_dump_with_one_wrong_element(project, tmp_path):
     for t in report.tasks:
         assert all(np.isfinite(v) for m in t.metrics.values() for v in m.values() if isinstance(v, float))
     text = report.summary_text()
-    assert "MISMATCH" in text and absent["id"] in text
+    assert "INCOMPLETE" in text and absent["id"] in text  # a missing result: no verdict, whatever the others say
     assert "| NO |" in (tmp_path / "report" / "report.md").read_text()
 
 
@@ -142,3 +143,92 @@ def test_results_folder_without_results_is_an_error(project, tmp_path):
         compare_results(project, tmp_path, tmp_path / "report")
     with pytest.raises(CompareError, match="not found"):
         compare_results(project, tmp_path / "absent")
+
+
+# ---------------------------------------------------------------- incomplete or wrong data never passes
+
+def _golden_results(project: Path, folder: Path, suffix: str = ".act.bin") -> list[dict]:
+    folder.mkdir()
+    vectors = _manifest(project)["vectors"]
+    for vec in vectors:
+        if suffix == ".act.bin":
+            shutil.copy(project / "data" / vec["expected"], folder / f"{vec['id']}.act.bin")
+        else:
+            np.save(folder / f"{vec['id']}.npy", output_region(_manifest(project), (project / "data" / vec["expected"])
+                                                              .read_bytes()).astype(np.int8))
+    return vectors
+
+
+def _compare_cli(project: Path, results: Path, out: Path, capsys) -> tuple[int, str, str]:
+    rc = main(["compare", str(project), str(results), "-o", str(out)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err.strip()
+
+
+def test_one_result_of_four_is_incomplete_not_bit_exact(project, tmp_path, capsys):
+    first, *others = _golden_results(project, tmp_path / "r")
+    for vec in others:
+        (tmp_path / "r" / f"{vec['id']}.act.bin").unlink()
+    report = compare_results(project, tmp_path / "r", tmp_path / "report")
+    assert (report.verdict, report.complete, report.all_bit_exact) == ("INCOMPLETE", False, False)
+    assert report.missing == [v["id"] for v in others] and report.vectors[0].bit_exact
+    rc, out, err = _compare_cli(project, tmp_path / "r", tmp_path / "report", capsys)
+    assert rc == 2 and out.startswith("compare: INCOMPLETE: 1/4 results match")
+    assert err == (f"codesign compare: error: results in {tmp_path}/r are incomplete: 3 of 4 vectors have no "
+                   f"result ({', '.join(v['id'] for v in others)})")
+
+
+@pytest.mark.parametrize("suffix", [".act.bin", ".npy"])
+def test_bytes_past_the_data_make_a_file_no_result(project, tmp_path, suffix):
+    """Issue 14: 100 KB of junk appended to every result file still compared as BIT-EXACT."""
+    vectors = _golden_results(project, tmp_path / "r", suffix)
+    for vec in vectors[1:]:
+        with open(tmp_path / "r" / f"{vec['id']}{suffix}", "ab") as f:
+            f.write(bytes(100 * 1024))
+    report = compare_results(project, tmp_path / "r", tmp_path / "report")
+    assert not report.complete and not report.all_bit_exact and len(report.vectors) == 1
+    assert [p.split(":")[0] for p in report.problems] == [f"{v['id']}{suffix}" for v in vectors[1:]]
+    assert " bytes, " in report.problems[0]
+    with open(tmp_path / "r" / f"{vectors[0]['id']}{suffix}", "ab") as f:
+        f.write(bytes(100 * 1024))
+    with pytest.raises(CompareError, match="^no readable results in .*: .* bytes, "):
+        compare_results(project, tmp_path / "r", tmp_path / "report")
+
+
+def test_a_truncated_file_is_incomplete_and_counted_against_all_vectors(project, tmp_path, capsys):
+    vectors = _golden_results(project, tmp_path / "r")
+    path = tmp_path / "r" / f"{vectors[2]['id']}.act.bin"
+    path.write_bytes(path.read_bytes()[:1000])
+    rc, out, err = _compare_cli(project, tmp_path / "r", tmp_path / "report", capsys)
+    assert rc == 2 and out.startswith("compare: INCOMPLETE: 3/4 results match")
+    assert err.endswith(f"1 result file(s) unreadable or of the wrong size ({vectors[2]['id']}.act.bin: has 1000 "
+                        f"bytes, an act image has {_manifest(project)['act_bytes']})")
+
+
+def test_a_flipped_intermediate_layer_is_a_mismatch(project, tmp_path, capsys):
+    man = _manifest(project)
+    vectors = _golden_results(project, tmp_path / "r")
+    attn = next(r for r in man["regions"] if r["name"] == "b1.attn")
+    path = tmp_path / "r" / f"{vectors[0]['id']}.act.bin"
+    act = bytearray(path.read_bytes())
+    act[attn["addr"] + 7] ^= 0x01  # the output is still the golden one
+    path.write_bytes(bytes(act))
+    rc, out, _ = _compare_cli(project, tmp_path / "r", tmp_path / "report", capsys)
+    assert rc == 1 and out.startswith("compare: MISMATCH: 3/4 results match")
+    assert f"{vectors[0]['id']}: not bit-exact at layer b1.attn" in out
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    flipped = next(v for v in summary["vectors"] if v["id"] == vectors[0]["id"])
+    assert (flipped["differing"], flipped["first_bad_layer"], flipped["bit_exact"]) == (0, "b1.attn", False)
+    assert (summary["verdict"], summary["complete"]) == ("MISMATCH", True)
+    row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+               if line.startswith(f"| {vectors[0]['id']} |"))
+    assert "| NO |" in row and "| b1.attn |" in row
+
+
+def test_results_of_vectors_the_project_lacks_are_incomplete(project, tmp_path, capsys):
+    """Results of another project (more vectors) are not this project's verdict."""
+    vectors = _golden_results(project, tmp_path / "r")
+    shutil.copy(tmp_path / "r" / f"{vectors[0]['id']}.act.bin", tmp_path / "r" / "img9_task0.act.bin")
+    rc, out, err = _compare_cli(project, tmp_path / "r", tmp_path / "report", capsys)
+    assert rc == 2 and out.startswith("compare: INCOMPLETE: 4/4 results match")
+    assert err.endswith("1 result file(s) for vectors the project does not have (img9_task0.act.bin)")

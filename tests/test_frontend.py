@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from codesign.frontend.loader import EXPERT_KEY, config_from_dict, read_config_f
 from codesign.model.config import ModelConfig
 from codesign.model.m3vit import M3ViT
 from codesign.model.train import torch_threads
+from codesign.testing import alias_bomb
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -233,6 +235,29 @@ def test_bad_config_field_is_named(saved, change, field):
     (folder / "config.yaml").write_text(yaml.safe_dump({**TINY, **change}))
     message = load_error(folder)
     assert field in message and "config.yaml" in message
+
+
+@pytest.mark.parametrize("text", [
+    alias_bomb("embed_dim"),
+    "a: &a [*a]\nembed_dim: *a\n",  # a list that contains itself: infinite once expanded
+])
+def test_an_alias_bomb_in_a_config_is_refused_quickly(saved, text):
+    """Issue 14: a 590-byte bomb in a config field ran 130 s and ended in a MemoryError traceback."""
+    _, folder = saved
+    (folder / "config.yaml").write_text(text)
+    start = time.monotonic()
+    message = load_error(folder)
+    assert time.monotonic() - start < 2
+    assert message == (f"{folder}/config.yaml: invalid YAML: the aliases expand to more than 100000 nodes "
+                       f"(an alias bomb?)")
+
+
+def test_long_config_values_are_quoted_briefly(saved):
+    _, folder = saved
+    (folder / "config.yaml").write_text(yaml.safe_dump({**TINY, "gate_type": ["g" * 5000] * 100,
+                                                        "x" * 5000: 1}))
+    message = load_error(folder)
+    assert "gate_type must be a string, not ['gggg" in message and len(message) < 600
 
 
 def test_unparsable_yaml(saved):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -657,10 +658,57 @@ def test_testbench_lists_follow_the_manifest(default_project):
     man = load_manifest(project)
     vectors = (project / "data" / "tb_vectors.txt").read_text().splitlines()
     assert vectors == [f"{v['id']} {v['task']} {v['start']} {v['expected']}" for v in man["vectors"]]
-    regions = [line.split() for line in (project / "data" / "tb_regions.txt").read_text().splitlines()]
+    # The traced tensors are compiled into the testbench: no data file can shorten the list.
+    assert not (project / "data" / "tb_regions.txt").exists()
+    regions = TRACED_ROW.findall((project / "tb" / "tb_codesign.cpp").read_text())
     assert [name for name, _, _ in regions] == man["trace"]
     patch = next(r for r in man["regions"] if r["name"] == "patch")
-    assert regions[0] == ["patch", str(patch["addr"]), str(patch["shape"][0] * patch["shape"][1])]
+    assert regions[0] == ("patch", str(patch["addr"]), str(patch["shape"][0] * patch["shape"][1]))
+
+
+TRACED_ROW = re.compile(r'^    \{"(\S+)", (\d+), (\d+)\},$', re.M)
+
+
+@needs_gxx
+def test_csim_rebuilds_when_a_source_or_a_flag_changes(default_csim, tmp_path, monkeypatch):
+    """Issue 14: with firmware/arith.h deleted, csim still passed on the stale binary."""
+    project = Path(shutil.copytree(default_csim[0], tmp_path / "project"))  # keeps the built testbench
+    assert csim.build_testbench(project) == ""  # same sources, same flags: nothing to build
+    header = project / "firmware" / "arith.h"
+    text = header.read_text()
+    os.utime(header, (1, 1))  # an old timestamp: the content is what counts
+    assert csim.build_testbench(project) == ""
+    header.unlink()
+    with pytest.raises(CsimError, match=r"arith\.h: No such file"):
+        run_csim(project)
+    header.write_text(text)
+    assert "codesign_top.cpp" in csim.build_testbench(project)  # rebuilt after the failed build
+    monkeypatch.setattr(csim, "CSIM_CXXFLAGS", (*CSIM_CXXFLAGS, "-DCODESIGN_SOMETHING_ELSE"))
+    assert "-DCODESIGN_SOMETHING_ELSE" in csim.build_testbench(project)
+
+
+@needs_gxx
+def test_a_testbench_that_skips_a_tensor_or_a_vector_gives_no_verdict(default_design, default_csim, tmp_path):
+    """Issue 14: with the region list cut to one line, a corrupted b0.qkv weight passed csim."""
+    project = Path(shutil.copytree(default_csim[0], tmp_path / "project"))
+    weights = {r["name"]: r for r in load_manifest(project)["weights"]}
+    blob = bytearray((project / "data" / "weights.bin").read_bytes())
+    blob[weights["b0.qkv.w"]["addr"] + 3] ^= 0x40
+    (project / "data" / "weights.bin").write_bytes(bytes(blob))
+    (project / "data" / "tb_regions.txt").write_text("patch 0 8\n")  # what the old testbench read: ignored
+    assert run_csim(project).failed == {v.id: "b0.qkv" for v in default_design.vectors}
+
+    testbench = project / "tb" / "tb_codesign.cpp"
+    rows = TRACED_ROW.findall(testbench.read_text())
+    name, addr, nbytes = rows[-1]
+    testbench.write_text(testbench.read_text().replace(f'    {{"{name}", {addr}, {nbytes}}},\n', ""))
+    with pytest.raises(CsimError, match=rf"compared {len(rows) - 1} of the {len(rows)} traced tensors"):
+        run_csim(project)
+
+    vectors = project / "data" / "tb_vectors.txt"
+    vectors.write_text(vectors.read_text().splitlines()[0] + "\n")
+    with pytest.raises(CsimError, match=rf"checked 1 of the {len(default_design.vectors)} vectors"):
+        run_csim(project)
 
 
 def test_tile_defaults_cover_the_program_and_reject_small_buffers(default_design):

@@ -10,6 +10,7 @@ they check exactly the same thing. Layout:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,80 @@ def write_data_dir(data_dir: Path, prog: Program, qm: QuantModel, vectors: list[
     return path
 
 
+class ManifestError(ValueError):
+    """data/manifest.json is not shaped as write_data_dir writes it (one-line message)."""
+
+
 def load_manifest(project_dir: Path) -> dict:
-    return json.loads((Path(project_dir) / "data" / "manifest.json").read_text())
+    """The project's manifest, checked: everything that reads it may index it without a KeyError."""
+    path = Path(project_dir) / "data" / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: generate the project first")
+    try:
+        man = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({type(exc).__name__}); regenerate the project") from None
+    problem = manifest_problem(man)
+    if problem:
+        raise ManifestError(f"{path}: {problem}; regenerate the project")
+    return man
+
+
+def manifest_problem(man) -> str | None:
+    """What is wrong with a manifest's structure, or None."""
+    if not isinstance(man, dict):
+        return f"expected a JSON object, got {type(man).__name__}"
+    for key in ("elem_bytes", "abits", "num_tasks", "act_bytes", "wgt_bytes", "prog_bytes"):
+        if not _is_int(man.get(key)) or man[key] < 0:
+            return f"{key} must be a non-negative integer"
+    if man["elem_bytes"] not in (1, 2):
+        return "elem_bytes must be 1 or 2"
+    regions = man.get("regions")
+    if not isinstance(regions, list) or not all(_is_region(r, man) for r in regions):
+        return "regions must be a list of {name, addr, shape, kind} inside the act image"
+    out, names = man.get("output"), {r["name"] for r in regions}
+    if not isinstance(out, dict) or not _is_region({"addr": out.get("offset"), "shape": out.get("shape")}, man):
+        return "output must have an integer offset and shape inside the act image"
+    if not isinstance(man.get("trace"), list) or not all(isinstance(n, str) and n in names for n in man["trace"]):
+        return "trace must be a list of region names"
+    vectors = man.get("vectors")
+    if not isinstance(vectors, list) or not vectors:
+        return "vectors must be a non-empty list"
+    for i, vec in enumerate(vectors):
+        if not _is_vector(vec, man["num_tasks"]):
+            return f"vectors[{i}] must have an id, a task below num_tasks and relative start and expected files"
+    if len({vec["id"] for vec in vectors}) != len(vectors):
+        return "vector ids must be unique"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_region(r, man: dict) -> bool:
+    if not isinstance(r, dict) or not _is_int(r.get("addr")) or r["addr"] < 0:
+        return False
+    shape = r.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
+        return False
+    if "name" in r or "kind" in r:  # a region, not the output (which has neither)
+        if not isinstance(r.get("name"), str) or not isinstance(r.get("kind"), str):
+            return False
+    nbytes = math.prod(shape) * (4 if r.get("kind") == "i32" else man["elem_bytes"])
+    return r["addr"] + nbytes <= man["act_bytes"]
+
+
+def _is_vector(vec, num_tasks: int) -> bool:
+    if not isinstance(vec, dict) or not isinstance(vec.get("id"), str) or not vec["id"].strip():
+        return False
+    if not _is_int(vec.get("task")) or not 0 <= vec["task"] < max(num_tasks, 1):
+        return False
+    return all(_is_relative_file(vec.get(key)) for key in ("start", "expected"))
+
+
+def _is_relative_file(name) -> bool:
+    return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
 
 
 def region_nbytes(region: dict, elem_bytes: int) -> int:

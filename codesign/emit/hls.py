@@ -10,7 +10,7 @@ codesign.emit.data.write_data_dir wrote):
   Makefile                   `make csim` (and `make iters`) with plain g++; Vitis targets
   README.md                  how to build, simulate (csim / cosim) and run the project
   data/tb_vectors.txt        one line per test vector:  id task start_file expected_file
-  data/tb_regions.txt        one line per traced tensor: name act_addr nbytes
+(the traced tensors the testbench compares are compiled into it, from the manifest)
   run_hls.tcl, vivado/block_design.tcl, host/driver.py   (codesign.emit.tcl)
 """
 from __future__ import annotations
@@ -108,16 +108,20 @@ def hls_tile(prog: Program, tile: dict | None = None) -> dict:
 
 
 def write_tb_lists(data_dir: Path, manifest: dict) -> list[Path]:
-    """The testbench's plain-text view of the manifest (C++ without a JSON parser)."""
+    """The testbench's plain-text list of test vectors (C++ without a JSON parser)."""
     vectors = [(v["id"], v["task"], v["start"], v["expected"]) for v in manifest["vectors"]]
-    regions = {r["name"]: r for r in manifest["regions"]}
-    traced = [(name, regions[name]["addr"], region_nbytes(regions[name], manifest["elem_bytes"]))
-              for name in manifest["trace"]]
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    paths = [Path(data_dir) / "tb_vectors.txt", Path(data_dir) / "tb_regions.txt"]
-    for path, rows in zip(paths, (vectors, traced)):
-        path.write_text("".join(" ".join(_token(v) for v in row) + "\n" for row in rows))
-    return paths
+    path = Path(data_dir) / "tb_vectors.txt"
+    path.write_text("".join(" ".join(_token(v) for v in row) + "\n" for row in vectors))
+    return [path]
+
+
+def traced_regions(manifest: dict) -> list[tuple[str, int, int]]:
+    """(name, act byte address, bytes) of every traced tensor in execution order: the testbench's
+    table, compiled in so that no data file can shorten the list it compares."""
+    regions = {r["name"]: r for r in manifest["regions"]}
+    return [(_token(name), regions[name]["addr"], region_nbytes(regions[name], manifest["elem_bytes"]))
+            for name in manifest["trace"]]
 
 
 # ------------------------------------------------------------------ helpers
@@ -202,6 +206,7 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
         "act_beats": _beats(prog.act_bytes, beat),
         "manifest_sizes": {"wgt_bytes": man["wgt_bytes"], "prog_bytes": man["prog_bytes"],
                            "act_bytes": man["act_bytes"]},
+        "traced_regions": traced_regions(man),
         "elem_bytes": prog.elem_bytes, "abits": prog.abits, "qp": A.qmax(prog.abits),
         "words": WORDS, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
         "wgt_bytes": len(prog.wgt), "act_bytes": prog.act_bytes,

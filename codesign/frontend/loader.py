@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from codesign.errors import brief, brief_list
 from codesign.fsutil import atomic_dir
 from codesign.model.config import ModelConfig, TaskSpec
 from codesign.model.m3vit import M3ViT
+from codesign.yamlio import read_yaml
 
 WEIGHT_FILES = ("model.pt", "model.pth", "model.safetensors")
 CONFIG_FILES = ("config.yaml", "config.yml")
@@ -122,11 +124,7 @@ def resolve_config(path: Path, config) -> ModelConfig:
 def read_config_file(path: Path) -> ModelConfig:
     if not path.is_file():
         raise ModelLoadError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelLoadError(f"config file {path} is not readable YAML ({type(exc).__name__})") from None
-    return config_from_dict(raw, str(path))
+    return config_from_dict(read_yaml(path, ModelLoadError), str(path))
 
 
 def config_from_dict(raw, source: str = "config") -> ModelConfig:
@@ -149,16 +147,16 @@ def config_from_dict(raw, source: str = "config") -> ModelConfig:
 
 
 def _config_type_problems(raw: Mapping) -> list[str]:
-    unknown = [repr(k) for k in raw if k not in ModelConfig.__dataclass_fields__]
-    problems = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+    unknown = [brief(k) for k in raw if k not in ModelConfig.__dataclass_fields__]
+    problems = [f"unknown field(s) {brief_list(unknown)}"] if unknown else []
     problems += [p for name in INT_FIELDS if name in raw for p in _int_problem(name, raw[name])]
     problems += [p for name in FLOAT_FIELDS if name in raw for p in _float_problem(name, raw[name])]
     if "moe_blocks" in raw:
         blocks = raw["moe_blocks"]
         if not isinstance(blocks, (list, tuple)) or not all(_is_int(b) for b in blocks):
-            problems.append(f"moe_blocks must be a list of block indices, not {blocks!r}")
+            problems.append(f"moe_blocks must be a list of block indices, not {brief(blocks)}")
     if "gate_type" in raw and not isinstance(raw["gate_type"], str):
-        problems.append(f"gate_type must be a string, not {raw['gate_type']!r}")
+        problems.append(f"gate_type must be a string, not {brief(raw['gate_type'])}")
     if "tasks" in raw:
         problems += _task_problems(raw["tasks"])
     if not problems and {"embed_dim", "mlp_ratio", "moe_mlp_ratio"} & set(raw):
@@ -172,7 +170,7 @@ def _is_int(value) -> bool:
 
 def _int_problem(name: str, value) -> list[str]:
     if not _is_int(value) or value < 1:
-        return [f"{name} must be a positive integer, not {value!r}"]
+        return [f"{name} must be a positive integer, not {brief(value)}"]
     return []
 
 
@@ -183,13 +181,13 @@ def _float_problem(name: str, value) -> list[str]:
     except (TypeError, ValueError, OverflowError):
         number = math.nan
     if not (math.isfinite(number) and number > 0):
-        return [f"{name} must be a positive number, not {value!r}"]
+        return [f"{name} must be a positive number, not {brief(value)}"]
     return []
 
 
 def _task_problems(tasks) -> list[str]:
     if not isinstance(tasks, (list, tuple)):
-        return [f"tasks must be a list, not {tasks!r}"]
+        return [f"tasks must be a list, not {brief(tasks)}"]
     problems, names = [], []
     for i, task in enumerate(tasks):
         if not isinstance(task, Mapping) or set(task) != {"name", "kind", "out_channels"}:
@@ -198,7 +196,7 @@ def _task_problems(tasks) -> list[str]:
         if not isinstance(task["name"], str) or not task["name"]:
             problems.append(f"tasks[{i}].name must be a non-empty string")
         if task["kind"] not in TASK_KINDS:
-            problems.append(f"tasks[{i}].kind must be one of {', '.join(TASK_KINDS)}, not {task['kind']!r}")
+            problems.append(f"tasks[{i}].kind must be one of {', '.join(TASK_KINDS)}, not {brief(task['kind'])}")
         problems += _int_problem(f"tasks[{i}].out_channels", task["out_channels"])
         names.append(task["name"])
     if len(set(map(repr, names))) != len(names):
@@ -216,7 +214,7 @@ def _hidden_size_problems(raw: Mapping) -> list[str]:
         except OverflowError:
             hidden = -1
         if not 1 <= hidden <= MAX_WIDTH:
-            problems.append(f"{name} {raw.get(name)!r} gives an MLP width out of 1..{MAX_WIDTH} for embed_dim {dim}")
+            problems.append(f"{name} {brief(raw.get(name))} gives an MLP width out of 1..{MAX_WIDTH} for embed_dim {dim}")
     return problems
 
 
@@ -346,7 +344,7 @@ def index_task_heads(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
         if match and match["task"] in index:
             key = f"decoders.{index[match['task']]}.{match['rest']}"
             if key in state or key in renamed:
-                raise ModelLoadError(f"task head {match['task']!r} appears both by name and by index ({key})")
+                raise ModelLoadError(f"task head {brief(match['task'])} appears both by name and by index ({key})")
         renamed[key] = value
     return renamed
 

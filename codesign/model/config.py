@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..errors import brief, brief_list
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -40,9 +42,9 @@ class ModelConfig:
         if not 1 <= self.top_k <= self.num_experts:
             problems.append(f"top_k {self.top_k} must be in 1..num_experts ({self.num_experts})")
         if any(not 0 <= b < self.depth for b in self.moe_blocks):
-            problems.append(f"moe_blocks {list(self.moe_blocks)} must index blocks 0..{self.depth - 1}")
+            problems.append(f"moe_blocks {brief(list(self.moe_blocks))} must index blocks 0..{self.depth - 1}")
         if self.gate_type not in ("multi", "task_onehot"):
-            problems.append(f"gate_type must be 'multi' or 'task_onehot', not {self.gate_type!r}")
+            problems.append(f"gate_type must be 'multi' or 'task_onehot', not {brief(self.gate_type)}")
         if not self.tasks:
             problems.append("at least one task is needed")
         if problems:
@@ -90,7 +92,7 @@ class ModelConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"bad model config: unknown field(s) {', '.join(unknown)}")
+            raise ValueError(f"bad model config: unknown field(s) {brief_list(unknown)}")
         d = dict(d)
         if "tasks" in d:
             d["tasks"] = tuple(TaskSpec(**t) if isinstance(t, dict) else t for t in d["tasks"])

@@ -19,8 +19,11 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure  # no pyplot: no global backend state, works without a display
+from numpy.lib import format as npy_format
 
-from ..emit.data import compare_act
+from ..emit.data import ManifestError, compare_act, load_manifest
+from ..errors import brief, brief_list
+from ..fsutil import checked_output_path
 from ..model.config import ModelConfig, TaskSpec
 from ..model.data import SyntheticData
 from ..model.m3vit import M3ViT
@@ -31,6 +34,7 @@ SOURCES = {"auto": (".act.bin", ".npy"), "act": (".act.bin",), "npy": (".npy",)}
 HEADLINE_METRICS = {"seg": ("pixel_acc", "miou"), "depth": ("rmse", "mae")}
 MAX_FIGURE_IMAGES = 4
 NPY_MAGIC = b"\x93NUMPY"
+NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
 class CompareError(Exception):
@@ -57,8 +61,11 @@ class Project:
 
 def load_project(project_dir: Path) -> Project:
     project_dir = Path(project_dir)
-    info = _read_json(project_dir / "project.json")
-    manifest = _read_json(project_dir / "data" / "manifest.json")
+    info = _read_project_info(project_dir / "project.json")
+    try:
+        manifest = load_manifest(project_dir)
+    except (FileNotFoundError, ManifestError) as exc:
+        raise CompareError(str(exc)) from None
     images = project_dir / "data" / "images.npz"
     if not images.is_file():
         raise CompareError(f"{images} not found: regenerate the project")
@@ -69,18 +76,27 @@ def load_project(project_dir: Path) -> Project:
     return Project(project_dir, manifest, float(info["output_scale"]), model, data)
 
 
+def _read_project_info(path: Path) -> dict:
+    if not path.is_file():
+        raise CompareError(f"{path} not found: is {path.parent} a generated project?")
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CompareError(f"{path} is not valid JSON: regenerate the project") from None
+    scale = info.get("output_scale") if isinstance(info, dict) else None
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale) or scale <= 0:
+        raise CompareError(f"{path} has no positive output_scale: regenerate the project")
+    if not isinstance(info.get("model_dir", "model"), str):
+        raise CompareError(f"{path}: model_dir must be a folder name: regenerate the project")
+    return info
+
+
 def _check_image_index(manifest: dict, images: int) -> None:
     """Metrics need each vector's image and targets; older manifests lack the index."""
     bad = [v["id"] for v in manifest["vectors"] if not 0 <= v.get("image", -1) < images]
     if bad:
         raise CompareError(f"manifest vector(s) {', '.join(bad[:3])} have no valid 'image' index into "
                            f"images.npz ({images} images): regenerate the project")
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CompareError(f"{path} not found: is {path.parent} a generated project?")
-    return json.loads(path.read_text())
 
 
 def load_float_model(model_dir: Path) -> M3ViT:
@@ -94,9 +110,9 @@ def load_float_model(model_dir: Path) -> M3ViT:
 
 
 def _load_state_dict_model(model_dir: Path) -> M3ViT:
-    import yaml
+    from ..yamlio import read_yaml
 
-    model = M3ViT(ModelConfig.from_dict(yaml.safe_load((model_dir / "config.yaml").read_text())))
+    model = M3ViT(ModelConfig.from_dict(read_yaml(model_dir / "config.yaml", CompareError)))
     model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -104,7 +120,7 @@ def _load_state_dict_model(model_dir: Path) -> M3ViT:
 def find_result_files(results_dir: Path, manifest: dict, source: str = "auto") -> dict[str, Path]:
     """Result file per vector id; with "auto" a csim/cosim act image wins over a board dump."""
     if source not in SOURCES:
-        raise CompareError(f"unknown result source {source!r}: use one of {', '.join(SOURCES)}")
+        raise CompareError(f"unknown result source {brief(source)}: use one of {', '.join(SOURCES)}")
     if not Path(results_dir).is_dir():
         raise CompareError(f"results folder {results_dir} not found")
     found = {}
@@ -121,6 +137,18 @@ def find_result_files(results_dir: Path, manifest: dict, source: str = "auto") -
     return found
 
 
+def extra_result_files(results_dir: Path, manifest: dict, source: str = "auto") -> list[str]:
+    """Result files for vector ids the manifest does not have: results of another project, or a
+    run over vectors that were since removed; either way not what this comparison checks."""
+    ids = {vec["id"] for vec in manifest["vectors"]}
+    extra = []
+    for path in sorted(Path(results_dir).iterdir()):
+        suffix = next((s for s in SOURCES[source] if path.name.endswith(s)), None)
+        if suffix and path.name[:-len(suffix)] not in ids:
+            extra.append(path.name)
+    return extra
+
+
 def output_region(manifest: dict, act_image: bytes) -> np.ndarray:
     """The output tensor [T, D] of a full `act` image, as int64."""
     out = manifest["output"]
@@ -133,19 +161,40 @@ def output_region(manifest: dict, act_image: bytes) -> np.ndarray:
 
 
 def read_result(path: Path, manifest: dict) -> np.ndarray:
-    """Output tensor [T, D] of one result file; ValueError when the file does not hold one."""
+    """Output tensor [T, D] of one result file; ValueError when the file does not hold exactly one
+    (a file cut short or with bytes beyond the data is not a result)."""
     if path.name.endswith(".act.bin"):
+        size = path.stat().st_size
+        if size != manifest["act_bytes"]:
+            raise ValueError(f"has {size} bytes, an act image has {manifest['act_bytes']}")
         return output_region(manifest, path.read_bytes())
-    with open(path, "rb") as f:
-        if f.read(6) != NPY_MAGIC:
-            raise ValueError("not a NumPy .npy file")
-    values = np.load(path, allow_pickle=False)
+    values = _load_exact_npy(path)
     shape = tuple(manifest["output"]["shape"])
     if values.size != int(np.prod(shape)):
         raise ValueError(f"holds {values.size} values of shape {list(values.shape)}, the output is {list(shape)}")
     if not np.issubdtype(values.dtype, np.integer) and not np.array_equal(values, np.round(values)):
         raise ValueError(f"holds non-integer {values.dtype} values; expected the integer output tensor")
     return values.astype(np.int64).reshape(shape)
+
+
+def _load_exact_npy(path: Path) -> np.ndarray:
+    """np.load ignores bytes after the array: here they make the file not a result."""
+    with open(path, "rb") as f:
+        if f.read(6) != NPY_MAGIC:
+            raise ValueError("not a NumPy .npy file")
+        f.seek(0)
+        version = npy_format.read_magic(f)
+        if version not in NPY_HEADER_READERS:
+            raise ValueError(f".npy format version {version} is not supported")
+        shape, _, dtype = NPY_HEADER_READERS[version](f)
+        data_start = f.tell()
+    if dtype.hasobject:
+        raise ValueError("holds Python objects, not numbers")
+    size = path.stat().st_size
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        raise ValueError(f"has {size} bytes, its header describes {expected}")
+    return np.load(path, allow_pickle=False)
 
 
 # ---------------------------------------------------------------- per vector and per task
@@ -169,7 +218,8 @@ class VectorComparison:
 
     @property
     def bit_exact(self) -> bool:
-        return self.differing == 0
+        """The output and, for an act image, every traced layer equal the golden model's."""
+        return self.differing == 0 and self.first_bad_layer is None
 
 
 @dataclass
@@ -285,34 +335,64 @@ class CompareReport:
     out_dir: Path
     vectors: list[VectorComparison]
     tasks: list[TaskComparison]
-    missing: list[str]  # vector ids without a result file: reported, not a failure of the others
-    problems: list[str]  # result files that could not be read; they count as not bit-exact
+    missing: list[str]  # vector ids without a result file
+    problems: list[str]  # result files that could not be read, or of the wrong size
+    extra: list[str] = field(default_factory=list)  # result files of vector ids the project does not have
+    expected: int = 0  # vectors in the manifest
     files: list[str] = field(default_factory=list)  # written into out_dir
 
     @property
+    def complete(self) -> bool:
+        """A result of exactly the right size for every vector of the project, and nothing else."""
+        return not self.missing and not self.problems and not self.extra
+
+    @property
     def all_bit_exact(self) -> bool:
-        """Every result that was found matches the golden output exactly (missing ones aside)."""
-        return bool(self.vectors) and not self.problems and all(v.bit_exact for v in self.vectors)
+        """Complete, and every result matches the golden model exactly (output and traced layers)."""
+        return self.complete and bool(self.vectors) and all(v.bit_exact for v in self.vectors)
+
+    @property
+    def verdict(self) -> str:
+        return "INCOMPLETE" if not self.complete else "BIT-EXACT" if self.all_bit_exact else "MISMATCH"
+
+    def incomplete_reason(self) -> str:
+        """One line: why the results cannot be judged as a whole."""
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} of {self.expected} vectors have no result ({brief_list(self.missing, 3)})")
+        if self.problems:
+            parts.append(f"{len(self.problems)} result file(s) unreadable or of the wrong size "
+                         f"({self.problems[0]})")
+        if self.extra:
+            parts.append(f"{len(self.extra)} result file(s) for vectors the project does not have "
+                         f"({brief_list(self.extra, 3)})")
+        return f"results in {self.results_dir} are incomplete: " + "; ".join(parts)
 
     def to_json(self) -> dict:
         return {"project_dir": str(self.project_dir), "results_dir": str(self.results_dir),
-                "all_bit_exact": self.all_bit_exact, "missing": self.missing, "problems": self.problems,
+                "verdict": self.verdict, "all_bit_exact": self.all_bit_exact, "complete": self.complete,
+                "expected": self.expected, "missing": self.missing, "problems": self.problems, "extra": self.extra,
                 "tasks": [asdict(t) for t in self.tasks],
                 "vectors": [asdict(v) | {"bit_exact": v.bit_exact} for v in self.vectors]}
 
     def summary_text(self) -> str:
         exact = sum(v.bit_exact for v in self.vectors)
-        verdict = "BIT-EXACT" if self.all_bit_exact else "MISMATCH"
-        lines = [f"compare: {verdict}: {exact}/{len(self.vectors)} results match the golden model "
+        lines = [f"compare: {self.verdict}: {exact}/{self.expected} results match the golden model "
                  f"({self.results_dir})"]
         for t in self.tasks:
             lines.append(f"  {t.name:<10} {t.bit_exact}/{t.vectors} bit-exact, {t.differing} differing elements "
                          f"(max {t.max_abs_diff} LSB); " + _metric_summary(t))
+        lines += [f"  {v.id}: not bit-exact at layer {v.first_bad_layer}" for v in self.vectors
+                  if v.first_bad_layer and not v.differing]
         if self.missing:
             lines.append(f"  missing results for {len(self.missing)} vector(s): {', '.join(self.missing)}")
         lines += [f"  unreadable: {p}" for p in self.problems]
+        if self.extra:
+            lines.append(f"  results for vectors the project does not have: {', '.join(self.extra)}")
         lines.append(f"  report: {self.out_dir / 'report.html'}")
         return "\n".join(lines)
+
+
 
 
 def _metric_summary(t: TaskComparison) -> str:
@@ -327,7 +407,8 @@ def compare_results(project_dir: Path, results_dir: Path, out_dir: Path | None =
                     source: str = "auto") -> CompareReport:
     project = load_project(Path(project_dir))
     files = find_result_files(Path(results_dir), project.manifest, source)
-    out_dir = Path(out_dir) if out_dir is not None else Path(project_dir) / "reports" / "compare"
+    out_dir = checked_output_path(out_dir if out_dir is not None else Path(project_dir) / "reports" / "compare",
+                                  "folder")
     by_task, problems = _read_results(project, files)
     if not any(by_task.values()):
         raise CompareError(f"no readable results in {results_dir}: {problems[0]}")
@@ -341,7 +422,9 @@ def compare_results(project_dir: Path, results_dir: Path, out_dir: Path | None =
         tasks.append(summarise_task(project, o, task_vectors))
         outputs.append(o)
     missing = [v["id"] for v in project.manifest["vectors"] if v["id"] not in files]
-    report = CompareReport(Path(project_dir), Path(results_dir), out_dir, vectors, tasks, missing, problems)
+    report = CompareReport(Path(project_dir), Path(results_dir), out_dir, vectors, tasks, missing, problems,
+                           extra_result_files(Path(results_dir), project.manifest, source),
+                           len(project.manifest["vectors"]))
     write_report(report, project, outputs)
     return report
 
@@ -498,11 +581,14 @@ def report_tables(report: CompareReport) -> list[tuple[str, list[str], list[list
 
 
 def _notes(report: CompareReport) -> list[str]:
-    verdict = "all results are bit-exact" if report.all_bit_exact else "results DIFFER from the golden model"
-    notes = [f"Verdict: {verdict} ({sum(v.bit_exact for v in report.vectors)}/{len(report.vectors)} vectors)."]
+    verdict = {"BIT-EXACT": "all results are bit-exact", "MISMATCH": "results DIFFER from the golden model",
+               "INCOMPLETE": "INCOMPLETE results: no verdict on the project as a whole"}[report.verdict]
+    notes = [f"Verdict: {verdict} ({sum(v.bit_exact for v in report.vectors)}/{report.expected} vectors bit-exact)."]
     if report.missing:
         notes.append(f"Missing results for {len(report.missing)} vector(s): {', '.join(report.missing)}.")
     notes += [f"Unreadable result: {p}" for p in report.problems]
+    if report.extra:
+        notes.append(f"Results for vectors the project does not have: {', '.join(report.extra)}.")
     notes.append("Token errors are backbone outputs minus the float model's, in float units; "
                  "agreement is the task output's agreement with the float model's.")
     return notes

@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 RTL_BYTES_PER_CYCLE = 8  # one 64-bit AXI beat per cycle
+REPORT_FILES = ("cycles.txt", "cycles.json")  # in PROJECT/reports
 _MOE_PART = re.compile(r"^(b\d+)\.(gate|mlp|e\d+\.fc[12])$")
 
 
@@ -101,3 +102,9 @@ def kind_summary(rows: list[dict]) -> str:
             acc[1] += r["rtl_cycles"]
     parts = [f"{kind} {100 * roof / cyc:.0f}%" for kind, (roof, cyc) in sums.items()]
     return "RTL cycles vs the core's own roofline: " + ", ".join(parts)
+
+
+def clear_cycles_report(project_dir: Path) -> None:
+    """Before a cosim run (api.cosim): an earlier run's table would pass for this run's."""
+    for name in REPORT_FILES:
+        (Path(project_dir) / "reports" / name).unlink(missing_ok=True)

@@ -430,6 +430,10 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     runs = [(v["id"], v["task"], (data_dir / v["start"]).read_bytes()) for v in vecs]
 
     work = project_dir / "cosim"
+    results_dir = work / "results"
+    # Everything an earlier run reported goes first, so a failed or cut-short run leaves none of it.
+    shutil.rmtree(results_dir, ignore_errors=True)
+    (work / "cosim.json").unlink(missing_ok=True)
     start = time.monotonic()
     try:
         outcomes = run_images(rtl_dir, work, program, wgt, runs, simulator, waves, timeout_cycles)
@@ -439,8 +443,6 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
         raise CosimError(str(exc)) from exc
     wall = time.monotonic() - start
 
-    results_dir = work / "results"
-    shutil.rmtree(results_dir, ignore_errors=True)  # results of an earlier run must not mix with these
     results_dir.mkdir(parents=True)
     layers = [i.get("layer", "") for i in man.get("instructions", [])]
     out = []

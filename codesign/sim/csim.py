@@ -12,7 +12,8 @@ can be set against codesign.schedule.estimate (iteration_ratios).
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from ..emit.data import ManifestError, load_manifest
 from ..emit.hls import CSIM_CXXFLAGS
+from ..fsutil import checked_output_path
 
 TESTBENCH = Path("build") / "tb_codesign"
 COUNTING_TESTBENCH = Path("build") / "count" / "tb_codesign"
@@ -119,28 +122,33 @@ def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, tim
     With first=N, only the first N vectors of each task run.
     """
     project_dir = Path(project_dir).resolve()
+    if dump_dir is not None:
+        dump_dir = checked_output_path(dump_dir, "folder")  # before the build, not after it
     deadline = time.monotonic() + timeout
     start = time.monotonic()
     build_log = build_testbench(project_dir, jobs, timeout)
     build_seconds = time.monotonic() - start
-    check_data_files(project_dir)
+    man = check_data_files(project_dir)
 
     args = [str(project_dir / TESTBENCH), *_first_args(first)]
     if dump_dir is not None:
-        Path(dump_dir).mkdir(parents=True, exist_ok=True)
-        args.append(str(Path(dump_dir).resolve()))
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        args.append(str(dump_dir))
     start = time.monotonic()
     run = _run(args, project_dir, deadline - time.monotonic(), "the testbench")
     run_seconds = time.monotonic() - start
     log = build_log + run.stdout + run.stderr
-    return _parse(run.stdout, run.returncode, log, build_seconds, run_seconds)
+    result = _parse(run.stdout, run.returncode, log, build_seconds, run_seconds)
+    check_coverage(result, man, first)
+    return result
 
 
 def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, counting: bool = False) -> str:
     """Compile firmware/*.cpp and tb/tb_codesign.cpp into build/tb_codesign; return the compiler log.
 
     counting: the iteration-counting build in build/count/ (instrumented copies of the firmware,
-    -DCODESIGN_COUNT_ITERS). Nothing is compiled when the executable is newer than every source.
+    -DCODESIGN_COUNT_ITERS). Nothing is compiled when the executable was built from the same
+    compiler, flags and sources (build_key, kept beside the executable as <name>.key).
     """
     project_dir = Path(project_dir)
     compiler = shutil.which("g++")
@@ -152,13 +160,15 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
     if not firmware or not testbench.is_file():
         raise CsimError(f"no firmware/*.cpp or tb/tb_codesign.cpp in {project_dir}: render the project first")
     binary = project_dir / (COUNTING_TESTBENCH if counting else TESTBENCH)
-    if _up_to_date(binary, firmware + headers + [testbench]):
+    flags: tuple[str, ...] = (COUNT_DEFINE,) if counting else ()
+    key = build_key(compiler, flags, project_dir, firmware + headers + [testbench])
+    stamp = binary.with_name(binary.name + ".key")
+    if binary.is_file() and stamp.is_file() and stamp.read_text() == key:
         return ""
     binary.parent.mkdir(parents=True, exist_ok=True)
-    flags: tuple[str, ...] = ()
+    stamp.unlink(missing_ok=True)
     if counting:
         firmware = [_instrumented_copy(src, binary.parent) for src in firmware + headers][:len(firmware)]
-        flags = (COUNT_DEFINE,)
     sources = firmware + [testbench]
     deadline = time.monotonic() + timeout
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -170,7 +180,20 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
     log = "".join(text for _, text in objects_and_logs) + link.stdout + link.stderr
     if link.returncode != 0:
         raise CsimError(f"linking the testbench failed: {_first_error(link.stderr)}", log)
+    stamp.write_text(key)
     return log
+
+
+def build_key(compiler: str, flags: tuple[str, ...], project_dir: Path, sources: list[Path]) -> str:
+    """Hash of what the testbench binary is built from: the compiler, its flags, and the name and
+    content of every source and header (a deleted header changes it too, unlike a timestamp)."""
+    h = hashlib.sha256()
+    for text in (os.path.realpath(compiler), *CSIM_CXXFLAGS, *flags):
+        h.update(text.encode() + b"\0")
+    for path in sorted(sources):
+        h.update(str(_relative(path, project_dir)).encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2, timeout: float = 600
@@ -181,10 +204,11 @@ def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2,
     project_dir = Path(project_dir).resolve()
     deadline = time.monotonic() + timeout
     log = build_testbench(project_dir, jobs, timeout, counting=True)
-    check_data_files(project_dir)
+    man = check_data_files(project_dir)
     run = _run([str(project_dir / COUNTING_TESTBENCH), *_first_args(first)], project_dir,
                deadline - time.monotonic(), "the counting testbench")
     result = _parse(run.stdout, run.returncode, log + run.stdout + run.stderr, 0.0, 0.0)
+    check_coverage(result, man, first)
     if not result.ok:
         raise CsimError(f"the counting build is not bit-exact ({result.failed or 'status ' + str(run.returncode)})",
                         result.log)
@@ -193,7 +217,6 @@ def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2,
         counts = per_vector.setdefault(vid, [])
         counts.extend([0] * (int(pc) + 1 - len(counts)))
         counts[int(pc)] = int(n)
-    man = json.loads((project_dir / "data" / "manifest.json").read_text())
     ops = [i["op"] for i in man.get("instructions", [])]
     layers = [i["layer"] for i in man.get("instructions", [])]
     return IterationCounts(per_vector, ops, layers)
@@ -217,27 +240,51 @@ def iteration_ratios(counts: list[int], estimate_instrs: list) -> dict[str, dict
     return out
 
 
-def check_data_files(project_dir: Path) -> None:
-    """The blobs and vector images must have the sizes in data/manifest.json (a truncated
+def check_data_files(project_dir: Path) -> dict:
+    """The checked manifest, once the blobs and vector images have the sizes it gives (a truncated
     weights.bin would otherwise send the kernel's reads past the end of the buffer)."""
     data = Path(project_dir) / "data"
     try:
-        man = json.loads((data / "manifest.json").read_text())
-    except FileNotFoundError:
-        raise CsimError(f"{data / 'manifest.json'} not found: generate the project first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CsimError(f"{data / 'manifest.json'} is not valid JSON ({type(exc).__name__})") from None
-    expected = [(man.get("weights_file", "weights.bin"), man.get("wgt_bytes")),
-                (man.get("program_file", "program.bin"), man.get("prog_bytes"))]
-    for vec in man.get("vectors", []):
-        expected += [(vec["start"], man.get("act_bytes")), (vec["expected"], man.get("act_bytes"))]
+        man = load_manifest(project_dir)
+    except (FileNotFoundError, ManifestError) as exc:
+        raise CsimError(str(exc)) from None
+    expected = [(man.get("weights_file", "weights.bin"), man["wgt_bytes"]),
+                (man.get("program_file", "program.bin"), man["prog_bytes"])]
+    for vec in man["vectors"]:
+        expected += [(vec["start"], man["act_bytes"]), (vec["expected"], man["act_bytes"])]
     for name, size in expected:
         path = data / name
         if not path.is_file():
             raise CsimError(f"{path} is missing (listed in data/manifest.json)")
-        if size is not None and path.stat().st_size != size:
+        if path.stat().st_size != size:
             raise CsimError(f"{path} has {path.stat().st_size} bytes, data/manifest.json says {size}: "
                             f"the file is truncated or from another design; regenerate the project")
+    return man
+
+
+def check_coverage(result: CsimResult, man: dict, first: int | None = None) -> None:
+    """A verdict counts only if the testbench checked every vector it was asked for (the first
+    `first` of each task) and, for each, every traced tensor of the manifest in order."""
+    wanted = expected_vectors(man, first)
+    checked = result.passed + list(result.failed)
+    if sorted(checked) != sorted(wanted):
+        raise CsimError(f"the testbench checked {len(checked)} of the {len(wanted)} vectors data/manifest.json "
+                        f"lists (is data/tb_vectors.txt cut?); regenerate the project", result.log)
+    for vid in wanted:
+        tensors = list(result.layers.get(vid, {}))
+        if tensors != man["trace"]:
+            raise CsimError(f"the testbench compared {len(tensors)} of the {len(man['trace'])} traced tensors "
+                            f"of {vid} that data/manifest.json lists; regenerate the project", result.log)
+
+
+def expected_vectors(man: dict, first: int | None = None) -> list[str]:
+    """Ids of the vectors a run checks: all, or the first `first` of each task (manifest order)."""
+    wanted, runs = [], {}
+    for vec in man["vectors"]:
+        runs[vec["task"]] = runs.get(vec["task"], 0) + 1
+        if first is None or runs[vec["task"]] <= first:
+            wanted.append(vec["id"])
+    return wanted
 
 
 # ------------------------------------------------------------------ helpers
@@ -297,13 +344,6 @@ def _parse(stdout: str, returncode: int, log: str, build_seconds: float, run_sec
         layers.setdefault(vid, {})[tensor] = (
             "PASS" if status == "PASS" else f"byte {offset}: got {got}, expected {expected}")
     return CsimResult(passed, failed, log, build_seconds, run_seconds, returncode, layers)
-
-
-def _up_to_date(target: Path, inputs: list[Path]) -> bool:
-    if not target.is_file():
-        return False
-    built = target.stat().st_mtime_ns
-    return all(p.stat().st_mtime_ns < built for p in inputs)
 
 
 def _first_error(stderr: str) -> str:
