@@ -58,8 +58,9 @@ def default_project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def default_result(default_project):
+    """Ideal memory (no latency, unlimited bandwidth): the core's own schedule against its roofline."""
     require("verilator")
-    return run_cosim(default_project, "verilator")
+    return run_cosim(default_project, "verilator", memory="ideal")
 
 
 W4 = 4   # zcu104's weight masters
@@ -80,7 +81,7 @@ def four_port_result(four_port_project):
     saved = os.environ.get("CODESIGN_RECORD_READS")
     os.environ["CODESIGN_RECORD_READS"] = "1"   # per-master read byte totals in result.json
     try:
-        return run_cosim(four_port_project, "verilator")
+        return run_cosim(four_port_project, "verilator", memory="ideal")
     finally:
         if saved is None:
             os.environ.pop("CODESIGN_RECORD_READS")
