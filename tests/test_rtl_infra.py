@@ -410,3 +410,15 @@ def test_old_or_missing_simulators_give_install_hints(monkeypatch):
     monkeypatch.setattr(cocotb_runner.shutil, "which", lambda name: None)
     with pytest.raises(SimulatorMissing, match="apt-get install iverilog"):
         simulator_env("icarus")
+
+
+def test_a_build_failure_names_its_first_error(rtl_dir, tmp_path):
+    require("icarus")
+    broken = tmp_path / "rtl"
+    shutil.copytree(rtl_dir, broken)
+    (broken / "axi_master.v").write_text((broken / "axi_master.v").read_text().replace("endmodule", "endmodul"))
+    make_job(tmp_path, random_act(N_SMALL), [{"name": "t1", "task": 1}])
+    with pytest.raises(RuntimeError) as excinfo:
+        run_cocotb(broken, tmp_path, simulator="icarus")
+    message = str(excinfo.value)
+    assert "\n" not in message and re.search(r"build\.log: \S+\.v:\d+: .*error", message), message

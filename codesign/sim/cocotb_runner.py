@@ -286,11 +286,23 @@ class _ProgressWatch:
             self.last = time.monotonic()
 
 
-def _testbench_error(job_dir: Path) -> str:
+def _failure_reason(job_dir: Path, build_dir: Path) -> str:
+    """The testbench's own error (result.json), else the first error line of the build or sim log."""
     try:
-        return json.loads((job_dir / "result.json").read_text()).get("error") or ""
+        error = json.loads((job_dir / "result.json").read_text()).get("error")
     except (OSError, ValueError):
-        return ""
+        error = None
+    if error:
+        return str(error)
+    for log in ("build.log", "sim.log"):
+        try:
+            lines = (build_dir / log).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        found = next((line.strip() for line in lines if re.search(r"%Error|syntax error|\berror:|\*\*\*|\w+Error: ", line)), None)
+        if found:
+            return f"{log}: {found[:300]}"
+    return ""
 
 
 def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
@@ -331,7 +343,7 @@ def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
         except (SystemExit, RuntimeError) as exc:
             # cocotb reports failures via sys.exit(); turn them into an error
             # that points at the logs instead of killing the caller.
-            why = _testbench_error(job_dir)
+            why = _failure_reason(job_dir, build_dir)
             raise RuntimeError(f"{simulator} simulation failed ({exc}{': ' + why if why else ''}); "
                                f"see build.log / sim.log in {build_dir}") from exc
     result_file = job_dir / "result.json"
