@@ -80,7 +80,7 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 CLOCK_NS = 10
 RESET_CYCLES = 16
 POLL_CYCLES = 64            # control-register poll interval while waiting
-PROGRESS_CYCLES = 500_000   # progress.json interval during a run
+PROGRESS_CYCLES = 100_000   # progress.json interval during a run
 SPEC_FILE = "tb_top.json"   # written by codesign/sim/harness.py next to the build
 
 # s_axi_control register map (Vitis HLS layout, see rtl_templates/README.md)
