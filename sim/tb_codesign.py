@@ -304,6 +304,7 @@ class Harness:
         (self.files / "tb_load.txt").write_text("".join(f"{w} {n}\n" for w, n in spans))
         (self.files / "tb_load.bin").write_bytes(b"".join(blobs))
         await self.command(CMD_LOAD)
+        (self.files / "tb_load.bin").unlink()   # a copy of the weights: not worth keeping
 
     async def dump_outputs(self, job_dir: Path, run_name: str, outputs: list[dict]) -> None:
         if not outputs:
@@ -312,6 +313,7 @@ class Harness:
         (self.files / "tb_dump.txt").write_text("".join(f"{w} {n}\n" for w, n in spans))
         await self.command(CMD_DUMP)
         words = from_hex_words((self.files / "tb_dump.hex").read_text(), self.lanes)
+        (self.files / "tb_dump.hex").unlink()
         at = 0
         for out, (first, n) in zip(outputs, spans):
             skip = int(out["addr"]) - first * self.lanes
