@@ -222,9 +222,11 @@ def csim(project_dir: str | Path, dump_dir: str | Path | None = None, first: int
 
 
 def cosim(project_dir: str | Path, simulator: str = "verilator", waves: bool = False, vectors=None,
-          timeout_cycles: int | None = None, rtl_dir: str | Path | None = None):
+          timeout_cycles: int | None = None, rtl_dir: str | Path | None = None, memory=None):
     """RTL co-simulation; `timeout_cycles` limits each run (default: 4x a rough estimate + 100k);
-    `rtl_dir` simulates other RTL with the same ports (a Vitis HLS export's verilog/) instead of rtl/."""
+    `rtl_dir` simulates other RTL with the same ports (a Vitis HLS export's verilog/) instead of rtl/;
+    `memory`: the memory model (default: the project's board DDR latency and bandwidth; "ideal":
+    none; a board name)."""
     from .report.cycles import clear_cycles_report
     from .sim.cosim import run_cosim
 
@@ -232,7 +234,8 @@ def cosim(project_dir: str | Path, simulator: str = "verilator", waves: bool = F
         timeout_cycles = checked_count(timeout_cycles, "timeout_cycles")
     clear_cycles_report(project_dir)  # written again by cycles_report for this run only
     return run_cosim(Path(project_dir), simulator=simulator, waves=waves, vectors=vectors,
-                     timeout_cycles=timeout_cycles, rtl_dir=None if rtl_dir is None else Path(rtl_dir))
+                     timeout_cycles=timeout_cycles, rtl_dir=None if rtl_dir is None else Path(rtl_dir),
+                     memory=memory)
 
 
 def cycles_report(project_dir: str | Path, cosim_result, rtl_dir: str | Path | None = None) -> str | None:

@@ -28,6 +28,8 @@ PART_FAMILIES = (
     ("Kria", re.compile(r"xck26(-[a-z0-9]+)*", re.I), "zynquplus"),
     ("Versal", re.compile(r"xcv[a-z]*\d+(-[a-z0-9]+)*", re.I), "versal"),
 )
+READ_LATENCY_NS = (20, 2000)  # accepted range of memory.read_latency_ns
+
 PART_PATTERNS_TEXT = "Zynq UltraScale+ (xczu*), Zynq-7000 (xc7z*), Kria (xck26*), Versal (xcv*)"
 
 
@@ -48,6 +50,7 @@ class Resources:
 class Memory:
     ddr_gbps: float  # peak DDR bandwidth, 1e9 bytes/s
     ddr_efficiency: float  # sustained fraction of peak, in (0, 1]
+    read_latency_ns: float  # PL-to-PS DDR read latency: AR accepted -> first R beat (cosim memory model)
     axi_data_bits: int  # width of one PS high-performance slave port
     hp_ports: int
     # m_axi masters that stream weight tiles (the kernel's wgt, wgt1, ...), one PS HP port each;
@@ -96,6 +99,7 @@ _RESOURCE_FIELDS = {"dsp": "count", "bram36": "count", "uram": "count0", "lut": 
 _MEMORY_FIELDS = {
     "ddr_gbps": "bandwidth",
     "ddr_efficiency": "fraction",
+    "read_latency_ns": "latency_ns",
     "axi_data_bits": "axi_width",
     "hp_ports": "count",
     "weight_ports": "count",
@@ -223,6 +227,8 @@ _VALIDATORS = {
     "count": lambda v: _is_int(v) and 0 < v <= MAX_COUNT,
     "count0": lambda v: _is_int(v) and 0 <= v <= MAX_COUNT,  # e.g. URAM: absent on many parts
     "axi_width": lambda v: _is_int(v) and v in (32, 64, 128, 256, 512, 1024),
+    # DDR behind an interconnect: tens of ns is too fast to be real, microseconds a unit mix-up
+    "latency_ns": lambda v: _is_number(v) and READ_LATENCY_NS[0] <= v <= READ_LATENCY_NS[1],
     "bool": lambda v: isinstance(v, bool),
 }
 
@@ -236,6 +242,7 @@ _KIND_DESCRIPTIONS = {
     "count": f"an integer in 1..{MAX_COUNT:,}",
     "count0": f"an integer in 0..{MAX_COUNT:,}",
     "axi_width": "a power-of-two AXI width between 32 and 1024",
+    "latency_ns": f"a number of ns in [{READ_LATENCY_NS[0]}, {READ_LATENCY_NS[1]}]",
     "bool": "true or false",
 }
 

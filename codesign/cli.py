@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="give up on a run after N clock cycles (default: 4x a rough estimate + 100000)")
     s.add_argument("--rtl", metavar="DIR", help="simulate this RTL folder instead of PROJECT/rtl, e.g. the "
                                                 "verilog/ folder of a Vitis HLS export of the project")
+    s.add_argument("--ideal-memory", action="store_true", help="memory without latency or bandwidth limit "
+                                                               "(default: the board's DDR read latency and bandwidth)")
 
     y = sub.add_parser("synth", help="yosys synth_xilinx of the RTL: LUT/FF/DSP/BRAM next to the estimate")
     y.add_argument("project")
@@ -130,7 +132,8 @@ def cmd_csim(args) -> int:
 def cmd_cosim(args) -> int:
     from . import api
 
-    res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles, args.rtl)
+    res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles, args.rtl,
+                    memory="ideal" if args.ideal_memory else None)
     print(res.summary_text())
     for line in api.cosim_timeouts(args.project, res):
         print(f"TIMEOUT {line}")

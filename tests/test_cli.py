@@ -70,7 +70,7 @@ def test_every_subcommand_has_help(command, capsys):
 
 def test_help_documents_the_new_options(capsys):
     for command, text in (("generate", "integer pixels such as uint8 are refused, not rescaled"),
-                          ("cosim", "--timeout-cycles N"), ("demo", "--force")):
+                          ("cosim", "--timeout-cycles N"), ("cosim", "--ideal-memory"), ("demo", "--force")):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert text in " ".join(capsys.readouterr().out.split())

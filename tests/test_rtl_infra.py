@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pytest
 
 from codesign.rtl import render_rtl
 from codesign.rtl.render import weight_port_params
-from codesign.sim import cocotb_runner
+from codesign.sim import cocotb_runner, harness
 from codesign.sim.cocotb_runner import (SimulatorMissing, find_verilator, run_cocotb,
                                         simulator_env)
 
@@ -198,19 +199,26 @@ def test_verilator_lint_clean(rtl_dir, tmp_path, weight_ports):
 
 @pytest.mark.parametrize("simulator", ["verilator", "icarus"])
 def test_placeholder_end_to_end(rtl_dir, tmp_path, simulator):
+    """Three runs in one simulation, the RTL, build and job folders in paths with spaces (make, which
+    Verilator's build runs, refuses them: the harness builds from a space-free copy)."""
     require(simulator)
+    spaced_rtl, job = tmp_path / "my rtl" / "rtl", tmp_path / "job dir"
+    shutil.copytree(rtl_dir, spaced_rtl)
+    job.mkdir()
     act = random_act(N_LARGE)
     runs = [
         {"name": "t3", "task": 3},
         {"name": "t5", "task": 5},
         # Bigger transfer; reload act since t3/t5 overwrote act[N_SMALL:].
         {"name": "split", "task": 200, "outputs": output_of(N_LARGE),
-         "regions": [write_prog(tmp_path, "prog_large.bin", N_LARGE),
+         "regions": [write_prog(job, "prog_large.bin", N_LARGE),
                      {"name": "act", "addr": ACT_ADDR, "file": "act.bin"}]},
     ]
-    make_job(tmp_path, act, runs)
+    make_job(job, act, runs)
+    messages: list[str] = []
 
-    result = run_cocotb(rtl_dir, tmp_path, simulator=simulator)
+    result = run_cocotb(spaced_rtl, job, simulator=simulator, build_dir=tmp_path / "sim build",
+                        progress=messages.append)
 
     by_name = {r["name"]: r for r in result["runs"]}
     for name, task, n_bytes in (("t3", 3, N_SMALL), ("t5", 5, N_SMALL),
@@ -218,10 +226,15 @@ def test_placeholder_end_to_end(rtl_dir, tmp_path, simulator):
         run = by_name[name]
         assert run["status"] == "ok", run
         assert run["cycles"] > n_bytes // 8, run        # >= one cycle per beat
-        assert np.array_equal(read_output(tmp_path, name), expected(act, task, n_bytes))
+        assert np.array_equal(read_output(job, name), expected(act, task, n_bytes))
         # ap_done seen with ap_idle, ap_start self-cleared; ap_done is COR.
         assert run["ctrl_done"] & (CTRL_DONE | CTRL_IDLE | CTRL_START) == CTRL_DONE | CTRL_IDLE
         assert run["ctrl_after"] & CTRL_DONE == 0
+    # progress: the build, then every run with its cycles
+    assert messages[0].startswith(f"cosim: building the {simulator} model of {spaced_rtl}")
+    assert re.fullmatch(rf"cosim: {simulator} build done in \d+\.\d s", messages[1])
+    assert [m.split(":")[1] for m in messages[2:]] == [" vector t3 ok", " vector t5 ok", " vector split ok"]
+    assert f"{by_name['split']['cycles']:,} cycles" in messages[-1]
 
 
 def test_weight_ports_end_to_end(rtl_dir_w4, tmp_path):
@@ -251,6 +264,117 @@ def test_weight_ports_end_to_end(rtl_dir_w4, tmp_path):
     # all four masters read the word at wgt_addr (region w0): 4 beats of one word
     assert same["read_bytes"]["w0"] == 32 and same["reread_bytes"]["w0"] == 8
     assert [same["read_bytes"][f"w{p}"] for p in (1, 2, 3)] == [0, 0, 0]
+
+
+def run_placeholder(rtl: Path, root: Path, name: str, act: np.ndarray, n_bytes: int, task: int = 1,
+                    **extra) -> dict:
+    """One run of the placeholder over n_bytes of act in its own job dir; its result (output checked)."""
+    job = root / name
+    job.mkdir()
+    runs = [{"name": "run", "task": task, "outputs": output_of(n_bytes),
+             "regions": [write_prog(job, "prog.bin", n_bytes)]}]
+    make_job(job, act, runs, **extra)
+    result = run_cocotb(rtl, job, simulator="icarus", build_dir=root / "build")
+    (run,) = result["runs"]
+    assert run["status"] == "ok", run
+    assert np.array_equal(read_output(job, "run"), expected(act, task, n_bytes))
+    return run
+
+
+def test_memory_latency_and_bandwidth_cost_cycles(rtl_dir, tmp_path):
+    """The memory model's figures, exactly: the placeholder waits for its prog beat, for the first
+    act burst (the later ones are queued behind it) and for the last B response, so a latency of L
+    costs 3 * (L - 1) cycles over the model's minimum of 1; with a bandwidth limit the N bytes read
+    and N written (plus the prog beat) share it."""
+    require("icarus")
+    act = random_act(N_LARGE)
+    ideal = run_placeholder(rtl_dir, tmp_path, "ideal", act, N_LARGE)["cycles"]
+    assert ideal < N_LARGE // 8 + 20                             # one beat per cycle
+    slow = run_placeholder(rtl_dir, tmp_path, "latency", act, N_LARGE, memory={"latency_cycles": 40})
+    assert abs(slow["cycles"] - ideal - 3 * 39) <= 2, (slow["cycles"], ideal)
+    moved = 8 + 2 * N_LARGE
+    for bpc in (2.0, 12.0):
+        run = run_placeholder(rtl_dir, tmp_path, f"bw{bpc:g}", act, N_LARGE, memory={"bytes_per_cycle": bpc})
+        assert moved / bpc - 8 <= run["cycles"] <= moved / bpc + 20, (bpc, run["cycles"])
+
+
+def vitis_style_top(rtl: Path, data_bits: int) -> None:
+    """Make rtl/ look like a Vitis HLS export with `data_bits` wide masters: our codesign_top becomes
+    codesign_inner, wrapped by an old-style (non-ANSI) codesign_top whose port widths are parameter
+    expressions and whose masters have the AXI USER ports the memory model must tie off."""
+    top = rtl / "codesign_top.v"
+    ports = harness.top_ports(rtl)
+    top.write_text(top.read_text().replace("module codesign_top", "module codesign_inner"))
+    buses = sorted({m.group(1) for p in ports if (m := re.match(r"m_axi_(\w+?)_ARVALID$", p.name))})
+    user = [harness.Port("input", 1, f"m_axi_{b}_{s}") for b in buses for s in ("RUSER", "BUSER")]
+    params = [f"parameter C_M_AXI_{b.upper()}_DATA_WIDTH = {data_bits};" for b in buses]
+    params += [f"parameter C_M_AXI_{b.upper()}_WSTRB_WIDTH = (C_M_AXI_{b.upper()}_DATA_WIDTH / 8);" for b in buses]
+
+    def width(p) -> str:
+        m = re.match(r"m_axi_(\w+?)_(WDATA|RDATA|WSTRB)$", p.name)
+        if m:
+            kind = "WSTRB" if m.group(2) == "WSTRB" else "DATA"
+            return f"[C_M_AXI_{m.group(1).upper()}_{kind}_WIDTH - 1:0] "
+        return f"[{p.width - 1}:0] " if p.width > 1 else ""
+
+    overrides = ", ".join(f".C_M_AXI_{b.upper()}_DATA_WIDTH({data_bits})" for b in buses)
+    (rtl / "vitis_top.v").write_text("\n".join(
+        ["`timescale 1 ns / 1 ps", "module codesign_top (" + ", ".join(p.name for p in ports + user) + ");",
+         *params, *[f"{p.dir} {width(p)}{p.name};" for p in ports + user],
+         f"codesign_inner #({overrides}) inner (" + ", ".join(f".{p.name}({p.name})" for p in ports) + ");",
+         "endmodule", ""]))
+
+
+def test_128_bit_vitis_style_top_with_four_weight_masters(tmp_path):
+    """The harness takes widths and masters from the DUT's ports: 128-bit beats, an old-style port list
+    with parameter widths and USER inputs (as Vitis HLS writes them), 4 weight masters, with latency,
+    a bandwidth limit and random stalls; every master's bytes are counted in 16-byte beats."""
+    require("icarus")
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {"weight_ports": 4}, placeholder_core=True)
+    vitis_style_top(rtl, 128)
+    ports, views = harness.interface(rtl)
+    assert [v["dw"] for v in views] == [128] * 5 and [v["name"] for v in views] == ["gmem", "wgt0", "wgt1",
+                                                                                  "wgt2", "wgt3"]
+    assert {"m_axi_gmem_RUSER", "m_axi_gmem_BUSER", "m_axi_gmem_RID", "m_axi_gmem_BRESP"} <= set(views[0]["tied"])
+    n_bytes = 2000                                              # 125 beats of 16 bytes
+    run = run_placeholder(rtl, tmp_path, "wide", random_act(n_bytes), n_bytes, task=77, record_reads=True,
+                          backpressure=True, memory={"latency_cycles": 30, "bytes_per_cycle": 10.0})
+    assert run["read_bytes_by_port"] == {"gmem": 16 + n_bytes, "wgt0": 16, "wgt1": 16, "wgt2": 16, "wgt3": 16}
+    assert run["read_bytes"]["act"] == n_bytes and run["read_bytes"]["prog"] == 16
+    assert run["cycles"] >= (16 * 5 + 2 * n_bytes) / 10.0       # the bandwidth limit holds
+
+
+def test_harness_refuses_a_master_without_a_needed_port(tmp_path):
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {}, placeholder_core=True)
+    top = rtl / "codesign_top.v"
+    top.write_text(re.sub(r"\n[^\n]*m_axi_gmem_RLAST,", "", top.read_text()))
+    with pytest.raises(harness.HarnessError, match=r"^codesign_top: master m_axi_gmem has no m_axi_gmem_RLAST port$"):
+        harness.interface(rtl)
+
+
+def test_read_accounting_from_the_ar_log():
+    """sim/tb_codesign.py's counts: beats per master, words read once / more than once per region,
+    per-word maps as runs of equal counts."""
+    tb = load_testbench_module()
+    log = "0 0 2\n1 16 3\n2 32 1\n0 4096 1\n"   # master, address, beats (8-byte words)
+    counts, by_port = tb.parse_read_log(log, 8, 1024, ["gmem", "wgt0", "wgt1"])
+    assert by_port == {"gmem": 24, "wgt0": 24, "wgt1": 8}
+    assert counts[:6].tolist() == [1, 1, 1, 1, 2, 0] and counts[512] == 1 and counts.sum() == 7
+    read, reread = tb.read_totals(counts, 8, [("a", 0, 24), ("b", 16, 64), ("c", 4096, 8)])
+    assert read == {"a": 24, "b": 24, "c": 8} and reread == {"a": 0, "b": 8, "c": 0}   # a word counts once
+    assert tb.read_map(counts, 8, 8, 40) == [[0, 24, 1], [24, 8, 2]]
+    assert tb.read_map(counts, 8, 64, 64) == []
+
+
+def load_testbench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tb_codesign", cocotb_runner.SIM_DIR / "tb_codesign.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_backpressure_and_timeout(rtl_dir, tmp_path):
@@ -286,3 +410,15 @@ def test_old_or_missing_simulators_give_install_hints(monkeypatch):
     monkeypatch.setattr(cocotb_runner.shutil, "which", lambda name: None)
     with pytest.raises(SimulatorMissing, match="apt-get install iverilog"):
         simulator_env("icarus")
+
+
+def test_a_build_failure_names_its_first_error(rtl_dir, tmp_path):
+    require("icarus")
+    broken = tmp_path / "rtl"
+    shutil.copytree(rtl_dir, broken)
+    (broken / "axi_master.v").write_text((broken / "axi_master.v").read_text().replace("endmodule", "endmodul"))
+    make_job(tmp_path, random_act(N_SMALL), [{"name": "t1", "task": 1}])
+    with pytest.raises(RuntimeError) as excinfo:
+        run_cocotb(broken, tmp_path, simulator="icarus")
+    message = str(excinfo.value)
+    assert "\n" not in message and re.search(r"build\.log: \S+\.v:\d+: .*error", message), message

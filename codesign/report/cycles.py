@@ -85,11 +85,29 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
     names = {layer["name"] for layer in estimate["layers"]}
     rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc)
     t = estimate["tiling"]
-    table = format_rows(rows, vec.id, rtl_mpc, f"{t['P']}x{t['Q']}") + "\n" + kind_summary(rows)
+    table = "\n".join([format_rows(rows, vec.id, rtl_mpc, f"{t['P']}x{t['Q']}"), kind_summary(rows),
+                       conditions_text(cosim_result)])
     (project_dir / "reports").mkdir(exist_ok=True)
-    (project_dir / "reports" / "cycles.json").write_text(json.dumps({"vector": vec.id, "rows": rows}, indent=1))
+    payload = {"vector": vec.id, "rows": rows, **conditions(cosim_result)}
+    (project_dir / "reports" / "cycles.json").write_text(json.dumps(payload, indent=1))
     (project_dir / "reports" / "cycles.txt").write_text(table + "\n")
     return table
+
+
+def conditions(cosim_result) -> dict:
+    """What the cycles were measured with: the memory model (read latency in cycles and ns, bytes
+    per cycle; null: unlimited) and the simulator's speed over all runs."""
+    memory = getattr(cosim_result, "memory", None)
+    sim = cosim_result.sim_json() if hasattr(cosim_result, "sim_json") else None
+    return {"memory": memory.to_json() if memory else None, "sim": sim}
+
+
+def conditions_text(cosim_result) -> str:
+    memory = getattr(cosim_result, "memory", None)
+    parts = [f"memory model: {memory.describe()}" if memory else "memory model: unknown"]
+    if hasattr(cosim_result, "speed_text"):
+        parts.append(cosim_result.speed_text())
+    return "; ".join(parts)
 
 
 def kind_summary(rows: list[dict]) -> str:

@@ -2,13 +2,16 @@
 
 The RTL directory is either our rendered shell (codesign.rtl.render_rtl) or a
 Vitis-HLS-exported ``verilog/`` directory: anything whose top is
-``codesign_top`` with the HLS port names.  The job directory holds job.json
-and the memory images (schema: sim/tb_codesign.py); the testbench writes
-result.json and out_*.bin there, and this module returns result.json parsed.
+``codesign_top`` with the HLS port names.  The simulated top is the harness
+``tb_top`` (codesign.sim.harness): the DUT plus the Verilog memory model.  The
+job directory holds job.json and the memory images (schema: sim/tb_codesign.py);
+the testbench writes result.json and out_*.bin there, and this module returns
+result.json parsed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,13 +19,28 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
+
+from .harness import HARNESS_TOP, render_harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIM_DIR = REPO_ROOT / "sim"
 TEST_MODULE = "tb_codesign"
-TOPLEVEL = "codesign_top"
+TOPLEVEL = HARNESS_TOP
+PROGRESS_POLL_S = 1.0     # how often the progress reporter looks at the job directory
+PROGRESS_EVERY_S = 15.0   # a running vector is reported at most this often
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    """Progress on stderr: stdout carries the verdicts."""
+    print(message, file=sys.stderr, flush=True)
 
 # cocotb 2.1's VPI glue needs Verilator >= 5.036.
 MIN_VERILATOR = (5, 36)
@@ -159,63 +177,176 @@ def _default_build_dir(rtl_dir: Path, simulator: str) -> Path:
     return rtl_dir.parent / f"{rtl_dir.name}_sim_build_{simulator}"
 
 
-def _build(runner, sources: list[Path], rtl_dir: Path, build_dir: Path,
+def _has_space(*paths: Path) -> bool:
+    return any(ch.isspace() for path in paths for ch in str(path))
+
+
+def _copy_if_changed(src: Path, dst: Path) -> Path:
+    """An unchanged copy keeps its time stamp, so the simulator build stays up to date."""
+    if not dst.exists() or dst.read_bytes() != src.read_bytes():
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _build_inputs(rtl_dir: Path, build_dir: Path, mem_bytes: int) -> tuple[list[Path], Path, Path]:
+    """(Verilog sources with the harness, include dir, build output dir); tb_top.json goes to build_dir.
+
+    make refuses paths with whitespace (Verilator's generated makefiles list the sources), so then
+    the sources are copied into, and built in, a space-free folder under the temp dir named after
+    build_dir: kept between runs, so an unchanged design is not rebuilt.  The simulation itself
+    still runs in build_dir (logs, trace, waveforms).
+    """
+    build_dir.mkdir(parents=True, exist_ok=True)
+    rtl_sources = sorted(rtl_dir.glob("*.v"))
+    if not _has_space(rtl_dir, build_dir, SIM_DIR):
+        return rtl_sources + render_harness(rtl_dir, build_dir, build_dir, mem_bytes), rtl_dir, build_dir
+    stage = Path(tempfile.gettempdir()) / f"codesign-sim-{hashlib.sha1(str(build_dir).encode()).hexdigest()[:16]}"
+    if _has_space(stage):
+        raise RuntimeError(f"cannot build in a path with spaces ({build_dir}) and the temp dir {stage.parent} "
+                           "has spaces too; set TMPDIR to a folder without spaces")
+    src = stage / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    keep = [p for p in rtl_dir.iterdir() if p.suffix in (".v", ".vh", ".svh")]
+    for old in src.iterdir():   # sources the RTL dir no longer has
+        if old.name not in {p.name for p in keep}:
+            old.unlink()
+    copies = {p.name: _copy_if_changed(p, src / p.name) for p in keep}
+    sources = [copies[p.name] for p in rtl_sources]
+    return sources + render_harness(rtl_dir, src, build_dir, mem_bytes), src, stage / "obj"
+
+
+def _build(runner, sources: list[Path], include_dir: Path, obj_dir: Path, log_dir: Path,
            simulator: str, waves: bool) -> None:
-    runner.build(sources=sources, includes=[rtl_dir], hdl_toplevel=TOPLEVEL,
-                 build_dir=build_dir, build_args=_build_args(simulator, waves),
+    runner.build(sources=sources, includes=[include_dir], hdl_toplevel=TOPLEVEL,
+                 build_dir=obj_dir, build_args=_build_args(simulator, waves),
                  waves=waves, timescale=("1ns", "1ps"),
-                 log_file=build_dir / "build.log",
+                 log_file=log_dir / "build.log",
                  # iverilog only skips on source mtimes, which would ignore a
                  # change of `waves`; it compiles in well under a second.
                  always=(simulator == "icarus"))
 
 
-def _simulate(runner, job_dir: Path, build_dir: Path, waves: bool) -> None:
+def _simulate(runner, job_dir: Path, obj_dir: Path, run_dir: Path, waves: bool) -> None:
     from cocotb_tools.check_results import get_results
 
     results_xml = runner.test(test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL,
-                              build_dir=build_dir, test_dir=build_dir, waves=waves,
+                              build_dir=obj_dir, test_dir=run_dir, waves=waves,
                               extra_env={"CODESIGN_COSIM_JOB": str(job_dir)},
-                              log_file=build_dir / "sim.log")
+                              log_file=run_dir / "sim.log")
     # Outside pytest the runner does not check the outcome itself; a testbench
-    # exception (e.g. the AXI model's 4 KB-crossing assertion) must not pass
+    # exception (e.g. the memory model's 4 KB-crossing check) must not pass
     # silently with a partial result.json.
     _, num_failed = get_results(results_xml)
     if num_failed:
         raise RuntimeError("testbench reported a failure")
 
 
+class _ProgressWatch:
+    """Reports finished runs (result.json) and, every PROGRESS_EVERY_S, the running one (progress.json)
+    while the simulator works: the simulator's own output goes to sim.log."""
+
+    def __init__(self, job_dir: Path, progress: Progress):
+        self.job_dir, self.progress = job_dir, progress
+        self.reported, self.last = 0, time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(PROGRESS_POLL_S):
+            self.poll()
+
+    def _read(self, name: str) -> dict:
+        try:
+            return json.loads((self.job_dir / name).read_text())
+        except (OSError, ValueError):   # not there yet, or being rewritten
+            return {}
+
+    def poll(self) -> None:
+        runs = [r for r in self._read("result.json").get("runs", []) if r.get("status") != "skipped"]
+        for r in runs[self.reported:]:
+            wall = r.get("wall_seconds") or 0.0
+            rate = f", {r['cycles'] / wall:,.0f} cycles/s" if wall else ""
+            self.progress(f"cosim: vector {r['name']} {r['status']}: {r['cycles']:,} cycles, {wall:.1f} s{rate}")
+            self.last = time.monotonic()
+        self.reported = max(self.reported, len(runs))
+        now = self._read("progress.json")
+        done = {r["name"] for r in runs}
+        if now and now.get("run") not in done and time.monotonic() - self.last >= PROGRESS_EVERY_S:
+            self.progress(f"cosim: vector {now['run']} running: {now['cycles']:,} cycles, "
+                          f"{now['wall_seconds']:.0f} s")
+            self.last = time.monotonic()
+
+
+def _failure_reason(job_dir: Path, build_dir: Path) -> str:
+    """The testbench's own error (result.json), else the first error line of the build or sim log."""
+    try:
+        error = json.loads((job_dir / "result.json").read_text()).get("error")
+    except (OSError, ValueError):
+        error = None
+    if error:
+        return str(error)
+    for log in ("build.log", "sim.log"):
+        try:
+            lines = (build_dir / log).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        found = next((line.strip() for line in lines if re.search(r"%Error|syntax error|\berror:|\*\*\*|\w+Error: ", line)), None)
+        if found:
+            return f"{log}: {found[:300]}"
+    return ""
+
+
 def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
-               waves: bool = False, build_dir: Path | None = None) -> dict:
-    """Build every *.v in rtl_dir, run sim/tb_codesign.py on job_dir.
+               waves: bool = False, build_dir: Path | None = None,
+               progress: Progress | None = None) -> dict:
+    """Build every *.v in rtl_dir inside the harness tb_top, run sim/tb_codesign.py on job_dir.
 
     The build directory defaults to ``<rtl_dir>_sim_build_<simulator>`` (next
     to rtl_dir) so repeated runs on the same RTL only re-run the simulation.
-    Returns the parsed ``<job_dir>/result.json``.  Raises SimulatorMissing if
-    the simulator is unusable, RuntimeError if the build or testbench fails.
+    `progress` gets one-line messages: build start and end, every finished run,
+    long runs while they go.  Returns the parsed ``<job_dir>/result.json``.
+    Raises SimulatorMissing if the simulator is unusable, RuntimeError if the
+    build or testbench fails.
     """
     from cocotb_tools.runner import get_runner  # heavy import, only when used
 
+    report = progress or (lambda message: None)
     rtl_dir, job_dir = Path(rtl_dir).resolve(), Path(job_dir).resolve()
-    sources = sorted(rtl_dir.glob("*.v"))
-    if not sources:
+    if not any(rtl_dir.glob("*.v")):
         raise FileNotFoundError(f"no *.v files in {rtl_dir}")
     build_dir = Path(build_dir or _default_build_dir(rtl_dir, simulator)).resolve()
-    result_file = job_dir / "result.json"
-    result_file.unlink(missing_ok=True)
+    for stale in ("result.json", "progress.json"):
+        (job_dir / stale).unlink(missing_ok=True)
+    mem_bytes = int(json.loads((job_dir / "job.json").read_text())["mem_size"])
 
     env = simulator_env(simulator) | {"CODESIGN_COSIM_JOB": str(job_dir)}
+    sources, include_dir, obj_dir = _build_inputs(rtl_dir, build_dir, mem_bytes)
     _stage_memory_inits(rtl_dir, build_dir)
     runner = get_runner(simulator)
     with _patched_process_env(env, SIM_DIR):
         try:
-            _build(runner, sources, rtl_dir, build_dir, simulator, waves)
-            _simulate(runner, job_dir, build_dir, waves)
+            report(f"cosim: building the {simulator} model of {rtl_dir} ({len(sources)} sources)")
+            t0 = time.monotonic()
+            _build(runner, sources, include_dir, obj_dir, build_dir, simulator, waves)
+            report(f"cosim: {simulator} build done in {time.monotonic() - t0:.1f} s")
+            with _ProgressWatch(job_dir, report):
+                _simulate(runner, job_dir, obj_dir, build_dir, waves)
         except (SystemExit, RuntimeError) as exc:
             # cocotb reports failures via sys.exit(); turn them into an error
             # that points at the logs instead of killing the caller.
-            raise RuntimeError(f"{simulator} simulation failed ({exc}); "
+            why = _failure_reason(job_dir, build_dir)
+            raise RuntimeError(f"{simulator} simulation failed ({exc}{': ' + why if why else ''}); "
                                f"see build.log / sim.log in {build_dir}") from exc
+    result_file = job_dir / "result.json"
     if not result_file.exists():
         raise RuntimeError(f"testbench wrote no result.json; see {build_dir / 'sim.log'}")
     return json.loads(result_file.read_text())

@@ -25,7 +25,8 @@ import numpy as np
 from ..emit.data import compare_act, load_manifest, region_nbytes
 from ..rtl.render import core_sizes, expert_slots, render_rtl, tile_rows
 from ..schedule.isa import Flag, Instr, Op, decode_program
-from .cocotb_runner import find_verilator, run_cocotb
+from .cocotb_runner import Progress, find_verilator, run_cocotb, stderr_progress
+from .memory import MemoryModel, project_memory
 
 PAGE = 4096
 PROG_ADDR = 0
@@ -207,6 +208,7 @@ class RunOutcome:
     cycles: int
     act: bytes  # final act image (empty when not ok)
     instr_cycles: list[int] = field(default_factory=list)  # from the trace, per executed instruction
+    wall_seconds: float = 0.0  # simulator time spent on the run
 
 
 def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
@@ -242,10 +244,13 @@ def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
 
 def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
                runs: list[tuple[str, int, bytes]], simulator: str = "verilator", waves: bool = False,
-               timeout_cycles: int = 10_000_000, backpressure: bool = False) -> list[RunOutcome]:
+               timeout_cycles: int = 10_000_000, backpressure: bool = False,
+               memory: MemoryModel | None = None, progress: Progress | None = None) -> list[RunOutcome]:
     """Run `program` on each (name, task, start act image) in one simulation; final act images.
 
-    With backpressure the memory model stalls every AXI channel at random (sim/tb_codesign.py).
+    `memory`: the latency and bandwidth of the memory model (default: ideal); with backpressure it
+    also stalls every AXI channel at random (sim/tb_codesign.py).  `progress` gets one-line messages
+    (build, finished runs).
     """
     work_dir = Path(work_dir).resolve()
     job_dir = work_dir / "job"
@@ -272,11 +277,13 @@ def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
         "timeout_cycles": int(timeout_cycles),
         "runs": job_runs,
         "backpressure": bool(backpressure),
+        **({"memory": memory.job_entry()} if memory else {}),
     }
     (job_dir / "job.json").write_text(json.dumps(job, indent=1))
     (build_dir / TRACE_FILE).unlink(missing_ok=True)
     with _verilator_pch_fix(simulator):
-        result = run_cocotb(rtl_dir, job_dir, simulator=simulator, waves=waves, build_dir=build_dir)
+        result = run_cocotb(rtl_dir, job_dir, simulator=simulator, waves=waves, build_dir=build_dir,
+                            progress=progress)
     traces = _read_trace(build_dir / TRACE_FILE)
     outcomes = []
     by_name = {r["name"]: r for r in result.get("runs", [])}
@@ -289,7 +296,8 @@ def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
         if r["status"] == "ok" and ok_index < len(traces):
             instr_cycles = traces[ok_index]
             ok_index += 1
-        outcomes.append(RunOutcome(name, int(task), r["status"], int(r["cycles"]), act, instr_cycles))
+        outcomes.append(RunOutcome(name, int(task), r["status"], int(r["cycles"]), act, instr_cycles,
+                                   float(r.get("wall_seconds") or 0.0)))
     return outcomes
 
 
@@ -359,6 +367,20 @@ class CosimResult:
     wall_seconds: float
     vectors: list[VectorResult]
     results_dir: Path | None = None  # <id>.act.bin of every finished run (for `codesign compare`)
+    memory: MemoryModel | None = None  # the memory model it ran with
+    sim_seconds: float = 0.0  # simulator time spent on the runs (no build, no loading)
+
+    @property
+    def sim_cycles(self) -> int:
+        return sum(v.cycles for v in self.vectors)
+
+    @property
+    def cycles_per_second(self) -> float | None:
+        return self.sim_cycles / self.sim_seconds if self.sim_seconds > 0 else None
+
+    def speed_text(self) -> str:
+        rate = f" ({self.cycles_per_second:,.0f} cycles/s)" if self.cycles_per_second else ""
+        return f"simulated {self.sim_cycles:,} cycles in {self.sim_seconds:.1f} s{rate}"
 
     @property
     def all_passed(self) -> bool:
@@ -377,6 +399,8 @@ class CosimResult:
         for v in self.vectors:
             verdict = "PASS" if v.passed else f"FAIL first mismatch at {v.first_mismatch}"
             lines.append(f"{verdict} {v.id} (task {v.task}): {v.cycles} cycles")
+        if self.memory is not None:
+            lines.append(f"memory model: {self.memory.describe()}; {self.speed_text()}")
         lines.append(f"cosim ({self.simulator}): {len(self.passed)} passed, {len(self.failed)} failed "
                      f"in {self.wall_seconds:.1f}s")
         return "\n".join(lines)
@@ -384,9 +408,15 @@ class CosimResult:
     def to_json(self) -> dict:
         return {"simulator": self.simulator, "wall_seconds": round(self.wall_seconds, 3),
                 "all_passed": self.all_passed,
+                "memory": self.memory.to_json() if self.memory else None, "sim": self.sim_json(),
                 "vectors": [{"id": v.id, "task": v.task, "status": v.status, "passed": v.passed,
                              "first_mismatch": v.first_mismatch, "cycles": v.cycles,
                              "layer_cycles": v.layer_cycles} for v in self.vectors]}
+
+    def sim_json(self) -> dict:
+        rate = self.cycles_per_second
+        return {"cycles": self.sim_cycles, "seconds": round(self.sim_seconds, 3),
+                "cycles_per_second": round(rate) if rate else None}
 
     def layer_table(self, vector: str | None = None) -> str:
         """Cycles per layer of one vector (the first by default)."""
@@ -401,11 +431,14 @@ class CosimResult:
 
 def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = False,
               vectors: list[str] | None = None, timeout_cycles: int | None = None,
-              rtl_dir: Path | None = None) -> CosimResult:
+              rtl_dir: Path | None = None, memory=None, progress: Progress | None = stderr_progress) -> CosimResult:
     """Co-simulate rtl/ on data/: all (selected) vectors in one simulation, compared bit-exactly.
 
     `rtl_dir` replaces the project's rtl/, e.g. the verilog/ folder of a Vitis HLS export of the
-    same project's C++ (same top-level ports): one testbench checks both.
+    same project's C++ (same top-level ports): one testbench checks both.  `memory`: the memory
+    model's latency and bandwidth (codesign.sim.memory.project_memory: default the board of
+    project.json, else ideal; "ideal"; a board).  `progress` gets the build and per-vector
+    messages (default: stderr).
     """
     project_dir = Path(project_dir).resolve()
     data_dir = project_dir / "data"
@@ -428,6 +461,7 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     if timeout_cycles is None:  # generous: a hung core should not run for long
         timeout_cycles = 4 * estimate_cycles(instrs, man["elem_bytes"], 1) + 100_000
     runs = [(v["id"], v["task"], (data_dir / v["start"]).read_bytes()) for v in vecs]
+    model = project_memory(project_dir, memory)
 
     work = project_dir / "cosim"
     results_dir = work / "results"
@@ -436,7 +470,8 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     (work / "cosim.json").unlink(missing_ok=True)
     start = time.monotonic()
     try:
-        outcomes = run_images(rtl_dir, work, program, wgt, runs, simulator, waves, timeout_cycles)
+        outcomes = run_images(rtl_dir, work, program, wgt, runs, simulator, waves, timeout_cycles,
+                              memory=model, progress=progress)
     except RuntimeError as exc:
         if isinstance(exc, CosimError):
             raise
@@ -459,7 +494,7 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
             per_layer[name] = per_layer.get(name, 0) + cyc
         out.append(VectorResult(vec["id"], int(vec["task"]), res.status == "ok" and mismatch is None,
                                 mismatch, res.cycles, res.status, per_layer))
-    result = CosimResult(simulator, wall, out, results_dir)
+    result = CosimResult(simulator, wall, out, results_dir, model, sum(o.wall_seconds for o in outcomes))
     (work / "cosim.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
 
