@@ -27,7 +27,8 @@ from pyslang.driver import Driver
 from codesign.cli import main
 from codesign.quant import arith
 from codesign.rtl import render_rtl
-from codesign.sim.cocotb_runner import TOPLEVEL, SimulatorMissing, find_verilator, simulator_env
+from codesign.rtl.render import TOP_MODULE
+from codesign.sim.cocotb_runner import SimulatorMissing, find_verilator, simulator_env
 
 
 # -Weverything: slang's whole warning set (signedness, widths, unused, ...); WAIVERS says what passes.
@@ -141,7 +142,7 @@ def slang(files: list[Path]) -> tuple[list[str], list[str]]:
 def test_slang_finds_no_error_and_no_unwaived_warning(rtl_dir):
     tops, report = slang(sources(rtl_dir))
     assert report == [], "\n".join(report)
-    assert tops == [TOPLEVEL], "every module in rtl/ must be instantiated under the project's top"
+    assert tops == [TOP_MODULE], "every module in rtl/ must be instantiated under the project's top"
 
 
 # ------------------------------------------------------------------------------------ verilator
@@ -155,7 +156,7 @@ def verilator_env() -> dict[str, str]:
 
 def test_verilator_wall_is_clean_with_named_waivers_only(rtl_dir):
     files = sources(rtl_dir)
-    proc = subprocess.run(["verilator", "--lint-only", "-Wall", "--top-module", TOPLEVEL, *map(str, files)],
+    proc = subprocess.run(["verilator", "--lint-only", "-Wall", "--top-module", TOP_MODULE, *map(str, files)],
                           env=verilator_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "%Warning" not in proc.stdout + proc.stderr

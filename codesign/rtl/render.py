@@ -14,6 +14,8 @@ import jinja2
 from ..emit.tcl import WGT_REG_STRIDE, weight_pointer_registers  # the HLS kernel's register map
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "rtl_templates"
+# The kernel's top module, the name a Vitis HLS export of the kernel has too.
+TOP_MODULE = "codesign_top"
 TEMPLATE_SUFFIX = ".v.j2"
 # The placeholder core (for shell-only tests) lives outside the default glob.
 PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"

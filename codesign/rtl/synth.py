@@ -14,10 +14,10 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from .render import TOP_MODULE as TOP
 
 # synth_xilinx -family per board family (codesign/boards.py PS_TYPE_BY_FAMILY keys).
 YOSYS_FAMILY = {"zynquplus": "xcup", "zynq": "xc7", "versal": "xcup"}
-TOP = "codesign_top"
 
 # Primitive name patterns -> the resource class a Vivado utilisation report would put them in.
 _CLASSES = (

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import jinja2
 
+from ..rtl.render import TOP_MODULE as TOP
+
 SIM_DIR = Path(__file__).resolve().parents[2] / "sim"
-TOP = "codesign_top"
 HARNESS_TOP = "tb_top"
 PORT_MODULE = "tb_axi_mem_port.v"
 SPEC_FILE = "tb_top.json"
