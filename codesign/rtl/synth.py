@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 from .render import TOP_MODULE as TOP
 
 # synth_xilinx -family per board family (codesign/boards.py PS_TYPE_BY_FAMILY keys).
