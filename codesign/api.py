@@ -136,6 +136,13 @@ class Design:
         out = np.stack([dequantize_output(self.qm, run_golden(self.qm, x, task).output) for x in x_q])
         return out if np.ndim(images) == 4 else out[0]
 
+    def uarch(self):
+        """The compute unit the kernels are generated as: the tiling's array on this board."""
+        from .emit.hls import board_uarch
+
+        t = self.tiling
+        return board_uarch(self.prog, self.board, t.P, t.Q, acc_on_chip=t.acc_on_chip)
+
     def estimate(self, images: np.ndarray | None = None, task: int = 0) -> Estimate:
         counts = None
         if images is not None:
@@ -164,7 +171,7 @@ def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
 
 
 def _write_project(out: Path, design: Design, data: SyntheticData, project_name: str) -> None:
-    from .emit.hls import board_uarch, render_hls
+    from .emit.hls import render_hls
     from .frontend.loader import save_model
     from .sim.cosim import render_project_rtl
 
@@ -173,9 +180,8 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     write_data_dir(out / "data", design.prog, design.qm, vectors)
     _add_image_index(out / "data" / "manifest.json")
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
-    params, t = tiling_params(design.tiling), design.tiling
-    uarch = board_uarch(design.prog, design.board, t.P, t.Q, acc_on_chip=t.acc_on_chip)
-    render_hls(out, design.prog, design.board, uarch, project_name=project_name)
+    params = tiling_params(design.tiling)
+    render_hls(out, design.prog, design.board, design.uarch(), project_name=project_name)
     render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
     save_model(design.model, out / "model")
     est = design.estimate(data.images, 0)
