@@ -43,29 +43,25 @@ def strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", "", text)
 
 
-def _block(text: str, open_at: int) -> str:
-    """The text between the brace at open_at and its match."""
+def _close(text: str, open_at: int) -> int:
+    """Index of the bracket that closes the one at open_at ('(' or '{')."""
+    opening = text[open_at]
+    closing = ")" if opening == "(" else "}"
     depth = 0
     for i in range(open_at, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1: i]
-    raise ValueError("unbalanced braces")
+        depth += (text[i] == opening) - (text[i] == closing)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced {opening}")
+
+
+def _block(text: str, open_at: int) -> str:
+    """The text between the brace at open_at and its match."""
+    return text[open_at + 1: _close(text, open_at)]
 
 
 def _after_parens(text: str, open_paren: int) -> int:
-    depth = 0
-    for i in range(open_paren, len(text)):
-        if text[i] == "(":
-            depth += 1
-        elif text[i] == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    raise ValueError("unbalanced parentheses")
+    return _close(text, open_paren) + 1
 
 
 def functions(sources: dict[str, str]) -> dict[str, tuple[str, int, str]]:
