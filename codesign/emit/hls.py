@@ -134,19 +134,21 @@ def weight_pointers(board: Board) -> list[str]:
 
 # ------------------------------------------------------------------ on-chip memories
 
-# Below these a memory goes to distributed RAM; from URAM_MIN_BITS on (and when the board has
-# URAM) to UltraRAM; else BRAM. A plain rule for the pragmas: the resource model of
-# codesign.schedule.uarch counts what these bindings instantiate.
+# Below these a memory goes to distributed RAM; from URAM_MIN_BITS and URAM_MIN_DEPTH on (and when
+# the board has URAM: 72 x 4096 each, so a shallow wide memory would waste most of it) to
+# UltraRAM; else BRAM. A plain rule for the pragmas: the resource model of codesign.schedule.uarch
+# counts what these bindings instantiate.
 LUTRAM_MAX_DEPTH = 64
 LUTRAM_MAX_BITS = 4096
 URAM_MIN_BITS = 4 * 36 * 1024
+URAM_MIN_DEPTH = 1024
 
 
 def _impl(width: int, depth: int, board: Board) -> str:
     bits = width * depth
     if depth <= LUTRAM_MAX_DEPTH or bits <= LUTRAM_MAX_BITS:
         return "lutram"
-    if board.resources.uram > 0 and bits >= URAM_MIN_BITS and width >= 64:
+    if board.resources.uram > 0 and bits >= URAM_MIN_BITS and depth >= URAM_MIN_DEPTH:
         return "uram"
     return "bram"
 
@@ -184,7 +186,7 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
          part("lut", 1, 2) + [f"ARRAY_RESHAPE variable=lut cyclic factor={u.epb} dim=3"],
          "GELU tables of two MATMULs, two lanes per copy"),
         ("fq", "fill_queue_t", f"[W={u.weight_ports}][{fill_segs}] FillSeg", u.weight_ports, 128, fill_segs, "ram_1p",
-         part("fq", 1), "weight engine: bursts per master"),
+         part("fq", 1), "weight engine: bursts per master; LUTRAM, read the cycle a burst ends"),
         ("qbuf", "qbuf_t", f"[2][GW={u.GW}][{u.epb * dh_beats}] beat", 2 * u.GW, beat, u.epb * dh_beats,
          "ram_2p", part("qbuf", 1, 2), "attention queries of two blocks"),
         ("sbuf", "sbuf_t", f"[{u.max_tokens}][Q={u.Q}] acc", 1, u.Q * acc, u.max_tokens, "ram_2p",
@@ -213,7 +215,7 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
     ]
     out = []
     for name, ctype, shape, instances, width, depth, kind, pragmas, note in mems:
-        impl = _impl(width, depth, board) if kind != "ff" else ""
+        impl = "" if kind == "ff" else "lutram" if name == "fq" else _impl(width, depth, board)
         bind = [f"BIND_STORAGE variable={name} type={kind} impl={impl}"] if impl else []
         out.append({"name": name, "type": ctype, "shape": shape, "instances": instances, "width": width,
                     "depth": depth, "storage": f"{kind} {impl}" if impl else "registers", "pragmas": pragmas + bind,
