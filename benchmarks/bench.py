@@ -177,12 +177,11 @@ def write_hls_only_project(design: api.Design, out: Path, images: int) -> None:
     from codesign.emit.data import Vector, write_data_dir
     from codesign.emit.hls import render_hls
     from codesign.quant.quantize import quantize_input
-    from codesign.schedule.tiling import tiling_params
 
     x_q = quantize_input(api.vector_data(design.qm.cfg, images).images, design.qm)
     vectors = [Vector(f"img{i}_task{t}", t, x_q[i]) for i in range(images) for t in range(design.qm.cfg.num_tasks)]
     write_data_dir(out / "data", design.prog, design.qm, vectors)
-    render_hls(out, design.prog, design.board, tile=tiling_params(design.tiling))
+    render_hls(out, design.prog, design.board, design.uarch())
 
 
 def generate_project(design: api.Design, out: Path, images: int = VECTOR_IMAGES) -> dict:

@@ -137,6 +137,10 @@ class Design:
         out = np.stack([dequantize_output(self.qm, run_golden(self.qm, x, task).output) for x in x_q])
         return out if np.ndim(images) == 4 else out[0]
 
+    def uarch(self):
+        """The compute unit the kernels are generated as: the tiling's array on this board."""
+        return self.tiling.uarch
+
     def estimate(self, images: np.ndarray | None = None, task: int = 0) -> Estimate:
         counts = None
         if images is not None:
@@ -175,7 +179,7 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     _add_image_index(out / "data" / "manifest.json")
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
     params = tiling_params(design.tiling)
-    render_hls(out, design.prog, design.board, tile=params, project_name=project_name)
+    render_hls(out, design.prog, design.board, design.uarch(), project_name=project_name)
     render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
     save_model(design.model, out / "model")
     est = design.estimate(data.images, 0)

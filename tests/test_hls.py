@@ -23,13 +23,13 @@ import pytest
 
 from codesign.boards import load_board
 from codesign.emit.data import compare_act, load_manifest
-from codesign.emit.hls import CSIM_CXXFLAGS, hls_tile, render_hls, write_tb_lists
+from codesign.emit.hls import CSIM_CXXFLAGS, default_uarch, kernel_memories, render_hls, write_tb_lists
 from codesign.model.config import ModelConfig
-from codesign.schedule.estimate import expert_counts_from_golden
-from codesign.schedule.legacy_estimate import estimate  # the old kernel's model, until the HLS rework lands
-from codesign.schedule.legacy_tiling import buffer_bindings, choose_tiling, tiling_params
+from codesign.schedule.estimate import estimate_design, expert_counts_from_golden, instr_rows
+from codesign.schedule.tiling import board_uarch, choose_tiling
+from codesign.schedule.uarch import HardwareRuleError
 from codesign.sim import csim
-from codesign.sim.csim import TESTBENCH, CsimError, count_iterations, iteration_ratios, run_csim
+from codesign.sim.csim import TESTBENCH, CsimError, count_iterations, run_csim
 from codesign.testing import PynqBufferStub, make_test_design, write_test_data
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
@@ -37,9 +37,9 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not inst
 BOARD = load_board("zcu104")
 
 
-def _render_project(project_dir: Path, design, tile: dict | None = None) -> Path:
+def _render_project(project_dir: Path, design, uarch=None) -> Path:
     write_test_data(project_dir / "data", design)
-    render_hls(project_dir, design.prog, BOARD, tile=tile)
+    render_hls(project_dir, design.prog, BOARD, uarch)
     return project_dir
 
 
@@ -178,12 +178,15 @@ def test_one_weight_port_keeps_the_single_gmem_interface(default_design, tmp_pat
 
 
 @needs_gxx
-def test_other_config_and_odd_tile_are_bit_exact(tmp_path):
+def test_other_config_and_odd_array_are_bit_exact(tmp_path):
     cfg = ModelConfig(embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=1)
     design = make_test_design(cfg)
-    # A 3 x 5 MAC array leaves partial row and column blocks for every layer, and 5-byte output
-    # segments that start and end inside AXI beats; one A bank: no MATMUL -> MATMUL forwarding.
-    _assert_bit_exact(run_csim(_render_project(tmp_path, design, tile={"P": 3, "Q": 5, "act_banks": 1})), design)
+    # A 3 x 96 MAC array: partial row blocks everywhere (17 rows), P not a multiple of EPB (one bank
+    # copy serves 3 rows), odd EXP copies, tiles wider than n (64) or split 96 + 32 (the MLP's 128),
+    # 6 weight groups over 4 masters, e.v passes of G*EPB = 16 < Q/2 columns.
+    u = board_uarch(design.prog, BOARD, 3, 96)
+    assert (u.G, u.GW, u.ev_cols) == (1, 6, 16)
+    _assert_bit_exact(run_csim(_render_project(tmp_path, design, u)), design)
 
 
 @needs_gxx
@@ -215,9 +218,10 @@ def test_rows_no_expert_writes_are_still_cleared(tmp_path):
 @needs_gxx
 def test_accumulator_goes_to_ddr_when_another_instruction_reads_it(tmp_path):
     """Programs may read the MoE accumulator otherwise than by its one whole REQUANT32 (docs/ISA.md):
-    a short REQUANT32 of its first row right after the GATE of block 1 (so that block's SCATTERs
-    add in DDR), and block 3's REQUANT32 split in two halves (its on-chip sums are written to DDR
-    first). Bit-exact with the ISA interpreter."""
+    a short REQUANT32 of its first row right after the GATE of block 1 (the zeros the GATE left
+    are written to DDR first), and block 3's REQUANT32 split in two halves (its on-chip sums are
+    written to DDR before the first half, and still current for the second). Bit-exact with the
+    ISA interpreter."""
     import dataclasses
 
     from codesign.schedule.isa import Op
@@ -241,50 +245,44 @@ def test_accumulator_goes_to_ddr_when_another_instruction_reads_it(tmp_path):
     assert run_patched_program(tmp_path, design, instrs).passed == ["v"]
 
 
-@needs_gxx
-def test_unused_experts_run_after_a_matmul_writes_over_their_counts(tmp_path):
-    """The kernel skips experts whose on-chip count is 0 after a MATMUL, unless that MATMUL writes
-    over the counts: a MATMUL inserted just before block 1's first unused expert overwrites them
-    with its outputs (a positive count for that expert), and the experts then run with the counts
-    it wrote, as in the ISA interpreter."""
+def _overwriting_counts(design, cfg):
+    """design's program with a MATMUL that writes over block 1's expert counts inserted before its
+    first unused expert (one row of fc1's weights into the counts), and that expert's index."""
     import dataclasses
 
     from codesign.quant.golden import run_golden
-    from codesign.schedule.isa import Flag, execute
-    from codesign.schedule.program import load_input
+    from codesign.schedule.isa import Flag
 
-    cfg = ModelConfig(embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=8, top_k=1)
-    design = make_test_design(cfg)
     vec = design.vectors[0]
     counts = np.bincount(np.asarray(run_golden(design.qm, vec.x_q, vec.task).routing[1]).ravel(), minlength=8)
     unused = int(np.flatnonzero(counts == 0)[0])
-    counts_addr = design.prog.moe_layers["b1"]["counts_addr"]
     fc1 = next(i for i in design.prog.instrs if i.layer == "b1.e0.fc1")
-    k, n = fc1.args["k"], 4 * cfg.num_experts
+    n = 4 * cfg.num_experts
+    args = dict(fc1.args, m=1, n=n, out_addr=design.prog.moe_layers["b1"]["counts_addr"], out_stride=n)
+    overwrite = dataclasses.replace(fc1, flags=fc1.flags & ~(Flag.DYNM | Flag.GATHER | Flag.GELU), args=args,
+                                    layer="b1.overwrite")
+    instrs = [x for ins in design.prog.instrs for x in ([overwrite, ins] if ins.layer == f"b1.e{unused}.fc1" else [ins])]
+    return instrs, unused
 
-    def program_with_overwrite(first_row: int) -> list:
-        """fc1's weight rows first_row.. as a plain MATMUL writing one row of n outputs over the counts."""
-        args = dict(fc1.args, m=1, n=n, out_addr=counts_addr, out_stride=n, w_addr=fc1.args["w_addr"] + first_row * k,
-                    bias_addr=fc1.args["bias_addr"] + 4 * first_row, mult_addr=fc1.args["mult_addr"] + 4 * first_row)
-        overwrite = dataclasses.replace(fc1, flags=fc1.flags & ~(Flag.DYNM | Flag.GATHER | Flag.GELU), args=args,
-                                        layer="b1.overwrite")
-        return [x for ins in design.prog.instrs for x in ([overwrite, ins] if ins.layer == f"b1.e{unused}.fc1" else [ins])]
 
-    def written_count(instrs: list) -> int:
-        prog = dataclasses.replace(design.prog, instrs=instrs)
-        mem = bytearray(prog.act_bytes)
-        load_input(prog, mem, vec.x_q)
-        execute(prog.code, prog.wgt, mem, vec.task, prog.abits, prog.elem_bytes)
-        return int(np.frombuffer(bytes(mem[counts_addr + 4 * unused: counts_addr + 4 * unused + 4]), np.int32)[0])
-
-    instrs = next(p for p in (program_with_overwrite(4 * r) for r in range(8)) if written_count(p) > 0)
-    assert run_patched_program(tmp_path / "patched", design, instrs).passed == ["v"]
+@needs_gxx
+def test_unused_experts_are_not_dispatched_and_counts_stay_on_chip(tmp_path):
+    """The kernel skips experts whose count (on chip since their GATE) is 0: no iteration at all.
+    Counts and token lists stay on chip, so a program that writes over them before the experts
+    that read them is refused when the project is generated (docs/UARCH.md hardware rules),
+    naming the instruction."""
+    cfg = ModelConfig(embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=8, top_k=1)
+    design = make_test_design(cfg)
+    instrs, unused = _overwriting_counts(design, cfg)
+    at = next(i for i, ins in enumerate(instrs) if ins.layer == "b1.overwrite")
+    with pytest.raises(HardwareRuleError, match=rf"^instruction {at} \(MATMUL b1.overwrite\): it writes over the "
+                                                r"counts or token lists of the GATE at \d+"):
+        run_patched_program(tmp_path / "patched", design, instrs)
     run_patched_program(tmp_path / "plain", design, design.prog.instrs)
-    ran = {}  # pipelined iterations of the unused expert's fc1: a few fetches when it returns at once, 0 when skipped
-    for name, program in (("plain", design.prog.instrs), ("patched", instrs)):
-        at = next(i for i, ins in enumerate(program) if ins.layer == f"b1.e{unused}.fc1")
-        ran[name] = count_iterations(tmp_path / name).per_vector["v"][at]
-    assert ran["patched"] > 10 * ran["plain"] > 0, ran
+    pc = next(i for i, ins in enumerate(design.prog.instrs) if ins.layer == f"b1.e{unused}.fc1")
+    counts = count_iterations(tmp_path / "plain")
+    assert counts.per_vector["v"][pc] == counts.entries["v"][pc] == 0
+    assert counts.per_vector["v"][pc - 1] > 0
 
 
 def test_gate_lists_start_on_64_byte_lines(default_design):
@@ -300,37 +298,54 @@ def test_gate_lists_start_on_64_byte_lines(default_design):
 def test_accumulator_in_ddr_when_it_does_not_fit(default_design, tmp_path):
     """A tiling without room for the on-chip MoE accumulator (Tiling.acc_on_chip False): the GATE
     zeroes it in DDR and the SCATTERs add there, as the ISA has it."""
-    project = _render_project(tmp_path, default_design, tile={"acc_on_chip": 0})
-    top = (project / "firmware" / "codesign_top.cpp").read_text()
-    assert "static const bool ACC_ON_CHIP = false;" in top and "static const int ACC_ELEMS = 1;" in top
+    u = board_uarch(default_design.prog, BOARD, 4, 32, acc_on_chip=False)
+    project = _render_project(tmp_path, default_design, u)
+    params = (project / "firmware" / "params.h").read_text()
+    assert "static const bool ACC_ON_CHIP = false;" in params and "static const int ACC_TOKENS = 1;" in params
     _assert_bit_exact(run_csim(project), default_design)
 
 
 @needs_gxx
-def test_attention_streams_unaligned_heads_and_partial_blocks(tmp_path):
-    """op_attn streams Q, K, V and the outputs beat by beat beside its compute loops. Two ATTNs
-    appended to the program, on a 4 x 16 array (query blocks of 4 rows): 3 heads of 5 elements
-    whose slices start and end inside AXI beats (output rows 15 bytes apart share beats), 17
-    tokens (a partial last block), a head_dim narrower than the ATTNs before (stale columns on
-    chip); then 3 tokens, fewer than a block. Bit-exact with the ISA interpreter."""
+def test_attention_partial_query_blocks_passes_and_short_rows(tmp_path):
+    """Three ATTNs appended to the program, on a 4 x 32 array (query blocks of 32, e.v passes of 16
+    columns): 40 tokens of one head (a partial second query block, ten key blocks), head_dim 32
+    (two e.v passes, their sums in acc0 and acc1), then 3 tokens of two heads of 16 (fewer keys than
+    a row block, columns past head_dim left from the ATTN before). Their qkv is not in a bank (loaded
+    from DDR). Bit-exact with the ISA interpreter."""
     from codesign.schedule.isa import Op
 
     design = make_test_design()
     attn = next(i for i in design.prog.instrs if i.op == Op.ATTN)
     qkv, out = design.prog.regions["b0.qkv"].addr, design.prog.regions["b0.attn"].addr
-    extra = [replace(attn, layer="x.attn_unaligned",
-                     args=dict(attn.args, qkv_addr=qkv + 1, heads=3, head_dim=5, tokens=17, out_addr=out + 3)),
-             replace(attn, layer="x.attn_short",
-                     args=dict(attn.args, qkv_addr=qkv + 7, heads=2, head_dim=7, tokens=3, out_addr=out + 600))]
+    extra = [replace(attn, layer="x.attn_long", args=dict(attn.args, heads=1, head_dim=16, tokens=40)),
+             replace(attn, layer="x.attn_wide", args=dict(attn.args, heads=1, head_dim=32, tokens=17, out_addr=out + 64)),
+             replace(attn, layer="x.attn_short", args=dict(attn.args, heads=2, head_dim=16, tokens=3, qkv_addr=qkv + 64,
+                                                          out_addr=out + 640))]
     assert attn.args["head_dim"] == 16 and attn.args["tokens"] == 17
+    u = board_uarch(design.prog, BOARD, 4, 32)
+    assert u.ev_cols == 16
     instrs = list(design.prog.instrs) + extra
-    assert run_patched_program(tmp_path, design, instrs, tile={"P": 4, "Q": 16}).passed == ["v"]
+    assert run_patched_program(tmp_path, design, instrs, uarch=board_uarch(
+        replace(design.prog, instrs=instrs), BOARD, 4, 32)).passed == ["v"]
 
 
-def run_patched_program(tmp_path: Path, design, instrs, stale_regions=(), tile: dict | None = None):
+def test_attention_off_the_beat_grid_is_refused(default_design, tmp_path):
+    """Heads whose slices start inside a beat break a hardware rule: refused with one line."""
+    from codesign.schedule.isa import Op
+
+    attn = next(i for i in default_design.prog.instrs if i.op == Op.ATTN)
+    bad = replace(attn, layer="x.attn_unaligned", args=dict(attn.args, qkv_addr=attn.args["qkv_addr"] + 1, head_dim=5))
+    prog = replace(default_design.prog, instrs=list(default_design.prog.instrs) + [bad])
+    at = len(prog.instrs) - 1
+    with pytest.raises(HardwareRuleError, match=rf"^instruction {at} \(ATTN x.attn_unaligned\): head_dim=5 is not a "
+                                                r"multiple of 16$"):
+        render_hls(tmp_path, prog, BOARD, manifest={})
+
+
+def run_patched_program(tmp_path: Path, design, instrs, stale_regions=(), uarch=None):
     """csim of `instrs` in place of the design's program on its first vector; the expected act
-    image comes from the ISA interpreter. `stale_regions` start filled with 0x5a instead of 0;
-    `tile` overrides the kernel's sizes (render_hls)."""
+    image comes from the ISA interpreter (checking the accumulator width of the kernel). The
+    `stale_regions` start filled with 0x5a instead of 0; `uarch`: the kernel's (render_hls)."""
     import dataclasses
 
     from codesign.emit.data import manifest
@@ -349,12 +364,13 @@ def run_patched_program(tmp_path: Path, design, instrs, stale_regions=(), tile: 
         r = prog.regions[name]
         start[r.addr: r.addr + 4 * int(np.prod(r.shape))] = b"\x5a" * (4 * int(np.prod(r.shape)))
     final = bytearray(start)
-    execute(prog.code, prog.wgt, final, vec.task, prog.abits, prog.elem_bytes)
+    u = uarch or default_uarch(prog, BOARD)
+    execute(prog.code, prog.wgt, final, vec.task, prog.abits, prog.elem_bytes, acc_bits=u.acc_w)
     (data / "vec" / "v.in.bin").write_bytes(bytes(start))
     (data / "vec" / "v.act.bin").write_bytes(bytes(final))
     man = manifest(prog, [{"id": "v", "task": vec.task, "start": "vec/v.in.bin", "expected": "vec/v.act.bin"}])
     (data / "manifest.json").write_text(json.dumps(man))
-    render_hls(tmp_path, prog, BOARD, tile=tile)
+    render_hls(tmp_path, prog, BOARD, u)
     result = run_csim(tmp_path)
     assert not result.failed, result.log[-2000:]
     return result
@@ -407,68 +423,125 @@ def test_truncated_weights_are_reported_not_run(default_csim, tmp_path):
 def zcu104_project(default_design, tmp_path_factory):
     """The default design with the MAC array choose_tiling picks for the ZCU104 (as `codesign generate`)."""
     tiling = choose_tiling(default_design.prog, BOARD)
-    project = _render_project(tmp_path_factory.mktemp("zcu104"), default_design, tile=tiling_params(tiling))
-    return project, tiling
+    u = board_uarch(default_design.prog, BOARD, tiling.P, tiling.Q, tiling.acc_on_chip)
+    return _render_project(tmp_path_factory.mktemp("zcu104"), default_design, u), tiling
 
 
-# Iterations of pipelined loops (II=1 lower bound on cycles) over the estimate, per op type, that
-# the kernel must stay within. ATTN measures 1.09 here: with 17 tokens and head_dim 16 it is bound
-# by its qkv reads, and what no read overlaps (the last head's two key loops, the last block's
-# normalise-and-write) is a larger share than on bigger models (M3ViT-tiny: 0.99).
-MAX_ITERATION_RATIO = {"MATMUL": 1.1, "LAYERNORM": 1.0, "ADD": 1.0, "REQUANT32": 1.0, "GATE": 1.0, "ATTN": 1.15}
+def _uarch_cycles(ins, u, rows: int, routed) -> int:
+    """Cycles of one instruction by docs/UARCH.md's schedules with its operands on chip (II=1, no
+    pipeline latencies): what the kernel's pipelined iterations are measured against. A MATMUL
+    tile takes its blocks' k cycles or, when longer, the next tile's weights over the W masters;
+    the last block's drain follows (one instruction at a time). `routed`: a GATE's tokens per expert."""
+    from codesign.schedule.isa import Op
+
+    a, up, lanes32 = ins.args, lambda n, d: -(-n // d), u.beat_bytes // 4
+    passes = 1 if u.packed else 2
+    if ins.op == Op.MATMUL:
+        if rows == 0:
+            return 0
+        widths = [min(u.Q, a["n"] - n0) for n0 in range(0, a["n"], u.Q)]
+        compute = up(rows, u.P) * a["k"] * passes
+        weights = [up(w * a["k"] // u.epb, u.weight_ports) + up(w, lanes32) for w in widths[1:]] + [0]
+        last_rows = rows - (up(rows, u.P) - 1) * u.P
+        return sum(max(compute, w) for w in weights) + last_rows * widths[-1] // u.epb
+    if ins.op == Op.GATE:
+        lists = sum(2 * max(1, up(c, lanes32)) for c in routed) + up(a["experts"], lanes32)
+        return up(a["tokens"], u.P) * a["dim"] * passes + a["tokens"] - (up(a["tokens"], u.P) - 1) * u.P + lists
+    if ins.op == Op.ATTN:
+        qb, sp = min(u.Q, a["tokens"]), 1 if u.packed_scores else 2
+        last_keys = a["tokens"] - (up(a["tokens"], u.P) - 1) * u.P
+        blocks = [min(qb, a["tokens"] - i0) for i0 in range(0, a["tokens"], qb)]
+        return a["heads"] * sum(up(a["tokens"], u.P) * a["head_dim"] * sp + last_keys
+                                + up(q, u.P) * up(a["head_dim"], u.ev_cols) * a["tokens"] for q in blocks)
+    if ins.op == Op.LAYERNORM:
+        return (a["rows"] + 1) * a["dim"] // u.epb
+    return a["count"] // u.epb  # ADD (at most one operand from act), REQUANT32 (from moe_acc)
+
+
+def _iterations_per_op_vs_uarch(design, project, u) -> dict[str, dict[str, float]]:
+    """Per vector and op: the kernel's pipelined iterations over _uarch_cycles (from instruction 1:
+    the first also loads the program and reads the network input from DDR)."""
+    from codesign.quant.golden import run_golden
+
+    counts = count_iterations(project)  # also checks that the counting build is bit-exact
+    gates = [i for i in design.prog.instrs if i.op.name == "GATE"]
+    out = {}
+    for vec in design.vectors:
+        routing = expert_counts_from_golden(design.qm, vec.x_q, vec.task)
+        golden = run_golden(design.qm, vec.x_q, vec.task).routing
+        rows = instr_rows(design.prog, routing)
+        per_op: dict[str, list[int]] = {}
+        gate_no = 0
+        for pc, (n, ins, r) in enumerate(zip(counts.per_vector[vec.id], design.prog.instrs, rows)):
+            if pc == 0:
+                continue  # the program load, and the network input read from DDR
+            routed = []
+            if ins.op.name == "GATE":
+                block = next(b for b, info in design.prog.moe_layers.items() if info["counts_addr"] == ins.args["counts_addr"])
+                routed = np.bincount(np.asarray(golden[int(block[1:])]).ravel(), minlength=ins.args["experts"])
+                gate_no += 1
+            want = _uarch_cycles(ins, u, r, routed)
+            got = per_op.setdefault(ins.op.name, [0, 0])
+            got[0] += n
+            got[1] += want
+        assert gate_no == len(gates)
+        out[vec.id] = {op: n / want for op, (n, want) in per_op.items() if want}
+    return out
 
 
 @needs_gxx
-def test_pipelined_iterations_track_the_estimate(default_design, zcu104_project):
+def test_pipelined_iterations_follow_the_uarch_schedule(default_design, zcu104_project):
+    """The counting build on the ZCU104 tiling: per instruction, the program load counts for
+    instruction 0, END and unused experts run nothing, a MATMUL reads every weight beat once (its
+    beats over 4 masters bound its iterations from below), and per op the iterations are
+    docs/UARCH.md's schedule plus what it does not count (priming windows, the last block's drain,
+    weight slots and A rows no earlier loop brought in, loop entries)."""
     project, tiling = zcu104_project
-    counts = count_iterations(project)  # also checks that the counting build is bit-exact
+    u = board_uarch(default_design.prog, BOARD, tiling.P, tiling.Q, tiling.acc_on_chip)
+    counts = count_iterations(project)
     man = load_manifest(project)
     skips = 0
     for vec in default_design.vectors:
-        per_instr = counts.per_vector[vec.id]
-        # instructions are fetched one ahead: END's fetch is the last instruction's, END runs none
-        assert len(per_instr) == len(man["instructions"]) + 1 and per_instr[-1] == 0
+        per_instr, entries = counts.per_vector[vec.id], counts.entries[vec.id]
+        assert len(per_instr) == len(entries) == len(man["instructions"]) + 1 and per_instr[-1] == entries[-1] == 0
         assert per_instr[0] > man["prog_bytes"] // 16  # the program load (16-byte beats) counts for instruction 0
         routing = expert_counts_from_golden(default_design.qm, vec.x_q, vec.task)
-        est = estimate(default_design.prog, tiling, BOARD, routing)
-        ratios = iteration_ratios(per_instr, est.instrs)
-        for op, bound in MAX_ITERATION_RATIO.items():
-            assert ratios[op]["ratio"] <= bound, (vec.id, op, ratios[op])
+        est = estimate_design(default_design.prog, tiling, BOARD, routing)
         for n, cost in zip(per_instr, est.instrs):
-            # Weights move a whole 16-byte beat per iteration on each of the 4 weight ports: a
-            # MATMUL reads its weights once, so its weight beats bound its iterations from below.
-            if cost.op == "MATMUL":
-                assert cost.weight_bytes / (16 * 4) <= n <= 1.25 * cost.cycles, (cost.name, n, cost)
-        # An unused expert after a MATMUL is not dispatched at all.
-        skipped = [n for n, cost, prev in zip(per_instr[1:], est.instrs[1:], est.instrs)
-                   if cost.op == prev.op == "MATMUL" and cost.rows == 0]
-        assert not any(skipped), (vec.id, skipped)
+            if cost.op == "MATMUL" and cost.rows:
+                assert cost.weight_bytes / (16 * 4) <= n, (cost.name, n, cost)
+        skipped = [(n, e) for n, e, cost in zip(per_instr, entries, est.instrs) if cost.op == "MATMUL" and cost.rows == 0]
+        assert not any(n or e for n, e in skipped), (vec.id, skipped)
         skips += len(skipped)
-        assert sum(per_instr) == counts.total(vec.id) == ratios["TOTAL"]["iterations"]
-        assert counts.per_op(vec.id)["MATMUL"] == ratios["MATMUL"]["iterations"]
+        assert sum(per_instr) == counts.total(vec.id)
+        assert sum(counts.entries_per_op(vec.id).values()) == sum(entries)
     assert skips > 0
+    # 17 tokens and 64-wide layers: a loop's priming window and entry are a large share of its
+    # 64-cycle blocks (measured: MATMUL 1.37, ATTN 1.53, GATE 1.25; M3ViT shapes: the next test)
+    bounds = {"MATMUL": 1.45, "ATTN": 1.6, "GATE": 1.3}
+    for vid, ratios in _iterations_per_op_vs_uarch(default_design, project, u).items():
+        for op, ratio in ratios.items():
+            assert 1.0 <= ratio <= bounds.get(op, 1.05), (vid, op, ratio)
 
 
-# M3ViT-tiny's layer shapes (224x224 images, 197 tokens, dim 192, 16 experts top-2), two blocks.
-TINY_SHAPES = ModelConfig(img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3, mlp_ratio=4.0,
-                          moe_mlp_ratio=4.0, num_experts=16, top_k=2, moe_blocks=(1,))
+# M3ViT-tiny's layer shapes (dim 192, 3 heads, 16 experts top-2, MoE MLP ratio 2), two blocks of 122 tokens.
+TINY_SHAPES = ModelConfig(img_size=176, patch_size=16, embed_dim=192, depth=2, num_heads=3, mlp_ratio=4.0,
+                          moe_mlp_ratio=2.0, num_experts=16, top_k=2, moe_blocks=(1,))
 
 
 @needs_gxx
-def test_iterations_track_the_estimate_at_m3vit_tiny_scale(tmp_path):
-    """At M3ViT-tiny's shapes on the ZCU104 tiling (32x64 array, 4 weight ports) the kernel's
-    pipelined iterations per op stay within 10% of the estimate, so the estimate's roofline ratios
-    are the kernel's up to pipeline depths (measured: MATMUL 1.01x, ATTN 0.99x, GATE 0.99x)."""
+def test_iterations_follow_the_uarch_schedule_at_m3vit_tiny_scale(tmp_path):
+    """At M3ViT-tiny's shapes on the 32x64 array of issue 11 (zcu104, 4 weight masters), bit-exact,
+    and per op within 10% of docs/UARCH.md's cycles (the rest: priming windows, weight slots not
+    prefetched, loop entries); attention within 15%: an e.v block's drain (P rows x head_dim/EPB
+    beats) is longer than the next scores' first key block and stalls it (docs/UARCH.md)."""
     design = make_test_design(TINY_SHAPES, images=1)
-    tiling = choose_tiling(design.prog, BOARD)
-    project = _render_project(tmp_path, design, tile=tiling_params(tiling))
-    counts = count_iterations(project)
-    for vec in design.vectors:
-        routing = expert_counts_from_golden(design.qm, vec.x_q, vec.task)
-        est = estimate(design.prog, tiling, BOARD, routing)
-        ratios = iteration_ratios(counts.per_vector[vec.id], est.instrs)
-        for op in ("MATMUL", "ATTN", "GATE", "LAYERNORM", "ADD", "REQUANT32"):
-            assert 0.8 <= ratios[op]["ratio"] <= 1.1, (vec.id, op, ratios[op])
+    u = board_uarch(design.prog, BOARD, 32, 64)
+    assert u.packed and u.acc_w <= 32 and u.ev_cols == 32
+    project = _render_project(tmp_path, design, u)
+    for vid, ratios in _iterations_per_op_vs_uarch(design, project, u).items():
+        for op, ratio in ratios.items():
+            assert 1.0 <= ratio <= (1.15 if op == "ATTN" else 1.1), (vid, op, ratio)
 
 
 @needs_gxx
@@ -477,23 +550,31 @@ def test_make_iters_counts_like_count_iterations(zcu104_project):
     project, _ = zcu104_project
     run = subprocess.run(["make", "iters"], cwd=project, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    made = {}
-    for vid, pc, n in re.findall(r"^ITERS (\S+) (\d+) (\d+)$", run.stdout, re.M):
-        made.setdefault(vid, []).append(int(n))
-    assert made == count_iterations(project).per_vector
+    made = {"ITERS": {}, "ENTRIES": {}}
+    for kind, vid, pc, n in re.findall(r"^(ITERS|ENTRIES) (\S+) (\d+) (\d+)$", run.stdout, re.M):
+        made[kind].setdefault(vid, []).append(int(n))
+    counted = count_iterations(project)
+    assert made == {"ITERS": counted.per_vector, "ENTRIES": counted.entries}
 
 
-def test_kernel_binds_buffers_as_the_tiling_chose(default_design, zcu104_project):
+def test_kernel_declares_the_memories_of_the_uarch(default_design, zcu104_project):
+    """codesign_top declares every memory of kernel_memories once with exactly its pragmas, and
+    the partition factors are the Uarch's: 2 x G bank copies, 2 x GW weight groups, EPB-word
+    parameter banks, int32 accumulators."""
     project, tiling = zcu104_project
+    u = board_uarch(default_design.prog, BOARD, tiling.P, tiling.Q, tiling.acc_on_chip)
     top = (project / "firmware" / "codesign_top.cpp").read_text()
-    impl = {"bram36": "bram", "uram": "uram", "lutram": "lutram"}
-    chosen = buffer_bindings(default_design.prog, BOARD, tiling.P, tiling.Q)
-    assert chosen == {b.name: b.binding for b in tiling.buffers}
-    for variable, buffer in (("a_buf", "act_tile"), ("w_buf", "weights"), ("lut", "gelu_lut"), ("acc_rows", "acc_tile"),
-                             ("program", "program")):
-        assert f"#pragma HLS BIND_STORAGE variable={variable} type=ram_2p impl={impl[chosen[buffer]]}" in top
-    # The m_axi ports move beats; the weight tiles are a ping-pong pair filled inside the MAC loop.
-    assert "static w_tiles_t w_buf;" in top and "tiles_step(wl, wcl, wgt, wgt1, wgt2, wgt3, w_buf[cur ^ 1], bias, mult);" in top
+    memories = {m["name"]: m for m in kernel_memories(u, BOARD)}
+    for m in memories.values():
+        assert top.count(f"    static {m['type']} {m['name']};\n") == 1, m["name"]
+        for pragma in m["pragmas"]:
+            assert f"#pragma HLS {pragma}\n" in top, pragma
+    assert top.count("#pragma HLS BIND_STORAGE") == sum(m["storage"] != "registers" for m in memories.values())
+    assert (memories["bank"]["instances"], memories["wrows"]["instances"]) == (2 * u.G, 2 * u.GW) == (4, 8)
+    assert f"ARRAY_PARTITION variable=wparam cyclic factor={u.epb} dim=3" in memories["wparam"]["pragmas"]
+    params = (project / "firmware" / "params.h").read_text()
+    assert "typedef int32_t acc_t;" in params and f"static const int ACC_W = {u.acc_w};" in params
+    assert "static const bool PACKED = true;" in params
 
 
 # Stands in for the kernel's `prog` pointer in test_kernel_reads_the_program_once_per_run: counts
@@ -518,6 +599,7 @@ struct ProgPtr {
         return p[i];
     }
 };
+static inline axi_word_t gmem_read(const ProgPtr &base, uint32_t beat) { return base[beat]; }
 """
 
 
@@ -711,16 +793,21 @@ def test_a_testbench_that_skips_a_tensor_or_a_vector_gives_no_verdict(default_de
         run_csim(project)
 
 
-def test_tile_defaults_cover_the_program_and_reject_small_buffers(default_design):
-    tile = hls_tile(default_design.prog)
-    assert (tile["P"], tile["Q"]) == (4, 16)
-    assert tile["max_m"] % 4 == 0 and tile["max_m"] >= 17 and tile["max_k"] == 256
-    with pytest.raises(ValueError, match="max_k=8 < 256"):
-        hls_tile(default_design.prog, {"max_k": 8})
-    with pytest.raises(ValueError, match="unknown tile key"):
-        hls_tile(default_design.prog, {"R": 2})
-    with pytest.raises(ValueError, match="act_banks must be 1 or 2"):
-        hls_tile(default_design.prog, {"act_banks": 3})
+def test_default_uarch_and_foreign_uarch(default_design, tmp_path):
+    """Without a Uarch, render_hls builds a 4 x 2*EPB array; a Uarch of another board is refused."""
+    u = default_uarch(default_design.prog, BOARD)
+    assert (u.P, u.Q, u.beat_bytes, u.weight_ports) == (4, 32, 16, 4)
+    assert u.acc_w == 28 and u.max_k == 256
+    other = board_uarch(default_design.prog, load_board("pynq-z2"), 4, 16)
+    with pytest.raises(ValueError, match="^the Uarch was derived for another program or board: beat_bytes 8 != 16, "
+                                         "weight_ports 3 != 4$"):
+        render_hls(tmp_path, default_design.prog, BOARD, other, manifest={})
+
+
+def test_array_shape_rule(default_design, tmp_path):
+    """Q must be a multiple of 2*EPB: a drained beat lies in one half of the column pairs."""
+    with pytest.raises(HardwareRuleError, match=r"^the 4x16 MAC array: Q=16 must be a multiple of 2\*EPB=32"):
+        render_hls(tmp_path, default_design.prog, BOARD, board_uarch(default_design.prog, BOARD, 4, 16), manifest={})
 
 
 def test_missing_compiler_is_a_one_line_error(tmp_path, monkeypatch):

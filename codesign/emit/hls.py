@@ -2,10 +2,16 @@
 
 Outputs, relative to the generated project directory (next to the data/ folder that
 codesign.emit.data.write_data_dir wrote):
-  firmware/codesign_top.cpp  the kernel: instruction fetch + one function per opcode
+  firmware/codesign_top.cpp  the kernel: program load, fetch, decode, dispatch; the on-chip memories
   firmware/codesign_top.h    its interface: the AXI beat type and the top-level prototype
+  firmware/params.h          the Uarch parameters (codesign.schedule.uarch) as constants
+  firmware/isa.h             opcodes, flags, instruction fields, the on-chip program
   firmware/arith.h           integer arithmetic (rshift_round, requant, exp_weight, layernorm_row)
   firmware/luts.h            EXP / RECIP / RSQRT tables copied from codesign.quant.arith
+  firmware/ops/*.h           one header per op (matmul, gate, attention, layernorm, vector) and the
+                             units they share: axi (every m_axi access), dsp (the packed 27x18
+                             product), array (the MAC loop), drain, router, weights (the weight
+                             engine), buffers, moe, machine, slots
   tb/tb_codesign.cpp         csim testbench over data/ (bit-exact per traced tensor)
   Makefile                   `make csim` (and `make iters`) with plain g++; Vitis targets
   README.md                  how to build, simulate (csim / cosim) and run the project
@@ -23,59 +29,66 @@ from ..boards import Board
 from ..quant import arith as A
 from ..schedule.isa import FIELDS, WORDS, Flag, Op
 from ..schedule.program import Program
-from ..schedule.legacy_tiling import attn_query_block
+from ..schedule.tiling import board_uarch
+from ..schedule.uarch import Uarch, check_program
 from .data import load_manifest, region_nbytes
 from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, weight_pointer_registers
 
 # g++ flags of the csim build, shared by the Makefile and codesign.sim.csim.
 CSIM_CXXFLAGS = ("-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Ifirmware")
 
-DEFAULT_TILE = {"P": 4, "Q": 16, "act_banks": 2, "acc_on_chip": 1}
+# The MAC array render_hls uses when it is given no Uarch: P rows, Q = 2 * EPB columns (the
+# smallest legal Q), which keeps C simulation of small test programs fast.
+DEFAULT_P = 4
 
-# Beats the elementwise ops (ADD, REQUANT32) move per chunk: reads of chunk c overlap the writes
-# of chunk c-1, so the last chunk's writes are the only ones not hidden.
-CHUNK_BEATS = 32
 # Widest AXI beat the kernel is written for: one instruction (64 bytes) is a whole number of beats.
 MAX_AXI_BYTES = 64
+
+OPS_HEADERS = ("axi", "dsp", "buffers", "weights", "router", "drain", "moe", "machine", "array", "slots",
+               "matmul", "gate", "attention", "layernorm", "vector")
 
 # template name -> output path inside the project directory
 _OUTPUTS = {
     "firmware/codesign_top.cpp.j2": Path("firmware") / "codesign_top.cpp",
+    "firmware/codesign_top.h.j2": Path("firmware") / "codesign_top.h",
+    "firmware/params.h.j2": Path("firmware") / "params.h",
+    "firmware/isa.h.j2": Path("firmware") / "isa.h",
     "firmware/arith.h.j2": Path("firmware") / "arith.h",
     "firmware/luts.h.j2": Path("firmware") / "luts.h",
-    "firmware/codesign_top.h.j2": Path("firmware") / "codesign_top.h",
+    **{f"firmware/ops/{name}.h.j2": Path("firmware") / "ops" / f"{name}.h" for name in OPS_HEADERS},
     "tb/tb_codesign.cpp.j2": Path("tb") / "tb_codesign.cpp",
     "Makefile.j2": Path("Makefile"),
     "README.md.j2": Path("README.md"),
 }
 
-# On-chip buffers whose size the program dictates (a smaller caller value would overflow them).
-_BUFFER_KEYS = ("max_m", "max_k", "max_n", "max_tokens", "max_head_dim", "max_dim", "max_experts", "max_row",
-                "acc_tokens", "acc_dim")
-
-# Instruction fields that bound each size key (max_heads and max_count only set loop trip counts).
-_SIZE_FIELDS = {
-    Op.MATMUL: (("max_m", "m"), ("max_k", "k"), ("max_n", "n")),
-    Op.ATTN: (("max_tokens", "tokens"), ("max_head_dim", "head_dim"), ("max_heads", "heads")),
-    Op.LAYERNORM: (("max_tokens", "rows"), ("max_dim", "dim")),
-    Op.GATE: (("max_tokens", "tokens"), ("max_dim", "dim"), ("max_experts", "experts"), ("acc_tokens", "tokens"),
-              ("acc_dim", "dim")),  # the on-chip MoE accumulator
-    Op.ADD: (("max_count", "count"),),
-    Op.REQUANT32: (("max_count", "count"),),
-}
+# The on-chip memories the op functions take, in this order (typedefs of ops/buffers.h, weights.h).
+MEMORY_ARGS = (("bank_t", "bank"), ("wrows_t", "wrows"), ("wparam_t", "wparam"), ("lut_t", "lut"),
+               ("fill_queue_t", "fq"), ("qbuf_t", "qbuf"), ("sbuf_t", "sbuf"), ("maxima_t", "mx"),
+               ("rowtab_t", "rowtab"), ("tokrow_t", "tokrow"), ("shadow_t", "shadow"), ("rowsums_t", "dsum"),
+               ("lists_t", "lists"), ("counts_t", "counts"), ("moe_acc_t", "moe_acc"),
+               ("acc_flags_t", "acc_written"), ("acc_old_t", "acc_old"))
 
 
-def render_hls(out_dir: Path, prog: Program, board: Board, tile: dict | None = None,
+def default_uarch(prog: Program, board: Board) -> Uarch:
+    return board_uarch(prog, board, DEFAULT_P, 2 * (axi_bytes(board) // prog.elem_bytes))
+
+
+def render_hls(out_dir: Path, prog: Program, board: Board, uarch: Uarch | None = None,
                project_name: str = "codesign", manifest: dict | None = None) -> list[Path]:
     """Render the HLS project into out_dir; return the written paths.
 
-    The testbench lists are derived from `manifest` or, by default, from out_dir/data/manifest.json.
-    `tile` overrides the MAC array shape (P rows x Q columns) and buffer sizes of `hls_tile`.
+    `uarch`: the compute unit to generate (codesign.schedule.uarch.derive_uarch, e.g. board_uarch
+    of the tiling's P and Q); by default a DEFAULT_P x 2*EPB array. A program that breaks a hardware
+    rule of docs/UARCH.md is refused (HardwareRuleError, one line). The testbench lists are derived
+    from `manifest` or, by default, from out_dir/data/manifest.json.
     """
     out_dir = Path(out_dir)
+    u = uarch if uarch is not None else default_uarch(prog, board)
+    _check_uarch_matches(u, prog, board)
+    check_program(prog, u)
     man = manifest if manifest is not None else _read_manifest(out_dir)
     _check_manifest_matches(man, prog)
-    context = _context(prog, hls_tile(prog, tile), project_name, board, man)
+    context = _context(prog, u, project_name, board, man)
     written = render_tcl_and_driver(out_dir, board, project_name)  # also validates project_name
     env = _template_environment()
     for template_name, relative_path in _OUTPUTS.items():
@@ -84,27 +97,6 @@ def render_hls(out_dir: Path, prog: Program, board: Board, tile: dict | None = N
         target.write_text(env.get_template(template_name).render(context))
         written.append(target)
     return written + write_tb_lists(out_dir / "data", man)
-
-
-def hls_tile(prog: Program, tile: dict | None = None) -> dict:
-    """MAC array shape and on-chip buffer sizes: the program's needs, overridden by `tile`."""
-    need = _program_sizes(prog)
-    chosen = {**DEFAULT_TILE, **need, **(tile or {})}
-    unknown = sorted(set(chosen) - set(need) - set(DEFAULT_TILE))
-    if unknown:
-        raise ValueError(f"unknown tile key(s): {', '.join(unknown)}")
-    for key in ("P", "Q"):
-        if not isinstance(chosen[key], int) or chosen[key] < 1:
-            raise ValueError(f"tile {key} must be a positive integer, got {chosen[key]!r}")
-    if chosen["act_banks"] not in (1, 2):
-        raise ValueError(f"tile act_banks must be 1 or 2, got {chosen['act_banks']!r}")
-    too_small = [f"{k}={chosen[k]} < {need[k]}" for k in _BUFFER_KEYS if chosen[k] < need[k]]
-    if too_small:
-        raise ValueError("tile buffers too small for this program: " + ", ".join(too_small))
-    # The MAC array always computes whole P x Q blocks, so its buffers hold whole blocks.
-    chosen["max_m"] = _round_up(chosen["max_m"], chosen["P"])
-    chosen["max_n"] = _round_up(chosen["max_n"], chosen["Q"])
-    return chosen
 
 
 def write_tb_lists(data_dir: Path, manifest: dict) -> list[Path]:
@@ -122,6 +114,121 @@ def traced_regions(manifest: dict) -> list[tuple[str, int, int]]:
     regions = {r["name"]: r for r in manifest["regions"]}
     return [(_token(name), regions[name]["addr"], region_nbytes(regions[name], manifest["elem_bytes"]))
             for name in manifest["trace"]]
+
+
+def axi_bytes(board: Board) -> int:
+    """Bytes per beat of the kernel's m_axi ports: the board's PS port width (boards/*.yaml)."""
+    width = board.memory.axi_data_bits // 8
+    # A beat holds whole 64-bit lanes (axi_word_t), so 32-bit ports are not supported either.
+    if not 8 <= width <= MAX_AXI_BYTES:
+        raise ValueError(f"{board.name}: memory.axi_data_bits {board.memory.axi_data_bits} is outside the "
+                         f"64..{8 * MAX_AXI_BYTES}-bit beats the kernel supports")
+    return width
+
+
+def weight_pointers(board: Board) -> list[str]:
+    """The kernel's weight pointer arguments, one m_axi bundle each when there are several:
+    wgt (bundle wgt0, also the small weight reads), then wgt1 .. wgt{W-1}."""
+    return ["wgt"] + [f"wgt{p}" for p in range(1, board.memory.weight_ports)]
+
+
+# ------------------------------------------------------------------ on-chip memories
+
+# Below these a memory goes to distributed RAM; from URAM_MIN_BITS and URAM_MIN_DEPTH on (and when
+# the board has URAM: 72 x 4096 each, so a shallow wide memory would waste most of it) to
+# UltraRAM; else BRAM. A plain rule for the pragmas: the resource model of codesign.schedule.uarch
+# counts what these bindings instantiate.
+LUTRAM_MAX_DEPTH = 64
+LUTRAM_MAX_BITS = 4096
+URAM_MIN_BITS = 4 * 36 * 1024
+URAM_MIN_DEPTH = 1024
+
+
+def _impl(width: int, depth: int, board: Board) -> str:
+    bits = width * depth
+    if depth <= LUTRAM_MAX_DEPTH or bits <= LUTRAM_MAX_BITS:
+        return "lutram"
+    if board.resources.uram > 0 and bits >= URAM_MIN_BITS and depth >= URAM_MIN_DEPTH:
+        return "uram"
+    return "bram"
+
+
+def kernel_memories(u: Uarch, board: Board) -> list[dict]:
+    """Every on-chip array codesign_top declares: its C type and shape, its pragmas, and what they
+    make of it (instances x width bits x depth words, storage and binding). The template writes
+    exactly these declarations and pragmas; reports and the resource model read them."""
+    beat, elem, acc = 8 * u.beat_bytes, 8 * u.elem_bytes, 32 if u.acc_w <= 32 else 64
+    lanes32 = u.beat_bytes // 4
+    dh_beats = max(u.max_dh, u.epb) // u.epb
+    acc_tokens, acc_words, experts = max(u.acc_tokens, 1), max(u.acc_row_words, 1), max(u.max_experts, 1)
+    blocks = -(-u.max_tokens // u.P)
+    fill_segs = (u.max_tiles + 1) * (-(-u.GW // u.weight_ports) + 3) + 2
+    acc_old_rows = 1 if u.acc_tokens else u.max_tokens
+    half = u.param_words // 2
+    lut_copies = u.constants()["LUT_COPIES"]
+
+    def part(name, *dims):
+        return [f"ARRAY_PARTITION variable={name} complete dim={d}" for d in dims]
+
+    # name, type, shape, instances, width, depth, RAM type (or "ff"), pragmas, note
+    mems = [
+        ("program", "program_t", f"[{u.instrs}][16] uint32", 1, 512, u.instrs, "ram_1p",
+         ["ARRAY_RESHAPE variable=program complete dim=2"], "one instruction a word"),
+        ("bank", "bank_t", f"[2][G={u.G}][{u.bank_beats}] beat", 2 * u.G, beat, u.bank_beats, "ram_t2p",
+         part("bank", 1, 2), "abank: 2 banks x G copies"),
+        ("wrows", "wrows_t", f"[2][GW={u.GW}][{u.epb * u.slot_row_beats}] beat", 2 * u.GW, beat,
+         u.epb * u.slot_row_beats, "ram_2p", part("wrows", 1, 2), "wslot rows: 2 slots x GW groups of EPB rows"),
+        ("wparam", "wparam_t", f"[2][2][{half}] int32", 4 * u.epb, 32, -(-half // u.epb), "ram_2p",
+         part("wparam", 1, 2) + [f"ARRAY_PARTITION variable=wparam cyclic factor={u.epb} dim=3"],
+         "wslot params: EPB words a cycle"),
+        ("lut", "lut_t", f"[2][{lut_copies}][{1 << u.abits}] elem", 2 * lut_copies, u.epb * elem,
+         (1 << u.abits) // u.epb, "ram_t2p",
+         part("lut", 1, 2) + [f"ARRAY_RESHAPE variable=lut cyclic factor={u.epb} dim=3"],
+         "GELU tables of two MATMULs, two lanes per copy"),
+        ("fq", "fill_queue_t", f"[W={u.weight_ports}][{fill_segs}] FillSeg", u.weight_ports, 128, fill_segs, "ram_1p",
+         part("fq", 1), "weight engine: bursts per master; LUTRAM, read the cycle a burst ends"),
+        ("qbuf", "qbuf_t", f"[2][GW={u.GW}][{u.epb * dh_beats}] beat", 2 * u.GW, beat, u.epb * dh_beats,
+         "ram_2p", part("qbuf", 1, 2), "attention queries of two blocks"),
+        ("sbuf", "sbuf_t", f"[{u.max_tokens}][Q={u.Q}] acc", 1, u.Q * acc, u.max_tokens, "ram_2p",
+         ["ARRAY_RESHAPE variable=sbuf complete dim=2"], "one key's Q scores a word"),
+        ("mx", "maxima_t", f"[Q={u.Q}] acc", u.Q, acc, 1, "ff", part("mx", 1), "scores: running maxima"),
+        ("rowtab", "rowtab_t", f"[G={u.G}][{blocks * u.epb}] uint32", u.G, 32, blocks * u.epb, "ram_2p",
+         part("rowtab", 1), "GATHER: bank beat of each list row"),
+        ("tokrow", "tokrow_t", f"[{u.max_tokens}] uint32", 1, 32, u.max_tokens, "ram_2p", [],
+         "SCATTER: destination of each list row"),
+        ("shadow", "shadow_t", f"[2][P={u.P}][Q/2={u.Q // 2}] acc", 2 * u.P * (u.Q // 2), acc, 1, "ff",
+         ["ARRAY_PARTITION variable=shadow complete dim=0"], "the array's finished block"),
+        ("dsum", "rowsums_t", f"[P={u.P}] acc", u.P, acc, 1, "ff", part("dsum", 1), "e.v row sums"),
+        ("lists", "lists_t", f"[2][{experts}][{u.max_tokens}] int32", 2 * experts * lanes32, 32,
+         -(-u.max_tokens // lanes32), "ram_2p",
+         part("lists", 1, 2) + [f"ARRAY_PARTITION variable=lists cyclic factor={lanes32} dim=3"],
+         "token ids and scores per expert"),
+        ("counts", "counts_t", f"[{experts}] int32", experts, 32, 1, "ff", part("counts", 1), "per expert"),
+        ("moe_acc", "moe_acc_t", f"[{acc_tokens}][{acc_words}][EPB={u.epb}] int32", 1, 32 * u.epb,
+         acc_tokens * acc_words, "ram_2p", ["ARRAY_RESHAPE variable=moe_acc complete dim=3"],
+         "EPB int32 a word" if u.acc_tokens else "unused: the accumulator stays in DDR"),
+        ("acc_written", "acc_flags_t", f"[{acc_tokens}][{acc_words}] bool", 1, acc_words, acc_tokens, "ram_2p",
+         ["ARRAY_RESHAPE variable=acc_written complete dim=2"], "moe_acc written bits, a token's row a word"),
+        ("acc_old", "acc_old_t", f"[{acc_old_rows}][{u.Q // lanes32}] beat", 1, beat,
+         acc_old_rows * (u.Q // lanes32), "ram_2p", [],
+         "unused: moe_acc is on chip" if u.acc_tokens else "SCATTER into DDR: a tile's old rows"),
+    ]
+    out = []
+    for name, ctype, shape, instances, width, depth, kind, pragmas, note in mems:
+        impl = "" if kind == "ff" else "lutram" if name == "fq" else _impl(width, depth, board)
+        bind = [f"BIND_STORAGE variable={name} type={kind} impl={impl}"] if impl else []
+        out.append({"name": name, "type": ctype, "shape": shape, "instances": instances, "width": width,
+                    "depth": depth, "storage": f"{kind} {impl}" if impl else "registers", "pragmas": pragmas + bind,
+                    "note": note})
+    return out
+
+
+def memory_table(memories: list[dict]) -> str:
+    """kernel_memories as a Markdown table."""
+    rows = ["| array | shape | instances x bits x depth | storage | pragmas |", "|---|---|---|---|---|"]
+    rows += [f"| {m['name']} | {m['shape']} | {m['instances']} x {m['width']} x {m['depth']} | {m['storage']} | "
+             f"{'; '.join(m['pragmas'])} |" for m in memories]
+    return "\n".join(rows)
 
 
 # ------------------------------------------------------------------ helpers
@@ -142,45 +249,25 @@ def _check_manifest_matches(man: dict, prog: Program) -> None:
         raise ValueError("data/manifest.json was written for another program: " + ", ".join(differing))
 
 
-def _program_sizes(prog: Program) -> dict:
-    """Largest extent of every buffer dimension over the program's instructions."""
-    sizes = dict.fromkeys((*_BUFFER_KEYS, "max_heads", "max_count"), 1)
-    for ins in prog.instrs:
-        extents = [(key, ins.args[name]) for key, name in _SIZE_FIELDS.get(ins.op, ())]
-        if ins.op == Op.GATE:  # router logits on the MAC array; it also clears the MoE accumulator
-            a = ins.args
-            extents += [("max_count", a["tokens"] * a["dim"]), ("max_m", a["tokens"]), ("max_k", a["dim"]),
-                        ("max_n", a["experts"])]
-        for key, value in extents:
-            sizes[key] = max(sizes[key], int(value))
-    sizes["max_row"] = max(sizes["max_tokens"], sizes["max_experts"])  # softmax over keys or experts
-    return sizes
+def _check_uarch_matches(u: Uarch, prog: Program, board: Board) -> None:
+    ours = {"beat_bytes": axi_bytes(board), "weight_ports": board.memory.weight_ports,
+            "elem_bytes": prog.elem_bytes, "wbits": prog.wbits, "abits": prog.abits}
+    differing = [f"{k} {getattr(u, k)} != {v}" for k, v in ours.items() if getattr(u, k) != v]
+    if differing:
+        raise ValueError("the Uarch was derived for another program or board: " + ", ".join(differing))
 
 
-def axi_bytes(board: Board) -> int:
-    """Bytes per beat of the kernel's m_axi ports: the board's PS port width (boards/*.yaml)."""
-    width = board.memory.axi_data_bits // 8
-    # A beat holds whole 64-bit lanes (axi_word_t), so 32-bit ports are not supported either.
-    if not 8 <= width <= MAX_AXI_BYTES:
-        raise ValueError(f"{board.name}: memory.axi_data_bits {board.memory.axi_data_bits} is outside the "
-                         f"64..{8 * MAX_AXI_BYTES}-bit beats the kernel supports")
-    return width
+def _loop_bounds(prog: Program, u: Uarch) -> dict:
+    """LOOP_TRIPCOUNT maxima of the loops whose trip count is not one size of the Uarch."""
+    attn = [i.args for i in prog.instrs if i.op == Op.ATTN]
+    mm = u.max_tiles * -(-u.max_tokens // u.P) * (1 if u.packed else 2) * u.max_k
+    scores = max([-(-a["tokens"] // u.P) * a["head_dim"] * (1 if u.packed_scores else 2) for a in attn] + [0])
+    ev = max([-(-min(u.Q, a["tokens"]) // u.P) * -(-a["head_dim"] // u.ev_cols) * a["tokens"] for a in attn] + [0])
+    drain = u.P * u.Q // (u.beat_bytes // 4)
+    return {"array": u.epb + max(mm, scores, ev) + drain, "heads": max([a["heads"] for a in attn] + [1])}
 
 
-# tiling binding -> Vitis HLS BIND_STORAGE impl
-_IMPL = {"bram36": "bram", "uram": "uram", "lutram": "lutram"}
-
-
-def storage_bindings(prog: Program, board: Board, tile: dict) -> dict[str, str]:
-    """BIND_STORAGE impl of each kernel buffer, as codesign.schedule.tiling binds it for this array."""
-    from ..schedule.legacy_tiling import buffer_bindings
-
-    chosen = buffer_bindings(prog, board, tile["P"], tile["Q"], tile["act_banks"], acc_on_chip=bool(tile["acc_on_chip"]))
-    names = ("act_tile", "weights", "gelu_lut", "acc_tile", "moe_acc", "program")
-    return {name: _IMPL[chosen.get(name, "bram36")] for name in names}
-
-
-def _context(prog: Program, tile: dict, project_name: str, board: Board, man: dict) -> dict:
+def _context(prog: Program, u: Uarch, project_name: str, board: Board, man: dict) -> dict:
     ops = [{"struct": _struct_name(op), "fields": list(FIELDS[op])} for op in Op if op != Op.END]
     flags = [(name, value) for name, value in vars(Flag).items() if name.isupper() and isinstance(value, int)]
     tables = [
@@ -190,18 +277,20 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
     ]
     for table in tables:
         table["values"] = [int(v) for v in np.asarray(table["values"], np.int64)]
-    beat = axi_bytes(board)
-    bind = storage_bindings(prog, board, tile)
+    beat = u.beat_bytes
     ports = weight_pointers(board)
+    wbus = ["gmem"] if u.weight_ports == 1 else [f"wgt{p}" for p in range(u.weight_ports)]
     return {
+        "u": u.constants(), "memories": kernel_memories(u, board), "loop_max": _loop_bounds(prog, u),
+        "wbus": wbus, "wptr": ports, "bundles": sorted(set(["gmem"] + wbus)),
+        "mem_params": ", ".join(f"{t} &{n}" for t, n in MEMORY_ARGS), "mem_args": ", ".join(n for _, n in MEMORY_ARGS),
         "wports": len(ports), "wgt_ptrs": ports, "wgt_args": ", ".join(ports),
         "wgt_regs": weight_pointer_registers(len(ports)),
         "wgt_params": ", ".join(f"const axi_word_t *{name}" for name in ports),
-        "project_name": project_name, "top": TOP_FUNCTION, "tile": tile, "cxxflags": CSIM_CXXFLAGS,
-        "board": board, "axi_bytes": beat, "chunk_beats": CHUNK_BEATS, "bind": bind,
-        "bindings_note": ", ".join(f"{k} -> {v}" for k, v in bind.items()),
-        "tiling_summary": f"a {tile['P']}x{tile['Q']} MAC array on {board.name} ({board.part}), "
-                          f"{8 * beat}-bit AXI beats",
+        "project_name": project_name, "top": TOP_FUNCTION, "cxxflags": CSIM_CXXFLAGS,
+        "board": board, "axi_bytes": beat,
+        "summary": f"a {u.P}x{u.Q} MAC array ({'packed, ' if u.packed else ''}{u.acc_w}-bit accumulators) on "
+                   f"{board.name} ({board.part}), {8 * beat}-bit AXI beats, {u.weight_ports} weight master(s)",
         "prog_beats": _beats(len(prog.code), beat), "wgt_beats": _beats(len(prog.wgt), beat),
         "act_beats": _beats(prog.act_bytes, beat),
         "manifest_sizes": {"wgt_bytes": man["wgt_bytes"], "prog_bytes": man["prog_bytes"],
@@ -209,19 +298,10 @@ def _context(prog: Program, tile: dict, project_name: str, board: Board, man: di
         "traced_regions": traced_regions(man),
         "elem_bytes": prog.elem_bytes, "abits": prog.abits, "qp": A.qmax(prog.abits),
         "words": WORDS, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
-        "wgt_bytes": len(prog.wgt), "act_bytes": prog.act_bytes,
         "num_instrs": len(prog.instrs), "tables": tables,
-        "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC, "attn_frac": A.ATTN_FRAC,
-        "gate_exp_copies": max(1, (tile["max_experts"] + 1) // 2),  # two router experts per EXP copy
-        "attn_qb": attn_query_block(tile["P"], tile["Q"], tile["max_head_dim"], tile["max_tokens"]),
-        "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,
+        "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC,
+        "attn_frac": A.ATTN_FRAC, "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,
     }
-
-
-def weight_pointers(board: Board) -> list[str]:
-    """The kernel's weight pointer arguments, one m_axi bundle each when there are several:
-    wgt (bundle wgt0, also the small weight reads), then wgt1 .. wgt{W-1}."""
-    return ["wgt"] + [f"wgt{p}" for p in range(1, board.memory.weight_ports)]
 
 
 def _struct_name(op: Op) -> str:
@@ -237,7 +317,3 @@ def _token(value) -> str:
 
 def _beats(nbytes: int, beat: int) -> int:
     return max(1, (nbytes + beat - 1) // beat)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return (n + multiple - 1) // multiple * multiple

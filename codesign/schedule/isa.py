@@ -104,13 +104,28 @@ def decode_program(blob: bytes) -> list[Instr]:
 
 # ---------------------------------------------------------------- interpreter
 
+class AccumulatorOverflow(ValueError):
+    """An exact sum of the MAC array does not fit the accumulator width the hardware was built with."""
+
+
 class Memory:
     """Typed views of the two address spaces."""
 
-    def __init__(self, wgt: bytes, act: bytearray, elem_bytes: int):
+    def __init__(self, wgt: bytes, act: bytearray, elem_bytes: int, acc_bits: int | None = None):
         self.wgt = np.frombuffer(wgt, np.uint8)
         self.act = np.frombuffer(act, np.uint8)
         self.edt = np.dtype("<i1") if elem_bytes == 1 else np.dtype("<i2")
+        self.acc_bits = acc_bits  # None: unchecked
+
+    def check_acc(self, sums, what: str) -> None:
+        """Every exact sum the MAC array accumulates must fit a signed acc_bits-bit register."""
+        if self.acc_bits is None or np.size(sums) == 0:
+            return
+        lo, hi = int(np.min(sums)), int(np.max(sums))
+        limit = 1 << (self.acc_bits - 1)
+        if lo < -limit or hi >= limit:
+            raise AccumulatorOverflow(f"{what}: a sum of {lo if lo < -limit else hi} does not fit "
+                                      f"{self.acc_bits}-bit accumulators")
 
     def _view(self, space, addr, count, dtype):
         dtype = np.dtype(dtype)
@@ -162,8 +177,8 @@ class WgtReadLog:
 
 
 class _RecordingMemory(Memory):
-    def __init__(self, wgt: bytes, act: bytearray, elem_bytes: int, log: WgtReadLog):
-        super().__init__(wgt, act, elem_bytes)
+    def __init__(self, wgt: bytes, act: bytearray, elem_bytes: int, log: WgtReadLog, acc_bits: int | None = None):
+        super().__init__(wgt, act, elem_bytes, acc_bits)
         self.log = log
 
     def _view(self, space, addr, count, dtype):
@@ -185,6 +200,8 @@ def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
     w = mem.elems(a["w_addr"], a["n"] * a["k"], wgt=True).reshape(a["n"], a["k"])
     bias = mem.i32(a["bias_addr"], a["n"], wgt=True)
     mult = mem.i32(a["mult_addr"], a["n"], wgt=True)
+    if mem.acc_bits is not None:
+        mem.check_acc(x @ w.T, "MATMUL")
     y = A.linear(x, w, bias, mult, a["shift"], abits)
     if f & Flag.GELU:
         y = A.lut_lookup(y, mem.elems(a["lut_addr"], 1 << abits, wgt=True), abits)
@@ -203,8 +220,19 @@ def _attn(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
     qkv = mem.rows(a["qkv_addr"], t, 3 * d, 3 * d)
     for head in range(h):
         q, k, v = (qkv[:, p * d + head * dh: p * d + (head + 1) * dh] for p in range(3))
+        if mem.acc_bits is not None:
+            _check_attention_sums(mem, q, k, v, a["score_mult"], a["score_shift"])
         o = A.attention_head(q, k, v, a["score_mult"], a["score_shift"], a["out_mult"], a["out_shift"], abits)
         mem.store_rows(a["out_addr"] + head * dh * eb, o, d)
+
+
+def _check_attention_sums(mem: Memory, q, k, v, score_mult: int, score_shift: int) -> None:
+    """The scores q.k, the sums e.v and the row sums of e (arith.attention_head's exact sums)."""
+    scores = q @ k.T
+    mem.check_acc(scores, "ATTN scores")
+    e = A.exp_weights(scores, score_mult, score_shift)
+    mem.check_acc(e @ v, "ATTN e.v")
+    mem.check_acc(e.sum(axis=-1), "ATTN row sums")
 
 
 def _layernorm(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
@@ -226,6 +254,8 @@ def _gate(mem: Memory, f: int, a: dict, abits: int, eb: int, task: int) -> None:
     x = mem.elems(a["x_addr"], t * d).reshape(t, d)
     wg = mem.elems(a["wg_addr"] + task * e * d * eb, e * d, wgt=True).reshape(e, d)
     bg = mem.i32(a["bg_addr"] + task * e * 4, e, wgt=True)
+    if mem.acc_bits is not None:
+        mem.check_acc(x @ wg.T, "GATE logits")
     logits = A.matmul_acc(x, wg, bg)
     probs = A.softmax_rows(logits, a["score_mult"], a["score_shift"], abits)
     ids = A.topk_experts(logits, k)
@@ -250,12 +280,16 @@ _HANDLERS = {Op.MATMUL: _matmul, Op.ATTN: _attn, Op.LAYERNORM: _layernorm, Op.AD
 
 
 def execute(program: bytes, wgt: bytes, act: bytearray, task: int, abits: int, elem_bytes: int,
-            on_instr=None, wgt_reads: WgtReadLog | None = None) -> int:
+            on_instr=None, wgt_reads: WgtReadLog | None = None, acc_bits: int | None = None) -> int:
     """Run `program` on the memories (act is modified in place). Returns the instruction count.
 
     `wgt_reads`: a WgtReadLog that receives every read of the weight blob.
+    `acc_bits`: the accumulator width of the hardware (uarch.Uarch.acc_w): every exact sum of the MAC
+    array (MATMUL and GATE products, attention scores, e.v and row sums) must fit it, else
+    AccumulatorOverflow.
     """
-    mem = Memory(wgt, act, elem_bytes) if wgt_reads is None else _RecordingMemory(wgt, act, elem_bytes, wgt_reads)
+    mem = (Memory(wgt, act, elem_bytes, acc_bits) if wgt_reads is None
+           else _RecordingMemory(wgt, act, elem_bytes, wgt_reads, acc_bits))
     count = 0
     for ins in decode_program(program):
         if wgt_reads is not None:

@@ -90,7 +90,8 @@ def attn_query_groups(c: Ctx) -> int:
 
 
 def attn_col_passes(c: Ctx) -> int:
-    return _cdiv(c.a["head_dim"], c.u.Q // 2)
+    """e.v passes per query group: ev_cols output columns each (Q/2, fewer when G*EPB < Q/2)."""
+    return _cdiv(c.a["head_dim"], c.u.ev_cols)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ SCHEDULE: tuple[Loop, ...] = (
          "heads * ceil(T/Q) * ceil(T/P)", "feed at each query block", "keys on rows, queries on columns; "
          "the drain writes a key's Q scores a cycle"),
     Loop("ATTN", "ev_pass", 1, lambda c: c.a["tokens"], lambda c: c.a["heads"] * attn_query_groups(c) * attn_col_passes(c),
-         "T", "heads * (query groups of P) * ceil(head_dim/(Q/2))", "exp (4) + feed", "unpacked: Q/2 columns a pass"),
+         "T", "heads * (query groups of P) * ceil(head_dim/ev_cols)", "exp (4) + feed",
+         "unpacked: ev_cols = min(Q/2, G*EPB) columns a pass"),
     Loop("ATTN", "ev_drain", 1, lambda c: min(c.u.P, c.a["tokens"]) * _cdiv(min(c.u.Q, c.a["head_dim"]), c.u.epb),
          lambda c: c.a["heads"] * attn_query_groups(c) * _cdiv(c.a["head_dim"], c.u.Q),
          "P * ceil(min(Q, head_dim)/EPB)", "heads * query groups * ceil(head_dim/Q)", "recip (4) + drain (6)",

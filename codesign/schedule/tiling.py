@@ -16,7 +16,7 @@ from ..boards import Board
 from .isa import Op
 from .program import Program
 from .schedule import feed_latency
-from .uarch import RESOURCES, Memory, Uarch, check_program, derive_uarch, resource_use
+from .uarch import RESOURCES, HardwareRuleError, Memory, Uarch, check_program, derive_uarch, resource_use
 
 # Shapes within this factor of the best MAC-array cycles get the full estimate.
 FULL_ESTIMATE_SHAPES = 6
@@ -65,6 +65,10 @@ class Tiling:
     @property
     def macs_per_dsp(self) -> int:
         return self.uarch.macs_per_dsp
+
+    @property
+    def acc_on_chip(self) -> bool:
+        return self.uarch.acc_tokens > 0
 
     def __getattr__(self, name: str):  # dsp, ff, lut, bram36, uram
         if name in RESOURCES:
@@ -128,11 +132,21 @@ def array_cycles(prog: Program, shapes: list[tuple[int, int]], epb: int) -> np.n
         elif ins.op == Op.ATTN:
             t, dh, h = a["tokens"], a["head_dim"], a["heads"]
             qb, kb = -(-t // Q), -(-t // P)
-            total += h * qb * (kb * np.maximum(dh, P) + -(-np.minimum(Q, t) // P) * -(-dh // (Q // 2)) * t)
+            ev_cols = np.minimum(Q // 2, -(-P // epb) * epb)
+            total += h * qb * (kb * np.maximum(dh, P) + -(-np.minimum(Q, t) // P) * -(-dh // ev_cols) * t)
     return total
 
 
 # ---------------------------------------------------------------- choosing the array
+
+def rule_violation(prog: Program, u: Uarch) -> HardwareRuleError | None:
+    """The hardware rule `prog` breaks on `u`, or None."""
+    try:
+        check_program(prog, u)
+    except HardwareRuleError as exc:
+        return exc
+    return None
+
 
 def first_overrun(used: dict[str, int], budget: Budget) -> str | None:
     return next((r for r in RESOURCES if used[r] > budget.limit(r)), None)
@@ -143,9 +157,15 @@ def overrun_message(board: Board, P: int, Q: int, used: dict[str, int], budget: 
             f"{resource.upper()}, the budget is {budget.describe(resource)}")
 
 
+def board_uarch(prog: Program, board: Board, P: int, Q: int, acc_on_chip: bool = True) -> Uarch:
+    """The compute unit of `prog` on a P x Q array of `board`: its beat width, weight masters and DSP
+    (two int8 products per DSP48E2 on Zynq UltraScale+; the 7-series DSP48E1 holds one)."""
+    return derive_uarch(prog, P, Q, board.memory.axi_data_bits // 8, board.memory.weight_ports,
+                        dsp_packing=board.family == "zynquplus", acc_on_chip=acc_on_chip)
+
+
 def build_tiling(prog: Program, board: Board, P: int, Q: int, budget: Budget) -> Tiling:
-    u = derive_uarch(prog, P, Q, board.memory.axi_data_bits // 8, board.memory.weight_ports,
-                     dsp_packing=board.family == "zynquplus")
+    u = board_uarch(prog, board, P, Q)
     use = resource_use(u, budget.limit("uram"))
     return Tiling(board.name, P, Q, u, use.used, {r: budget.limit(r) for r in RESOURCES}, use.memories,
                   use.breakdown(), budget.dsp_fraction, budget.mem_fraction)
@@ -175,7 +195,10 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
         smallest = min(shapes, key=lambda s: s[0] * s[1])
         t = tilings[smallest]
         raise ResourceError(overrun_message(board, *smallest, t.used, budget, first_overrun(t.used, budget)))
-    check_program(prog, tilings[fitting[0]].uarch)
+    legal = [s for s in fitting if rule_violation(prog, tilings[s].uarch) is None]
+    if not legal:
+        raise rule_violation(prog, tilings[fitting[0]].uarch)
+    fitting = legal
     epb = tilings[fitting[0]].uarch.epb
     proxy = array_cycles(prog, fitting, epb)
     best = [fitting[i] for i in np.argsort(proxy, kind="stable")[:FULL_ESTIMATE_SHAPES]]

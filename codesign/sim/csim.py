@@ -38,6 +38,7 @@ _FAIL = re.compile(r"^FAIL (\S+) first mismatch at (\S+)", re.M)
 _SUMMARY = re.compile(r"^csim: (\d+) passed, (\d+) failed$", re.M)
 _LAYER = re.compile(r"^LAYER (\S+) (\S+) (PASS|FAIL byte (\d+) got (-?\d+) expected (-?\d+))$", re.M)
 _ITERS = re.compile(r"^ITERS (\S+) (\d+) (\d+)$", re.M)
+_ENTRIES = re.compile(r"^ENTRIES (\S+) (\d+) (\d+)$", re.M)
 
 
 class CsimError(RuntimeError):
@@ -99,14 +100,22 @@ def _layer_cells(results: dict[str, str]) -> dict[str, str]:
 @dataclass
 class IterationCounts:
     """Pipelined-loop iterations per instruction (index = pc; instruction 0's include the program
-    load, the last entry is END, which runs none)."""
+    load, the last entry is END, which runs none), and how many pipelined loops each entered
+    (each entry costs a loop's pipeline depth on top of its iterations)."""
     per_vector: dict[str, list[int]]
     ops: list[str]  # op name per instruction, from data/manifest.json
     layers: list[str]
+    entries: dict[str, list[int]] = field(default_factory=dict)  # vector -> loop entries per instruction
 
     def per_op(self, vector: str) -> dict[str, int]:
+        return self._by_op(self.per_vector[vector])
+
+    def entries_per_op(self, vector: str) -> dict[str, int]:
+        return self._by_op(self.entries[vector])
+
+    def _by_op(self, counts: list[int]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for op, n in zip(self.ops + ["END"], self.per_vector[vector]):
+        for op, n in zip(self.ops + ["END"], counts):
             out[op] = out.get(op, 0) + n
         return out
 
@@ -155,7 +164,7 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
     if compiler is None:
         raise CsimError("g++ not found: apt-get install g++")
     firmware = sorted((project_dir / "firmware").glob("*.cpp"))
-    headers = sorted((project_dir / "firmware").glob("*.h"))
+    headers = sorted((project_dir / "firmware").rglob("*.h"))
     testbench = project_dir / "tb" / "tb_codesign.cpp"
     if not firmware or not testbench.is_file():
         raise CsimError(f"no firmware/*.cpp or tb/tb_codesign.cpp in {project_dir}: render the project first")
@@ -168,7 +177,8 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
     binary.parent.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     if counting:
-        firmware = [_instrumented_copy(src, binary.parent) for src in firmware + headers][:len(firmware)]
+        firmware = [_instrumented_copy(src, project_dir / "firmware", binary.parent)
+                    for src in firmware + headers][:len(firmware)]
     sources = firmware + [testbench]
     deadline = time.monotonic() + timeout
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -212,14 +222,18 @@ def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2,
     if not result.ok:
         raise CsimError(f"the counting build is not bit-exact ({result.failed or 'status ' + str(run.returncode)})",
                         result.log)
+    ops = [i["op"] for i in man.get("instructions", [])]
+    layers = [i["layer"] for i in man.get("instructions", [])]
+    return IterationCounts(_per_pc(_ITERS, run.stdout), ops, layers, _per_pc(_ENTRIES, run.stdout))
+
+
+def _per_pc(pattern: re.Pattern, stdout: str) -> dict[str, list[int]]:
     per_vector: dict[str, list[int]] = {}
-    for vid, pc, n in _ITERS.findall(run.stdout):
+    for vid, pc, n in pattern.findall(stdout):
         counts = per_vector.setdefault(vid, [])
         counts.extend([0] * (int(pc) + 1 - len(counts)))
         counts[int(pc)] = int(n)
-    ops = [i["op"] for i in man.get("instructions", [])]
-    layers = [i["layer"] for i in man.get("instructions", [])]
-    return IterationCounts(per_vector, ops, layers)
+    return per_vector
 
 
 def iteration_ratios(counts: list[int], estimate_instrs: list) -> dict[str, dict[str, float]]:
@@ -297,10 +311,12 @@ def _first_args(first: int | None) -> list[str]:
     return ["-n", str(first)]
 
 
-def _instrumented_copy(source: Path, out_dir: Path) -> Path:
-    """source with COUNT_HOOK after every `#pragma HLS PIPELINE` line (the same as `make iters`)."""
+def _instrumented_copy(source: Path, root: Path, out_dir: Path) -> Path:
+    """source with COUNT_HOOK after every `#pragma HLS PIPELINE` line (the same as `make iters`), at
+    its path below root (firmware/ops/x.h -> out_dir/ops/x.h, so relative includes find the copies)."""
     text = _PIPELINE_PRAGMA.sub(lambda m: m.group(0) + "\n" + COUNT_HOOK, source.read_text())
-    target = out_dir / source.name
+    target = out_dir / source.relative_to(root)
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     return target
 
