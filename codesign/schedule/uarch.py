@@ -131,7 +131,7 @@ class Uarch:
                  B=self.beat_bytes, W=self.weight_ports, ACC_W=self.acc_w, HALF_Q=self.Q // 2,
                  EXP_COPIES=-(-self.P // 2), ROUTER_EXP_COPIES=max(1, -(-self.max_experts // 2)),
                  LUT_COPIES=max(1, self.epb // 2), packed_scores=int(self.packed_scores), EV_COLS=self.ev_cols,
-                 max_tiles=self.max_tiles)
+                 max_tiles=self.max_tiles, param_words=self.param_words)
         return d
 
 
