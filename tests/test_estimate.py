@@ -81,7 +81,7 @@ def test_memories_bind_to_luts_bram_or_uram():
 
 def test_hardware_rules_name_the_instruction():
     prog = design().prog
-    u = U.derive_uarch(prog, 8, 32, 32, 4)  # 256-bit beats: EPB 32 does not divide head_dim 16
+    u = U.derive_uarch(prog, 8, 64, 32, 4)  # 256-bit beats: EPB 32 does not divide head_dim 16
     with pytest.raises(U.HardwareRuleError, match=r"^instruction \d+ \(\w+ [\w.]+\): .* is not a multiple of 32"):
         U.check_program(prog, u)
     U.check_program(prog, U.derive_uarch(prog, 8, 32, 16, 4))
