@@ -31,6 +31,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", metavar="NPY", help="run these images instead of the project's test vectors: a .npy "
+                                                   "of float images [N,C,H,W] in the model's input normalisation; "
+                                                   "bit-exact vs the golden model, error vs the float model per task")
+    p.add_argument("--task", help="with --images: only this task (index or name; default every task)")
+    p.add_argument("--out", metavar="DIR", help="with --images: a new folder for the vectors and results "
+                                                "(default PROJECT/predict/<timestamp>)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="codesign", description="FPGA co-design flow for multi-task MoE ViTs")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -49,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dump", metavar="DIR", help="folder to write the final activation image of each test vector")
     c.add_argument("--first", type=_positive_int, metavar="N", help="only the first N test vectors of each task")
     c.add_argument("--layers", action="store_true", help="print the per-layer PASS/mismatch table")
+    c.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="give up on the testbench run after SECONDS (default: 30 s plus a share that grows with "
+                        "the program and the number of vectors; the build has its own 600 s limit)")
+    _add_image_args(c)
 
     s = sub.add_parser("cosim", help="simulate the RTL with cocotb and check bit-exactness")
     s.add_argument("project")
@@ -59,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="give up on a run after N clock cycles (default: 4x a rough estimate + 100000)")
     s.add_argument("--rtl", metavar="DIR", help="simulate this RTL folder instead of PROJECT/rtl, e.g. the "
                                                 "verilog/ folder of a Vitis HLS export of the project")
+    _add_image_args(s)
 
     y = sub.add_parser("synth", help="yosys synth_xilinx of the RTL: LUT/FF/DSP/BRAM next to the estimate")
     y.add_argument("project")
@@ -113,10 +137,33 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _refuse_with_images(args, *names: str) -> None:
+    """Options that mean nothing for the user's images, or that need --images."""
+    if args.images is None:
+        given = [flag for flag in ("--task", "--out") if getattr(args, flag[2:]) is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --images")
+        return
+    given = [name for name in names if getattr(args, name.lstrip("-").replace("-", "_")) not in (None, False)]
+    if given:
+        raise ValueError(f"{given[0]} does not apply to --images (each image runs for every task or --task)")
+
+
+def _predict(args, backend: str, **options) -> int:
+    from . import api
+
+    res = api.predict(args.project, args.images, args.task, backend, args.out, progress=True, **options)
+    print(res.summary_text())
+    return 0 if res.all_bit_exact else 1
+
+
 def cmd_csim(args) -> int:
     from . import api
 
-    res = api.csim(args.project, args.dump, args.first)
+    _refuse_with_images(args, "--dump", "--first")
+    if args.images is not None:
+        return _predict(args, "csim", timeout=args.timeout)
+    res = api.csim(args.project, args.dump, args.first, args.timeout, progress=True)
     if args.layers or res.failed:
         print(res.layer_table())
     for vid in res.passed:
@@ -130,6 +177,10 @@ def cmd_csim(args) -> int:
 def cmd_cosim(args) -> int:
     from . import api
 
+    _refuse_with_images(args, "--vectors")
+    if args.images is not None:
+        return _predict(args, "cosim", simulator=args.simulator, waves=args.waves,
+                        timeout_cycles=args.timeout_cycles, rtl_dir=args.rtl)
     res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles, args.rtl)
     print(res.summary_text())
     for line in api.cosim_timeouts(args.project, res):
