@@ -22,6 +22,7 @@ from .model.m3vit import M3ViT
 from .quant.golden import dequantize_output, run_golden
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
+from .report.profiling import PROFILE_FILE
 from .schedule.estimate import Estimate, estimate_design, expert_counts_from_golden
 from .schedule.program import Program, compile_program
 from .schedule.tiling import Tiling, choose_tiling, tiling_params
@@ -188,6 +189,17 @@ class Design:
             self._scratch = generate(self, root / "project", images=1)
         return self._scratch
 
+    def profile(self, path: str | Path | None = None):
+        """hls4ml's profiling.numerical: per layer, weights and calibration activations (log2|x| box
+        plots) against the range of their integer formats; a matplotlib Figure, also saved as
+        PNG to `path` when given (generate writes reports/profile.png)."""
+        from .report.profiling import profile_figure
+
+        fig = profile_figure(self.model, self.qm)
+        if path is not None:
+            fig.savefig(Path(path), dpi=80)
+        return fig
+
     def estimate(self, images: np.ndarray | None = None, task: int = 0) -> Estimate:
         counts = None
         if images is not None:
@@ -233,6 +245,7 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     (out / "reports").mkdir(exist_ok=True)
     (out / "reports" / "estimate.json").write_text(json.dumps(est.to_json(), indent=1))
     (out / "reports" / "estimate.txt").write_text(est.table())
+    design.profile(out / "reports" / PROFILE_FILE)
     project = {"board": design.board.name, "wbits": design.qm.wbits, "abits": design.qm.abits,
                "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

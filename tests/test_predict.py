@@ -236,3 +236,7 @@ def test_cosim_runs_the_users_images_bit_exactly(design, project, images, tmp_pa
     assert (tmp_path / "rtl" / "cosim" / "results" / "img0_task1.act.bin").is_file()
     assert not (own / "results").exists() and not (own / "cosim.json").exists()  # the project's own stay as they were
     assert sorted(os.listdir(tmp_path / "rtl" / "data" / "vec")) == ["img0_task1.act.bin", "img0_task1.in.bin"]
+
+
+def test_generate_writes_the_numerical_profile(project):
+    assert (project / "reports" / "profile.png").read_bytes()[:4] == b"\x89PNG"

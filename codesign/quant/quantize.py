@@ -88,7 +88,8 @@ def _keep_sample(samples: dict | None, key: str, value: torch.Tensor) -> None:
     samples[key] = np.concatenate([samples[key], kept]) if key in samples else kept
 
 
-def _weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+def weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+    """Scale of each output channel (row) of `w`, or one for the whole tensor."""
     axes = tuple(range(1, w.ndim)) if per_channel else None
     amax = np.abs(w).max(axis=axes) if per_channel else np.full(w.shape[0], np.abs(w).max())
     return np.where(amax > 0, amax, 1.0) / A.qmax(bits)
@@ -96,7 +97,7 @@ def _weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.nda
 
 def _linear(w, b, in_scale, out_scale, wbits, abits, gelu_out_scale=None, out_scales=None) -> QLinear:
     w = np.asarray(w, np.float64)
-    sw = _weight_scales(w, wbits)
+    sw = weight_scales(w, wbits)
     wq = A.quantize_tensor(w, sw[:, None], wbits)
     bias = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
     bq = np.round(bias / (in_scale * sw)).astype(np.int64)
