@@ -1,4 +1,4 @@
-"""Command line: codesign generate | csim | cosim | synth | compare | estimate | demo."""
+"""Command line: codesign generate | csim | cosim | synth | compare | report | estimate | demo."""
 from __future__ import annotations
 
 import argparse
@@ -100,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("results", help="folder of <id>.act.bin (csim/cosim) or <id>.npy (board dump) files, one "
                                    "for every vector of the project")
     m.add_argument("-o", "--out", help="report folder (default PROJECT/reports/compare)")
+
+    r = sub.add_parser("report", help="Vitis HLS's synthesis (and cosim) reports next to the estimate and "
+                                      "the schedule table",
+                       description="Reads what `vitis_hls -f run_hls.tcl` left in the project: "
+                                   "*/solution*/syn/report/csynth.xml (latency, resources, and the loops of "
+                                   "every *_csynth.xml beside it) and */solution*/sim/report/*_cosim.rpt "
+                                   "(co-simulation latency), and prints them next to reports/estimate.json and "
+                                   "the expected II of every loop in docs/SCHEDULE.md. Exit 2 when there is no "
+                                   "csynth.xml.")
+    r.add_argument("project")
 
     e = sub.add_parser("estimate", help="tiling, resources, cycles and roofline for a model on a board")
     _add_model_args(e)
@@ -214,6 +224,13 @@ def cmd_compare(args) -> int:
     return 0 if rep.all_bit_exact else 1
 
 
+def cmd_report(args) -> int:
+    from .report.vitis import report_text
+
+    print(report_text(Path(args.project)))
+    return 0
+
+
 def cmd_estimate(args) -> int:
     import json
 
@@ -236,7 +253,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "synth": cmd_synth,
-            "compare": cmd_compare, "estimate": cmd_estimate, "demo": cmd_demo}
+            "compare": cmd_compare, "report": cmd_report, "estimate": cmd_estimate, "demo": cmd_demo}
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
