@@ -19,8 +19,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SIM_DIR = REPO_ROOT / "sim"
+from ..resources import resource_dir
+
+SIM_DIR = resource_dir("sim")
 TEST_MODULE = "tb_codesign"
 TOPLEVEL = "codesign_top"
 
