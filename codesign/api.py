@@ -31,13 +31,37 @@ CALIB_SEED = 7
 VECTOR_SEED = 1234
 
 
+DEFAULT_MODEL = "default"  # the embedded tiny M3ViT (codesign.model.zoo)
+# The first line of every estimate says whose expert routing its MoE layers were costed with.
+ROUTING_UNIFORM = ("uniform (every expert gets tokens*top_k/experts tokens; a project's reports/estimate.txt "
+                   "uses its test image 0's routing instead)")
+ROUTING_IMAGE = "the golden model's on test image 0, task {task} (`codesign estimate` assumes uniform routing)"
+
+
 def load(model: str | Path | M3ViT, config=None) -> M3ViT:
-    """A model file/folder (state_dict + YAML, safetensors, M3ViT checkpoints) or a module."""
+    """A model file/folder (state_dict + YAML, safetensors, M3ViT checkpoints), "default" (the
+    embedded tiny M3ViT) or a module."""
     if isinstance(model, M3ViT):
         return model.eval()
+    if isinstance(model, str) and model == DEFAULT_MODEL:
+        if config is not None:
+            raise ValueError("a config does not apply to 'default': the embedded model has its own; give a model "
+                             "folder or file with --config")
+        from .model.zoo import load_default_model
+
+        return load_default_model()
     from .frontend.loader import load_model
 
     return load_model(model, config)
+
+
+def estimate_text(est: Estimate, routing: str) -> str:
+    """The estimate's table, first stating the routing it assumed."""
+    return f"routing: {routing}\n{est.table()}"
+
+
+def estimate_json(est: Estimate, routing: str) -> dict:
+    return {"routing": routing, **est.to_json()}
 
 
 def calibration_images(cfg: ModelConfig, count: int = 64, path: str | Path | None = None) -> np.ndarray:
@@ -242,9 +266,10 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
     save_model(design.model, out / "model")
     est = design.estimate(data.images, 0)
+    routing = ROUTING_IMAGE.format(task=0)
     (out / "reports").mkdir(exist_ok=True)
-    (out / "reports" / "estimate.json").write_text(json.dumps(est.to_json(), indent=1))
-    (out / "reports" / "estimate.txt").write_text(est.table())
+    (out / "reports" / "estimate.json").write_text(json.dumps(estimate_json(est, routing), indent=1))
+    (out / "reports" / "estimate.txt").write_text(estimate_text(est, routing))
     design.profile(out / "reports" / PROFILE_FILE)
     project = {"board": design.board.name, "wbits": design.qm.wbits, "abits": design.qm.abits,
                "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,

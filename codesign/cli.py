@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "default"
+DEFAULT_MODEL = "default"  # api.DEFAULT_MODEL; not imported, so that --help stays fast
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -127,10 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model(args):
     from . import api
-    from .model.zoo import load_default_model
 
-    if args.model == DEFAULT_MODEL:
-        return load_default_model()
     return api.load(args.model, args.config)
 
 
@@ -240,9 +237,9 @@ def cmd_estimate(args) -> int:
     json_path = checked_output_path(args.json, "file") if args.json else None  # before the conversion
     design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
     est = design.estimate()
-    print(est.table())
+    print(api.estimate_text(est, api.ROUTING_UNIFORM))
     if json_path:
-        json_path.write_text(json.dumps(est.to_json(), indent=1))
+        json_path.write_text(json.dumps(api.estimate_json(est, api.ROUTING_UNIFORM), indent=1))
     return 0
 
 
