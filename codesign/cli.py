@@ -21,14 +21,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                    "are refused, not rescaled (default: built-in synthetic images)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _positive(convert, what: str):
+    """An argparse type: `convert(text)`, which must be finite and above 0 (`what` says so)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _positive(int, "an integer >= 1")
+_positive_seconds = _positive(float, "a number of seconds > 0")
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
@@ -38,16 +45,6 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="with --images: only this task (index or name; default every task)")
     p.add_argument("--out", metavar="DIR", help="with --images: a new folder for the vectors and results "
                                                 "(default PROJECT/predict/<timestamp>)")
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
