@@ -152,6 +152,9 @@ def predict_project(project_dir: Path, images: np.ndarray, tasks: list[int] | No
         pm = load_project_model(project_dir)
     else:
         check_program_matches(project_dir, pm.prog)
+    from ..api import checked_images
+
+    images = checked_images(images, pm.qm.cfg, "images")
     tasks = list(range(pm.qm.cfg.num_tasks)) if tasks is None else list(tasks)
     with atomic_dir(out_dir) as tmp:
         vectors = write_vectors(tmp, pm, images, tasks)
@@ -207,6 +210,9 @@ def _run_backend(backend: str, project_dir: Path, folder: Path, vectors: list[Ve
         return verdicts, results
     from .cosim import run_cosim
 
+    if progress:
+        progress(f"cosim: {len(vectors)} vector(s) in one {options.get('simulator', 'verilator')} simulation, "
+                 f"after its build (verdicts at the end)")
     res = run_cosim(project_dir, data_dir=folder / "data", **options)
     verdicts = {v.id: VectorVerdict(v.id, v.task, by_id[v.id].image, v.passed, v.first_mismatch, v.cycles)
                 for v in res.vectors}
