@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from .model.m3vit import M3ViT
 from .quant.golden import dequantize_output, run_golden
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
+from .report.profiling import PROFILE_FILE
 from .schedule.estimate import Estimate, estimate_design, expert_counts_from_golden
 from .schedule.program import Program, compile_program
 from .schedule.tiling import Tiling, choose_tiling, tiling_params
@@ -26,13 +31,37 @@ CALIB_SEED = 7
 VECTOR_SEED = 1234
 
 
+DEFAULT_MODEL = "default"  # the embedded tiny M3ViT (codesign.model.zoo)
+# The first line of every estimate says whose expert routing its MoE layers were costed with.
+ROUTING_UNIFORM = ("uniform (every expert gets tokens*top_k/experts tokens; a project's reports/estimate.txt "
+                   "uses its test image 0's routing instead)")
+ROUTING_IMAGE = "the golden model's on test image 0, task {task} (`codesign estimate` assumes uniform routing)"
+
+
 def load(model: str | Path | M3ViT, config=None) -> M3ViT:
-    """A model file/folder (state_dict + YAML, safetensors, M3ViT checkpoints) or a module."""
+    """A model file/folder (state_dict + YAML, safetensors, M3ViT checkpoints), "default" (the
+    embedded tiny M3ViT) or a module."""
     if isinstance(model, M3ViT):
         return model.eval()
+    if isinstance(model, str) and model == DEFAULT_MODEL:
+        if config is not None:
+            raise ValueError("a config does not apply to 'default': the embedded model has its own; give a model "
+                             "folder or file with --config")
+        from .model.zoo import load_default_model
+
+        return load_default_model()
     from .frontend.loader import load_model
 
     return load_model(model, config)
+
+
+def estimate_text(est: Estimate, routing: str) -> str:
+    """The estimate's table, first stating the routing it assumed."""
+    return f"routing: {routing}\n{est.table()}"
+
+
+def estimate_json(est: Estimate, routing: str) -> dict:
+    return {"routing": routing, **est.to_json()}
 
 
 def calibration_images(cfg: ModelConfig, count: int = 64, path: str | Path | None = None) -> np.ndarray:
@@ -42,9 +71,9 @@ def calibration_images(cfg: ModelConfig, count: int = 64, path: str | Path | Non
     return checked_images(_load_npy(Path(path)), cfg, "calibration images")
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, what: str = "calibration file") -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"calibration file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -108,6 +137,19 @@ def checked_task(task, cfg: ModelConfig) -> int:
     return int(task)
 
 
+def task_index(task, cfg: ModelConfig) -> int:
+    """A task given as its index (an int or digits, e.g. from the command line) or its name."""
+    if isinstance(task, str):
+        names = [t.name for t in cfg.tasks]
+        if task in names:
+            return names.index(task)
+        if not task.strip().isdigit():
+            raise ValueError(f"unknown task {task!r}: the model's tasks are "
+                             + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+        task = int(task)
+    return checked_task(task, cfg)
+
+
 def checked_count(value, what: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be an int >= 1, got {value!r}")
@@ -123,23 +165,68 @@ class Design:
     prog: Program
     board: Board
     tiling: Tiling
+    _scratch: Path | None = field(default=None, init=False, repr=False, compare=False)
 
-    def predict(self, images: np.ndarray, task: int) -> np.ndarray:
-        """What the accelerator returns, dequantised: backbone tokens [B, T, D] (bit-exact golden model).
+    def predict(self, images: np.ndarray, task: int, backend: str = "golden", project: str | Path | None = None,
+                **options) -> np.ndarray:
+        """What the accelerator returns, dequantised: backbone tokens [B, T, D].
 
         `images`: float [B, C, H, W] (channels-first, as the model was trained), or one [C, H, W]
-        image, which gives [T, D].  `task`: the task index.  Bad input raises a one-line ValueError.
+        image, which gives [T, D].  `task`: the task index.  `backend`: "golden" (the
+        bit-exact NumPy model), "csim" (the compiled HLS C++) or "cosim" (the RTL), the last two on
+        `project` (a project generated from this design) or on one written to a temporary folder
+        on first use; `options` go to the runner (csim: timeout; cosim: simulator, timeout_cycles).
+        A csim/cosim result that is not bit-exact with the golden model raises AssertionError.
+        Bad input raises a one-line ValueError.
         """
         cfg = self.qm.cfg
         task = checked_task(task, cfg)
         batch = checked_images(images, cfg, "images", single=True)
-        x_q = quantize_input(batch, self.qm)
-        out = np.stack([dequantize_output(self.qm, run_golden(self.qm, x, task).output) for x in x_q])
+        if backend == "golden":
+            x_q = quantize_input(batch, self.qm)
+            out = np.stack([dequantize_output(self.qm, run_golden(self.qm, x, task).output) for x in x_q])
+        else:
+            out = self._simulated(batch, task, backend, project, options)
         return out if np.ndim(images) == 4 else out[0]
 
     def uarch(self):
         """The compute unit the kernels are generated as: the tiling's array on this board."""
         return self.tiling.uarch
+
+    def _simulated(self, batch: np.ndarray, task: int, backend: str, project, options: dict) -> np.ndarray:
+        from .sim.predict import BACKENDS, ProjectModel, predict_project
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of golden, {', '.join(BACKENDS)}, got {backend!r}")
+        project = Path(project) if project is not None else self._scratch_project()
+        with tempfile.TemporaryDirectory(prefix="codesign-predict-") as tmp:
+            res = predict_project(project, batch, [task], backend, Path(tmp) / "predict",
+                                  ProjectModel(self.model, self.qm, self.prog), **options)
+        if not res.all_bit_exact:
+            bad = next(v for v in res.vectors if not v.bit_exact)
+            raise AssertionError(f"{backend} is not bit-exact with the golden model: {bad.id} first differs at "
+                                 f"{bad.first_mismatch}")
+        return res.tokens[task]
+
+    def _scratch_project(self) -> Path:
+        """This design's project in a temporary folder (removed with the design), built once, so that
+        repeated predictions reuse its compiled testbench and simulator build."""
+        if self._scratch is None:
+            root = Path(tempfile.mkdtemp(prefix="codesign-design-"))
+            weakref.finalize(self, shutil.rmtree, root, True)
+            self._scratch = generate(self, root / "project", images=1)
+        return self._scratch
+
+    def profile(self, path: str | Path | None = None):
+        """hls4ml's profiling.numerical: per layer, weights and calibration activations (log2|x| box
+        plots) against the range of their integer formats; a matplotlib Figure, also saved as
+        PNG to `path` when given (generate writes reports/profile.png)."""
+        from .report.profiling import profile_figure
+
+        fig = profile_figure(self.model, self.qm)
+        if path is not None:
+            fig.savefig(Path(path), dpi=80)
+        return fig
 
     def estimate(self, images: np.ndarray | None = None, task: int = 0) -> Estimate:
         counts = None
@@ -174,29 +261,24 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     from .sim.cosim import render_project_rtl
 
     x_q = quantize_input(data.images, design.qm)
-    vectors = [Vector(f"img{i}_task{t}", t, x_q[i]) for i in range(len(data)) for t in range(design.qm.cfg.num_tasks)]
+    vectors = [Vector(f"img{i}_task{t}", t, x_q[i], image=i) for i in range(len(data))
+               for t in range(design.qm.cfg.num_tasks)]
     write_data_dir(out / "data", design.prog, design.qm, vectors)
-    _add_image_index(out / "data" / "manifest.json")
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
     params = tiling_params(design.tiling)
     render_hls(out, design.prog, design.board, design.uarch(), project_name=project_name)
     render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
     save_model(design.model, out / "model")
     est = design.estimate(data.images, 0)
+    routing = ROUTING_IMAGE.format(task=0)
     (out / "reports").mkdir(exist_ok=True)
-    (out / "reports" / "estimate.json").write_text(json.dumps(est.to_json(), indent=1))
-    (out / "reports" / "estimate.txt").write_text(est.table())
+    (out / "reports" / "estimate.json").write_text(json.dumps(estimate_json(est, routing), indent=1))
+    (out / "reports" / "estimate.txt").write_text(estimate_text(est, routing))
+    design.profile(out / "reports" / PROFILE_FILE)
     project = {"board": design.board.name, "wbits": design.qm.wbits, "abits": design.qm.abits,
                "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (out / "project.json").write_text(json.dumps(project, indent=1))
-
-
-def _add_image_index(manifest_path: Path) -> None:
-    man = json.loads(manifest_path.read_text())
-    for vec in man["vectors"]:
-        vec["image"] = int(vec["id"].split("_")[0][3:])
-    manifest_path.write_text(json.dumps(man, indent=1))
 
 
 def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: int = 2, force: bool = False,
@@ -216,13 +298,45 @@ def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: 
     return Path(out_dir)
 
 
-def csim(project_dir: str | Path, dump_dir: str | Path | None = None, first: int | None = None):
-    """g++ C simulation of the project's testbench; `first=N` runs only the first N vectors of each task."""
+def csim(project_dir: str | Path, dump_dir: str | Path | None = None, first: int | None = None,
+         timeout: float | None = None, progress: bool = False):
+    """g++ C simulation of the project's testbench; `first=N` runs only the first N vectors of each task.
+
+    `timeout`: seconds for the testbench run (default: grows with the program, see
+    codesign.sim.csim.run_timeout); `progress`: print each build step and vector on stderr."""
     from .sim.csim import run_csim
 
     if first is not None:
         first = checked_count(first, "first")
-    return run_csim(Path(project_dir), dump_dir=None if dump_dir is None else Path(dump_dir), first=first)
+    return run_csim(Path(project_dir), dump_dir=None if dump_dir is None else Path(dump_dir), first=first,
+                    timeout=timeout, progress=stderr_progress if progress else None)
+
+
+def stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def predict(project_dir: str | Path, images, task=None, backend: str = "csim", out_dir: str | Path | None = None,
+            progress: bool = False, **options):
+    """A project's csim or cosim on the user's own images (hls4ml's predict on the compiled model).
+
+    `images`: float [N, C, H, W] in the model's input normalisation, or a .npy file of them;
+    `task`: an index or name (default every task). The vectors and results go to `out_dir`
+    (default PROJECT/predict/<timestamp>), never into the project's data/. Returns a
+    codesign.sim.predict.PredictResult: bit-exactness per vector, error vs the float model per task."""
+    from .sim.predict import checked_predict_dir, load_project_model, predict_project
+
+    project_dir = Path(project_dir)
+    out = checked_predict_dir(project_dir.resolve(), None if out_dir is None else Path(out_dir))
+    pm = load_project_model(project_dir)
+    cfg = pm.qm.cfg
+    if isinstance(images, (str, os.PathLike)):
+        images = _load_npy(Path(images), "images file")
+    batch = checked_images(images, cfg, "images", single=True)
+    tasks = None if task is None else [task_index(task, cfg)]
+    if progress:
+        options["progress"] = stderr_progress
+    return predict_project(project_dir, batch, tasks, backend, out, pm, **options)
 
 
 def cosim(project_dir: str | Path, simulator: str = "verilator", waves: bool = False, vectors=None,

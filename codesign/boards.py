@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import brief, brief_list
+from .resources import resource_dir
 from .yamlio import read_yaml
 
-BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
+BOARDS_DIR = resource_dir("boards")
 
 # The PS IP the block design instantiates is fixed by the device family.
 PS_TYPE_BY_FAMILY = {"zynquplus": "zynq_ultra_ps_e", "zynq": "processing_system7"}

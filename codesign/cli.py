@@ -1,4 +1,4 @@
-"""Command line: codesign generate | csim | cosim | synth | compare | estimate | demo."""
+"""Command line: codesign generate | csim | cosim | synth | compare | report | estimate | demo."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "default"
+DEFAULT_MODEL = "default"  # api.DEFAULT_MODEL; not imported, so that --help stays fast
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -21,14 +21,30 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                    "are refused, not rescaled (default: built-in synthetic images)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _positive(convert, what: str):
+    """An argparse type: `convert(text)`, which must be finite and above 0 (`what` says so)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _positive(int, "an integer >= 1")
+_positive_seconds = _positive(float, "a number of seconds > 0")
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", metavar="NPY", help="run these images instead of the project's test vectors: a .npy "
+                                                   "of float images [N,C,H,W] in the model's input normalisation; "
+                                                   "bit-exact vs the golden model, error vs the float model per task")
+    p.add_argument("--task", help="with --images: only this task (index or name; default every task)")
+    p.add_argument("--out", metavar="DIR", help="with --images: a new folder for the vectors and results "
+                                                "(default PROJECT/predict/<timestamp>)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dump", metavar="DIR", help="folder to write the final activation image of each test vector")
     c.add_argument("--first", type=_positive_int, metavar="N", help="only the first N test vectors of each task")
     c.add_argument("--layers", action="store_true", help="print the per-layer PASS/mismatch table")
+    c.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="give up on the testbench run after SECONDS (default: 30 s plus a share that grows with "
+                        "the program and the number of vectors; the build has its own 600 s limit)")
+    _add_image_args(c)
 
     s = sub.add_parser("cosim", help="simulate the RTL with cocotb and check bit-exactness")
     s.add_argument("project")
@@ -61,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                                                 "verilog/ folder of a Vitis HLS export of the project")
     s.add_argument("--ideal-memory", action="store_true", help="memory without latency or bandwidth limit "
                                                                "(default: the board's DDR read latency and bandwidth)")
+    _add_image_args(s)
 
     y = sub.add_parser("synth", help="yosys synth_xilinx of the RTL: LUT/FF/DSP/BRAM next to the estimate")
     y.add_argument("project")
@@ -79,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
                                    "for every vector of the project")
     m.add_argument("-o", "--out", help="report folder (default PROJECT/reports/compare)")
 
+    r = sub.add_parser("report", help="Vitis HLS's synthesis (and cosim) reports next to the estimate and "
+                                      "the schedule table",
+                       description="Reads what `vitis_hls -f run_hls.tcl` left in the project: "
+                                   "*/solution*/syn/report/csynth.xml (latency, resources, and the loops of "
+                                   "every *_csynth.xml beside it) and */solution*/sim/report/*_cosim.rpt "
+                                   "(co-simulation latency), and prints them next to reports/estimate.json and "
+                                   "the expected II of every loop in docs/SCHEDULE.md. Exit 2 when there is no "
+                                   "csynth.xml.")
+    r.add_argument("project")
+
     e = sub.add_parser("estimate", help="tiling, resources, cycles and roofline for a model on a board")
     _add_model_args(e)
     e.add_argument("--json", help="also write the estimate as JSON to this file")
@@ -95,10 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model(args):
     from . import api
-    from .model.zoo import load_default_model
 
-    if args.model == DEFAULT_MODEL:
-        return load_default_model()
     return api.load(args.model, args.config)
 
 
@@ -115,10 +143,33 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _refuse_with_images(args, *names: str) -> None:
+    """Options that mean nothing for the user's images, or that need --images."""
+    if args.images is None:
+        given = [flag for flag in ("--task", "--out") if getattr(args, flag[2:]) is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --images")
+        return
+    given = [name for name in names if getattr(args, name.lstrip("-").replace("-", "_")) not in (None, False)]
+    if given:
+        raise ValueError(f"{given[0]} does not apply to --images (each image runs for every task or --task)")
+
+
+def _predict(args, backend: str, **options) -> int:
+    from . import api
+
+    res = api.predict(args.project, args.images, args.task, backend, args.out, progress=True, **options)
+    print(res.summary_text())
+    return 0 if res.all_bit_exact else 1
+
+
 def cmd_csim(args) -> int:
     from . import api
 
-    res = api.csim(args.project, args.dump, args.first)
+    _refuse_with_images(args, "--dump", "--first")
+    if args.images is not None:
+        return _predict(args, "csim", timeout=args.timeout)
+    res = api.csim(args.project, args.dump, args.first, args.timeout, progress=True)
     if args.layers or res.failed:
         print(res.layer_table())
     for vid in res.passed:
@@ -132,8 +183,13 @@ def cmd_csim(args) -> int:
 def cmd_cosim(args) -> int:
     from . import api
 
+    _refuse_with_images(args, "--vectors")
+    memory = "ideal" if args.ideal_memory else None
+    if args.images is not None:
+        return _predict(args, "cosim", simulator=args.simulator, waves=args.waves,
+                        timeout_cycles=args.timeout_cycles, rtl_dir=args.rtl, memory=memory)
     res = api.cosim(args.project, args.simulator, args.waves, args.vectors, args.timeout_cycles, args.rtl,
-                    memory="ideal" if args.ideal_memory else None)
+                    memory=memory)
     print(res.summary_text())
     for line in api.cosim_timeouts(args.project, res):
         print(f"TIMEOUT {line}")
@@ -166,6 +222,13 @@ def cmd_compare(args) -> int:
     return 0 if rep.all_bit_exact else 1
 
 
+def cmd_report(args) -> int:
+    from .report.vitis import report_text
+
+    print(report_text(Path(args.project)))
+    return 0
+
+
 def cmd_estimate(args) -> int:
     import json
 
@@ -175,9 +238,9 @@ def cmd_estimate(args) -> int:
     json_path = checked_output_path(args.json, "file") if args.json else None  # before the conversion
     design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
     est = design.estimate()
-    print(est.table())
+    print(api.estimate_text(est, api.ROUTING_UNIFORM))
     if json_path:
-        json_path.write_text(json.dumps(est.to_json(), indent=1))
+        json_path.write_text(json.dumps(api.estimate_json(est, api.ROUTING_UNIFORM), indent=1))
     return 0
 
 
@@ -188,7 +251,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "synth": cmd_synth,
-            "compare": cmd_compare, "estimate": cmd_estimate, "demo": cmd_demo}
+            "compare": cmd_compare, "report": cmd_report, "estimate": cmd_estimate, "demo": cmd_demo}
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

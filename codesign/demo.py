@@ -55,6 +55,7 @@ def run_demo(out: Path, board: str = "zcu104", simulator: str = "verilator", ret
     t = _step(f"3/6 generate the HLS + RTL project in {out}")
     api.generate(design, out, force=force)
     (out / "reports" / "accuracy.json").write_text(json.dumps(rep.to_json(), indent=1, default=float))
+    print(f"   routing: {api.ROUTING_IMAGE.format(task=0)}")
     print(design.estimate(api.vector_data(cfg, 1).images).summary())
     _done(t)
 

@@ -40,17 +40,80 @@ def write_test_data(data_dir: Path, design: TestDesign) -> Path:
     return write_data_dir(data_dir, design.prog, design.qm, design.vectors)
 
 
-class PynqBufferStub(np.ndarray):
-    """Stands in for pynq.allocate's buffer in driver tests: an ndarray whose cache operations do nothing."""
+ACCEL_BASE = 0xA000_0000  # s_axi_control of the accelerator in the host device's overlay
+REG_CTRL, AP_START, AP_DONE, AP_IDLE = 0x00, 0x1, 0x2, 0x4
 
-    def flush(self):
-        pass
 
-    def invalidate(self):
-        pass
+def pynq_host_device(accelerator, vlnv: str = "xilinx.com:hls:codesign_top:1.0"):
+    """A pynq Device for a host without a board: the layer under the real pynq.Overlay,
+    pynq.allocate and pynq.MMIO (the package's own classes run on top of it).
 
-    def freebuffer(self):
-        pass
+    - The overlay (any existing .bit file) holds one IP of type `vlnv` at ACCEL_BASE.
+    - Buffers are real pynq.buffer.PynqBuffer objects, not cache-coherent: the device has its own
+      copy of each (64-byte aligned, like CMA), which flush() writes from the host view and
+      invalidate() reads back, so a driver that skips either sees stale data, as on a board.
+    - Registers are 32-bit (REGISTER_RW); writing AP_START to REG_CTRL calls
+      `accelerator(device, regs)`, which works on device memory (`device.memory(address)`, a
+      uint8 array) and returns; the device then reports idle and done (done clears on read).
+    """
+    import ctypes
+    import types
+
+    from pynq.buffer import PynqBuffer
+    from pynq.pl_server.device import Device
+
+    class HostDevice(Device):  # no _probe_: never found by pynq's own device search
+        def __init__(self):
+            super().__init__("codesign-host")
+            self.capabilities = {"REGISTER_RW": True}
+            self.regs = {ACCEL_BASE + REG_CTRL: AP_IDLE}
+            self.device_memory: dict[int, np.ndarray] = {}  # physical address -> device copy
+            self.starts = 0
+
+        def get_bitfile_metadata(self, bitfile_name):
+            ip = {"codesign_top_0": {"type": vlnv, "phys_addr": ACCEL_BASE, "addr_range": 0x10000,
+                                     "fullpath": "codesign_top_0", "registers": {}, "parameters": {}}}
+            return types.SimpleNamespace(ip_dict=ip, mem_dict={}, gpio_dict={}, interrupt_pins={},
+                                         interrupt_controllers={}, hierarchy_dict={}, systemgraph=None, clock_dict={})
+
+        def download(self, bitstream, parser=None):
+            self.bitfile = bitstream.bitfile_name
+
+        def allocate(self, shape, dtype, **kwargs):
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            raw = np.zeros(nbytes + 64, np.uint8)
+            address = 0x8_0000_0000 + 0x100_0000 * len(self.device_memory)  # above 4 GiB: both address words
+            self.device_memory[address] = raw[-raw.ctypes.data % 64:][:nbytes]
+            return PynqBuffer(shape, dtype, device=self, device_address=address, bo=address, coherent=False)
+
+        def memory(self, address: int) -> np.ndarray:
+            return self.device_memory[address]
+
+        def flush(self, bo, offset, vaddr, nbytes):
+            ctypes.memmove(self.device_memory[bo].ctypes.data + offset, vaddr, nbytes)
+
+        def invalidate(self, bo, offset, vaddr, nbytes):
+            ctypes.memmove(vaddr, self.device_memory[bo].ctypes.data + offset, nbytes)
+
+        def read_registers(self, address, length):
+            value = self.regs.get(address, 0)
+            if address == ACCEL_BASE + REG_CTRL:
+                self.regs[address] = value & ~AP_DONE  # clear-on-read
+            return int(value).to_bytes(length, "little")
+
+        def write_registers(self, address, data):
+            self.regs[address] = int.from_bytes(data, "little")
+            if address == ACCEL_BASE + REG_CTRL and self.regs[address] & AP_START:
+                self.starts += 1
+                accelerator(self, {a - ACCEL_BASE: v for a, v in self.regs.items() if a >= ACCEL_BASE})
+                self.regs[address] = AP_IDLE | AP_DONE
+
+    return HostDevice()
+
+
+def register_address(regs: dict, offset: int) -> int:
+    """A 64-bit address the driver wrote as two 32-bit registers (low word at `offset`)."""
+    return regs[offset] | regs[offset + 4] << 32
 
 
 def alias_bomb(field: str, levels: int = 9) -> str:

@@ -91,3 +91,13 @@ def test_report_covers_gate_experts_and_attention(report_16bit, model):
         assert sum(k.startswith(f"b{i}.e") and k.endswith(".out") for k in inside) >= model.cfg.top_k
     text = format_accuracy(report_16bit)
     assert f"b{moe[0]}.e*.out" in text and "lowest:" in text
+
+
+def test_the_summary_has_one_metric_per_column(report_16bit):
+    lines = format_accuracy(report_16bit).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["semseg"])
+    assert lines[header].split() == ["semseg", "pixel_acc", "miou", "label_agreement"]
+    float_row, golden_row = lines[header + 1].split(), lines[header + 2].split()
+    seg = report_16bit.tasks[0]
+    assert float_row == ["float", f"{seg.float_metrics['pixel_acc']:.4f}", f"{seg.float_metrics['miou']:.4f}", "-"]
+    assert golden_row[0] == "golden" and golden_row[-1] == f"{seg.agreement['label_agreement']:.4f}"

@@ -23,7 +23,7 @@ import pytest
 
 from codesign.boards import Board, BoardError, known_boards, load_board
 from codesign.emit.tcl import render_tcl_and_driver
-from codesign.testing import PynqBufferStub, alias_bomb
+from codesign.testing import alias_bomb, pynq_host_device, register_address
 
 PROJECT = "moe_vit"
 ALL_BOARDS = ["kv260", "pynq-z2", "ultra96v2", "zcu102", "zcu104"]
@@ -444,65 +444,35 @@ MANIFEST = {
 }
 
 
-def _fake_pynq(manifest: dict) -> types.ModuleType:
-    """A stand-in for pynq whose 'accelerator' writes input[:n] + task to the output region."""
-    buffers_by_address = {}
-
-    def allocate(shape, dtype):
-        buf = np.zeros(shape, dtype=dtype).view(PynqBufferStub)
-        # Above 4 GiB so the high address word is exercised.
-        buf.physical_address = 0x8_0000_0000 + 0x100000 * len(buffers_by_address)
-        buffers_by_address[buf.physical_address] = buf
-        return buf
-
-    class FakeMMIO:
-        def __init__(self, base, length):
-            self.registers = {0x00: 0x4}  # idle
-
-        def address(self, offset):
-            return self.registers[offset] | (self.registers[offset + 4] << 32)
-
-        def write(self, offset, value):
-            assert 0 <= value < 2**32, "registers are 32-bit"
-            self.registers[offset] = value
-            if offset == 0x00 and value & 0x1:
-                self.execute()
-
-        def read(self, offset):
-            value = self.registers.get(offset, 0)
-            if offset == 0x00:
-                self.registers[0x00] = value & ~0x2  # ap_done is clear-on-read
-            return value
-
-        def execute(self):
-            act = buffers_by_address[self.address(0x28)]
-            assert self.address(0x10) in buffers_by_address and self.address(0x1C) in buffers_by_address
-            n_out = int(np.prod(manifest["output"]["shape"]))
-            start_in, start_out = manifest["input"]["offset"], manifest["output"]["offset"]
-            act[start_out:start_out + n_out] = act[start_in:start_in + n_out] + self.registers[0x34]
-            self.registers[0x00] = 0x4 | 0x2  # idle, done
-
-    class FakeOverlay:
-        def __init__(self, bitfile):
-            self.ip_dict = {"codesign_top_0": {"type": "xilinx.com:hls:codesign_top:1.0",
-                                               "phys_addr": 0xA000_0000, "addr_range": 0x10000}}
-
-    return types.SimpleNamespace(allocate=allocate, MMIO=FakeMMIO, Overlay=FakeOverlay)
+def _adder(manifest: dict):
+    """An accelerator that writes input[:n] + task to the output region (device memory)."""
+    def run(device, regs: dict) -> None:
+        act = device.memory(register_address(regs, 0x28))
+        assert register_address(regs, 0x10) in device.device_memory and register_address(regs, 0x1C) in device.device_memory
+        n_out = int(np.prod(manifest["output"]["shape"]))
+        start_in, start_out = manifest["input"]["offset"], manifest["output"]["offset"]
+        act[start_out:start_out + n_out] = act[start_in:start_in + n_out] + regs[0x34]
+    return run
 
 
-def _driver_against_fake_pynq(tmp_path: Path, monkeypatch):
+def _driver_against_pynq(tmp_path: Path, monkeypatch):
+    """The rendered driver on the real pynq package over a host device layer (codesign.testing)."""
+    pytest.importorskip("pynq")
+    from pynq.pl_server.device import Device
+
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "manifest.json").write_text(json.dumps(MANIFEST))
     np.arange(8, dtype=np.uint32).tofile(data_dir / "program.bin")
     np.arange(32, dtype=np.int8).tofile(data_dir / "weights.bin")
-    monkeypatch.setitem(sys.modules, "pynq", _fake_pynq(MANIFEST))
+    monkeypatch.setattr(Device, "_active_device", pynq_host_device(_adder(MANIFEST)), raising=False)
+    (tmp_path / "overlay.bit").write_bytes(b"")
     module = _import_driver(_render(tmp_path, "zcu104") / "host" / "driver.py")
     return module.CodesignDriver(tmp_path / "overlay.bit", data_dir)
 
 
 def test_driver_runs_a_task_and_dumps_the_output(tmp_path, monkeypatch):
-    driver = _driver_against_fake_pynq(tmp_path, monkeypatch)
+    driver = _driver_against_pynq(tmp_path, monkeypatch)
     image = np.arange(16, dtype=np.int8).reshape(4, 4)
     output = driver.run(image, task=1)
     assert output.dtype == np.int8 and output.shape == (2, 3)
@@ -512,7 +482,7 @@ def test_driver_runs_a_task_and_dumps_the_output(tmp_path, monkeypatch):
 
 
 def test_driver_rejects_bad_task_and_input(tmp_path, monkeypatch):
-    driver = _driver_against_fake_pynq(tmp_path, monkeypatch)
+    driver = _driver_against_pynq(tmp_path, monkeypatch)
     image = np.zeros((4, 4), dtype=np.int8)
     with pytest.raises(ValueError, match=r"task must be an integer in \[0, 1\]"):
         driver.run(image, task=2)

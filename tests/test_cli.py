@@ -19,7 +19,7 @@ from codesign.fsutil import PROJECT_MARKER, atomic_dir, mark_project
 from codesign.model.config import ModelConfig
 from codesign.model.zoo import default_model_dir, load_default_model
 
-SUBCOMMANDS = ["generate", "csim", "cosim", "compare", "estimate", "demo"]
+SUBCOMMANDS = ["generate", "csim", "cosim", "compare", "report", "estimate", "demo"]
 KNOWN_BOARDS = "kv260, pynq-z2, ultra96v2, zcu102, zcu104"
 
 
@@ -569,3 +569,28 @@ def test_cosim_refuses_a_truncated_weight_blob(project, tmp_path, capsys):
     assert main(["cosim", str(copy), "--simulator", "icarus"]) == 2
     err = capsys.readouterr().err
     assert "weights.bin has 1000 bytes" in err and "regenerate" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------
+# issue 14: --config with 'default', and which routing an estimate assumed
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["generate", "estimate"])
+def test_a_config_for_the_embedded_model_is_refused(command, capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("embed_dim: 128\n")
+    argv = [command, "default", "--config", str(config)] + (["-o", str(tmp_path / "p")] if command == "generate" else [])
+    assert main(argv) == 2
+    assert one_line_error(capsys, command) == ("a config does not apply to 'default': the embedded model has its "
+                                               "own; give a model folder or file with --config")
+    assert not (tmp_path / "p").exists()
+
+
+def test_both_estimates_say_which_routing_they_assumed_first(project, capsys, tmp_path):
+    assert main(["estimate", "default", "--calib", str(project.parent / "calib.npy"),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"routing: {api.ROUTING_UNIFORM}"
+    assert json.loads((tmp_path / "e.json").read_text())["routing"] == api.ROUTING_UNIFORM
+    report = (project / "reports" / "estimate.txt").read_text().splitlines()[0]
+    assert report == "routing: the golden model's on test image 0, task 0 (`codesign estimate` assumes uniform routing)"
+    assert json.loads((project / "reports" / "estimate.json").read_text())["routing"] == report[len("routing: "):]

@@ -232,3 +232,63 @@ def test_results_of_vectors_the_project_lacks_are_incomplete(project, tmp_path, 
     rc, out, err = _compare_cli(project, tmp_path / "r", tmp_path / "report", capsys)
     assert rc == 2 and out.startswith("compare: INCOMPLETE: 4/4 results match")
     assert err.endswith("1 result file(s) for vectors the project does not have (img9_task0.act.bin)")
+
+
+# ---------------------------------------------------------------- report polish (issue 14)
+
+
+def _golden_folder(project: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for vec in _manifest(project)["vectors"]:
+        shutil.copy(project / "data" / vec["expected"], folder / f"{vec['id']}.act.bin")
+    return folder
+
+
+def _table(markdown: str, title: str) -> list[list[str]]:
+    block = markdown.split(f"## {title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in block if not row.startswith("|---")]
+
+
+def test_tables_have_one_metric_per_column(project, tmp_path):
+    report = compare_results(project, _golden_folder(project, tmp_path / "csim"), tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    seg = _table(md, "semseg: task metrics")
+    assert seg[0] == ["model", "pixel_acc", "miou", "labels as float"] and [r[0] for r in seg[1:]] == [
+        "float", "golden", "result"]
+    assert seg[3][1] == f"{report.tasks[0].metrics['result']['pixel_acc']:.4f}" and seg[1][3] == "—"
+    assert _table(md, "depth: task metrics")[0] == ["model", "rmse", "mae", "RMSE vs float"]
+    vectors = _table(md, "Per vector")
+    assert vectors[0][-2:] == ["labels as float", "RMSE vs float"]
+    depth_row = next(r for r in vectors if r[1] == "depth")
+    depth_vector = next(v for v in report.vectors if v.id == depth_row[0])
+    assert depth_row[-2] == "—" and depth_row[-1] == f"{depth_vector.agreement['result']['rmse_vs_float']:.4f}"
+    assert "## Cycles and latency" not in md  # neither cosim cycles nor an estimate here
+
+
+def test_cosim_cycles_and_the_estimate_give_cycles_and_latency(project, tmp_path):
+    copy = Path(shutil.copytree(project, tmp_path / "proj"))
+    (copy / "reports").mkdir()
+    (copy / "reports" / "estimate.json").write_text(json.dumps({"cycles": 11591, "latency_ms": 0.057955,
+                                                                 "clock_mhz": 200, "routing": "uniform"}))
+    results = _golden_folder(copy, tmp_path / "cosim" / "results")
+    ids = [v["id"] for v in _manifest(copy)["vectors"]]
+    (results.parent / "cosim.json").write_text(json.dumps({"simulator": "verilator", "vectors": [
+        {"id": vid, "task": i % 2, "status": "ok", "cycles": 100_000 + i} for i, vid in enumerate(ids)]}))
+    report = compare_results(copy, results, tmp_path / "report")
+    rows = _table((tmp_path / "report" / "report.md").read_text(), "Cycles and latency")
+    assert rows[0] == ["source", "vector", "task", "cycles", "latency (ms)", "clock (MHz)"]
+    assert rows[1] == ["cosim (verilator), RTL core", ids[0], "semseg", "100,000", "0.5000", "200"]
+    assert rows[-1] == ["HLS estimate, board design (uniform)", "-", "each", "11,591", "0.0580", "200"]
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["timing"] == report.timing
+
+
+def test_segmentation_has_a_class_legend_and_depth_a_colour_bar_with_units(project, tmp_path):
+    from codesign.model.data import CLASS_NAMES, DEPTH_UNITS
+    from codesign.report.compare import _read_results, find_result_files, load_project, predictions_figure, task_outputs
+
+    proj = load_project(project)
+    by_task, _ = _read_results(proj, find_result_files(_golden_folder(project, tmp_path / "r"), proj.manifest))
+    seg = predictions_figure(task_outputs(proj, 0, by_task[0]), proj.data)
+    assert [t.get_text() for t in seg.legends[0].get_texts()] == list(CLASS_NAMES)
+    depth = predictions_figure(task_outputs(proj, 1, by_task[1]), proj.data)
+    assert not depth.legends and [ax.get_ylabel() for ax in depth.axes][-1] == DEPTH_UNITS

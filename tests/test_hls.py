@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from codesign.schedule.tiling import board_uarch, choose_tiling
 from codesign.schedule.uarch import HardwareRuleError
 from codesign.sim import csim
 from codesign.sim.csim import TESTBENCH, CsimError, count_iterations, run_csim
-from codesign.testing import PynqBufferStub, make_test_design, write_test_data
+from codesign.testing import make_test_design, pynq_host_device, register_address, write_test_data
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
 
@@ -663,55 +661,30 @@ def _kernel_library(project: Path, out_dir: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(lib))
 
 
-def _kernel_pynq(lib: ctypes.CDLL) -> types.ModuleType:
-    """A pynq stand-in whose accelerator is the compiled kernel: MMIO start runs it on the buffers
-    the address registers point at (64-byte aligned, like CMA buffers)."""
-    buffers = {}
-
-    def allocate(shape, dtype):
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        raw = np.zeros(nbytes + 64, np.uint8)
-        start = -raw.ctypes.data % 64
-        buf = raw[start:start + nbytes].view(dtype).reshape(shape).view(PynqBufferStub)
-        buf.physical_address = 0x4000_0000 + 0x100_0000 * len(buffers)
-        buf.keep = raw
-        buffers[buf.physical_address] = buf
-        return buf
-
-    class MMIO:
-        def __init__(self, base, length):
-            self.regs = {0x00: 0x4}
-
-        def write(self, offset, value):
-            self.regs[offset] = value
-            if offset == 0x00 and value & 1:
-                # a weight pointer the driver did not write is a KeyError here
-                ptr = [ctypes.c_void_p(buffers[self.regs[o] | self.regs[o + 4] << 32].ctypes.data)
-                       for o in (0x10, 0x1C, 0x28, *WGT_EXTRA_REGS)]
-                lib.run_kernel(*ptr[:3], ctypes.c_uint32(self.regs[0x34]), *ptr[3:])
-                self.regs[0x00] = 0x4 | 0x2
-
-        def read(self, offset):
-            value = self.regs.get(offset, 0)
-            if offset == 0x00:
-                self.regs[0x00] = value & ~0x2
-            return value
-
-    class Overlay:
-        def __init__(self, bitfile):
-            self.ip_dict = {"codesign_top_0": {"type": "xilinx.com:hls:codesign_top:1.0",
-                                               "phys_addr": 0xA000_0000, "addr_range": 0x10000}}
-
-    return types.SimpleNamespace(allocate=allocate, MMIO=MMIO, Overlay=Overlay)
+def _kernel_accelerator(lib: ctypes.CDLL):
+    """The compiled kernel on the device memory the address registers point at (a pointer the
+    driver did not write, or not to a buffer's start, is a KeyError)."""
+    def run(device, regs: dict) -> None:
+        ptr = [ctypes.c_void_p(device.memory(register_address(regs, o)).ctypes.data)
+               for o in (0x10, 0x1C, 0x28, *WGT_EXTRA_REGS)]
+        lib.run_kernel(*ptr[:3], ctypes.c_uint32(regs[0x34]), *ptr[3:])
+    return run
 
 
 @needs_gxx
 @pytest.mark.parametrize("which", ["default", "wide"])
 def test_driver_runs_the_compiled_kernel_bit_exactly(which, request, tmp_path, monkeypatch):
-    """host/driver.py against a fake pynq whose accelerator is the kernel built as a shared library:
-    for 8-bit and 12-bit (int16 container) designs the driver's output is the golden output."""
+    """host/driver.py on the real pynq package (Overlay, allocate, MMIO, PynqBuffer) over a host
+    device layer whose accelerator is the kernel built as a shared library, and whose buffers
+    are not cache-coherent: for 8-bit and 12-bit (int16 container) designs the driver's output
+    is the golden output."""
+    pytest.importorskip("pynq")
+    from pynq.pl_server.device import Device
+
     project = request.getfixturevalue(f"{which}_project")
-    monkeypatch.setitem(sys.modules, "pynq", _kernel_pynq(_kernel_library(project, tmp_path)))
+    device = pynq_host_device(_kernel_accelerator(_kernel_library(project, tmp_path)))
+    monkeypatch.setattr(Device, "_active_device", device, raising=False)
+    (tmp_path / "overlay.bit").write_bytes(b"")
     spec = importlib.util.spec_from_file_location(f"driver_{which}", project / "host" / "driver.py")
     driver_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(driver_module)
@@ -728,6 +701,7 @@ def test_driver_runs_the_compiled_kernel_bit_exactly(which, request, tmp_path, m
         out = driver.run(x, task=vec["task"])
         assert out.dtype == dtype.newbyteorder("=") and out.shape == expected.shape
         np.testing.assert_array_equal(out, expected)
+    assert device.starts == len(man["vectors"])
     with pytest.raises(TypeError, match=f"input must be {dtype.name}"):
         driver.run(x.astype(np.int32), task=0)
     driver.close()

@@ -27,6 +27,7 @@ class Vector:
     id: str
     task: int
     x_q: np.ndarray  # integer patch rows [T, F]
+    image: int | None = None  # index of the image it was made from (the manifest's "image", for compare)
 
 
 def golden_act_image(prog: Program, qm: QuantModel, vec: Vector) -> tuple[bytearray, bytearray]:
@@ -77,7 +78,7 @@ def write_data_dir(data_dir: Path, prog: Program, qm: QuantModel, vectors: list[
         (data_dir / "vec" / f"{vec.id}.in.bin").write_bytes(bytes(start))
         (data_dir / "vec" / f"{vec.id}.act.bin").write_bytes(bytes(final))
         entries.append({"id": vec.id, "task": vec.task, "start": f"vec/{vec.id}.in.bin",
-                        "expected": f"vec/{vec.id}.act.bin"})
+                        "expected": f"vec/{vec.id}.act.bin"} | ({} if vec.image is None else {"image": vec.image}))
     path = data_dir / "manifest.json"
     path.write_text(json.dumps(manifest(prog, entries), indent=1))
     return path
@@ -89,7 +90,12 @@ class ManifestError(ValueError):
 
 def load_manifest(project_dir: Path) -> dict:
     """The project's manifest, checked: everything that reads it may index it without a KeyError."""
-    path = Path(project_dir) / "data" / "manifest.json"
+    return load_data_manifest(Path(project_dir) / "data")
+
+
+def load_data_manifest(data_dir: Path) -> dict:
+    """The checked manifest of a folder laid out as write_data_dir writes it."""
+    path = Path(data_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: generate the project first")
     try:

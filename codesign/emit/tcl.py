@@ -13,8 +13,9 @@ from pathlib import Path
 import jinja2
 
 from codesign.boards import Board
+from codesign.resources import resource_dir
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
+TEMPLATE_DIR = resource_dir("hls_templates")
 TOP_FUNCTION = "codesign_top"
 # s_axi_control offsets of the extra weight pointers wgt1, wgt2, ... (Vitis HLS layout: each 64-bit
 # pointer takes a low word, a high word and a reserved word; wgt1 follows task at 0x34 and its

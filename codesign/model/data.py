@@ -14,6 +14,9 @@ from .config import ModelConfig, TaskSpec
 
 BACKGROUND, CIRCLE, SQUARE, TRIANGLE = 0, 1, 2, 3
 NUM_CLASSES = 4
+CLASS_NAMES = ("background", "circle", "square", "triangle")
+# Depth maps are relative: 0 at the camera, about 1 at the far edge of the floor.
+DEPTH_UNITS = "depth (relative; 1 = far)"
 MAX_SHAPES = 3
 # Shapes are always nearer than the background so the depth ordering is unambiguous.
 # Bigger shapes are nearer (as under perspective), so depth is inferable from the image.

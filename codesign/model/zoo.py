@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from codesign.frontend.loader import load_model, save_model
+from codesign.resources import resource_dir
 
 from .config import ModelConfig
 from .m3vit import M3ViT
@@ -17,7 +18,8 @@ DEFAULT_SEED = 0
 
 
 def default_model_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "examples" / "tiny_m3vit"
+    """examples/tiny_m3vit of the source tree, or its copy inside an installed package."""
+    return resource_dir("examples/tiny_m3vit")
 
 
 def ensure_default_model(retrain: bool = False, progress: bool = True) -> Path:

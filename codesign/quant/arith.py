@@ -81,10 +81,10 @@ def quantize_multipliers(reals, mult_bits: int = MULT_BITS) -> tuple[np.ndarray,
         return np.zeros(reals.shape, np.int64), 0
     shift = mult_bits - 1 - math.floor(math.log2(top))
     shift = int(min(max(shift, 0), MAX_SHIFT))
-    mult = np.round(reals * (2.0**shift)).astype(np.int64)
-    if mult.max() >= (1 << 31):
+    # Checked in float: a huge scale cast to int64 wraps to a negative "multiplier" first.
+    if round(top * 2.0**shift) >= 1 << 31:
         raise ValueError(f"requantisation scale {top:.3g} is too large for a 32-bit multiplier")
-    return mult, shift
+    return np.round(reals * (2.0**shift)).astype(np.int64), shift
 
 
 def quantize_tensor(x, scale, bits: int) -> np.ndarray:

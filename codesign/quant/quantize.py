@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -29,34 +30,66 @@ def quantize_input(images: np.ndarray, qm: QuantModel) -> np.ndarray:
 # Traced by the float model for the accuracy report only: the hardware keeps gate logits as
 # accumulators and probabilities at a fixed scale, so calibrating them would be meaningless.
 UNCALIBRATED = (".gate.logits", ".gate.probs")
+# Values of each activation kept (per task, evenly strided) for the profiling plot's boxes.
+PROFILE_SAMPLES = 8192
+# No ViT activation is this large; the first one that is points at the weight that broke the model.
+HUGE_ACTIVATION = 1e15
 
 
 @torch.no_grad()
-def collect_ranges(model: M3ViT, images: np.ndarray) -> dict[str, float]:
-    """Max |value| of every requantised traced activation over all calibration images and all tasks."""
+def collect_ranges(model: M3ViT, images: np.ndarray, samples: dict | None = None) -> dict[str, float]:
+    """Max |value| of every requantised traced activation over all calibration images and all tasks.
+
+    `samples`, when given, receives up to PROFILE_SAMPLES values of each activation per task
+    (float32 arrays, for codesign.report.profiling)."""
     cfg = model.cfg
     amax: dict[str, float] = {}
     x = torch.as_tensor(np.asarray(images, np.float32))
     patches = images_to_patches(x.numpy(), cfg.patch_size)
     amax["input"] = float(np.abs(patches).max())
-    d = cfg.embed_dim
+    _keep_sample(samples, "input", torch.as_tensor(patches))
     for task in range(cfg.num_tasks):
         trace: dict = {}
         model.forward_backbone(x, task, trace)
         for name, value in trace.items():
             if name.endswith(UNCALIBRATED):
                 continue
-            if name.endswith(".qkv"):
-                parts = {"q": value[..., :d], "k": value[..., d:2 * d], "v": value[..., 2 * d:]}
-            else:
-                parts = {"": value}
-            for suffix, part in parts.items():
-                key = name[:-3] + suffix if suffix else name
+            for key, part in _calibrated_parts(name, value, cfg.embed_dim):
+                if not torch.isfinite(part).all():
+                    raise ValueError(f"cannot quantise {key}: its activations overflow float32 (inf or NaN) on "
+                                     f"the calibration images for task {task}{_first_huge(amax)}")
                 amax[key] = max(amax.get(key, 0.0), float(part.abs().max()))
+                _keep_sample(samples, key, part)
     return amax
 
 
-def _weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+def _first_huge(amax: dict[str, float]) -> str:
+    """Where the values ran away: the first activation (execution order) beyond HUGE_ACTIVATION."""
+    first = next(((k, v) for k, v in amax.items() if v > HUGE_ACTIVATION), None)
+    if first is None:
+        return "; check the weights of the layers before it"
+    return f"; the first activation beyond {HUGE_ACTIVATION:.0e} is {first[0]} (max |x| {first[1]:.3g}): check its weights"
+
+
+def _calibrated_parts(name: str, value: torch.Tensor, d: int):
+    """(scale name, tensor) pairs of one traced tensor: the packed q|k|v output has three scales."""
+    if name.endswith(".qkv"):
+        return [(name[:-3] + "q", value[..., :d]), (name[:-3] + "k", value[..., d:2 * d]),
+                (name[:-3] + "v", value[..., 2 * d:])]
+    return [(name, value)]
+
+
+def _keep_sample(samples: dict | None, key: str, value: torch.Tensor) -> None:
+    if samples is None:
+        return
+    flat = value.reshape(-1)
+    step = max(1, flat.numel() // PROFILE_SAMPLES)
+    kept = flat[::step][:PROFILE_SAMPLES].float().numpy()
+    samples[key] = np.concatenate([samples[key], kept]) if key in samples else kept
+
+
+def weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+    """Scale of each output channel (row) of `w`, or one for the whole tensor."""
     axes = tuple(range(1, w.ndim)) if per_channel else None
     amax = np.abs(w).max(axis=axes) if per_channel else np.full(w.shape[0], np.abs(w).max())
     return np.where(amax > 0, amax, 1.0) / A.qmax(bits)
@@ -64,7 +97,7 @@ def _weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.nda
 
 def _linear(w, b, in_scale, out_scale, wbits, abits, gelu_out_scale=None, out_scales=None) -> QLinear:
     w = np.asarray(w, np.float64)
-    sw = _weight_scales(w, wbits)
+    sw = weight_scales(w, wbits)
     wq = A.quantize_tensor(w, sw[:, None], wbits)
     bias = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
     bq = np.round(bias / (in_scale * sw)).astype(np.int64)
@@ -97,6 +130,18 @@ def _add(sa, sb, s_out) -> QAdd:
 def _single(real: float) -> tuple[int, int]:
     m, s = A.quantize_multipliers([real])
     return int(m[0]), s
+
+
+@contextmanager
+def _layer(name: str, s: dict | None = None, *inputs: str):
+    """A scale that does not fit the hardware's fields is the layer's problem: say which layer,
+    and the scales of the activations it reads."""
+    try:
+        yield
+    except ValueError as exc:
+        shown = ", ".join(f"{k} {s[k]:.3g}" for k in inputs if s and k in s)
+        raise ValueError(f"cannot quantise {name}: {exc}" + (f" (input scales: {shown})" if shown else "")
+                         + "; are its weights or inputs out of range?") from None
 
 
 def _t(p) -> np.ndarray:
@@ -144,35 +189,54 @@ def _dense_mlp(blk, s, prefix, in_scale, wbits, abits):
 def _block(model, i, s, x_scale, wbits, abits) -> QBlock:
     blk, p, d = model.blocks[i], f"b{i}.", model.cfg.embed_dim
     qkv_scales = np.repeat([s[p + "q"], s[p + "k"], s[p + "v"]], d)
-    qkv = _linear(_t(blk.attn.qkv.weight), _t(blk.attn.qkv.bias), s[p + "ln1"], None, wbits, abits,
-                  out_scales=qkv_scales)
-    proj = _linear(_t(blk.attn.proj.weight), _t(blk.attn.proj.bias), s[p + "attn"], s[p + "proj"], wbits, abits)
-    if model.cfg.is_moe(i):
-        mlp = _moe(model, blk, s, p, s[p + "ln2"], wbits, abits)
-    else:
-        mlp = _dense_mlp(blk, s, p, s[p + "ln2"], wbits, abits)
-    return QBlock(
-        ln1=_norm(blk.norm1, x_scale, s[p + "ln1"], abits),
-        qkv=qkv,
-        attn=_attention(model.cfg, s, p),
-        proj=proj,
-        res1=_add(x_scale, s[p + "proj"], s[p + "res1"]),
-        ln2=_norm(blk.norm2, s[p + "res1"], s[p + "ln2"], abits),
-        mlp=mlp,
-        res2=_add(s[p + "res1"], s[p + "mlp"], s[p + "res2"]),
-    )
+    with _layer(p + "qkv", s, p + "ln1"):
+        qkv = _linear(_t(blk.attn.qkv.weight), _t(blk.attn.qkv.bias), s[p + "ln1"], None, wbits, abits,
+                      out_scales=qkv_scales)
+    with _layer(p + "proj", s, p + "attn"):
+        proj = _linear(_t(blk.attn.proj.weight), _t(blk.attn.proj.bias), s[p + "attn"], s[p + "proj"], wbits,
+                       abits)
+    with _layer(p + ("moe" if model.cfg.is_moe(i) else "mlp"), s, p + "ln2"):
+        if model.cfg.is_moe(i):
+            mlp = _moe(model, blk, s, p, s[p + "ln2"], wbits, abits)
+        else:
+            mlp = _dense_mlp(blk, s, p, s[p + "ln2"], wbits, abits)
+    with _layer(p + "ln1", s, f"b{i - 1}.res2" if i else "embed"):
+        ln1 = _norm(blk.norm1, x_scale, s[p + "ln1"], abits)
+    with _layer(p + "attn", s, p + "q", p + "k", p + "v"):
+        attn = _attention(model.cfg, s, p)
+    with _layer(p + "res1", s, f"b{i - 1}.res2" if i else "embed", p + "proj"):
+        res1 = _add(x_scale, s[p + "proj"], s[p + "res1"])
+    with _layer(p + "ln2", s, p + "res1"):
+        ln2 = _norm(blk.norm2, s[p + "res1"], s[p + "ln2"], abits)
+    with _layer(p + "res2", s, p + "res1", p + "mlp"):
+        res2 = _add(s[p + "res1"], s[p + "mlp"], s[p + "res2"])
+    return QBlock(ln1=ln1, qkv=qkv, attn=attn, proj=proj, res1=res1, ln2=ln2, mlp=mlp, res2=res2)
 
 
 def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits: int = 8) -> QuantModel:
-    """Calibrate on `calib_images` (all tasks) and build the integer model."""
+    """Calibrate on `calib_images` (all tasks) and build the integer model.
+
+    qm.meta["activation_samples"] keeps a sample of every calibrated activation (for the
+    profiling plot)."""
+    wbits, abits = A.check_bits(wbits), A.check_bits(abits)
+    _check_datapath(model.cfg)
+    samples: dict[str, np.ndarray] = {}
+    amax = collect_ranges(model, calib_images, samples)
+    qm = quantize_with_scales(model, {k: A.scale_for(v, abits) for k, v in amax.items()}, wbits, abits)
+    qm.meta["activation_samples"] = samples
+    return qm
+
+
+def quantize_with_scales(model: M3ViT, scales: dict[str, float], wbits: int = 8, abits: int = 8) -> QuantModel:
+    """The integer model for given activation scales (a calibration's, or a project's project.json):
+    the same scales and weights always give the same integer model."""
     wbits, abits = A.check_bits(wbits), A.check_bits(abits)
     cfg = model.cfg
-    if cfg.embed_dim % 8 or cfg.head_dim % 8:
-        raise ValueError("embed_dim and head_dim must be multiples of 8 for the accelerator's 64-bit datapath")
-    amax = collect_ranges(model, calib_images)
-    s = {k: A.scale_for(v, abits) for k, v in amax.items()}
+    _check_datapath(cfg)
+    s = {k: float(v) for k, v in scales.items()}
     pw = _t(model.patch_embed.proj.weight).reshape(cfg.embed_dim, -1)
-    patch = _linear(pw, None, s["input"], s["patch"], wbits, abits)
+    with _layer("patch", s, "input"):
+        patch = _linear(pw, None, s["input"], s["patch"], wbits, abits)
     pos = _t(model.pos_embed)[0].copy()
     pos[0] += _t(model.cls_token)[0, 0]
     pos[1:] += _t(model.patch_embed.proj.bias)
@@ -181,10 +245,14 @@ def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits
     for i in range(cfg.depth):
         blocks.append(_block(model, i, s, x_scale, wbits, abits))
         x_scale = s[f"b{i}.res2"]
-    return QuantModel(
-        cfg=cfg, wbits=wbits, abits=abits, scales=s, patch=patch,
-        pos=A.quantize_tensor(pos, s["pos"], abits),
-        embed=_add(s["patch"], s["pos"], s["embed"]),
-        blocks=blocks,
-        norm=_norm(model.norm, x_scale, s["norm"], abits),
-    )
+    with _layer("embed", s, "patch", "pos"):
+        embed = _add(s["patch"], s["pos"], s["embed"])
+    with _layer("norm", s, f"b{cfg.depth - 1}.res2"):
+        norm = _norm(model.norm, x_scale, s["norm"], abits)
+    return QuantModel(cfg=cfg, wbits=wbits, abits=abits, scales=s, patch=patch,
+                      pos=A.quantize_tensor(pos, s["pos"], abits), embed=embed, blocks=blocks, norm=norm)
+
+
+def _check_datapath(cfg) -> None:
+    if cfg.embed_dim % 8 or cfg.head_dim % 8:
+        raise ValueError("embed_dim and head_dim must be multiples of 8 for the accelerator's 64-bit datapath")

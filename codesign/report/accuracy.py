@@ -133,15 +133,21 @@ def accuracy_report(model: M3ViT, qm: QuantModel, data: SyntheticData, progress=
     return AccuracyReport(len(data), tasks, sqnr.result(qm.trace_names()), detail_sqnr.result())
 
 
-def _metric_line(values: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+def task_table(t: TaskAccuracy) -> list[str]:
+    """One row per model (float, golden), one column per scalar metric and agreement with float."""
+    keys = [k for k, v in t.float_metrics.items() if isinstance(v, float)]
+    header = ["", *keys, *t.agreement]
+    rows = [["float", *(f"{t.float_metrics[k]:.4f}" for k in keys), *("-" for _ in t.agreement)],
+            ["golden", *(f"{t.golden_metrics[k]:.4f}" for k in keys), *(f"{v:.4f}" for v in t.agreement.values())]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [f"  {(t.name if i == 0 else ''):<10} " + "  ".join(f"{c:>{w}}" for c, w in zip(row, widths))
+            for i, row in enumerate([header, *rows])]
 
 
 def format_accuracy(rep: AccuracyReport) -> str:
     lines = [f"Float PyTorch vs int golden model on {rep.images} held-out images:"]
     for t in rep.tasks:
-        lines.append(f"  {t.name:<10} float:  {_metric_line(t.float_metrics)}")
-        lines.append(f"  {'':<10} golden: {_metric_line(t.golden_metrics)}   ({_metric_line(t.agreement)})")
+        lines += task_table(t)
     worst = sorted(rep.layer_sqnr_db.items(), key=lambda kv: kv[1])[:3]
     lines.append("  per-layer SQNR (dB): " + ", ".join(f"{k} {v:.1f}" for k, v in rep.layer_sqnr_db.items()))
     lines.append("  lowest: " + ", ".join(f"{k} {v:.1f} dB" for k, v in worst))

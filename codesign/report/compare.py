@@ -25,13 +25,15 @@ from ..emit.data import ManifestError, compare_act, load_manifest
 from ..errors import brief, brief_list
 from ..fsutil import checked_output_path
 from ..model.config import ModelConfig, TaskSpec
-from ..model.data import SyntheticData
+from ..model.data import CLASS_NAMES, DEPTH_UNITS, SyntheticData
 from ..model.m3vit import M3ViT
 from ..model.train import evaluate_outputs
+from .timing import TIMING_HEADER, result_timing, timing_rows
 
 SOURCES = {"auto": (".act.bin", ".npy"), "act": (".act.bin",), "npy": (".npy",)}
 # The metrics worth a table column; the rest (per-class IoU, target std) stay in summary.json.
 HEADLINE_METRICS = {"seg": ("pixel_acc", "miou"), "depth": ("rmse", "mae")}
+AGREEMENT_LABELS = {"label_agreement": "labels as float", "rmse_vs_float": "RMSE vs float"}
 MAX_FIGURE_IMAGES = 4
 NPY_MAGIC = b"\x93NUMPY"
 NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
@@ -340,6 +342,7 @@ class CompareReport:
     extra: list[str] = field(default_factory=list)  # result files of vector ids the project does not have
     expected: int = 0  # vectors in the manifest
     files: list[str] = field(default_factory=list)  # written into out_dir
+    timing: list[dict] = field(default_factory=list)  # cycles and latency (codesign.report.timing)
 
     @property
     def complete(self) -> bool:
@@ -372,7 +375,7 @@ class CompareReport:
         return {"project_dir": str(self.project_dir), "results_dir": str(self.results_dir),
                 "verdict": self.verdict, "all_bit_exact": self.all_bit_exact, "complete": self.complete,
                 "expected": self.expected, "missing": self.missing, "problems": self.problems, "extra": self.extra,
-                "tasks": [asdict(t) for t in self.tasks],
+                "tasks": [asdict(t) for t in self.tasks], "timing": self.timing,
                 "vectors": [asdict(v) | {"bit_exact": v.bit_exact} for v in self.vectors]}
 
     def summary_text(self) -> str:
@@ -424,7 +427,7 @@ def compare_results(project_dir: Path, results_dir: Path, out_dir: Path | None =
     missing = [v["id"] for v in project.manifest["vectors"] if v["id"] not in files]
     report = CompareReport(Path(project_dir), Path(results_dir), out_dir, vectors, tasks, missing, problems,
                            extra_result_files(Path(results_dir), project.manifest, source),
-                           len(project.manifest["vectors"]))
+                           len(project.manifest["vectors"]), timing=result_timing(Path(project_dir), Path(results_dir), [s.name for s in project.tasks]))
     write_report(report, project, outputs)
     return report
 
@@ -477,16 +480,23 @@ def _seg_colours(num_classes: int) -> ListedColormap:
 
 
 def plot_predictions(path: Path, o: TaskOutputs, data: SyntheticData) -> None:
-    """Rows of [input, target, float prediction, FPGA-result prediction] for up to four images."""
+    predictions_figure(o, data).savefig(path, dpi=80)
+
+
+def predictions_figure(o: TaskOutputs, data: SyntheticData) -> Figure:
+    """Rows of [input, target, float prediction, FPGA-result prediction] for up to four images;
+    a class legend (segmentation) or a colour bar with units (depth)."""
     rows = _figure_rows(o)
-    fig = Figure(figsize=(8, 2.1 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(8 if o.spec.kind == "seg" else 8.8, 2.1 * len(rows) + 0.3), layout="constrained")
     axes = fig.subplots(len(rows), 4, squeeze=False)
     for ax_row, i in zip(axes, rows):
         image = o.images[i]
         _show_input(ax_row[0], data.images[image])
         maps, style = _prediction_maps(o.spec, [data.target(o.spec)[image], o.float_out[i], o.result_out[i]])
-        for ax, shown in zip(ax_row[1:], maps):
-            ax.imshow(shown, interpolation="nearest", **style)
+        shown = [ax.imshow(m, interpolation="nearest", **style) for ax, m in zip(ax_row[1:], maps)]
+        if o.spec.kind != "seg":
+            fig.colorbar(shown[-1], ax=list(ax_row[1:]), label=DEPTH_UNITS if o.spec.kind == "depth" else "output",
+                         shrink=0.9)
         exact = np.array_equal(o.results[i], o.expected[i])
         ax_row[0].set_ylabel(f"image {image}" + ("" if exact else "\n(not bit-exact)"))
     for ax, title in zip(axes[0], ("input", "target", "float", "FPGA result")):
@@ -494,7 +504,21 @@ def plot_predictions(path: Path, o: TaskOutputs, data: SyntheticData) -> None:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=80)
+    if o.spec.kind == "seg":
+        _class_legend(fig, o.spec.out_channels)
+    return fig
+
+
+def class_names(num_classes: int) -> list[str]:
+    return list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class {c}" for c in range(num_classes)]
+
+
+def _class_legend(fig, num_classes: int) -> None:
+    from matplotlib.patches import Patch
+
+    colours = _seg_colours(num_classes).colors
+    handles = [Patch(color=colours[c], label=name) for c, name in enumerate(class_names(num_classes))]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(num_classes, 6), fontsize="small")
 
 
 def _figure_rows(o: TaskOutputs) -> list[int]:
@@ -561,23 +585,32 @@ def report_tables(report: CompareReport) -> list[tuple[str, list[str], list[list
     """(title, header, rows) of every table, shared by the Markdown and the HTML report."""
     exactness = [[t.name, str(t.vectors), f"{t.bit_exact}/{t.vectors}", str(t.differing), str(t.max_abs_diff),
                   _fmt(t.token_rmse["golden"]), _fmt(t.token_rmse["result"])] for t in report.tasks]
-    metrics = []
-    for t in report.tasks:
-        for key in HEADLINE_METRICS.get(t.kind, ()):
-            metrics.append([t.name, key] + [_fmt(t.metrics[m][key]) for m in ("float", "golden", "result")])
-        for key in t.agreement["result"]:
-            metrics.append([t.name, key, "—", _fmt(t.agreement["golden"][key]), _fmt(t.agreement["result"][key])])
+    agreement_keys = list(dict.fromkeys(k for v in report.vectors for k in v.agreement["result"]))
     vectors = [[v.id, v.task, str(v.image), v.result_file, _yes_no(v.bit_exact), str(v.differing),
-                str(v.max_abs_diff), _fmt(v.first_diff), _fmt(v.first_bad_layer),
-                _fmt(next(iter(v.agreement["result"].values())))] for v in report.vectors]
-    return [
-        ("Bit-exactness per task", ["task", "vectors", "bit-exact", "differing elements", "max abs diff (LSB)",
-                                    "token RMS err golden", "token RMS err result"], exactness),
-        ("Task metrics (float model, golden model, FPGA result)", ["task", "metric", "float", "golden", "result"],
-         metrics),
-        ("Per vector", ["vector", "task", "image", "file", "bit-exact", "differing", "max abs diff",
-                        "first diff (token, ch)", "first differing layer", "agreement vs float"], vectors),
-    ]
+                str(v.max_abs_diff), _fmt(v.first_diff), _fmt(v.first_bad_layer)]
+               + [_fmt(v.agreement["result"].get(k)) for k in agreement_keys] for v in report.vectors]
+    tables = [("Bit-exactness per task", ["task", "vectors", "bit-exact", "differing elements", "max abs diff (LSB)",
+                                          "token RMS err golden", "token RMS err result"], exactness)]
+    tables += [_metric_table(t) for t in report.tasks]
+    tables.append(("Per vector", ["vector", "task", "image", "file", "bit-exact", "differing", "max abs diff",
+                                  "first diff (token, ch)", "first differing layer"]
+                   + [_agreement_label(k) for k in agreement_keys], vectors))
+    if report.timing:
+        tables.append(("Cycles and latency", TIMING_HEADER, timing_rows(report.timing)))
+    return tables
+
+
+def _metric_table(t: TaskComparison) -> tuple[str, list[str], list[list[str]]]:
+    """One row per model (float, golden, FPGA result), one column per metric."""
+    keys, agreement = HEADLINE_METRICS.get(t.kind, ()), list(t.agreement["result"])
+    rows = [[model] + [_fmt(t.metrics[model][k]) for k in keys]
+            + [_fmt(t.agreement[model][k]) if model in t.agreement else "—" for k in agreement]
+            for model in ("float", "golden", "result")]
+    return (f"{t.name}: task metrics", ["model", *keys, *map(_agreement_label, agreement)], rows)
+
+
+def _agreement_label(key: str) -> str:
+    return AGREEMENT_LABELS.get(key, key)
 
 
 def _notes(report: CompareReport) -> list[str]:

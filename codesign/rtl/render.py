@@ -12,8 +12,9 @@ from pathlib import Path
 import jinja2
 
 from ..emit.tcl import WGT_REG_STRIDE, weight_pointer_registers  # the HLS kernel's register map
+from ..resources import resource_dir
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "rtl_templates"
+TEMPLATE_DIR = resource_dir("rtl_templates")
 # The kernel's top module, the name a Vitis HLS export of the kernel has too.
 TOP_MODULE = "codesign_top"
 TEMPLATE_SUFFIX = ".v.j2"

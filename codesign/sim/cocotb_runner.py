@@ -28,8 +28,9 @@ from typing import Callable
 
 from .harness import HARNESS_TOP, render_harness
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SIM_DIR = REPO_ROOT / "sim"
+from ..resources import resource_dir
+
+SIM_DIR = resource_dir("sim")
 TEST_MODULE = "tb_codesign"
 TOPLEVEL = HARNESS_TOP
 PROGRESS_POLL_S = 1.0     # how often the progress reporter looks at the job directory

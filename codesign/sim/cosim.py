@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..emit.data import compare_act, load_manifest, region_nbytes
+from ..emit.data import compare_act, load_data_manifest, load_manifest, region_nbytes
 from ..rtl.render import core_sizes, expert_slots, render_rtl, tile_rows
 from ..schedule.isa import Flag, Instr, Op, decode_program
 from .cocotb_runner import Progress, find_verilator, run_cocotb, stderr_progress
@@ -431,24 +431,28 @@ class CosimResult:
 
 def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = False,
               vectors: list[str] | None = None, timeout_cycles: int | None = None,
-              rtl_dir: Path | None = None, memory=None, progress: Progress | None = stderr_progress) -> CosimResult:
+              rtl_dir: Path | None = None, memory=None, progress: Progress | None = stderr_progress,
+              data_dir: Path | None = None) -> CosimResult:
     """Co-simulate rtl/ on data/: all (selected) vectors in one simulation, compared bit-exactly.
 
     `rtl_dir` replaces the project's rtl/, e.g. the verilog/ folder of a Vitis HLS export of the
     same project's C++ (same top-level ports): one testbench checks both.  `memory`: the memory
     model's latency and bandwidth (codesign.sim.memory.project_memory: default the board of
     project.json, else ideal; "ideal"; a board).  `progress` gets the build and per-vector
-    messages (default: stderr).
+    messages (default: stderr).  `data_dir`: vectors of the same program in another folder laid
+    out as data/ (the user's own images); their results and cosim.json go to <data_dir>/../cosim,
+    the project's own stay.
     """
     project_dir = Path(project_dir).resolve()
-    data_dir = project_dir / "data"
+    own_data = data_dir is None
+    data_dir = project_dir / "data" if own_data else Path(data_dir).resolve()
     rtl_dir = Path(rtl_dir).resolve() if rtl_dir else project_dir / "rtl"
     if not (data_dir / "manifest.json").is_file():
         raise CosimError(f"{data_dir / 'manifest.json'} not found: generate the project first")
     if not any(rtl_dir.glob("*.v")):
         raise CosimError(f"no Verilog in {rtl_dir}: render it with render_project_rtl")
-    _check_blob_sizes(project_dir)
-    man = load_manifest(project_dir)
+    _check_blob_sizes(project_dir, data_dir)
+    man = load_data_manifest(data_dir)
     vecs = man["vectors"]
     if vectors:
         unknown = sorted(set(vectors) - {v["id"] for v in vecs})
@@ -464,10 +468,11 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     model = project_memory(project_dir, memory)
 
     work = project_dir / "cosim"
-    results_dir = work / "results"
+    report_dir = work if own_data else data_dir.parent / "cosim"
+    results_dir = report_dir / "results"
     # Everything an earlier run reported goes first, so a failed or cut-short run leaves none of it.
     shutil.rmtree(results_dir, ignore_errors=True)
-    (work / "cosim.json").unlink(missing_ok=True)
+    (report_dir / "cosim.json").unlink(missing_ok=True)
     start = time.monotonic()
     try:
         outcomes = run_images(rtl_dir, work, program, wgt, runs, simulator, waves, timeout_cycles,
@@ -495,16 +500,16 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
         out.append(VectorResult(vec["id"], int(vec["task"]), res.status == "ok" and mismatch is None,
                                 mismatch, res.cycles, res.status, per_layer))
     result = CosimResult(simulator, wall, out, results_dir, model, sum(o.wall_seconds for o in outcomes))
-    (work / "cosim.json").write_text(json.dumps(result.to_json(), indent=1))
+    (report_dir / "cosim.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
 
 
-def _check_blob_sizes(project_dir: Path) -> None:
+def _check_blob_sizes(project_dir: Path, data_dir: Path) -> None:
     """A truncated weights.bin would let the memory model read the neighbouring act image."""
     from .csim import CsimError, check_data_files
 
     try:
-        check_data_files(project_dir)
+        check_data_files(project_dir, data_dir)
     except CsimError as exc:
         raise CosimError(str(exc)) from exc
 

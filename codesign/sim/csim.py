@@ -17,13 +17,15 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..emit.data import ManifestError, load_manifest
+from ..emit.data import ManifestError, load_data_manifest
 from ..emit.hls import CSIM_CXXFLAGS
 from ..fsutil import checked_output_path
 
@@ -39,6 +41,15 @@ _SUMMARY = re.compile(r"^csim: (\d+) passed, (\d+) failed$", re.M)
 _LAYER = re.compile(r"^LAYER (\S+) (\S+) (PASS|FAIL byte (\d+) got (-?\d+) expected (-?\d+))$", re.M)
 _ITERS = re.compile(r"^ITERS (\S+) (\d+) (\d+)$", re.M)
 _ENTRIES = re.compile(r"^ENTRIES (\S+) (\d+) (\d+)$", re.M)
+_VERDICT = re.compile(r"^(PASS|FAIL) (\S+)")
+
+# Limits. The build's is fixed: compiling the kernel does not grow with the model. The run's
+# grows with the work: the C++ model runs about 50 M of cosim.estimate_cycles' (one MAC unit)
+# cycles a second here, so RUN_SECONDS_PER_CYCLE leaves a 25x margin.
+BUILD_TIMEOUT = 600.0
+RUN_TIMEOUT_BASE = 30.0
+RUN_SECONDS_PER_CYCLE = 0.5e-6
+Progress = Callable[[str], None]
 
 
 class CsimError(RuntimeError):
@@ -123,28 +134,40 @@ class IterationCounts:
         return sum(self.per_vector[vector])
 
 
-def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, timeout: float = 600,
-             first: int | None = None) -> CsimResult:
+def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, timeout: float | None = None,
+             first: int | None = None, data_dir: Path | None = None, progress: Progress | None = None
+             ) -> CsimResult:
     """Build (when sources changed) and run the testbench of a project rendered by render_hls.
 
     With dump_dir, the final act image of each vector is written to <dump_dir>/<id>.act.bin.
-    With first=N, only the first N vectors of each task run.
+    With first=N, only the first N vectors of each task run. `data_dir`: vectors of the same
+    program in another folder laid out as data/ (write_data_dir), e.g. the user's own images.
+    `timeout`: seconds for the testbench run (default run_timeout: grows with the program and
+    the vectors); the build has BUILD_TIMEOUT. `progress` receives one line per build step and
+    per finished vector.
     """
     project_dir = Path(project_dir).resolve()
+    data_dir = project_dir / "data" if data_dir is None else Path(data_dir).resolve()
     if dump_dir is not None:
         dump_dir = checked_output_path(dump_dir, "folder")  # before the build, not after it
-    deadline = time.monotonic() + timeout
+    say = progress or _silent
+    find_compiler()
+    man = check_data_files(project_dir, data_dir)  # bad data is reported before a build, not after it
     start = time.monotonic()
-    build_log = build_testbench(project_dir, jobs, timeout)
+    build_log = build_testbench(project_dir, jobs, progress=say)
     build_seconds = time.monotonic() - start
-    man = check_data_files(project_dir)
+    wanted = expected_vectors(man, first)
+    limit = run_timeout(data_dir, man, len(wanted)) if timeout is None else _checked_timeout(timeout)
 
     args = [str(project_dir / TESTBENCH), *_first_args(first)]
+    if data_dir != project_dir / "data":
+        args += ["-d", str(data_dir)]
     if dump_dir is not None:
         dump_dir.mkdir(parents=True, exist_ok=True)
         args.append(str(dump_dir))
+    say(f"csim: running {len(wanted)} vector(s) (timeout {_seconds(limit)})")
     start = time.monotonic()
-    run = _run(args, project_dir, deadline - time.monotonic(), "the testbench")
+    run = _run_testbench(args, project_dir, limit, wanted, say)
     run_seconds = time.monotonic() - start
     log = build_log + run.stdout + run.stderr
     result = _parse(run.stdout, run.returncode, log, build_seconds, run_seconds)
@@ -152,7 +175,32 @@ def run_csim(project_dir: Path, jobs: int = 2, dump_dir: Path | None = None, tim
     return result
 
 
-def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, counting: bool = False) -> str:
+def run_timeout(data_dir: Path, man: dict, vectors: int) -> float:
+    """Default seconds for a testbench run of `vectors` vectors of the program in `data_dir`."""
+    from ..schedule.isa import decode_program
+    from .cosim import estimate_cycles
+
+    code = (Path(data_dir) / man.get("program_file", "program.bin")).read_bytes()
+    cycles = estimate_cycles(decode_program(code), man["elem_bytes"], 1)
+    return RUN_TIMEOUT_BASE + vectors * cycles * RUN_SECONDS_PER_CYCLE
+
+
+def _checked_timeout(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value >= 10 else f"{value:.3g} s"
+
+
+def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = BUILD_TIMEOUT, counting: bool = False,
+                    progress: Progress | None = None) -> str:
     """Compile firmware/*.cpp and tb/tb_codesign.cpp into build/tb_codesign; return the compiler log.
 
     counting: the iteration-counting build in build/count/ (instrumented copies of the firmware,
@@ -160,9 +208,7 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
     compiler, flags and sources (build_key, kept beside the executable as <name>.key).
     """
     project_dir = Path(project_dir)
-    compiler = shutil.which("g++")
-    if compiler is None:
-        raise CsimError("g++ not found: apt-get install g++")
+    compiler = find_compiler()
     firmware = sorted((project_dir / "firmware").glob("*.cpp"))
     headers = sorted((project_dir / "firmware").rglob("*.h"))
     testbench = project_dir / "tb" / "tb_codesign.cpp"
@@ -172,7 +218,9 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
     flags: tuple[str, ...] = (COUNT_DEFINE,) if counting else ()
     key = build_key(compiler, flags, project_dir, firmware + headers + [testbench])
     stamp = binary.with_name(binary.name + ".key")
+    say = progress or _silent
     if binary.is_file() and stamp.is_file() and stamp.read_text() == key:
+        say(f"csim: {_relative(binary, project_dir)} is up to date")
         return ""
     binary.parent.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
@@ -180,18 +228,26 @@ def build_testbench(project_dir: Path, jobs: int = 2, timeout: float = 600, coun
         firmware = [_instrumented_copy(src, project_dir / "firmware", binary.parent)
                     for src in firmware + headers][:len(firmware)]
     sources = firmware + [testbench]
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(timeout)
+    say(f"csim: compiling {len(sources)} sources with g++ (timeout {_seconds(timeout)})")
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        objects_and_logs = list(pool.map(partial(_compile, compiler, project_dir, deadline, binary.parent, flags),
+        objects_and_logs = list(pool.map(partial(_compile, compiler, project_dir, deadline, binary.parent, flags, say),
                                          sources))
     objects = [str(obj) for obj, _ in objects_and_logs]
-    link = _run([compiler, *CSIM_CXXFLAGS, *flags, "-o", str(binary), *objects], project_dir,
-                deadline - time.monotonic(), "g++ (link)")
+    link = _run([compiler, *CSIM_CXXFLAGS, *flags, "-o", str(binary), *objects], project_dir, deadline,
+                "g++ (link)")
     log = "".join(text for _, text in objects_and_logs) + link.stdout + link.stderr
     if link.returncode != 0:
         raise CsimError(f"linking the testbench failed: {_first_error(link.stderr)}", log)
     stamp.write_text(key)
     return log
+
+
+def find_compiler() -> str:
+    compiler = shutil.which("g++")
+    if compiler is None:
+        raise CsimError("g++ not found: apt-get install g++")
+    return compiler
 
 
 def build_key(compiler: str, flags: tuple[str, ...], project_dir: Path, sources: list[Path]) -> str:
@@ -206,17 +262,17 @@ def build_key(compiler: str, flags: tuple[str, ...], project_dir: Path, sources:
     return h.hexdigest()
 
 
-def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2, timeout: float = 600
+def count_iterations(project_dir: Path, first: int | None = None, jobs: int = 2, timeout: float = BUILD_TIMEOUT
                      ) -> IterationCounts:
     """Pipelined-loop iterations of every instruction of every vector (the counting build).
 
     Raises CsimError when the run is not bit-exact: counts of a wrong run mean nothing."""
     project_dir = Path(project_dir).resolve()
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(timeout)
     log = build_testbench(project_dir, jobs, timeout, counting=True)
     man = check_data_files(project_dir)
-    run = _run([str(project_dir / COUNTING_TESTBENCH), *_first_args(first)], project_dir,
-               deadline - time.monotonic(), "the counting testbench")
+    run = _run([str(project_dir / COUNTING_TESTBENCH), *_first_args(first)], project_dir, deadline,
+               "the counting testbench")
     result = _parse(run.stdout, run.returncode, log + run.stdout + run.stderr, 0.0, 0.0)
     check_coverage(result, man, first)
     if not result.ok:
@@ -254,12 +310,13 @@ def iteration_ratios(counts: list[int], estimate_instrs: list) -> dict[str, dict
     return out
 
 
-def check_data_files(project_dir: Path) -> dict:
+def check_data_files(project_dir: Path, data_dir: Path | None = None) -> dict:
     """The checked manifest, once the blobs and vector images have the sizes it gives (a truncated
-    weights.bin would otherwise send the kernel's reads past the end of the buffer)."""
-    data = Path(project_dir) / "data"
+    weights.bin would otherwise send the kernel's reads past the end of the buffer).
+    `data_dir`: another folder laid out as the project's data/ (default PROJECT/data)."""
+    data = Path(project_dir) / "data" if data_dir is None else Path(data_dir)
     try:
-        man = load_manifest(project_dir)
+        man = load_data_manifest(data)
     except (FileNotFoundError, ManifestError) as exc:
         raise CsimError(str(exc)) from None
     expected = [(man.get("weights_file", "weights.bin"), man["wgt_bytes"]),
@@ -321,14 +378,17 @@ def _instrumented_copy(source: Path, root: Path, out_dir: Path) -> Path:
     return target
 
 
-def _compile(compiler: str, project_dir: Path, deadline: float, obj_dir: Path, flags: tuple[str, ...],
-             source: Path) -> tuple[Path, str]:
+def _compile(compiler: str, project_dir: Path, deadline: "_Deadline", obj_dir: Path, flags: tuple[str, ...],
+             say: Progress, source: Path) -> tuple[Path, str]:
     obj = obj_dir / (source.stem + ".o")
-    cmd = [compiler, *CSIM_CXXFLAGS, *flags, "-c", "-o", str(obj), str(_relative(source, project_dir))]
-    result = _run(cmd, project_dir, deadline - time.monotonic(), "g++")
+    name = _relative(source, project_dir)
+    cmd = [compiler, *CSIM_CXXFLAGS, *flags, "-c", "-o", str(obj), str(name)]
+    start = time.monotonic()
+    result = _run(cmd, project_dir, deadline, f"g++ on {name}")
     log = " ".join(cmd[1:]) + "\n" + result.stdout + result.stderr
     if result.returncode != 0:
-        raise CsimError(f"g++ failed on {_relative(source, project_dir)}: {_first_error(result.stderr)}", log)
+        raise CsimError(f"g++ failed on {name}: {_first_error(result.stderr)}", log)
+    say(f"csim: compiled {name} ({time.monotonic() - start:.1f} s)")
     return obj, log
 
 
@@ -339,11 +399,62 @@ def _relative(path: Path, root: Path) -> Path:
         return path
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float, what: str) -> subprocess.CompletedProcess:
+class _Deadline:
+    """One time limit shared by several steps; a step that overruns it names the limit."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.end = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return max(self.end - time.monotonic(), 1.0)
+
+    def message(self, what: str) -> str:
+        return f"{what} did not finish within the csim build's {_seconds(self.seconds)} limit"
+
+
+def _run(cmd: list[str], cwd: Path, deadline: _Deadline, what: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=max(timeout, 1.0))
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=deadline.left())
     except subprocess.TimeoutExpired as exc:
-        raise CsimError(f"{what} did not finish within the csim timeout", str(exc.stdout or "")) from None
+        raise CsimError(deadline.message(what), str(exc.stdout or "")) from None
+
+
+def _run_testbench(args: list[str], cwd: Path, limit: float, wanted: list[str], say: Progress
+                   ) -> subprocess.CompletedProcess:
+    """Run the testbench, reporting each vector's verdict as it arrives; a run beyond `limit`
+    seconds is killed and named with the vector it was on."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: list[str] = []
+    err: list[str] = []
+    start = time.monotonic()
+
+    def read_stdout() -> None:
+        for line in proc.stdout:
+            out.append(line)
+            verdict = _VERDICT.match(line)
+            if verdict:
+                done = sum(1 for seen in out if _VERDICT.match(seen))
+                say(f"csim: [{done}/{len(wanted)}] {verdict[1]} {verdict[2]} ({time.monotonic() - start:.1f} s)")
+
+    readers = [threading.Thread(target=read_stdout, daemon=True),
+               threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+        done = sum(1 for line in out if _VERDICT.match(line))
+        running = f"on {wanted[done]}, vector {done + 1} of {len(wanted)}" if done < len(wanted) else "after the last vector"
+        raise CsimError(f"the testbench did not finish within its {_seconds(limit)} timeout (killed {running}); "
+                        f"give it longer with --timeout SECONDS", "".join(out + err)) from None
+    for reader in readers:
+        reader.join()
+    return subprocess.CompletedProcess(args, proc.returncode, "".join(out), "".join(err))
 
 
 def _parse(stdout: str, returncode: int, log: str, build_seconds: float, run_seconds: float) -> CsimResult:
