@@ -505,9 +505,10 @@ def test_pipelined_iterations_follow_the_uarch_schedule(default_design, zcu104_p
         assert per_instr[0] > man["prog_bytes"] // 16  # the program load (16-byte beats) counts for instruction 0
         routing = expert_counts_from_golden(default_design.qm, vec.x_q, vec.task)
         est = estimate_design(default_design.prog, tiling, BOARD, routing)
-        for n, cost in zip(per_instr, est.instrs):
-            if cost.op == "MATMUL" and cost.rows:
-                assert cost.weight_bytes / (16 * 4) <= n, (cost.name, n, cost)
+        # Every weight beat comes over 4 masters at most one a cycle each; a MATMUL's first tile may be
+        # read during the instruction before it, so the bound holds for the whole run, not per MATMUL.
+        mm = [(n, cost) for n, cost in zip(per_instr, est.instrs) if cost.op == "MATMUL" and cost.rows]
+        assert sum(c.weight_bytes for _, c in mm) / (16 * 4) <= sum(per_instr)
         skipped = [(n, e) for n, e, cost in zip(per_instr, entries, est.instrs) if cost.op == "MATMUL" and cost.rows == 0]
         assert not any(n or e for n, e in skipped), (vec.id, skipped)
         skips += len(skipped)
@@ -515,8 +516,9 @@ def test_pipelined_iterations_follow_the_uarch_schedule(default_design, zcu104_p
         assert sum(counts.entries_per_op(vec.id).values()) == sum(entries)
     assert skips > 0
     # 17 tokens and 64-wide layers: a loop's priming window and entry are a large share of its
-    # 64-cycle blocks (measured: MATMUL 1.37, ATTN 1.53, GATE 1.25; M3ViT shapes: the next test)
-    bounds = {"MATMUL": 1.45, "ATTN": 1.6, "GATE": 1.3}
+    # 64-cycle blocks (measured on the 32x64 array: MATMUL 1.37, ATTN 1.53, GATE 1.25; on the 17x128
+    # array the tiling picks now, one row block per tile: MATMUL 1.48; M3ViT shapes: the next test)
+    bounds = {"MATMUL": 1.5, "ATTN": 1.6, "GATE": 1.3}
     for vid, ratios in _iterations_per_op_vs_uarch(default_design, project, u).items():
         for op, ratio in ratios.items():
             assert 1.0 <= ratio <= bounds.get(op, 1.05), (vid, op, ratio)
