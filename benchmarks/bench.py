@@ -91,7 +91,7 @@ def random_model(cfg: ModelConfig, seed: int = SEED) -> M3ViT:
 
 
 def random_images(cfg: ModelConfig, count: int, seed: int = SEED) -> np.ndarray:
-    shape = (count, cfg.in_chans, cfg.img_size, cfg.img_size)
+    shape = (count, cfg.in_chans, *cfg.image_hw)
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 

@@ -81,7 +81,7 @@ def checked_images(images, cfg: ModelConfig, what: str = "images", single: bool 
 
 
 def _batch_shaped(arr: np.ndarray, cfg: ModelConfig, what: str, single: bool) -> np.ndarray:
-    chw = (cfg.in_chans, cfg.img_size, cfg.img_size)
+    chw = (cfg.in_chans, *cfg.image_hw)
     if single and arr.shape == chw:
         return arr[None]
     wanted = f"[N, {', '.join(map(str, chw))}]" + (f" or [{', '.join(map(str, chw))}]" if single else "")

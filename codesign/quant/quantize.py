@@ -109,16 +109,18 @@ def _attention(cfg, s, prefix) -> QAttention:
     return QAttention(sm, ss, om, os_)
 
 
+def folded_gates(model: M3ViT, mlp) -> tuple[np.ndarray, np.ndarray]:
+    """Every task's gate as x @ w.T + b: weights [tasks, E, D] and biases [tasks, E], exactly
+    folded from the task part of the gate input (nothing for one gate per task, the onehot's row
+    or the task embedding's product with w_gate otherwise)."""
+    folded = [mlp.folded_gate(t, model.gate_task_feature(t)) for t in range(model.cfg.num_tasks)]
+    return np.stack([_t(w).T for w, _ in folded]), np.stack([_t(b) for _, b in folded])
+
+
 def _moe(model, blk, s, prefix, in_scale, wbits, abits) -> QMoe:
     cfg = model.cfg
     mlp = blk.mlp
-    if cfg.gate_type == "multi":
-        gw = np.stack([_t(g.w_gate).T for g in mlp.gate])  # [tasks, E, D]
-        gb = np.zeros(gw.shape[:2])
-    else:
-        w = _t(mlp.gate.w_gate)
-        gw = np.stack([w[: cfg.embed_dim].T] * cfg.num_tasks)
-        gb = np.stack([w[cfg.embed_dim + t] for t in range(cfg.num_tasks)])
+    gw, gb = folded_gates(model, mlp)
     sg = float(np.abs(gw).max() or 1.0) / A.qmax(wbits)
     gwq = A.quantize_tensor(gw, sg, wbits)
     gbq = np.round(gb / (in_scale * sg)).astype(np.int64)
@@ -186,5 +188,5 @@ def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits
         pos=A.quantize_tensor(pos, s["pos"], abits),
         embed=_add(s["patch"], s["pos"], s["embed"]),
         blocks=blocks,
-        norm=_norm(model.norm, x_scale, s["norm"], abits),
+        norm=None if model.norm is None else _norm(model.norm, x_scale, s["norm"], abits),
     )
