@@ -112,3 +112,14 @@ def test_gelu_lut_matches_float_within_half_lsb():
 def test_topk_ties_go_to_lower_index():
     logits = np.array([[5, 7, 7, 1], [3, 3, 3, 3]])
     assert A.topk_experts(logits, 2).tolist() == [[1, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("bound, k", [(2**15, 2048), (2**31, 8)])
+def test_exact_matmul_equals_int64_matmul(bound, k):
+    """16-bit operands over K=2048 take the float64 BLAS path; 2**31 operands the int64 one; both exact."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(-bound, bound, (33, k), dtype=np.int64)
+    b = rng.integers(-bound, bound, (k, 17), dtype=np.int64)
+    a[0, :] = -bound  # the extreme partial sums
+    b[:, 0] = -bound
+    assert np.array_equal(A.exact_matmul(a, b), a @ b)

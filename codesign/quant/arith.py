@@ -151,11 +151,24 @@ def bit_length(x) -> np.ndarray:
     return out + (v > 0)
 
 
+# Integer products summed in float64 are exact while every partial sum stays below 2**53, which
+# max|a| * max|b| * K bounds whatever order BLAS adds in; NumPy's int64 matmul has no BLAS and
+# is tens of times slower.
+FLOAT64_EXACT = 2.0**53
+
+
+def exact_matmul(a, b) -> np.ndarray:
+    """a @ b of integer arrays, exactly, as int64."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    if a.size and b.size and float(np.abs(a).max()) * float(np.abs(b).max()) * a.shape[-1] < FLOAT64_EXACT:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a @ b
+
+
 def matmul_acc(a, w, bias) -> np.ndarray:
     """acc[m, n] = sum_k a[m, k] * w[n, k] + bias[n]  (w in nn.Linear [out, in] layout)."""
-    a = np.asarray(a, np.int64)
-    w = np.asarray(w, np.int64)
-    return a @ w.T + np.asarray(bias, np.int64)
+    return exact_matmul(a, np.asarray(w, np.int64).T) + np.asarray(bias, np.int64)
 
 
 def linear(a, w, bias, mult, shift: int, bits: int) -> np.ndarray:
@@ -242,8 +255,8 @@ def attention_head(q, k, v, score_mult: int, score_shift: int, out_mult: int, ou
     t = rshift_round(o * r, RECIP_FRAC + mant_shift - ATTN_FRAC) ~= 2**ATTN_FRAC * sum(p.v),
     then requant(t, out_mult, out_shift). No int8 probabilities are ever formed.
     """
-    scores = np.asarray(q, np.int64) @ np.asarray(k, np.int64).T
+    scores = exact_matmul(q, np.asarray(k, np.int64).T)
     e = exp_weights(scores, score_mult, score_shift)
     r, mant_shift = recip_parts(e.sum(axis=-1, keepdims=True))
-    t = rshift_round((e @ np.asarray(v, np.int64)) * r, RECIP_FRAC + mant_shift - ATTN_FRAC)
+    t = rshift_round(exact_matmul(e, v) * r, RECIP_FRAC + mant_shift - ATTN_FRAC)
     return requant(t, out_mult, out_shift, out_bits)

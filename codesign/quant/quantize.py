@@ -31,28 +31,40 @@ def quantize_input(images: np.ndarray, qm: QuantModel) -> np.ndarray:
 UNCALIBRATED = (".gate.logits", ".gate.probs")
 
 
+# Calibration images go through the float model in passes whose attention scores [B, heads, T, T]
+# stay under this many floats (512 MB): M3ViT-small's 1,025 tokens take ~50 MB an image.
+CALIB_SCORES_PER_PASS = 1 << 27
+
+
+class _RangeTrace(dict):
+    """A `trace` for forward_backbone that keeps only max |value| per name (q, k, v apart), not the tensors."""
+
+    def __init__(self, dim: int, amax: dict[str, float]):
+        super().__init__()
+        self.dim, self.amax = dim, amax
+
+    def __setitem__(self, name: str, value) -> None:
+        if name.endswith(UNCALIBRATED):
+            return
+        d = self.dim
+        parts = ({name[:-3] + "q": value[..., :d], name[:-3] + "k": value[..., d:2 * d],
+                  name[:-3] + "v": value[..., 2 * d:]} if name.endswith(".qkv") else {name: value})
+        for key, part in parts.items():
+            self.amax[key] = max(self.amax.get(key, 0.0), float(part.abs().max()))
+
+
 @torch.no_grad()
 def collect_ranges(model: M3ViT, images: np.ndarray) -> dict[str, float]:
     """Max |value| of every requantised traced activation over all calibration images and all tasks."""
     cfg = model.cfg
-    amax: dict[str, float] = {}
-    x = torch.as_tensor(np.asarray(images, np.float32))
-    patches = images_to_patches(x.numpy(), cfg.patch_size)
-    amax["input"] = float(np.abs(patches).max())
-    d = cfg.embed_dim
-    for task in range(cfg.num_tasks):
-        trace: dict = {}
-        model.forward_backbone(x, task, trace)
-        for name, value in trace.items():
-            if name.endswith(UNCALIBRATED):
-                continue
-            if name.endswith(".qkv"):
-                parts = {"q": value[..., :d], "k": value[..., d:2 * d], "v": value[..., 2 * d:]}
-            else:
-                parts = {"": value}
-            for suffix, part in parts.items():
-                key = name[:-3] + suffix if suffix else name
-                amax[key] = max(amax.get(key, 0.0), float(part.abs().max()))
+    images = np.asarray(images, np.float32)
+    amax = {"input": float(np.abs(images_to_patches(images, cfg.patch_size)).max())}
+    trace = _RangeTrace(cfg.embed_dim, amax)
+    batch = max(1, CALIB_SCORES_PER_PASS // (cfg.num_heads * cfg.num_tokens**2))
+    for start in range(0, len(images), batch):
+        x = torch.as_tensor(images[start:start + batch])
+        for task in range(cfg.num_tasks):
+            model.forward_backbone(x, task, trace)
     return amax
 
 
