@@ -165,12 +165,14 @@ def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
 
 def _write_project(out: Path, design: Design, data: SyntheticData, project_name: str) -> None:
     from .emit.hls import render_hls
+    from .emit.host import write_host_files
     from .frontend.loader import save_model
     from .sim.cosim import render_project_rtl
 
     x_q = quantize_input(data.images, design.qm)
     vectors = [Vector(f"img{i}_task{t}", t, x_q[i]) for i in range(len(data)) for t in range(design.qm.cfg.num_tasks)]
     write_data_dir(out / "data", design.prog, design.qm, vectors)
+    write_host_files(out / "data", design.model, design.qm)
     _add_image_index(out / "data" / "manifest.json")
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
     params = tiling_params(design.tiling)
