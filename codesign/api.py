@@ -22,6 +22,11 @@ from .schedule.program import Program, compile_program
 from .schedule.tiling import Tiling, choose_tiling, tiling_params
 
 CALIB_SEED = 7
+# The built-in calibration set: CALIB_IMAGES images for short sequences (the embedded model's 17
+# tokens), fewer for long ones, so that calibration costs about the same tokens for every model
+# (M3ViT-small's 1,025 tokens: 8 images, 5 tasks). Ranges are per tensor, over all tokens seen.
+CALIB_IMAGES = 64
+CALIB_TOKENS = 8192
 VECTOR_SEED = 1234
 
 
@@ -34,11 +39,16 @@ def load(model: str | Path | M3ViT, config=None) -> M3ViT:
     return load_model(model, config)
 
 
-def calibration_images(cfg: ModelConfig, count: int = 64, path: str | Path | None = None) -> np.ndarray:
-    """User images from a .npy file [N,C,H,W], else images of the built-in synthetic dataset."""
+def calibration_images(cfg: ModelConfig, count: int | None = None, path: str | Path | None = None) -> np.ndarray:
+    """User images from a .npy file [N,C,H,W], else `count` images of the built-in synthetic dataset
+    (default: enough for CALIB_TOKENS tokens, at most CALIB_IMAGES)."""
     if path is None:
-        return make_dataset(count, cfg, CALIB_SEED).images
+        return make_dataset(count or default_calibration_count(cfg), cfg, CALIB_SEED).images
     return checked_images(_load_npy(Path(path)), cfg, "calibration images")
+
+
+def default_calibration_count(cfg: ModelConfig) -> int:
+    return min(CALIB_IMAGES, -(-CALIB_TOKENS // cfg.num_tokens))
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
+from codesign.cli import main
 from codesign.frontend import ModelLoadError, load_model
 from codesign.frontend.loader import find_weight_files, merge_expert_shards, normalise_keys, read_state_dict
 from codesign.model.train import torch_threads
@@ -184,3 +186,18 @@ def test_full_depth_pascal_small_merges_and_loads_as_m3vit_does(tmp_path):
     loaded, expected = load_model(fixture.path, fixture.cfg).state_dict(), expected_state(fixture)
     assert sorted(loaded) == sorted(expected)
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_cli_reports_heads_and_training_only_tensors_in_one_info_line(tmp_path, capsys):
+    fixture = write_checkpoint("cityscapes_tiny_yml.sharded", tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(fixture.cfg.to_dict()))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((2, 3, 128, 256)).astype(np.float32))
+    argv = ["estimate", str(fixture.path), "--config", str(tmp_path / "config.yaml"), "--calib",
+            str(tmp_path / "calib.npy")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    first = captured.out.splitlines()[0]
+    assert first == (f"loaded {fixture.path} (2 rank files): 30 backbone tensors; vit_up heads for semseg, depth "
+                     "(64 decoders.* tensors); 201 training-only tensors ignored (tam_model0.*, tam_model1.*, "
+                     "tam_model2.*)")
+    assert captured.err == ""

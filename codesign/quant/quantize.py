@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..model.m3vit import M3ViT
+from ..model.train import torch_threads
 from . import arith as A
 from .qmodel import QAdd, QAttention, QBlock, QLinear, QMoe, QNorm, QuantModel
 
@@ -34,6 +35,9 @@ UNCALIBRATED = (".gate.logits", ".gate.probs")
 # Calibration images go through the float model in passes whose attention scores [B, heads, T, T]
 # stay under this many floats (512 MB): M3ViT-small's 1,025 tokens take ~50 MB an image.
 CALIB_SCORES_PER_PASS = 1 << 27
+# One thread, as in training: on a shared 2-core host a second thread made M3ViT-small's forward
+# 3-4x slower (OpenMP threads waiting for each other); on an idle one it saves at most ~40%.
+CALIB_THREADS = 1
 
 
 class _RangeTrace(dict):
@@ -61,10 +65,11 @@ def collect_ranges(model: M3ViT, images: np.ndarray) -> dict[str, float]:
     amax = {"input": float(np.abs(images_to_patches(images, cfg.patch_size)).max())}
     trace = _RangeTrace(cfg.embed_dim, amax)
     batch = max(1, CALIB_SCORES_PER_PASS // (cfg.num_heads * cfg.num_tokens**2))
-    for start in range(0, len(images), batch):
-        x = torch.as_tensor(images[start:start + batch])
-        for task in range(cfg.num_tasks):
-            model.forward_backbone(x, task, trace)
+    with torch_threads(CALIB_THREADS):
+        for start in range(0, len(images), batch):
+            x = torch.as_tensor(images[start:start + batch])
+            for task in range(cfg.num_tasks):
+                model.forward_backbone(x, task, trace)
     return amax
 
 
