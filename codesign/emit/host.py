@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.heads import LinearHead, vit_up_drops_cls
+from ..model.heads import LinearHead
 from ..model.m3vit import M3ViT
 from ..quant.qmodel import QuantModel
 
@@ -28,7 +28,6 @@ def host_info(model: M3ViT, qm: QuantModel) -> dict:
     return {"format": 1, "img_size": list(cfg.image_hw), "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
             "abits": qm.abits, "input_scale": qm.input_scale, "output_scale": qm.output_scale,
             "head": cfg.head, "ln_eps": cfg.ln_eps,
-            "drop_cls": cfg.head == "linear" or vit_up_drops_cls(cfg.num_tokens),
             "tasks": [{"name": t.name, "kind": t.kind, "out_channels": t.out_channels} for t in cfg.tasks],
             "heads_file": HEADS_FILE}
 

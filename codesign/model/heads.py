@@ -4,9 +4,10 @@
 * VitUpHead: M3ViT's VisionTransformerUpHead (decoders.{task}.*): LayerNorm; the patch tokens laid
   on the H/p x W/p grid; four 3x3 convolutions of head_channels, each followed by BatchNorm and
   ReLU; a 1x1 convolution to the task's channels; bilinear upsampling to the image size. M3ViT
-  drops the cls token only when the token count is not a multiple of 48 (config.py refuses the
-  grids where that would break the layout). BatchNorm is folded into the convolutions for
-  inference (`folded_convs`), which is also what the PYNQ driver's NumPy head runs.
+  drops the cls token only when the token count is not a multiple of 48; with the cls token
+  kept the tokens would not fill the patch grid, so config.py refuses those grids and the head
+  always drops it. BatchNorm is folded into the convolutions for inference (`folded_convs`),
+  which is also what the PYNQ driver's NumPy head runs.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VIT_UP_KEEPS_CLS_EVERY, ModelConfig
+from .config import ModelConfig
 
 BN_EPS = 1e-5  # torch's (Sync)BatchNorm default, which M3ViT's heads use
 VIT_UP_CONVS = 4  # 3x3 conv + BN + ReLU stages before the 1x1 classifier
@@ -22,10 +23,6 @@ VIT_UP_CONVS = 4  # 3x3 conv + BN + ReLU stages before the 1x1 classifier
 
 def make_head(cfg: ModelConfig, out_channels: int) -> nn.Module:
     return VitUpHead(cfg, out_channels) if cfg.head == "vit_up" else LinearHead(cfg, out_channels)
-
-
-def vit_up_drops_cls(tokens: int) -> bool:
-    return tokens % VIT_UP_KEEPS_CLS_EVERY != 0
 
 
 class LinearHead(nn.Module):
@@ -76,9 +73,7 @@ class VitUpHead(nn.Module):
 
     def grid_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens [B, T, D] -> normalised patch features [B, D, rows, cols]."""
-        if vit_up_drops_cls(tokens.shape[1]):
-            tokens = tokens[:, 1:]
-        x = self.norm(tokens)
+        x = self.norm(tokens[:, 1:])  # drop cls
         rows, cols = self.cfg.grid
         return x.transpose(1, 2).reshape(x.shape[0], -1, rows, cols)
 
