@@ -291,13 +291,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch(path: Path):
-    try:
-        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-            # mmap: a checkpoint's optimizer state and training-only modules are never paged in
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except BaseException as exc:  # noqa: BLE001 - any failure inside torch.load means a bad file
-        _reraise_interrupts(exc)
-        raise ModelLoadError(_why_unreadable(path, exc)) from None
+    # mmap first: a checkpoint's optimizer state and training-only modules are then never paged in.
+    # Read in full when that fails (a legacy or otherwise unmappable file), before judging the file.
+    for mmap in dict.fromkeys((zipfile.is_zipfile(path), False)):
+        try:
+            with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except BaseException as exc:  # noqa: BLE001 - any failure inside torch.load means a bad file
+            _reraise_interrupts(exc)
+            error = exc
+    raise ModelLoadError(_why_unreadable(path, error)) from None
 
 
 def _why_unreadable(path: Path, exc: BaseException) -> str:
