@@ -48,6 +48,9 @@ def test_dataset_shapes_classes_and_ranges():
 def test_dataset_follows_image_size():
     data = make_dataset(5, ModelConfig(img_size=16), seed=0)
     assert data.images.shape == (5, 3, 16, 16) and data.seg.shape == (5, 16, 16)
+    wide = make_dataset(40, ModelConfig(img_size=(32, 64)), seed=0)
+    assert wide.images.shape == (40, 3, 32, 64) and wide.depth.shape == (40, 1, 32, 64)
+    assert (wide.seg[:, :, 32:] > 0).any()  # shapes are placed across the whole width
 
 
 def test_dataset_is_fast():
