@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codesign.frontend.loader import NUMPY_SCALAR
 from codesign.model.config import ModelConfig, TaskSpec
 
 LAYOUT_DIR = Path(__file__).resolve().parent / "data" / "m3vit"
@@ -176,7 +177,7 @@ class _Numpy1Pickler(pickle._Pickler):
     """Names numpy's scalar constructor as numpy 1.x does (numpy.core.multiarray.scalar)."""
 
     def save_global(self, obj, name=None):
-        if obj is np._core.multiarray.scalar:
+        if obj is NUMPY_SCALAR:
             self.write(pickle.GLOBAL + b"numpy.core.multiarray\nscalar\n")
             self.memoize(obj)
             return

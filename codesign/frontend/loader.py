@@ -43,7 +43,7 @@ KEY_PREFIXES = ("module.", "backbone.")
 CHECKPOINT_WRAPPERS = ("state_dict", "model")
 # Checkpoint entries that do not affect inference, dropped on purpose (anything else unexpected is an
 # error): BatchNorm step counters, training counters saved as tensors next to the weights, and M3ViT's
-# task-affinity modules (tam_model0/1, used only by its training loss).
+# task-affinity modules (tam_model0, tam_model1, ...: used only by its training loss).
 IGNORED_KEY_SUFFIXES = ("num_batches_tracked",)
 IGNORED_TOP_LEVEL_KEYS = ("epoch", "step", "global_step", "iteration", "best_score", "best_acc", "lr")
 TRAINING_ONLY_KEY = re.compile(r"^tam_model\d*\.")
@@ -55,9 +55,10 @@ NOISY_GATE_KEY = re.compile(r"\.mlp\.gate\.(\d+\.)?w_noise$")
 # scalars (and their dtypes) that training scripts leave in their metrics, e.g. M3ViT's best_result.
 # numpy 1.x pickles the scalar constructor as numpy.core.multiarray.scalar, numpy 2.x as numpy._core.
 NUMERIC_DTYPES = ("?", "b", "h", "i", "l", "q", "B", "H", "I", "L", "Q", "e", "f", "d")
+NUMPY_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
 NUMPY_SAFE_GLOBALS = [
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    (NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    (NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
     np.dtype,
     *dict.fromkeys(type(np.dtype(code)) for code in NUMERIC_DTYPES),
 ]
@@ -217,8 +218,8 @@ def _int_problem(name: str, value) -> list[str]:
 
 
 def _img_size_problem(value) -> list[str]:
-    sides = value if isinstance(value, (list, tuple)) else [value]
-    if len(sides) != (2 if isinstance(value, (list, tuple)) else 1) or not all(_is_int(v) and 1 <= v <= MAX_WIDTH for v in sides):
+    sides = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(sides) != 2 or not all(_is_int(v) and 1 <= v <= MAX_WIDTH for v in sides):
         return [f"img_size must be a positive integer or [height, width], not {value!r}"]
     return []
 

@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass
 # M3ViT's PASCAL-Context "sal" and "edge"), normals (3 channels, M3ViT's "normals").
 TASK_KINDS = ("seg", "depth", "saliency", "edge", "normals")
 # Gates of an MoE block, per task t:
-#   multi       one gate per task, gate.{t}.w_gate [D, E]            (M3ViT --multi_gate True)
-#   shared      one gate for all tasks, gate.w_gate [D, E]           (M3ViT --task_one_hot True, gate_task_specific_dim -1)
-#   task_embed  gate.w_gate [D + G, E] fed [x, task embedding]; the embedding comes from the
-#               model's gate_task_represent MLP on onehot(t)           (M3ViT --task_one_hot True, gate_task_specific_dim G)
-#   task_onehot gate.w_gate [D + tasks, E] fed [x, onehot(t)]         (codesign's own; M3ViT never writes it)
+#   multi       one gate per task, gate.{t}.w_gate [D, E]                 (M3ViT --multi_gate True)
+#   shared      one gate for all tasks, gate.w_gate [D, E]                (M3ViT --task_one_hot True
+#                                                                           --gate_task_specific_dim -1)
+#   task_embed  gate.w_gate [D + G, E] fed [x, task embedding], the model's (--task_one_hot True
+#               gate_task_represent MLP on onehot(t)                        --gate_task_specific_dim G)
+#   task_onehot gate.w_gate [D + tasks, E] fed [x, onehot(t)]              (codesign's own; M3ViT never writes it)
 GATE_TYPES = ("multi", "shared", "task_embed", "task_onehot")
 # Task heads: linear (per-token Linear + pixel shuffle, the embedded model's) or vit_up (M3ViT's
 # VisionTransformerUpHead: LayerNorm, 4 x (3x3 conv + BN + ReLU), 1x1 conv, bilinear upsampling).
