@@ -32,8 +32,8 @@ def quantize_input(images: np.ndarray, qm: QuantModel) -> np.ndarray:
 UNCALIBRATED = (".gate.logits", ".gate.probs")
 
 
-# Calibration images go through the float model in passes whose attention scores [B, heads, T, T]
-# stay under this many floats (512 MB): M3ViT-small's 1,025 tokens take ~50 MB an image.
+# Calibration images go through the float model in passes of at most this many attention scores
+# [B, heads, T, T] (512 MB of float32, were attention to materialise them; 10 images of M3ViT-small).
 CALIB_SCORES_PER_PASS = 1 << 27
 # One thread, as in training: on a shared 2-core host a second thread made M3ViT-small's forward
 # 3-4x slower (OpenMP threads waiting for each other); on an idle one it saves at most ~40%.
