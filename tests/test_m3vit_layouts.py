@@ -78,13 +78,16 @@ def test_zoo_configs_are_the_ones_m3vit_trains():
     assert M3VIT_CONFIGS["cityscapes-tiny"].num_tokens == 129
 
 
-def test_heads_and_backbone_run_at_the_real_shapes(pascal):
-    model = load_model(pascal.path, pascal.cfg)
-    images = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("variant, hw, tokens, semseg_classes", [("pascal_mg.sharded", (512, 512), 1025, 21),
+                                                                  ("nyud_mg.sharded", (480, 640), 1201, 40)])
+def test_heads_and_backbone_run_at_the_real_shapes(tmp_path, variant, hw, tokens, semseg_classes):
+    fixture = write_checkpoint(variant, tmp_path)
+    model = load_model(fixture.path, fixture.cfg)
+    images = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        tokens = model.forward_backbone(images, 2)
-        out = model.head(tokens, 0)
-    assert tokens.shape == (1, 1025, 384) and out.shape == (1, 21, 512, 512)
+        out_tokens = model.forward_backbone(images, 1)
+        out = model.head(out_tokens, 0)
+    assert out_tokens.shape == (1, tokens, 384) and out.shape == (1, semseg_classes, *hw)
     assert model.norm is None  # M3ViT's backbone has no final norm: each head has its own
 
 
