@@ -28,6 +28,11 @@ from .schedule.program import Program, compile_program
 from .schedule.tiling import Tiling, choose_tiling, tiling_params
 
 CALIB_SEED = 7
+# The built-in calibration set: CALIB_IMAGES images for short sequences (the embedded model's 17
+# tokens), fewer for long ones, so that calibration costs about the same tokens for every model
+# (M3ViT-small's 1,025 tokens: 8 images, 5 tasks). Ranges are per tensor, over all tokens seen.
+CALIB_IMAGES = 64
+CALIB_TOKENS = 8192
 VECTOR_SEED = 1234
 
 
@@ -64,11 +69,16 @@ def estimate_json(est: Estimate, routing: str) -> dict:
     return {"routing": routing, **est.to_json()}
 
 
-def calibration_images(cfg: ModelConfig, count: int = 64, path: str | Path | None = None) -> np.ndarray:
-    """User images from a .npy file [N,C,H,W], else images of the built-in synthetic dataset."""
+def calibration_images(cfg: ModelConfig, count: int | None = None, path: str | Path | None = None) -> np.ndarray:
+    """User images from a .npy file [N,C,H,W], else `count` images of the built-in synthetic dataset
+    (default: enough for CALIB_TOKENS tokens, at most CALIB_IMAGES)."""
     if path is None:
-        return make_dataset(count, cfg, CALIB_SEED).images
+        return make_dataset(count or default_calibration_count(cfg), cfg, CALIB_SEED).images
     return checked_images(_load_npy(Path(path)), cfg, "calibration images")
+
+
+def default_calibration_count(cfg: ModelConfig) -> int:
+    return min(CALIB_IMAGES, -(-CALIB_TOKENS // cfg.num_tokens))
 
 
 def _load_npy(path: Path, what: str = "calibration file") -> np.ndarray:
@@ -111,7 +121,7 @@ def checked_images(images, cfg: ModelConfig, what: str = "images", single: bool 
 
 
 def _batch_shaped(arr: np.ndarray, cfg: ModelConfig, what: str, single: bool) -> np.ndarray:
-    chw = (cfg.in_chans, cfg.img_size, cfg.img_size)
+    chw = (cfg.in_chans, *cfg.image_hw)
     if single and arr.shape == chw:
         return arr[None]
     wanted = f"[N, {', '.join(map(str, chw))}]" + (f" or [{', '.join(map(str, chw))}]" if single else "")
@@ -257,6 +267,7 @@ def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
 
 def _write_project(out: Path, design: Design, data: SyntheticData, project_name: str) -> None:
     from .emit.hls import render_hls
+    from .emit.host import write_host_files
     from .frontend.loader import save_model
     from .sim.cosim import render_project_rtl
 
@@ -264,6 +275,7 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     vectors = [Vector(f"img{i}_task{t}", t, x_q[i], image=i) for i in range(len(data))
                for t in range(design.qm.cfg.num_tasks)]
     write_data_dir(out / "data", design.prog, design.qm, vectors)
+    write_host_files(out / "data", design.model, design.qm)
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
     params = tiling_params(design.tiling)
     render_hls(out, design.prog, design.board, design.uarch(), project_name=project_name)

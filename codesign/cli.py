@@ -6,6 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+# Before NumPy loads OpenBLAS: the golden model and the ISA interpreter make hundreds of mid-sized
+# exact matmuls per test vector, which a second BLAS thread slowed 3x on a shared 2-core host
+# (its threads spin waiting for each other) and speeds up little on an idle one.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 DEFAULT_MODEL = "default"  # api.DEFAULT_MODEL; not imported, so that --help stays fast
 
 
@@ -127,7 +132,10 @@ def _parser() -> argparse.ArgumentParser:
 def _model(args):
     from . import api
 
-    return api.load(args.model, args.config)
+    model = api.load(args.model, args.config)
+    if args.model != DEFAULT_MODEL:
+        print(model.load_summary)  # what was loaded, and which checkpoint tensors were left out on purpose
+    return model
 
 
 def cmd_generate(args) -> int:

@@ -29,7 +29,7 @@ def make_test_design(cfg: ModelConfig | None = None, seed: int = 0, images: int 
     torch.manual_seed(seed)
     model = M3ViT(cfg).eval()
     rng = np.random.default_rng(seed)
-    calib = rng.standard_normal((8, cfg.in_chans, cfg.img_size, cfg.img_size)).astype(np.float32)
+    calib = rng.standard_normal((8, cfg.in_chans, *cfg.image_hw)).astype(np.float32)
     qm = quantize_model(model, calib, wbits=wbits, abits=abits)
     xq = quantize_input(calib[:images], qm)
     vectors = [Vector(f"img{i}_task{t}", t, xq[i]) for i in range(images) for t in range(cfg.num_tasks)]

@@ -112,3 +112,17 @@ def test_gelu_lut_matches_float_within_half_lsb():
 def test_topk_ties_go_to_lower_index():
     logits = np.array([[5, 7, 7, 1], [3, 3, 3, 3]])
     assert A.topk_experts(logits, 2).tolist() == [[1, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("bound, k", [(2**7, 1536), (2**7, 48), (2**15, 2048), (2**31, 8)])
+def test_exact_matmul_equals_int64_matmul(bound, k):
+    """int8 operands go through float32 runs (cut at 1,040 products for K=1536), 16-bit ones through
+    float64, 2**31 ones through int64: all exact, extreme partial sums included."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(-bound, bound, (33, k), dtype=np.int64)
+    b = rng.integers(-bound, bound, (k, 17), dtype=np.int64)
+    a[0, :], b[:, 0] = -bound, -bound
+    a[1, :], b[:, 1] = bound - 1, bound - 1
+    a[1, 0] = bound - 2  # an odd total above 2**24 (int8): float32 cannot hold it, so a rounding would show
+    assert np.array_equal(A.exact_matmul(a, b), a @ b)
+    assert np.array_equal(A.exact_matmul(a[:0], b), np.zeros((0, 17), np.int64))

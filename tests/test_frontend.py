@@ -1,4 +1,4 @@
-"""Checkpoint loading: our own format, M3ViT/FastMoE-style checkpoints, and every failure mode."""
+"""Checkpoint loading: our own format and every failure mode (M3ViT's real layouts: test_m3vit_layouts.py)."""
 from __future__ import annotations
 
 import re
@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from codesign.frontend import ModelLoadError, load_model, save_model
-from codesign.frontend.loader import EXPERT_KEY, config_from_dict, read_config_file
+from codesign.frontend.loader import config_from_dict, fuse_split_qkv, read_config_file
 from codesign.model.config import ModelConfig
 from codesign.model.m3vit import M3ViT
 from codesign.model.train import torch_threads
 from codesign.testing import alias_bomb
+from m3vit_checkpoints import write_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,8 +48,7 @@ def make_model(cfg: ModelConfig | None = None, seed: int = 0) -> M3ViT:
 
 
 def outputs(model: M3ViT) -> list[torch.Tensor]:
-    images = torch.randn(2, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size,
-                         generator=torch.Generator().manual_seed(1))
+    images = torch.randn(2, model.cfg.in_chans, *model.cfg.image_hw, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         return [model(images, t) for t in range(model.cfg.num_tasks)]
 
@@ -95,6 +95,16 @@ def test_save_replaces_weights_keeps_other_files_and_leaves_no_temp(tmp_path):
     assert_same_outputs(newer, load_model(tmp_path / "ckpt"))
 
 
+@pytest.mark.parametrize("changes", [{"img_size": [16, 32]}, {"final_norm": False, "head": "vit_up", "head_channels": 8},
+                                     {"gate_type": "shared"}, {"gate_type": "task_embed", "gate_task_dim": 8}])
+def test_m3vit_shapes_heads_and_gates_round_trip(tmp_path, changes):
+    model = make_model(tiny_config(**changes))
+    loaded = load_model(save_model(model, tmp_path / "ckpt"))
+    assert loaded.cfg == model.cfg and yaml.safe_load((tmp_path / "ckpt" / "config.yaml").read_text())["img_size"] == \
+        changes.get("img_size", 16)
+    assert_same_outputs(model, loaded)
+
+
 def test_single_file_with_config_beside_or_given(tmp_path):
     model = make_model()
     save_model(model, tmp_path / "ckpt")
@@ -129,45 +139,23 @@ def test_task_onehot_gate_loads(tmp_path):
     assert_same_outputs(model, loaded)
 
 
-def m3vit_style_shards(model: M3ViT, ranks: int = 2) -> list[dict]:
-    """What FastMoE expert-parallel training under DataParallel writes: one file per rank."""
-    shards = [{} for _ in range(ranks)]
-    for key, value in model.state_dict().items():
-        name = "module." + (key if key.startswith("decoders.") else "backbone." + key)
-        if EXPERT_KEY.search(key):
-            for shard, part in zip(shards, value.chunk(ranks, dim=0)):
-                shard[name] = part.clone()
-        elif ".attn.qkv." in key:
-            for shard in shards:
-                for which, part in zip("qkv", value.chunk(3, dim=0)):
-                    shard[name.replace(".qkv.", f".{which}.")] = part.clone()
-        else:
-            for shard in shards:
-                shard[name] = value.clone()
-        if key.endswith(".w_gate"):  # the noisy gate's extra weight, unused at inference
-            noise = torch.randn_like(value)
-            for shard in shards:
-                shard[name.replace("w_gate", "w_noise")] = noise
-    return shards
-
-
-def test_m3vit_style_expert_shards_load_identically(tmp_path):
-    model = make_model()
-    write_config(tmp_path / "m3vit", model.cfg)
-    for rank, shard in enumerate(m3vit_style_shards(model)):
-        torch.save({"state_dict": shard}, tmp_path / "m3vit" / f"{rank}.pth")
-    assert_same_outputs(model, load_model(tmp_path / "m3vit"))
-
-
 def test_shards_disagreeing_on_shared_weights_are_rejected(tmp_path):
-    model = make_model()
-    write_config(tmp_path / "m3vit", model.cfg)
-    shards = m3vit_style_shards(model)
-    shards[1]["module.backbone.norm.weight"] += 1
-    for rank, shard in enumerate(shards):
-        torch.save(shard, tmp_path / "m3vit" / f"{rank}.pth")
-    message = load_error(tmp_path / "m3vit")
-    assert "norm.weight" in message and "1.pth" in message
+    fixture = write_checkpoint("nyud_mg.sharded", tmp_path)
+    rank1 = torch.load(fixture.path / "1.pth", weights_only=False)
+    rank1["state_dict"]["module.backbone.cls_token"] = fixture.full["module.backbone.cls_token"] + 1
+    torch.save(rank1, fixture.path / "1.pth")
+    message = load_error(fixture.path, fixture.cfg)
+    assert "cls_token" in message and "1.pth" in message
+
+
+def test_split_qkv_projections_are_fused():
+    """q/k/v kept apart (no known M3ViT writer; a tolerance for re-exported ViTs) become the fused qkv."""
+    parts = {f"blocks.0.attn.{p}.{kind}": torch.randn(4, 4) if kind == "weight" else torch.randn(4)
+             for p in "qkv" for kind in ("weight", "bias")}
+    fused = fuse_split_qkv(parts)
+    assert sorted(fused) == ["blocks.0.attn.qkv.bias", "blocks.0.attn.qkv.weight"]
+    assert torch.equal(fused["blocks.0.attn.qkv.weight"],
+                       torch.cat([parts[f"blocks.0.attn.{p}.weight"] for p in "qkv"]))
 
 
 # ---------------------------------------------------------------- error cases
@@ -188,12 +176,9 @@ def test_folder_without_weights(tmp_path):
 
 
 def test_missing_shard_is_named(tmp_path):
-    model = make_model()
-    write_config(tmp_path / "m3vit", model.cfg)
-    shards = m3vit_style_shards(model, ranks=4)
-    for rank in (0, 1, 3):
-        torch.save(shards[rank], tmp_path / "m3vit" / f"{rank}.pth")
-    assert "2.pth" in load_error(tmp_path / "m3vit")
+    fixture = write_checkpoint("cityscapes_tiny_yml.sharded", tmp_path)
+    (fixture.path / "1.pth").rename(fixture.path / "2.pth")
+    assert "1.pth" in load_error(fixture.path, fixture.cfg)
 
 
 @pytest.mark.parametrize("name", ["model.pt", "model.safetensors"])
@@ -229,7 +214,11 @@ def test_missing_config(saved):
 
 @pytest.mark.parametrize("change, field", [({"num_heads": 3}, "num_heads"), ({"patch_size": "eight"}, "patch_size"),
                                            ({"num_heads": 0}, "num_heads"), ({"tasks": [{"name": "x"}]}, "tasks[0]"),
-                                           ({"colour": 1}, "colour"), ({"gate_type": "dense"}, "gate_type")])
+                                           ({"colour": 1}, "colour"), ({"gate_type": "dense"}, "gate_type"),
+                                           ({"img_size": [16]}, "img_size"), ({"img_size": [16, "x"]}, "img_size"),
+                                           ({"img_size": [16, 20]}, "width 20"), ({"final_norm": 1}, "final_norm"),
+                                           ({"head": "mlp"}, "head"),
+                                           ({"gate_type": "task_embed", "gate_task_dim": 0}, "gate_task_dim")])
 def test_bad_config_field_is_named(saved, change, field):
     _, folder = saved
     (folder / "config.yaml").write_text(yaml.safe_dump({**TINY, **change}))
@@ -316,9 +305,20 @@ def test_deeper_checkpoint_than_config_names_first_extra_key_and_count(tmp_path)
 def test_training_only_entries_are_ignored(tmp_path):
     model = make_model()
     state = {**model.state_dict(), "epoch": torch.tensor(12), "backbone.bn.num_batches_tracked": torch.tensor(5),
-             "blocks.1.mlp.gate.0.w_noise": torch.ones(16, 4), "blocks.1.mlp.gate.0.w_gate_aux": torch.ones(16, 4)}
+             "module.tam_model0.layers0.0.weight": torch.ones(2, 2), "tam_model1.decoder0.1.running_var": torch.ones(2)}
     torch.save({"state_dict": state, "optimizer": {"state": {}}}, tmp_path / "model.pth")
-    assert_same_outputs(model, load_model(tmp_path / "model.pth", model.cfg))
+    loaded = load_model(tmp_path / "model.pth", model.cfg)
+    assert_same_outputs(model, loaded)
+    assert "2 training-only tensors ignored (tam_model0.*, tam_model1.*)" in loaded.load_summary
+
+
+def test_noisy_gate_checkpoints_are_refused(tmp_path):
+    """FastMoE's NoisyGate (w_gate + w_noise) renormalises over the top-k: other semantics than noisy_vmoe."""
+    model = make_model()
+    state = {**model.state_dict(), "blocks.1.mlp.gate.0.w_noise": torch.ones(16, 4)}
+    torch.save(state, tmp_path / "model.pth")
+    message = load_error(tmp_path / "model.pth", model.cfg)
+    assert "blocks.1.mlp.gate.0.w_noise" in message and "NoisyGate" in message
 
 
 def test_task_heads_keyed_by_task_name_map_to_the_task_index(tmp_path):

@@ -10,6 +10,9 @@ from codesign.schedule.program import load_input, read_region
 from codesign.testing import make_test_design
 
 SMALL = ModelConfig(img_size=16, embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=1)
+# M3ViT's structure at a toy size: a non-square image, no final norm, ViT-up heads, task-conditioned gates.
+M3VIT_LIKE = dict(img_size=(16, 32), embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=2,
+                  final_norm=False, head="vit_up", head_channels=8)
 
 
 def _run_program(design, vec):
@@ -23,6 +26,8 @@ def _run_program(design, vec):
 @pytest.mark.parametrize("cfg,wbits,abits", [
     (None, 8, 8), (SMALL, 4, 8), (SMALL, 8, 12), (SMALL, 16, 16), (SMALL, 3, 3),
     (ModelConfig(gate_type="task_onehot", tasks=ModelConfig().tasks), 8, 8),
+    (ModelConfig(**M3VIT_LIKE), 8, 8), (ModelConfig(**M3VIT_LIKE, gate_type="task_embed", gate_task_dim=8), 8, 8),
+    (ModelConfig(**M3VIT_LIKE, gate_type="shared"), 8, 8),
 ])
 def test_program_matches_golden_bit_exactly(cfg, wbits, abits):
     design = make_test_design(cfg, wbits=wbits, abits=abits)
@@ -131,3 +136,21 @@ def test_detail_is_only_computed_on_request():
     full = run_golden(design.qm, design.vectors[0].x_q, 0, detail=True)
     assert plain.detail == {} and full.detail
     assert all(np.array_equal(plain.trace[k], full.trace[k]) for k in full.trace)
+
+
+def test_without_a_final_norm_the_output_is_the_last_residual_stream():
+    design = make_test_design(ModelConfig(**M3VIT_LIKE), images=1)
+    qm, prog, vec = design.qm, design.prog, design.vectors[0]
+    assert qm.norm is None and "norm" not in prog.trace_names and "norm" not in prog.regions
+    assert qm.output_name == prog.trace_names[-1] == "b1.res2" and prog.output.name == "b1.res2"
+    assert qm.output_scale == qm.scales["b1.res2"]
+    golden = run_golden(qm, vec.x_q, vec.task)
+    assert np.array_equal(golden.output, golden.trace["b1.res2"])
+    assert np.array_equal(read_region(prog, _run_program(design, vec), prog.output.name), golden.output)
+    assert prog.input.shape == (1 + 2 * 4, 3 * 64)  # a 2x4 patch grid plus the cls row
+
+
+def test_the_task_embedding_gate_is_folded_into_a_per_task_bias():
+    design = make_test_design(ModelConfig(**M3VIT_LIKE, gate_type="task_embed", gate_task_dim=8))
+    gate_b = design.qm.blocks[1].mlp.gate_b
+    assert gate_b.shape == (2, 4) and not np.array_equal(gate_b[0], gate_b[1])

@@ -48,6 +48,9 @@ def test_dataset_shapes_classes_and_ranges():
 def test_dataset_follows_image_size():
     data = make_dataset(5, ModelConfig(img_size=16), seed=0)
     assert data.images.shape == (5, 3, 16, 16) and data.seg.shape == (5, 16, 16)
+    wide = make_dataset(40, ModelConfig(img_size=(32, 64)), seed=0)
+    assert wide.images.shape == (40, 3, 32, 64) and wide.depth.shape == (40, 1, 32, 64)
+    assert (wide.seg[:, :, 32:] > 0).any()  # shapes are placed across the whole width
 
 
 def test_dataset_is_fast():
@@ -113,6 +116,29 @@ def test_evaluate_outputs_scores_perfect_and_partial_predictions():
     assert score["miou"] == pytest.approx(score["pixel_acc"] / NUM_CLASSES)
     with pytest.raises(ValueError):
         evaluate_outputs(seg_task, one_hot[:3], data)
+
+
+def test_saliency_edge_and_normals_are_scored_against_their_derived_targets():
+    data = make_dataset(6, TINY, seed=7)
+    sal, edge, normals = TaskSpec("sal", "saliency", 1), TaskSpec("edge", "edge", 1), TaskSpec("n", "normals", 3)
+    foreground = data.seg[:, None] > 0
+    assert evaluate_outputs(sal, np.where(foreground, 3.0, -3.0), data) == {"iou": 1.0, "f1": 1.0, "pixel_acc": 1.0}
+    inverted = evaluate_outputs(sal, np.where(foreground, -3.0, 3.0), data)
+    assert inverted["iou"] == 0 and inverted["pixel_acc"] == 0
+    assert evaluate_outputs(edge, data.target(edge) * 2 - 1, data)["f1"] == 1.0
+    target = data.target(normals)
+    assert np.allclose(np.linalg.norm(target, axis=1), 1) and (target[:, 2] > 0).all()
+    assert evaluate_outputs(normals, 0.5 * target, data)["mean_angle"] == pytest.approx(0, abs=0.05)  # any length
+    sideways = np.cross(target, [1.0, 0.0, 0.0], axisa=1, axisb=0, axisc=1)  # perpendicular to each normal
+    assert evaluate_outputs(normals, sideways, data)["mean_angle"] == pytest.approx(90, abs=1e-3)
+
+
+def test_training_supervises_every_task_kind():
+    cfg = ModelConfig(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, moe_blocks=(),
+                      tasks=(TaskSpec("sal", "saliency", 1), TaskSpec("edge", "edge", 1), TaskSpec("n", "normals", 3)))
+    train_model(cfg, steps=2, progress=False, train_images=8, batch=4)
+    with pytest.raises(ValueError, match="normals task 'n' must have 3 output"):
+        train_model(ModelConfig(tasks=(TaskSpec("n", "normals", 1),)), steps=1, progress=False)
 
 
 def test_bundled_example_model_loads_and_beats_trivial_baselines():

@@ -1,4 +1,11 @@
-"""Load trained M3ViT checkpoints (ours or M3ViT/FastMoE-style) into the float reference model.
+"""Load trained M3ViT checkpoints (ours or VITA-Group/M3ViT's) into the float reference model.
+
+M3ViT's save_checkpoint writes a folder `best_model.pth.tar/` of `{rank}.pth` files (one per
+expert-parallel rank; ranks >= 1 hold only their experts) or, on one process, a single file;
+each is `{epoch, backbone, state_dict, best_result, optimizer}` with keys `module.backbone.*`,
+`module.decoders.{task}.*` (the task heads) and `module.tam_model{0,1}.*` (training only).
+Files are read with torch's weights-only unpickler, which refuses everything but tensors and
+plain containers; the numpy scalars in `best_result` are allowed by name (NUMPY_SAFE_GLOBALS).
 
 Every way a checkpoint can be wrong ends in a ModelLoadError with a one-line message
 that names the file or key, because users feed this arbitrary files from other repos
@@ -6,21 +13,25 @@ and a torch traceback tells them nothing about which tensor is off.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import shutil
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from codesign.errors import brief, brief_list
 from codesign.fsutil import atomic_dir
-from codesign.model.config import ModelConfig, TaskSpec
+from codesign.model.config import TASK_KINDS, ModelConfig, TaskSpec
+from codesign.model.heads import VIT_UP_CONVS
 from codesign.model.m3vit import M3ViT
 from codesign.yamlio import read_yaml
 
@@ -33,15 +44,37 @@ SPLIT_QKV_KEY = re.compile(r"^(?P<attn>.*\.attn)\.q\.(?P<kind>weight|bias)$")
 KEY_PREFIXES = ("module.", "backbone.")
 CHECKPOINT_WRAPPERS = ("state_dict", "model")
 # Checkpoint entries that do not affect inference, dropped on purpose (anything else unexpected is an
-# error): FastMoE/M3ViT gate noise and auxiliary gate weights (training only), BatchNorm step counters,
-# and training counters saved as tensors next to the weights.
-IGNORED_KEY_SUFFIXES = (".w_noise", ".w_gate_aux", "num_batches_tracked")
+# error): BatchNorm step counters, training counters saved as tensors next to the weights, and M3ViT's
+# task-affinity modules (tam_model0, tam_model1, ...: used only by its training loss).
+IGNORED_KEY_SUFFIXES = ("num_batches_tracked",)
 IGNORED_TOP_LEVEL_KEYS = ("epoch", "step", "global_step", "iteration", "best_score", "best_acc", "lr")
+TRAINING_ONLY_KEY = re.compile(r"^tam_model\d*\.")
 TASK_HEAD_KEY = re.compile(r"^decoders\.(?P<task>[^.]+)\.(?P<rest>.+)$")
+# FastMoE's NoisyGate (M3ViT --moe_gate_type noisy) has a w_noise next to w_gate, and renormalises
+# the softmax over the top-k logits; the model here implements the noisy_vmoe gate only.
+NOISY_GATE_KEY = re.compile(r"\.mlp\.gate\.(\d+\.)?w_noise$")
+# What torch's weights-only unpickler may build besides tensors and plain containers: the numpy
+# scalars (and their dtypes) that training scripts leave in their metrics, e.g. M3ViT's best_result.
+# numpy 1.x pickles the scalar constructor as numpy.core.multiarray.scalar, numpy 2.x as numpy._core.
+NUMERIC_DTYPES = ("?", "b", "h", "i", "l", "q", "B", "H", "I", "L", "Q", "e", "f", "d")
+NUMPY_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+NUMPY_SAFE_GLOBALS = [
+    (NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    (NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
+    np.dtype,
+    *dict.fromkeys(type(np.dtype(code)) for code in NUMERIC_DTYPES),
+]
+SAFE_GLOBAL_NAMES = {"numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
+                     *(f"numpy.dtypes.{type(np.dtype(code)).__name__}" for code in NUMERIC_DTYPES)}
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
-INT_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "num_experts", "top_k")
+log = logging.getLogger("codesign")
+
+INT_FIELDS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "num_experts", "top_k", "gate_task_dim",
+              "head_channels")
 FLOAT_FIELDS = ("mlp_ratio", "moe_mlp_ratio", "ln_eps")
-TASK_KINDS = ("seg", "depth")
+STR_FIELDS = ("gate_type", "head")
+BOOL_FIELDS = ("final_norm",)
 # Guards against configs (fuzzed or mistyped) that would exhaust memory when the model is built.
 MAX_PARAMETERS = 500_000_000
 MAX_WIDTH = 1 << 20
@@ -63,8 +96,12 @@ def load_model(path: str | Path, config: str | Path | dict | ModelConfig | None 
     cfg = resolve_config(path, config)
     shards = [normalise_keys(read_state_dict(f)) for f in weight_files]
     state = index_task_heads(fuse_split_qkv(merge_expert_shards(shards, weight_files)), cfg)
+    state, training_only = drop_training_only(state)
+    _refuse_noisy_gate(state, path)
     model = _build(cfg)
     _load_checked(model, state, path)
+    model.load_summary = load_summary(path, weight_files, state, training_only, cfg)
+    log.info(model.load_summary)
     return model.float().eval()
 
 
@@ -151,6 +188,12 @@ def _config_type_problems(raw: Mapping) -> list[str]:
     problems = [f"unknown field(s) {brief_list(unknown)}"] if unknown else []
     problems += [p for name in INT_FIELDS if name in raw for p in _int_problem(name, raw[name])]
     problems += [p for name in FLOAT_FIELDS if name in raw for p in _float_problem(name, raw[name])]
+    problems += [f"{name} must be a string, not {raw[name]!r}" for name in STR_FIELDS
+                 if name in raw and not isinstance(raw[name], str)]
+    problems += [f"{name} must be true or false, not {raw[name]!r}" for name in BOOL_FIELDS
+                 if name in raw and not isinstance(raw[name], bool)]
+    if "img_size" in raw:
+        problems += _img_size_problem(raw["img_size"])
     if "moe_blocks" in raw:
         blocks = raw["moe_blocks"]
         if not isinstance(blocks, (list, tuple)) or not all(_is_int(b) for b in blocks):
@@ -171,6 +214,13 @@ def _is_int(value) -> bool:
 def _int_problem(name: str, value) -> list[str]:
     if not _is_int(value) or value < 1:
         return [f"{name} must be a positive integer, not {brief(value)}"]
+    return []
+
+
+def _img_size_problem(value) -> list[str]:
+    sides = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(sides) != 2 or not all(_is_int(v) and 1 <= v <= MAX_WIDTH for v in sides):
+        return [f"img_size must be a positive integer or [height, width], not {value!r}"]
     return []
 
 
@@ -242,11 +292,37 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch(path: Path):
+    # mmap first: a checkpoint's optimizer state and training-only modules are then never paged in.
+    # Read in full when that fails (a legacy or otherwise unmappable file), before judging the file.
+    for mmap in dict.fromkeys((zipfile.is_zipfile(path), False)):
+        try:
+            with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except BaseException as exc:  # noqa: BLE001 - any failure inside torch.load means a bad file
+            _reraise_interrupts(exc)
+            error = exc
+    raise ModelLoadError(_why_unreadable(path, error)) from None
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """A corrupt file, a valid one holding objects the weights-only reader refuses, or a whole pickled model."""
+    refused = [name for name in _pickled_globals(path, exc) if name not in SAFE_GLOBAL_NAMES]
+    if any(name.startswith("torch.nn.modules.") for name in refused):
+        return (f"{path} is a pickled nn.Module ({refused[0]}), not a state_dict: save its state_dict "
+                "(torch.save(model.state_dict(), file)) and load that file")
+    if refused:
+        return (f"{path} is a valid PyTorch file but holds objects that are not loaded without running their "
+                f"code: {', '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}; save only tensors "
+                "(a state_dict) and plain numbers or strings next to them")
+    return _not_a_checkpoint(path, exc)
+
+
+def _pickled_globals(path: Path, exc: BaseException) -> list[str]:
+    """The classes and functions a torch file's pickle names, without running any of them ([] if unparsable)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except BaseException as exc:  # noqa: BLE001 - any failure inside torch.load means a bad file
-        _reraise_interrupts(exc)
-        raise ModelLoadError(_not_a_checkpoint(path, exc)) from None
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: a legacy file names its global in the error
+        return UNSAFE_GLOBAL.findall(str(exc))
 
 
 def _read_safetensors(path: Path):
@@ -349,20 +425,57 @@ def index_task_heads(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     return renamed
 
 
+def drop_training_only(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state without M3ViT's training-only modules (tam_model*), and the keys dropped."""
+    dropped = [k for k in state if TRAINING_ONLY_KEY.match(k)]
+    return {k: v for k, v in state.items() if not TRAINING_ONLY_KEY.match(k)}, dropped
+
+
+def _refuse_noisy_gate(state: dict, source: Path) -> None:
+    noisy = [k for k in state if NOISY_GATE_KEY.search(k)]
+    if noisy:
+        raise ModelLoadError(f"{source} has {noisy[0]}: its gates are FastMoE's NoisyGate (M3ViT --moe_gate_type "
+                             "noisy), which renormalises over the top-k; only the noisy_vmoe gate is supported")
+
+
+def load_summary(path: Path, files: list[Path], state: dict, training_only: list[str], cfg: ModelConfig) -> str:
+    """One line: what was loaded from where, and what was left out on purpose."""
+    heads = [k for k in state if k.startswith("decoders.")]
+    source = f"{path} ({len(files)} rank files)" if len(files) > 1 else str(path)
+    parts = [f"loaded {source}: {len(state) - len(heads)} backbone tensors",
+             f"{cfg.head} heads for {', '.join(t.name for t in cfg.tasks)} ({len(heads)} decoders.* tensors)"
+             if heads else "no task heads"]
+    if training_only:
+        modules = sorted({k.split(".", 1)[0] for k in training_only})
+        parts.append(f"{len(training_only)} training-only tensors ignored ({', '.join(m + '.*' for m in modules)})")
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------- building and filling the model
 
 def parameter_count(cfg: ModelConfig) -> int:
-    """Parameters of M3ViT(cfg), computed without allocating it."""
+    """Parameters and buffers of M3ViT(cfg), computed without allocating it."""
     d, blocks = cfg.embed_dim, cfg.depth
     attention = 4 * d * d + 4 * d + 4 * d  # qkv, proj, two layer norms
     dense_mlp = 2 * d * cfg.mlp_hidden + cfg.mlp_hidden + d
-    gates = (d * cfg.num_experts * cfg.num_tasks if cfg.gate_type == "multi"
-             else (d + cfg.num_tasks) * cfg.num_experts)
+    gates = cfg.gate_in_dim * cfg.num_experts * (cfg.num_tasks if cfg.gate_type == "multi" else 1)
     moe_mlp = cfg.num_experts * (2 * d * cfg.moe_hidden + cfg.moe_hidden + d) + gates
     moe = len(set(cfg.moe_blocks))
     embed = cfg.patch_features * d + d + d + cfg.num_tokens * d
-    heads = sum((d + 1) * cfg.patch_size**2 * t.out_channels for t in cfg.tasks)
-    return embed + blocks * attention + (blocks - moe) * dense_mlp + moe * moe_mlp + 2 * d + heads
+    g = cfg.gate_task_dim
+    task_represent = cfg.num_tasks * g + g + g * g + g + 2 * g if cfg.gate_type == "task_embed" else 0
+    final_norm = 2 * d if cfg.final_norm else 0
+    heads = sum(_head_size(cfg, t.out_channels) for t in cfg.tasks)
+    return (embed + task_represent + blocks * attention + (blocks - moe) * dense_mlp + moe * moe_mlp + final_norm
+            + heads)
+
+
+def _head_size(cfg: ModelConfig, out_channels: int) -> int:
+    d, w = cfg.embed_dim, cfg.head_channels
+    if cfg.head == "linear":
+        return (d + 1) * cfg.patch_size**2 * out_channels
+    convs = (d * 9 + 1) * w + (VIT_UP_CONVS - 1) * (w * 9 + 1) * w + (w + 1) * out_channels
+    return 2 * d + convs + VIT_UP_CONVS * 4 * w  # LayerNorm, convolutions, BatchNorm weights and statistics
 
 
 def _build(cfg: ModelConfig) -> M3ViT:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import ModelConfig, TaskSpec
+from .config import TASK_KINDS, ModelConfig, TaskSpec
 from .data import NUM_CLASSES, SyntheticData, make_dataset
 from .m3vit import M3ViT
 
@@ -32,6 +32,8 @@ GRAD_CLIP = 1.0
 # on the backbone. MSE rather than L1 because depth is scored by RMSE: L1 leaves sharp, costly
 # errors at shape borders where MSE settles for the cheaper in-between value.
 DEPTH_LOSS_WEIGHT = 20.0
+BINARY_KINDS = ("saliency", "edge")  # one logit per pixel
+KIND_CHANNELS = {"depth": 1, "saliency": 1, "edge": 1, "normals": 3}
 
 
 @contextlib.contextmanager
@@ -92,6 +94,10 @@ def multitask_loss(model: M3ViT, data: SyntheticData) -> torch.Tensor:
 def task_loss(task: TaskSpec, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if task.kind == "seg":
         return F.cross_entropy(pred, target)
+    if task.kind in BINARY_KINDS:
+        return F.binary_cross_entropy_with_logits(pred, target)
+    if task.kind == "normals":
+        return F.l1_loss(F.normalize(pred, dim=1), target)
     return DEPTH_LOSS_WEIGHT * F.mse_loss(pred, target)
 
 
@@ -108,13 +114,14 @@ def _warmup_cosine(steps: int):
 
 def _check_tasks_fit_data(cfg: ModelConfig) -> None:
     for task in cfg.tasks:
+        if task.kind not in TASK_KINDS:
+            raise ValueError(f"task {task.name!r}: unknown kind {task.kind!r}")
         if task.kind == "seg" and task.out_channels < NUM_CLASSES:
             raise ValueError(f"seg task {task.name!r} has {task.out_channels} outputs, "
                              f"the data has {NUM_CLASSES} classes")
-        if task.kind == "depth" and task.out_channels != 1:
-            raise ValueError(f"depth task {task.name!r} must have 1 output, not {task.out_channels}")
-        if task.kind not in ("seg", "depth"):
-            raise ValueError(f"task {task.name!r}: unknown kind {task.kind!r}")
+        wanted = KIND_CHANNELS.get(task.kind)
+        if wanted is not None and task.out_channels != wanted:
+            raise ValueError(f"{task.kind} task {task.name!r} must have {wanted} output(s), not {task.out_channels}")
 
 
 # ---------------------------------------------------------------- metrics
@@ -151,6 +158,10 @@ def evaluate_outputs(task: TaskSpec, pred: np.ndarray, data: SyntheticData, indi
         raise ValueError(f"task {task.name!r}: outputs have shape {list(pred.shape)}, expected {list(expected)}")
     if task.kind == "seg":
         return segmentation_metrics(pred.argmax(axis=1), target, task.out_channels)
+    if task.kind in BINARY_KINDS:
+        return binary_metrics(pred > 0, target > 0.5)
+    if task.kind == "normals":
+        return normals_metrics(pred, target)
     return depth_metrics(pred, target)
 
 
@@ -165,6 +176,33 @@ def segmentation_metrics(labels: np.ndarray, target: np.ndarray, num_classes: in
     iou = hits[union > 0] / union[union > 0]
     return {"pixel_acc": float(hits.sum() / confusion.sum()), "miou": float(iou.mean()),
             "iou": [float(v) if u > 0 else float("nan") for v, u in zip(hits / np.maximum(union, 1), union)]}
+
+
+def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
+    """Foreground IoU, F1 and pixel accuracy of boolean maps (a positive logit means foreground)."""
+    hits = float(np.sum(pred & target))
+    predicted, actual = float(np.sum(pred)), float(np.sum(target))
+    union = predicted + actual - hits
+    return {"iou": hits / union if union else 1.0, "f1": 2 * hits / (predicted + actual) if union else 1.0,
+            "pixel_acc": float(np.mean(pred == target))}
+
+
+def normals_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
+    """Angle in degrees between the predicted (normalised) and the target normals [N, 3, H, W]."""
+    pred = pred.astype(np.float64)
+    unit = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+    angle = np.degrees(np.arccos(np.clip(np.sum(unit * target, axis=1), -1.0, 1.0)))
+    return {"mean_angle": float(angle.mean()), "median_angle": float(np.median(angle)),
+            "within_11_25": float(np.mean(angle < 11.25))}
+
+
+def agreement_with_float(kind: str, float_out: np.ndarray, out: np.ndarray) -> dict:
+    """How closely a head's outputs [N, C, H, W] follow the float model's on the same images."""
+    if kind == "seg":
+        return {"label_agreement": float(np.mean(float_out.argmax(1) == out.argmax(1)))}
+    if kind in BINARY_KINDS:
+        return {"label_agreement": float(np.mean((float_out > 0) == (out > 0)))}
+    return {"rmse_vs_float": float(np.sqrt(np.mean((float_out - out) ** 2)))}
 
 
 def depth_metrics(pred: np.ndarray, target: np.ndarray) -> dict:

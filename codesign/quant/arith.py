@@ -14,6 +14,7 @@ Conventions
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -151,11 +152,41 @@ def bit_length(x) -> np.ndarray:
     return out + (v > 0)
 
 
+# Integer products summed in floating point are exact while every partial sum stays below 2**24
+# (float32) or 2**53 (float64); max|a| * max|b| * K bounds them whatever order BLAS adds in.
+# int8 operands allow float32 runs of ~1,000 products (int8 x int8: 1,040), so a long K is cut
+# into runs whose float32 results add up exactly in float64. NumPy's int64 matmul has no BLAS and
+# is tens of times slower.
+FLOAT32_EXACT = 2.0**24
+FLOAT64_EXACT = 2.0**53
+MIN_FLOAT32_RUN = 128  # shorter runs: one float64 product is faster than many float32 ones
+
+
+def exact_matmul(a, b) -> np.ndarray:
+    """a @ b of integer arrays, exactly, as int64."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    k = a.shape[-1]
+    bound = _max_abs(a) * _max_abs(b) if a.size and b.size else 0.0
+    run = int((FLOAT32_EXACT - 1) // bound) if bound else k
+    if run >= min(k, MIN_FLOAT32_RUN):
+        total = None
+        for start in range(0, k, run):
+            part = (a[..., start:start + run].astype(np.float32) @ b[start:start + run].astype(np.float32))
+            total = part.astype(np.float64) if total is None else total + part
+        return np.zeros(a.shape[:-1] + b.shape[1:], np.int64) if total is None else total.astype(np.int64)
+    if bound * k < FLOAT64_EXACT:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a @ b
+
+
+def _max_abs(x: np.ndarray) -> float:
+    return float(max(x.max(), -x.min()))  # without the temporary array of np.abs(x)
+
+
 def matmul_acc(a, w, bias) -> np.ndarray:
     """acc[m, n] = sum_k a[m, k] * w[n, k] + bias[n]  (w in nn.Linear [out, in] layout)."""
-    a = np.asarray(a, np.int64)
-    w = np.asarray(w, np.int64)
-    return a @ w.T + np.asarray(bias, np.int64)
+    return exact_matmul(a, np.asarray(w, np.int64).T) + np.asarray(bias, np.int64)
 
 
 def linear(a, w, bias, mult, shift: int, bits: int) -> np.ndarray:
@@ -181,7 +212,32 @@ def exp_weights(acc, score_mult: int, score_shift: int) -> np.ndarray:
     """
     acc = np.asarray(acc, np.int64)
     z = acc.max(axis=-1, keepdims=True) - acc
-    return EXP[np.minimum(rshift_round(z * score_mult, score_shift), EXP_LUT_SIZE - 1)]
+    table = _exp_of_distance(int(score_mult), int(score_shift))
+    if table is None:
+        return EXP[np.minimum(rshift_round(z * score_mult, score_shift), EXP_LUT_SIZE - 1)]
+    return np.take(table, z, mode="clip")  # z beyond the table reaches EXP's last entry, as table[-1] does
+
+
+# Longest table of _exp_of_distance; a larger one (tiny score scales) falls back to the arithmetic.
+MAX_DISTANCE_TABLE = 1 << 20
+
+
+@functools.lru_cache(maxsize=256)
+def _exp_of_distance(score_mult: int, score_shift: int) -> np.ndarray | None:
+    """exp_weights per distance z = 0, 1, ... from the row maximum, up to the first z whose index
+    rshift_round(z * score_mult, score_shift) reaches EXP's last entry: the same values in one
+    gather instead of five passes over the [T, T] scores."""
+    last = EXP_LUT_SIZE - 1
+    if score_mult <= 0:
+        return None
+    half = (1 << (score_shift - 1)) if score_shift > 0 else 0
+    first_last = -(-((last << score_shift) - half) // score_mult)  # rshift_round(z*m, s) >= last from here on
+    if first_last > MAX_DISTANCE_TABLE:
+        return None
+    z = np.arange(first_last + 1, dtype=np.int64)
+    table = EXP[np.minimum(rshift_round(z * score_mult, score_shift), last)]
+    table.flags.writeable = False
+    return table
 
 
 def recip_parts(total) -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +298,8 @@ def attention_head(q, k, v, score_mult: int, score_shift: int, out_mult: int, ou
     t = rshift_round(o * r, RECIP_FRAC + mant_shift - ATTN_FRAC) ~= 2**ATTN_FRAC * sum(p.v),
     then requant(t, out_mult, out_shift). No int8 probabilities are ever formed.
     """
-    scores = np.asarray(q, np.int64) @ np.asarray(k, np.int64).T
+    scores = exact_matmul(q, np.asarray(k, np.int64).T)
     e = exp_weights(scores, score_mult, score_shift)
     r, mant_shift = recip_parts(e.sum(axis=-1, keepdims=True))
-    t = rshift_round((e @ np.asarray(v, np.int64)) * r, RECIP_FRAC + mant_shift - ATTN_FRAC)
+    t = rshift_round(exact_matmul(e, v) * r, RECIP_FRAC + mant_shift - ATTN_FRAC)
     return requant(t, out_mult, out_shift, out_bits)

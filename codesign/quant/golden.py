@@ -145,7 +145,9 @@ def run_golden(qm: QuantModel, x_q: np.ndarray, task: int, detail: bool = False)
     res.trace["embed"] = x = apply_add(x, qm.pos, qm.embed, qm.abits)
     for i, blk in enumerate(qm.blocks):
         x = run_block(x, blk, i, qm, task, res, res.detail if detail else None)
-    res.trace["norm"] = res.output = apply_norm(x, qm.norm, qm.abits)
+    if qm.norm is not None:
+        res.trace["norm"] = x = apply_norm(x, qm.norm, qm.abits)
+    res.output = x
     return res
 
 

@@ -90,7 +90,7 @@ class QuantModel:
     pos: np.ndarray  # int [T, D]: row 0 = cls + pos[0], rows 1.. = pos + patch bias
     embed: QAdd
     blocks: list[QBlock]
-    norm: QNorm
+    norm: QNorm | None  # the final LayerNorm; without one the output is the last block's res2
     meta: dict = field(default_factory=dict)
 
     @property
@@ -98,8 +98,13 @@ class QuantModel:
         return self.scales["input"]
 
     @property
+    def output_name(self) -> str:
+        """The traced tensor the accelerator returns."""
+        return "norm" if self.norm is not None else f"b{len(self.blocks) - 1}.res2"
+
+    @property
     def output_scale(self) -> float:
-        return self.scales["norm"]
+        return self.scales[self.output_name]
 
     def scale_of(self, name: str):
         """Float scale of a traced or detail tensor (per column for the packed q|k|v output)."""
@@ -125,4 +130,4 @@ class QuantModel:
         for i, blk in enumerate(self.blocks):
             mlp = ["mlp"] if blk.is_moe else ["gelu", "mlp"]
             names += [f"b{i}.{n}" for n in ["ln1", "qkv", "attn", "proj", "res1", "ln2", *mlp, "res2"]]
-        return names + ["norm"]
+        return names + (["norm"] if self.norm is not None else [])

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..model.m3vit import M3ViT
+from ..model.train import torch_threads
 from . import arith as A
 from .qmodel import QAdd, QAttention, QBlock, QLinear, QMoe, QNorm, QuantModel
 
@@ -36,6 +37,33 @@ PROFILE_SAMPLES = 8192
 HUGE_ACTIVATION = 1e15
 
 
+# Calibration images go through the float model in passes of at most this many attention scores
+# [B, heads, T, T] (512 MB of float32, were attention to materialise them; 10 images of M3ViT-small).
+CALIB_SCORES_PER_PASS = 1 << 27
+# One thread, as in training: on a shared 2-core host a second thread made M3ViT-small's forward
+# 3-4x slower (OpenMP threads waiting for each other); on an idle one it saves at most ~40%.
+CALIB_THREADS = 1
+
+
+class _RangeTrace(dict):
+    """A `trace` for forward_backbone that keeps max |value| per calibrated name (q, k, v apart) and,
+    when asked, a sample of the values for the profiling plot, not the tensors."""
+
+    def __init__(self, dim: int, amax: dict[str, float], samples: dict | None = None):
+        super().__init__()
+        self.dim, self.amax, self.samples, self.task = dim, amax, samples, 0
+
+    def __setitem__(self, name: str, value) -> None:
+        if name.endswith(UNCALIBRATED):
+            return
+        for key, part in _calibrated_parts(name, value, self.dim):
+            if not torch.isfinite(part).all():
+                raise ValueError(f"cannot quantise {key}: its activations overflow float32 (inf or NaN) on "
+                                 f"the calibration images for task {self.task}{_first_huge(self.amax)}")
+            self.amax[key] = max(self.amax.get(key, 0.0), float(part.abs().max()))
+            _keep_sample(self.samples, key, part)
+
+
 @torch.no_grad()
 def collect_ranges(model: M3ViT, images: np.ndarray, samples: dict | None = None) -> dict[str, float]:
     """Max |value| of every requantised traced activation over all calibration images and all tasks.
@@ -43,23 +71,18 @@ def collect_ranges(model: M3ViT, images: np.ndarray, samples: dict | None = None
     `samples`, when given, receives up to PROFILE_SAMPLES values of each activation per task
     (float32 arrays, for codesign.report.profiling)."""
     cfg = model.cfg
-    amax: dict[str, float] = {}
-    x = torch.as_tensor(np.asarray(images, np.float32))
-    patches = images_to_patches(x.numpy(), cfg.patch_size)
-    amax["input"] = float(np.abs(patches).max())
+    images = np.asarray(images, np.float32)
+    patches = images_to_patches(images, cfg.patch_size)
+    amax = {"input": float(np.abs(patches).max())}
     _keep_sample(samples, "input", torch.as_tensor(patches))
-    for task in range(cfg.num_tasks):
-        trace: dict = {}
-        model.forward_backbone(x, task, trace)
-        for name, value in trace.items():
-            if name.endswith(UNCALIBRATED):
-                continue
-            for key, part in _calibrated_parts(name, value, cfg.embed_dim):
-                if not torch.isfinite(part).all():
-                    raise ValueError(f"cannot quantise {key}: its activations overflow float32 (inf or NaN) on "
-                                     f"the calibration images for task {task}{_first_huge(amax)}")
-                amax[key] = max(amax.get(key, 0.0), float(part.abs().max()))
-                _keep_sample(samples, key, part)
+    trace = _RangeTrace(cfg.embed_dim, amax, samples)
+    batch = max(1, CALIB_SCORES_PER_PASS // (cfg.num_heads * cfg.num_tokens**2))
+    with torch_threads(CALIB_THREADS):
+        for start in range(0, len(images), batch):
+            x = torch.as_tensor(images[start:start + batch])
+            for task in range(cfg.num_tasks):
+                trace.task = task
+                model.forward_backbone(x, task, trace)
     return amax
 
 
@@ -154,16 +177,18 @@ def _attention(cfg, s, prefix) -> QAttention:
     return QAttention(sm, ss, om, os_)
 
 
+def folded_gates(model: M3ViT, mlp) -> tuple[np.ndarray, np.ndarray]:
+    """Every task's gate as x @ w.T + b: weights [tasks, E, D] and biases [tasks, E], exactly
+    folded from the task part of the gate input (nothing for one gate per task, the onehot's row
+    or the task embedding's product with w_gate otherwise)."""
+    folded = [mlp.folded_gate(t, model.gate_task_feature(t)) for t in range(model.cfg.num_tasks)]
+    return np.stack([_t(w).T for w, _ in folded]), np.stack([_t(b) for _, b in folded])
+
+
 def _moe(model, blk, s, prefix, in_scale, wbits, abits) -> QMoe:
     cfg = model.cfg
     mlp = blk.mlp
-    if cfg.gate_type == "multi":
-        gw = np.stack([_t(g.w_gate).T for g in mlp.gate])  # [tasks, E, D]
-        gb = np.zeros(gw.shape[:2])
-    else:
-        w = _t(mlp.gate.w_gate)
-        gw = np.stack([w[: cfg.embed_dim].T] * cfg.num_tasks)
-        gb = np.stack([w[cfg.embed_dim + t] for t in range(cfg.num_tasks)])
+    gw, gb = folded_gates(model, mlp)
     sg = float(np.abs(gw).max() or 1.0) / A.qmax(wbits)
     gwq = A.quantize_tensor(gw, sg, wbits)
     gbq = np.round(gb / (in_scale * sg)).astype(np.int64)
@@ -247,8 +272,10 @@ def quantize_with_scales(model: M3ViT, scales: dict[str, float], wbits: int = 8,
         x_scale = s[f"b{i}.res2"]
     with _layer("embed", s, "patch", "pos"):
         embed = _add(s["patch"], s["pos"], s["embed"])
-    with _layer("norm", s, f"b{cfg.depth - 1}.res2"):
-        norm = _norm(model.norm, x_scale, s["norm"], abits)
+    norm = None
+    if model.norm is not None:  # M3ViT has none: each task head has its own, on the host
+        with _layer("norm", s, f"b{cfg.depth - 1}.res2"):
+            norm = _norm(model.norm, x_scale, s["norm"], abits)
     return QuantModel(cfg=cfg, wbits=wbits, abits=abits, scales=s, patch=patch,
                       pos=A.quantize_tensor(pos, s["pos"], abits), embed=embed, blocks=blocks, norm=norm)
 

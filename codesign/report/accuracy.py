@@ -9,7 +9,7 @@ import torch
 
 from ..model.data import SyntheticData
 from ..model.m3vit import M3ViT
-from ..model.train import evaluate_outputs, torch_threads
+from ..model.train import agreement_with_float, evaluate_outputs, torch_threads
 from ..quant.golden import dequantize_output, run_golden
 from ..quant.qmodel import QuantModel
 from ..quant.quantize import quantize_input
@@ -96,12 +96,6 @@ def _float_experts(mlp, ln2, golden_detail: dict, prefix: str) -> dict:
     return refs
 
 
-def _agreement(kind: str, float_out: np.ndarray, golden_out: np.ndarray) -> dict:
-    if kind == "seg":
-        return {"label_agreement": float(np.mean(float_out.argmax(1) == golden_out.argmax(1)))}
-    return {"rmse_vs_float": float(np.sqrt(np.mean((float_out - golden_out) ** 2)))}
-
-
 @torch.no_grad()
 def accuracy_report(model: M3ViT, qm: QuantModel, data: SyntheticData, progress=None) -> AccuracyReport:
     """Run the float model and the golden model on every image of `data`, for every task."""
@@ -129,7 +123,7 @@ def accuracy_report(model: M3ViT, qm: QuantModel, data: SyntheticData, progress=
         golden_tokens = torch.as_tensor(np.stack(golden_tokens), dtype=torch.float32)
         golden_out = model.head(golden_tokens, t).numpy()
         tasks.append(TaskAccuracy(spec.name, spec.kind, evaluate_outputs(spec, float_out, data),
-                                  evaluate_outputs(spec, golden_out, data), _agreement(spec.kind, float_out, golden_out)))
+                                  evaluate_outputs(spec, golden_out, data), agreement_with_float(spec.kind, float_out, golden_out)))
     return AccuracyReport(len(data), tasks, sqnr.result(qm.trace_names()), detail_sqnr.result())
 
 

@@ -27,12 +27,13 @@ from ..fsutil import checked_output_path
 from ..model.config import ModelConfig, TaskSpec
 from ..model.data import CLASS_NAMES, DEPTH_UNITS, SyntheticData
 from ..model.m3vit import M3ViT
-from ..model.train import evaluate_outputs
+from ..model.train import agreement_with_float, evaluate_outputs
 from .timing import TIMING_HEADER, result_timing, timing_rows
 
 SOURCES = {"auto": (".act.bin", ".npy"), "act": (".act.bin",), "npy": (".npy",)}
 # The metrics worth a table column; the rest (per-class IoU, target std) stay in summary.json.
-HEADLINE_METRICS = {"seg": ("pixel_acc", "miou"), "depth": ("rmse", "mae")}
+HEADLINE_METRICS = {"seg": ("pixel_acc", "miou"), "depth": ("rmse", "mae"), "saliency": ("iou", "f1"),
+                    "edge": ("f1", "iou"), "normals": ("mean_angle", "median_angle")}
 AGREEMENT_LABELS = {"label_agreement": "labels as float", "rmse_vs_float": "RMSE vs float"}
 MAX_FIGURE_IMAGES = 4
 NPY_MAGIC = b"\x93NUMPY"
@@ -235,12 +236,6 @@ class TaskComparison:
     token_rmse: dict
     metrics: dict  # over all compared images of the task, as evaluate_outputs computes them
     agreement: dict
-
-
-def agreement_with_float(kind: str, float_out: np.ndarray, out: np.ndarray) -> dict:
-    if kind == "seg":
-        return {"label_agreement": float(np.mean(float_out.argmax(1) == out.argmax(1)))}
-    return {"rmse_vs_float": float(np.sqrt(np.mean((float_out - out) ** 2)))}
 
 
 def _rms(x: np.ndarray) -> float:

@@ -135,9 +135,14 @@ class Memory:
         return self._view(self.wgt if wgt else self.act, addr, count, self.edt).astype(np.int64)
 
     def rows(self, addr, rows, cols, stride, wgt=False):
-        span = (rows - 1) * stride + cols if rows else 0
-        flat = self.elems(addr, span, wgt)
-        return np.stack([flat[r * stride: r * stride + cols] for r in range(rows)]) if rows else np.zeros((0, cols), np.int64)
+        return self.gather_rows(addr, np.arange(rows), cols, stride, wgt)
+
+    def gather_rows(self, addr, row_ids, cols, stride, wgt=False):
+        """Rows row_ids (in that order) of a [*, stride] matrix at addr, `cols` elements each."""
+        if len(row_ids) == 0:
+            return np.zeros((0, cols), np.int64)
+        flat = self.elems(addr, int(np.max(row_ids)) * stride + cols, wgt)
+        return flat[_row_elements(row_ids, cols, stride)]
 
     def i32(self, addr, count, wgt=False):
         return self._view(self.wgt if wgt else self.act, addr, count, "<i4").astype(np.int64)
@@ -147,12 +152,30 @@ class Memory:
         self._view(self.act, addr, values.size, self.edt)[:] = values
 
     def store_rows(self, addr, values, stride):
-        for r, row in enumerate(np.asarray(values)):
-            self.store_elems(addr + r * stride * self.edt.itemsize, row)
+        values = np.asarray(values, np.int64)
+        if len(values):
+            rows, cols = values.shape
+            view = self._view(self.act, addr, (rows - 1) * stride + cols, self.edt)
+            view[_row_elements(np.arange(rows), cols, stride)] = values
+
+    def add_i32_rows(self, addr, row_ids, values, stride):
+        """int32 rows row_ids of a [*, stride] matrix at addr += values, wrapping like the hardware's adds."""
+        rows, cols = values.shape
+        if rows:
+            view = self._view(self.act, addr, int(np.max(row_ids)) * stride + cols, "<i4")
+            where = _row_elements(row_ids, cols, stride)
+            total = view.astype(np.int64)
+            np.add.at(total, where, values)  # a row listed twice adds twice, as it would in order
+            view[:] = total
 
     def store_i32(self, addr, values):
         values = np.asarray(values, np.int64).ravel()
         self._view(self.act, addr, values.size, "<i4")[:] = values
+
+
+def _row_elements(row_ids, cols: int, stride: int) -> np.ndarray:
+    """Element offsets [rows, cols] of rows row_ids of a matrix with `stride` elements per row."""
+    return np.asarray(row_ids, np.int64)[:, None] * stride + np.arange(cols)
 
 
 class WgtReadLog:
@@ -196,7 +219,7 @@ def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
         return
     idx = mem.i32(a["idx_addr"], m) if f & (Flag.GATHER | Flag.SCATTER) else np.arange(m)
     rows = idx if f & Flag.GATHER else np.arange(m)
-    x = np.stack([mem.elems(a["a_addr"] + int(r) * a["a_stride"] * eb, a["k"]) for r in rows])
+    x = mem.gather_rows(a["a_addr"], rows, a["k"], a["a_stride"])
     w = mem.elems(a["w_addr"], a["n"] * a["k"], wgt=True).reshape(a["n"], a["k"])
     bias = mem.i32(a["bias_addr"], a["n"], wgt=True)
     mult = mem.i32(a["mult_addr"], a["n"], wgt=True)
@@ -207,9 +230,7 @@ def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
         y = A.lut_lookup(y, mem.elems(a["lut_addr"], 1 << abits, wgt=True), abits)
     if f & Flag.SCATTER:
         score = mem.i32(a["score_addr"], m)
-        for r in range(m):
-            addr = a["out_addr"] + int(idx[r]) * a["out_stride"] * 4
-            mem.store_i32(addr, mem.i32(addr, a["n"]) + score[r] * y[r])
+        mem.add_i32_rows(a["out_addr"], idx, score[:, None] * y, a["out_stride"])
     else:
         mem.store_rows(a["out_addr"], y, a["out_stride"])
 
@@ -260,12 +281,11 @@ def _gate(mem: Memory, f: int, a: dict, abits: int, eb: int, task: int) -> None:
     probs = A.softmax_rows(logits, a["score_mult"], a["score_shift"], abits)
     ids = A.topk_experts(logits, k)
     counts = np.zeros(e, np.int64)
-    for tok in range(t):
-        for ex in ids[tok]:
-            slot = a["list_stride"] * int(ex) + int(counts[ex])
-            mem.store_i32(a["idx_addr"] + slot * 4, [tok])
-            mem.store_i32(a["score_addr"] + slot * 4, [probs[tok, ex]])
-            counts[ex] += 1
+    for ex in range(e):  # each expert's list: its tokens in token order, as the tokens are routed one by one
+        tokens = np.nonzero((ids == ex).any(axis=1))[0]
+        counts[ex] = tokens.size
+        mem.store_i32(a["idx_addr"] + a["list_stride"] * ex * 4, tokens)
+        mem.store_i32(a["score_addr"] + a["list_stride"] * ex * 4, probs[tokens, ex])
     mem.store_i32(a["counts_addr"], counts)
     mem.store_i32(a["acc_addr"], np.zeros(t * d, np.int64))
 

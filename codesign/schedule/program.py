@@ -84,7 +84,7 @@ class Program:
 
     @property
     def output(self) -> Region:
-        return self.regions["norm"]
+        return self.regions[self.trace_names[-1]]  # the final norm, or the last block without one
 
 
 class _Compiler:
@@ -198,7 +198,8 @@ class _Compiler:
         x = self.add("embed", qm.embed, x, self.blob.add("pos", qm.pos), b_in_wgt=True)
         for i, blk in enumerate(qm.blocks):
             x = self.block(i, blk, x)
-        self.norm("norm", qm.norm, x)
+        if qm.norm is not None:
+            self.norm("norm", qm.norm, x)
         return Program(self.instrs, bytes(self.blob.data), self.act.size, self.act.regions, self.blob.entries,
                        self.elem_bytes, qm.abits, qm.wbits, cfg.num_tasks, qm.trace_names(), self.moe_layers)
 
