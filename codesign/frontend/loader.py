@@ -57,7 +57,10 @@ NOISY_GATE_KEY = re.compile(r"\.mlp\.gate\.(\d+\.)?w_noise$")
 # scalars (and their dtypes) that training scripts leave in their metrics, e.g. M3ViT's best_result.
 # numpy 1.x pickles the scalar constructor as numpy.core.multiarray.scalar, numpy 2.x as numpy._core.
 NUMERIC_DTYPES = ("?", "b", "h", "i", "l", "q", "B", "H", "I", "L", "Q", "e", "f", "d")
-NUMPY_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+try:  # numpy >= 2 (numpy 1.26 has this module too, as an alias)
+    from numpy._core.multiarray import scalar as NUMPY_SCALAR
+except ImportError:  # numpy < 1.26
+    from numpy.core.multiarray import scalar as NUMPY_SCALAR
 NUMPY_SAFE_GLOBALS = [
     (NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
     (NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
@@ -188,9 +191,9 @@ def _config_type_problems(raw: Mapping) -> list[str]:
     problems = [f"unknown field(s) {brief_list(unknown)}"] if unknown else []
     problems += [p for name in INT_FIELDS if name in raw for p in _int_problem(name, raw[name])]
     problems += [p for name in FLOAT_FIELDS if name in raw for p in _float_problem(name, raw[name])]
-    problems += [f"{name} must be a string, not {raw[name]!r}" for name in STR_FIELDS
+    problems += [f"{name} must be a string, not {brief(raw[name])}" for name in STR_FIELDS
                  if name in raw and not isinstance(raw[name], str)]
-    problems += [f"{name} must be true or false, not {raw[name]!r}" for name in BOOL_FIELDS
+    problems += [f"{name} must be true or false, not {brief(raw[name])}" for name in BOOL_FIELDS
                  if name in raw and not isinstance(raw[name], bool)]
     if "img_size" in raw:
         problems += _img_size_problem(raw["img_size"])
@@ -198,8 +201,6 @@ def _config_type_problems(raw: Mapping) -> list[str]:
         blocks = raw["moe_blocks"]
         if not isinstance(blocks, (list, tuple)) or not all(_is_int(b) for b in blocks):
             problems.append(f"moe_blocks must be a list of block indices, not {brief(blocks)}")
-    if "gate_type" in raw and not isinstance(raw["gate_type"], str):
-        problems.append(f"gate_type must be a string, not {brief(raw['gate_type'])}")
     if "tasks" in raw:
         problems += _task_problems(raw["tasks"])
     if not problems and {"embed_dim", "mlp_ratio", "moe_mlp_ratio"} & set(raw):
