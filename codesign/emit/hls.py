@@ -264,7 +264,25 @@ def _loop_bounds(prog: Program, u: Uarch) -> dict:
     scores = max([-(-a["tokens"] // u.P) * a["head_dim"] * (1 if u.packed_scores else 2) for a in attn] + [0])
     ev = max([-(-min(u.Q, a["tokens"]) // u.P) * -(-a["head_dim"] // u.ev_cols) * a["tokens"] for a in attn] + [0])
     drain = u.P * u.Q // (u.beat_bytes // 4)
-    return {"array": u.epb + max(mm, scores, ev) + drain, "heads": max([a["heads"] for a in attn] + [1])}
+    return {"array": u.epb + max(mm, scores, ev) + drain, "heads": max([a["heads"] for a in attn] + [1]),
+            "chunks": max([_a_chunks(u, i.args) for i in prog.instrs if i.op in (Op.MATMUL, Op.GATE)] + [1]),
+            "key_tiles": max([_key_tiles(u, a) for a in attn] + [1]),
+            "pass_pairs": max(1, -(-(-(-max(u.max_dh, 1) // u.ev_cols)) // 2)),
+            "elem_beats": max([-(-i.args["count"] // u.epb) for i in prog.instrs if i.op in (Op.ADD, Op.REQUANT32)]
+                              + [u.bank_beats])}
+
+
+def _a_chunks(u: Uarch, a: dict) -> int:
+    """Bank loads of a MATMUL's or GATE's A operand at most (a GATHER's rows are at most the tokens)."""
+    rows, k = (a["m"], a["k"]) if "k" in a else (a["tokens"], a["dim"])
+    rows = max(rows, u.max_tokens) if "k" in a else rows
+    chunk = u.chunk_rows(k)
+    return 1 if u.fits_bank(rows, k) or not chunk else -(-rows // chunk)
+
+
+def _key_tiles(u: Uarch, a: dict) -> int:
+    mode, keys = u.attn_plan(a["tokens"], a["heads"], a["head_dim"])
+    return -(-a["tokens"] // keys) if mode == "keys" and keys else 1
 
 
 def _context(prog: Program, u: Uarch, project_name: str, board: Board, man: dict) -> dict:

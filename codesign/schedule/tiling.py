@@ -157,11 +157,13 @@ def overrun_message(board: Board, P: int, Q: int, used: dict[str, int], budget: 
             f"{resource.upper()}, the budget is {budget.describe(resource)}")
 
 
-def board_uarch(prog: Program, board: Board, P: int, Q: int, acc_on_chip: bool = True) -> Uarch:
+def board_uarch(prog: Program, board: Board, P: int, Q: int, acc_on_chip: bool = True,
+                bank_beats: int | None = None) -> Uarch:
     """The compute unit of `prog` on a P x Q array of `board`: its beat width, weight masters and DSP
-    (two int8 products per DSP48E2 on Zynq UltraScale+; the 7-series DSP48E1 holds one)."""
+    (two int8 products per DSP48E2 on Zynq UltraScale+; the 7-series DSP48E1 holds one); bank_beats:
+    the abank capacity (default: the largest tensor)."""
     return derive_uarch(prog, P, Q, board.memory.axi_data_bits // 8, board.memory.weight_ports,
-                        dsp_packing=board.family == "zynquplus", acc_on_chip=acc_on_chip)
+                        dsp_packing=board.family == "zynquplus", acc_on_chip=acc_on_chip, bank_beats=bank_beats)
 
 
 def build_tiling(prog: Program, board: Board, P: int, Q: int, budget: Budget) -> Tiling:
