@@ -124,6 +124,15 @@ class Uarch:
         return "keys", max(0, (self.bank_beats - qb * dhb) // dhb // self.P * self.P)
 
     @property
+    def slot_beats(self) -> int:
+        """Beats of one weight slot (GW groups of EPB rows of max_k)."""
+        return self.GW * self.epb * self.slot_row_beats
+
+    def add_streams_b(self, count: int) -> bool:
+        """An ADD's wgt operand larger than a slot streams over the first weight master in its loop."""
+        return self.beats(count) > self.slot_beats
+
+    @property
     def param_words(self) -> int:
         """int32 parameters of an HLS weight slot: bias + mult, or LayerNorm's gamma + beta (the
         RTL keeps those in its param ring, docs/UARCH.md)."""
@@ -291,8 +300,9 @@ def _rule_violation(ins: Instr, u: Uarch, last_gate: Instr | None) -> str | None
         names = ("a_addr", "b_addr", "out_addr") if ins.op == Op.ADD else ("src_addr", "out_addr")
         checks += [_multiple(a["count"], epb, "count")] + [_multiple(a[f], B, f) for f in names]
         slot_bytes = u.GW * u.epb * u.slot_row_beats * B
-        if ins.op == Op.ADD and ins.flags & Flag.B_WGT and a["count"] * eb > slot_bytes:
-            checks.append(f"its wgt operand ({a['count'] * eb} bytes) does not fit a weight slot ({slot_bytes})")
+        if ins.op == Op.ADD and ins.flags & Flag.B_WGT and a["count"] * eb > slot_bytes and u.weight_ports < 2:
+            checks.append(f"its wgt operand ({a['count'] * eb} bytes) does not fit a weight slot ({slot_bytes}) "
+                          f"and one weight master cannot stream it beside the act reads")
     return next((c for c in checks if c), None)
 
 
