@@ -956,3 +956,44 @@ def test_4096_tokens_bit_exact_through_small_banks(tmp_path):
     design = make_test_design(TOKENS_4096)
     u = _small_bank_uarch(design)
     _assert_bit_exact(run_csim(_render_project(tmp_path, design, u)), design)
+
+
+def _m3vit_program(name: str):
+    """The program of one of VITA-Group/M3ViT's configurations, random weights, one calibration image."""
+    import torch
+
+    from codesign.model.m3vit import M3ViT
+    from codesign.model.zoo import M3VIT_CONFIGS
+    from codesign.quant.quantize import quantize_model
+    from codesign.schedule.program import compile_program
+
+    cfg = M3VIT_CONFIGS[name]
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((1, cfg.in_chans, *cfg.image_hw)).astype(np.float32)
+    return compile_program(quantize_model(M3ViT(cfg).eval(), calib))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, tokens", [("pascal-small", 1025), ("nyud-small", 1201)])
+def test_m3vit_small_fits_zcu104_and_generates_what_the_estimate_costs(name, tokens, tmp_path):
+    """PASCAL-Context and NYUD small (dim 384, 12 heads, 16 experts top-4) on the ZCU104: the tiling
+    fits the budget with banks smaller than their largest tensor, the estimate runs on that tiling,
+    and the generated kernel is the same compute unit (the hardware rules pass; its constants and
+    memories are the tiling's)."""
+    from codesign.emit.data import manifest
+
+    prog = _m3vit_program(name)
+    tiling = choose_tiling(prog, BOARD)
+    u = tiling.uarch
+    assert u.max_tokens == tokens and all(tiling.used[r] <= tiling.budget[r] for r in tiling.used)
+    assert u.bank_beats < -(-tokens * 3 * 384 // u.epb)  # the qkv does not fit: streamed
+    est = estimate_design(prog, tiling, BOARD)
+    assert est.cycles > 0 and est.dsp_used == tiling.used["dsp"]
+    render_hls(tmp_path, prog, BOARD, u, manifest=manifest(prog, []))
+    params = (tmp_path / "firmware" / "params.h").read_text()
+    assert f"static const int BANK_BEATS = {u.bank_beats};" in params
+    assert f"static const int MAX_TOKENS = {tokens};" in params
+    assert f"static const bool ACC_ON_CHIP = {'true' if tiling.acc_on_chip else 'false'};" in params
+    bank = next(m for m in kernel_memories(u, BOARD) if m["name"] == "bank")
+    abank = next(m for m in tiling.memories if m.name == "abank")
+    assert (bank["depth"], bank["instances"]) == (abank.depth, abank.copies)
