@@ -163,7 +163,7 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
     acc_tokens, acc_words, experts = max(u.acc_tokens, 1), max(u.acc_row_words, 1), max(u.max_experts, 1)
     blocks = -(-u.max_tokens // u.P)
     fill_segs = (u.max_tiles + 1) * (-(-u.GW // u.weight_ports) + 3) + 2
-    acc_old_rows = 1 if u.acc_tokens else u.max_tokens
+    acc_old_rows = max(1, u.acc_old_rows)
     half = u.param_words // 2
     lut_copies = u.constants()["LUT_COPIES"]
 

@@ -414,27 +414,37 @@ class Machine:
         ctx = Ctx(ins, rows, u)
         M, N, K = mm_dims(ctx)
         kc = K * k_passes(ctx)
-        if sources[0] is None and not self.banks.fits(ins_io[0]):
-            return self.streamed_blocks(pc, M, N, K, kc, start, busy, cost)
+        streamed = sources[0] is None and not self.banks.fits(ins_io[0])
+        R = chunk_rows_of(u, ins, streamed)
+        if streamed:
+            return self.streamed_blocks(pc, M, N, K, kc, start, busy, cost, R)
         ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, K // u.epb)
+        if R < M:  # a SCATTER into DDR: chunks of acc_old rows, the A rows in a bank
+            return self.streamed_blocks(pc, M, N, K, kc, start, busy, cost, R, ready_a)
         return self.mac_blocks(pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True)
 
-    def streamed_blocks(self, pc, M, N, K, kc, start, busy, cost, router=False):
-        """An A operand larger than a bank (docs/UARCH.md): per chunk of whole row blocks, its load
-        into one bank, then the block loop over every tile (the chunk's weight jobs)."""
+    def streamed_blocks(self, pc, M, N, K, kc, start, busy, cost, R, ready_a=None, router=False):
+        """Chunks of R rows (whole row blocks): an A operand larger than a bank (docs/UARCH.md) loads
+        each into one bank; then each runs the block loop over every tile (the chunk's weight jobs).
+        `ready_a`: the A rows are in a bank (a SCATTER into DDR chunked by acc_old) and nothing loads."""
         u = self.u
-        busy.add(self.banks.stream())
-        R, row_beats = u.chunk_rows(K), u.beats(K)
+        if ready_a is None:
+            busy.add(self.banks.stream())
+        row_beats = u.beats(K)
         jobs = self.job_index.get(pc, [])
         per_chunk = len(jobs) // _cdiv(M, R) if len(jobs) > 1 else 0  # one tile stays in its slot
-        t = self.ddr_stream_ready(start)
+        t = self.ddr_stream_ready(start) if ready_a is None else start
         for c, r0 in enumerate(range(0, M, R)):
             n = min(R, M - r0)
-            t = (t if c == 0 else t + self.L) + n * row_beats
-            cost.act_read_bytes += n * row_beats * u.beat_bytes
+            if ready_a is None:
+                t = (t if c == 0 else t + self.L) + n * row_beats
+                cost.act_read_bytes += n * row_beats * u.beat_bytes
+                loaded = t
+                rows_ready = lambda r, at=loaded: at  # noqa: E731
+            else:
+                rows_ready = lambda r, r0=r0: ready_a(r0 + r)  # noqa: E731
             chunk_jobs = jobs[c * per_chunk:(c + 1) * per_chunk] if per_chunk else jobs
-            loaded = t
-            t = self.mac_blocks(pc, n, N, kc, t, lambda r: loaded, cost, router=router, jobs=chunk_jobs)
+            t = self.mac_blocks(pc, n, N, kc, t, rows_ready, cost, router=router, jobs=chunk_jobs)
         return t
 
     def mac_blocks(self, pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True, router=False, jobs=None):
@@ -464,7 +474,8 @@ class Machine:
         a, u = ins.args, self.u
         kc = a["dim"] * k_passes(Ctx(ins, rows, u))
         if sources[0] is None and not self.banks.fits(ins_io[0]):
-            end = self.streamed_blocks(pc, a["tokens"], a["experts"], a["dim"], kc, start, busy, cost, router=True)
+            end = self.streamed_blocks(pc, a["tokens"], a["experts"], a["dim"], kc, start, busy, cost,
+                                       u.chunk_rows(a["dim"]), router=True)
         else:
             ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, a["dim"] // u.epb)
             end = self.mac_blocks(pc, a["tokens"], a["experts"], kc, start, ready_a, cost, router=True)
@@ -607,14 +618,20 @@ def weight_jobs(prog: Program, u: Uarch, rows: list[int]):
             yield WeightJob(pc, (beats,) + (0,) * (W - 1), beats * B, None)
 
 
+def chunk_rows_of(u: Uarch, ins: Instr, streamed: bool) -> int:
+    """Rows per MAC loop of a MATMUL: a bank's worth of a streamed A operand, at most acc_old's rows
+    for a SCATTER into DDR (docs/UARCH.md); a large number when neither applies."""
+    rows = u.chunk_rows(ins.args["k"]) if streamed else 1 << 30
+    return min(rows, u.acc_old_rows) if ins.flags & Flag.SCATTER and u.acc_old_rows else rows
+
+
 def a_chunks(u: Uarch, ins: Instr, rows: int, gate_tokens: int) -> int:
-    """Bank loads of a MATMUL's A operand: 1, or when it exceeds a bank (and is therefore in none),
-    its rows in chunks of u.chunk_rows (a GATHER's operand is its GATE's whole input)."""
-    a = ins.args
+    """MAC loops of a MATMUL: 1, or its rows in chunks of chunk_rows_of when its A operand exceeds
+    a bank (and is therefore in none; a GATHER's operand is its GATE's whole input) or it SCATTERs
+    into DDR."""
     whole = gate_tokens if ins.flags & Flag.GATHER else rows
-    if u.fits_bank(whole, a["k"]) or not u.chunk_rows(a["k"]):
-        return 1
-    return _cdiv(rows, u.chunk_rows(a["k"]))
+    R = chunk_rows_of(u, ins, not u.fits_bank(whole, ins.args["k"]))
+    return _cdiv(rows, R) if R else 1
 
 
 def _tile_job(pc, rows, k, u: Uarch, eb, param_beats, extra0=0, after_gate=None) -> WeightJob:

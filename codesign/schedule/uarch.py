@@ -124,6 +124,16 @@ class Uarch:
         return "keys", max(0, (self.bank_beats - qb * dhb) // dhb // self.P * self.P)
 
     @property
+    def acc_old_rows(self) -> int:
+        """Rows of acc_old (0: moe_acc on chip, or no MoE): with the accumulator in DDR a SCATTER
+        reads the old int32 rows of at most this many list entries per tile (whole row blocks, at
+        least 256 rows or 8 blocks); more entries run in chunks of it."""
+        if self.acc_tokens or not self.max_experts:
+            return 0
+        rows = self.P * -(-self.max_tokens // self.P)
+        return min(rows, self.P * -(-max(256, 8 * self.P) // self.P))
+
+    @property
     def slot_beats(self) -> int:
         """Beats of one weight slot (GW groups of EPB rows of max_k)."""
         return self.GW * self.epb * self.slot_row_beats
@@ -162,7 +172,7 @@ class Uarch:
                  B=self.beat_bytes, W=self.weight_ports, ACC_W=self.acc_w, HALF_Q=self.Q // 2,
                  EXP_COPIES=-(-self.P // 2), ROUTER_EXP_COPIES=max(1, -(-self.max_experts // 2)),
                  LUT_COPIES=max(1, self.epb // 2), packed_scores=int(self.packed_scores), EV_COLS=self.ev_cols,
-                 max_tiles=self.max_tiles, param_words=self.param_words)
+                 max_tiles=self.max_tiles, param_words=self.param_words, acc_old_rows=self.acc_old_rows)
         return d
 
 
@@ -273,6 +283,9 @@ def _rule_violation(ins: Instr, u: Uarch, last_gate: Instr | None) -> str | None
             checks.append(_lists_from_gate(ins, last_gate))
         if ins.flags & Flag.SCATTER and u.acc_tokens:
             checks.append(_scatter_into_acc(a, last_gate))
+        if ins.flags & Flag.SCATTER and ins.flags & Flag.GATHER and u.acc_old_rows:
+            checks.append("GATHER and SCATTER in one MATMUL with the accumulator in DDR (its chunks of acc_old rows "
+                          "would split the gathered blocks)")
         gathered = ins.flags & Flag.GATHER and last_gate is not None
         checks.append(_stream_violation(u, last_gate.args["tokens"] if gathered else a["m"], a["k"], "k"))
     elif ins.op == Op.GATE:
@@ -375,6 +388,9 @@ def memories(u: Uarch) -> list[Memory]:
                  Memory("exp_rom", "EXP table for the e.v feed, P/2 copies", A.EXP_FRAC + 1, A.EXP_LUT_SIZE,
                         max(1, u.P // 2))]
     if u.max_experts:
+        if u.acc_old_rows:
+            mems.append(Memory("acc_old", "accumulator in DDR: a SCATTER chunk's old int32 rows of one tile", beat,
+                               u.acc_old_rows * (u.Q // (u.beat_bytes // 4))))
         mems += [Memory("moe_acc", "MoE accumulator: EPB int32 a word", 32 * u.epb, u.acc_words),
                  Memory("lists", "per expert: token id and score", 2 * 16, u.max_tokens, u.max_experts),
                  Memory("router_exp", "EXP table for the router, experts/2 copies", A.EXP_FRAC + 1,
