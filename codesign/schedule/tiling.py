@@ -182,7 +182,9 @@ def bank_sizes(prog: Program, board: Board, P: int, Q: int) -> list[int]:
     smallest bank the program runs with (uarch.bank_min_beats)."""
     beat = board.memory.axi_data_bits // 8
     need, least = bank_need_beats(prog, beat), bank_min_beats(prog, P, Q, beat)
-    sizes = [need] + [1 << b for b in range(need.bit_length(), 0, -1) if least <= 1 << b < need]
+    step = 4096  # a URAM's depth: a bank between two multiples wastes the rest of its URAMs
+    sizes = [need] + [s for s in range(need // step * step, 0, -step) if least <= s < need]
+    sizes += [1 << b for b in range(step.bit_length() - 2, 0, -1) if least <= 1 << b < min(need, step)]
     return sizes if least >= need else sizes + [least]
 
 
@@ -190,14 +192,22 @@ def shape_tilings(prog: Program, board: Board, P: int, Q: int, budget: Budget) -
     """The tilings of one array shape: per MoE accumulator placement (on chip, then in DDR), the
     largest bank that fits the budget; the unfitting smallest one when none does."""
     acc_options = (True, False) if any(i.op == Op.GATE for i in prog.instrs) else (True,)
+    sizes = bank_sizes(prog, board, P, Q)
     fitting, smallest = [], None
     for acc in acc_options:
-        for beats in bank_sizes(prog, board, P, Q):
-            t = build_tiling(prog, board, P, Q, budget, acc, beats)
-            smallest = t
+        smallest = build_tiling(prog, board, P, Q, budget, acc, sizes[-1])
+        if first_overrun(smallest.used, budget) is not None:
+            continue
+        lo, hi = 0, len(sizes) - 1  # sizes[hi] fits; resources grow with the bank
+        best = smallest
+        while lo < hi:
+            mid = (lo + hi) // 2
+            t = build_tiling(prog, board, P, Q, budget, acc, sizes[mid])
             if first_overrun(t.used, budget) is None:
-                fitting.append(t)
-                break
+                best, hi = t, mid
+            else:
+                lo = mid + 1
+        fitting.append(best)
     return fitting or [smallest]
 
 

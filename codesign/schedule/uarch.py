@@ -124,6 +124,15 @@ class Uarch:
         return "keys", max(0, (self.bank_beats - qb * dhb) // dhb // self.P * self.P)
 
     @property
+    def score_bits(self) -> int:
+        """Bits of an attention score (an sbuf word holds Q of them: 32 each when they fit, else 64)."""
+        return signed_sum_bits(2 * (self.abits - 1), self.max_dh) if self.max_dh else 0
+
+    @property
+    def score_word_bits(self) -> int:
+        return 32 if self.score_bits <= 32 else 64
+
+    @property
     def acc_old_rows(self) -> int:
         """Rows of acc_old (0: moe_acc on chip, or no MoE): with the accumulator in DDR a SCATTER
         reads the old int32 rows of at most this many list entries per tile (whole row blocks, at
@@ -172,7 +181,8 @@ class Uarch:
                  B=self.beat_bytes, W=self.weight_ports, ACC_W=self.acc_w, HALF_Q=self.Q // 2,
                  EXP_COPIES=-(-self.P // 2), ROUTER_EXP_COPIES=max(1, -(-self.max_experts // 2)),
                  LUT_COPIES=max(1, self.epb // 2), packed_scores=int(self.packed_scores), EV_COLS=self.ev_cols,
-                 max_tiles=self.max_tiles, param_words=self.param_words, acc_old_rows=self.acc_old_rows)
+                 max_tiles=self.max_tiles, param_words=self.param_words, acc_old_rows=self.acc_old_rows,
+                 score_word_bits=self.score_word_bits)
         return d
 
 
@@ -369,12 +379,11 @@ class Memory:
 
 def memories(u: Uarch) -> list[Memory]:
     """Every on-chip memory the core declares, with the shape each copy has."""
-    beat, eb = 8 * u.beat_bytes, 8 * u.elem_bytes
+    beat, eb, lanes32 = 8 * u.beat_bytes, 8 * u.elem_bytes, u.beat_bytes // 4
     mems = [
-        Memory("prog", "the program, 16 words an instruction", 32, 16 * u.instrs),
+        Memory("prog", "the program, one instruction (16 words) a row", 512, u.instrs),
         Memory("abank", "A operand / forwarded tensor: 2 banks x G copies", beat, u.bank_beats, 2 * u.G),
-        Memory("wslot", "weight tile rows: 2 slots in each of GW group memories", beat,
-               2 * u.epb * u.slot_row_beats, u.GW),
+        Memory("wslot", "weight tile rows: 2 slots x GW group memories", beat, u.epb * u.slot_row_beats, 2 * u.GW),
         Memory("params", "bias + mult of 2 slots", 32, 2 * 2 * u.Q),
         Memory("pring", "LayerNorm gamma + beta, 2 entries", 32, 2 * 2 * u.max_dim),
         Memory("rsqrt_rom", "LayerNorm RSQRT table", A.RSQRT_FRAC + 1, 1 << A.RSQRT_MBITS),
@@ -383,16 +392,21 @@ def memories(u: Uarch) -> list[Memory]:
     if u.gelu:
         mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 << u.abits, max(1, u.epb // 2)))
     if u.max_dh:
-        mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, 2 * u.epb * (u.max_dh // u.epb), u.GW),
-                 Memory("sbuf", "scores of one query block: a word of Q int32 per key", 32 * u.Q, u.max_tokens),
+        mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, u.epb * (u.max_dh // u.epb), 2 * u.GW),
+                 Memory("sbuf", "scores of one query block: a word of Q scores (int32 when they fit) per key",
+                        u.score_word_bits * u.Q, u.max_tokens),
                  Memory("exp_rom", "EXP table for the e.v feed, P/2 copies", A.EXP_FRAC + 1, A.EXP_LUT_SIZE,
                         max(1, u.P // 2))]
     if u.max_experts:
         if u.acc_old_rows:
             mems.append(Memory("acc_old", "accumulator in DDR: a SCATTER chunk's old int32 rows of one tile", beat,
                                u.acc_old_rows * (u.Q // (u.beat_bytes // 4))))
+        if u.acc_words:
+            mems.append(Memory("acc_written", "moe_acc's written bits, a token's row a word", u.acc_row_words,
+                               u.acc_tokens))
         mems += [Memory("moe_acc", "MoE accumulator: EPB int32 a word", 32 * u.epb, u.acc_words),
-                 Memory("lists", "per expert: token id and score", 2 * 16, u.max_tokens, u.max_experts),
+                 Memory("lists", "per expert: token ids and scores (int32), B/4 banks each for the write-out", 32,
+                        -(-u.max_tokens // lanes32), 2 * u.max_experts * lanes32),
                  Memory("router_exp", "EXP table for the router, experts/2 copies", A.EXP_FRAC + 1,
                         A.EXP_LUT_SIZE, max(1, u.max_experts // 2))]
     return mems
