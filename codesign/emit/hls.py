@@ -296,7 +296,7 @@ def _context(prog: Program, u: Uarch, project_name: str, board: Board, man: dict
         "manifest_sizes": {"wgt_bytes": man["wgt_bytes"], "prog_bytes": man["prog_bytes"],
                            "act_bytes": man["act_bytes"]},
         "traced_regions": traced_regions(man),
-        "elem_bytes": prog.elem_bytes, "abits": prog.abits, "qp": A.qmax(prog.abits),
+        "elem_bytes": prog.elem_bytes, "abits": prog.abits,
         "words": WORDS, "obits_lsb": OBITS_LSB, "obits_mask": OBITS_MASK, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
         "num_instrs": len(prog.instrs), "tables": tables,
         "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC,
