@@ -112,6 +112,21 @@ def test_an_edited_config_changes_the_outputs():
     assert a.output.max() > A.qmax(6) and b.output.max() <= A.qmax(6)  # norm: 6 bits
 
 
+def test_the_profile_plots_each_layer_against_its_own_format():
+    from codesign.report.profiling import profile_panels
+
+    plain, mixed = make_test_design(SMALL), make_test_design(SMALL, precision=MIXED8)
+    (title, wrows), (_, arows) = profile_panels(mixed.model, mixed.qm)
+    assert title == "weights (per-layer widths, per-channel scales)"
+    plain_rows = {r.name: r for r in profile_panels(plain.model, plain.qm)[0][1]}
+    rows = {r.name: r for r in wrows}
+    # 4-bit b0.qkv: one LSB is (2**7 - 1) / (2**3 - 1) = 127/7 times the int8 one; b1.qkv stays int8
+    assert rows["b0.qkv"].low - plain_rows["b0.qkv"].low == pytest.approx(np.log2(127 / 7))
+    assert rows["b1.qkv"].low == plain_rows["b1.qkv"].low
+    attn = {r.name: r for r in arows}["b0.attn"]
+    assert 2.0**attn.high == pytest.approx(mixed.qm.scales["b0.attn"] * A.qmax(6))
+
+
 def test_the_accumulator_need_follows_the_input_width():
     need = needed_acc_bits(SMALL, MIXED)
     # b0.proj reads the 6-bit attention output: 8-bit weights x 6-bit inputs, K = 32
@@ -232,6 +247,8 @@ def test_the_edited_config_changes_the_program_and_the_outputs(edited_project, p
     plain, edited = _data_files(plain_project), _data_files(edited_project)
     man = json.loads(edited["data/manifest.json"])
     assert man["elem_bytes"] == 2 and man["abits"] == 12  # the 12-bit b2.proj: two-byte elements
+    obits = {i["layer"]: i["obits"] for i in man["instructions"]}
+    assert (obits["b0.attn"], obits["b0.gelu"], obits["b1.gate"], obits["b2.proj"], obits["b0.proj"]) == (6, 6, 7, 12, 8)
     vec = man["vectors"][0]["expected"]
     assert plain["data/" + vec] != edited["data/" + vec]
     project = json.loads((edited_project / "project.json").read_text())
