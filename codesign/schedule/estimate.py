@@ -602,7 +602,7 @@ def weight_jobs(prog: Program, u: Uarch, rows: list[int]):
             yield _tile_job(pc, a["experts"], a["dim"], u, eb, param_beats=_cdiv(4 * a["experts"], B))
         elif ins.op == Op.MATMUL and rows[pc]:
             after = last_gate if ins.flags & Flag.DYNM else None
-            lut = _cdiv((1 << prog.abits) * eb, B) if ins.flags & Flag.GELU else 0
+            lut = _cdiv((1 << ins.obits) * eb, B) if ins.flags & Flag.GELU else 0
             tiles = _cdiv(a["n"], u.Q)
             gate_tokens = prog.instrs[last_gate].args["tokens"] if last_gate is not None else a["m"]
             chunks = a_chunks(u, ins, rows[pc], gate_tokens) if tiles > 1 else 1  # one tile stays in its slot
