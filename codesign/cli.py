@@ -26,6 +26,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                    "are refused, not rescaled (default: built-in synthetic images)")
 
 
+def _array_shape(text: str) -> tuple[int, int]:
+    """An argparse type: "PxQ", e.g. 17x128."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected PxQ with P, Q >= 1 (e.g. 17x128), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _add_hardware_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--array", type=_array_shape, metavar="PxQ", help="this MAC array, e.g. 17x128 (default: the "
+                                                                      "fastest that fits the board)")
+    p.add_argument("--weight-ports", type=_positive_int, metavar="N", help="weight masters, one PS HP port each "
+                                                                          "(default: the board file's)")
+    p.add_argument("--clock", type=_positive(float, "a clock in MHz > 0"), metavar="MHZ",
+                   help="kernel clock in MHz (default: the board file's)")
+
+
 def _positive(convert, what: str):
     """An argparse type: `convert(text)`, which must be finite and above 0 (`what` says so)."""
     def parse(text: str):
@@ -64,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="replace an existing codesign project folder (only a "
                                                         "folder codesign wrote, never the working folder or "
                                                         "one holding the model)")
+    _add_hardware_args(g)
 
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
     c.add_argument("project")
@@ -144,7 +162,8 @@ def cmd_generate(args) -> int:
 
     inputs = [p for p in (args.model, args.config, args.calib) if p and p != DEFAULT_MODEL]
     checked_project_target(args.out, args.force, inputs)  # before loading and converting the model
-    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib, array=args.array,
+                         weight_ports=args.weight_ports, clock_mhz=args.clock)
     out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
           f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name})")
