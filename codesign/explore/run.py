@@ -111,7 +111,10 @@ def _checked_widths(values, what: str) -> tuple[int, ...]:
     values = tuple(values)
     if not values:
         raise ValueError(f"{what}: give at least one width")
-    return tuple(sorted({A.check_bits(v) for v in values}))
+    try:
+        return tuple(sorted({A.check_bits(v) for v in values}))
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def _worker_count(workers) -> int:
