@@ -1,0 +1,161 @@
+"""Per-layer precision: the quantizer's chosen formats, the YAML config, mixed precision in the
+golden model and the ISA interpreter."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from codesign.model.config import ModelConfig
+from codesign.quant import arith as A
+from codesign.quant.golden import run_golden
+from codesign.quant.precision import (LayerFormat, Precision, PrecisionError, chosen_precision, dump_precision,
+                                      layer_names, load_precision, needed_acc_bits)
+from codesign.schedule.isa import decode_program, execute
+from codesign.schedule.program import load_input, read_region
+from codesign.emit.data import Vector
+from codesign.testing import make_test_design
+
+SMALL = ModelConfig(img_size=16, embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=2)
+# Some layers 4-bit weights, some 6-bit activations, one 12-bit layer (EB = 2), the MoE at mixed widths.
+MIXED = Precision({
+    "b0.qkv": LayerFormat(4, 8), "b0.attn": LayerFormat(8, 6), "b0.fc1": LayerFormat(4, 6),
+    "b0.fc2": LayerFormat(6, 8), "b1.proj": LayerFormat(12, 12), "b1.gate": LayerFormat(6, 7),
+    "b1.fc1": LayerFormat(5, 6), "b1.fc2": LayerFormat(4, 8), "b1.mlp": LayerFormat(8, 6), "b1.ln2": LayerFormat(8, 7),
+    "input": LayerFormat(8, 7), "b0.res1": LayerFormat(8, 7), "norm": LayerFormat(8, 6),
+}, LayerFormat(8, 8))
+# The same at widths <= 8: one byte per element.
+MIXED8 = Precision({n: LayerFormat(min(f.wbits, 8), min(f.abits, 8)) for n, f in MIXED.items()}, MIXED.default)
+
+
+def _run_program(design, vec):
+    prog = design.prog
+    act = bytearray(prog.act_bytes)
+    load_input(prog, act, vec.x_q)
+    execute(prog.code, prog.wgt, act, vec.task, prog.abits, prog.elem_bytes)
+    return act
+
+
+def _beyond_calibration(design, seed: int = 1):
+    """Random patches over the input's whole integer range: far outside the calibration range, so
+    that every layer saturates somewhere (calibrated inputs rarely reach a layer's limits)."""
+    cfg, bits = design.qm.cfg, design.qm.input_bits
+    x = np.random.default_rng(seed).integers(A.qmin(bits), A.qmax(bits) + 1, (cfg.num_tokens, cfg.patch_features))
+    x[0] = 0
+    return Vector("beyond", 1, x)
+
+
+def test_chosen_precision_lists_every_layer_with_its_accumulator():
+    design = make_test_design(SMALL)
+    p = chosen_precision(design.qm)
+    assert list(p) == layer_names(SMALL)
+    assert p["b0.qkv"] == LayerFormat(8, 8, A.signed_sum_bits(14, 32))  # 8x8-bit products, K = embed_dim 32
+    assert p["b0.ln1"].acc_bits is None and p["b1.mlp"].acc_bits == A.signed_sum_bits(14, 2)
+
+
+def test_the_dumped_config_loads_back_to_the_same_precision():
+    design = make_test_design(SMALL, precision=MIXED)
+    p = chosen_precision(design.qm)
+    text = dump_precision(p, "SMALL")
+    assert text.startswith("# codesign per-layer precision for SMALL")
+    assert "\n  b0.ln1:  {abits: 8}\n" in text  # no wbits: LayerNorm has no weight tensor
+    assert load_precision(text, layer_names(SMALL)) == p
+
+
+def test_an_unedited_config_gives_the_same_program_and_weights():
+    plain = make_test_design(SMALL)
+    again = make_test_design(SMALL, precision=load_precision(dump_precision(chosen_precision(plain.qm)),
+                                                              layer_names(SMALL)))
+    assert plain.prog.code == again.prog.code and plain.prog.wgt == again.prog.wgt
+
+
+@pytest.mark.parametrize("precision, eb", [(MIXED, 2), (MIXED8, 1)])
+def test_mixed_precision_program_matches_golden_bit_exactly(precision, eb):
+    design = make_test_design(SMALL, precision=precision)
+    assert design.prog.elem_bytes == eb
+    obits = {i.layer: i.obits for i in design.prog.instrs}
+    assert [i.obits for i in decode_program(design.prog.code)] == list(obits.values())  # encoded in word 0
+    assert obits["b0.attn"] == 6 and obits["b1.gate"] == 7 and obits["b1.e0.fc1"] == 6
+    for vec in [*design.vectors, _beyond_calibration(design)]:
+        act = _run_program(design, vec)
+        golden = run_golden(design.qm, vec.x_q, vec.task)
+        for name in design.prog.trace_names:
+            assert np.array_equal(read_region(design.prog, act, name), golden.trace[name]), name
+
+
+def test_every_layer_saturates_to_its_own_width():
+    design = make_test_design(SMALL, precision=MIXED8)
+    res = run_golden(design.qm, design.vectors[0].x_q, 0, detail=True)
+    layer = {"b0.attn": "b0.attn", "b0.gelu": "b0.fc1", "b0.mlp": "b0.fc2", "b1.mlp": "b1.mlp", "b1.ln2": "b1.ln2",
+             "b0.ln1": "b0.ln1"}
+    for trace, name in layer.items():
+        bits = MIXED8.abits(name)
+        values = res.trace[trace]
+        assert values.min() >= A.qmin(bits) and values.max() <= A.qmax(bits), trace
+    # calibrated to its width: the 6-bit attention output uses its range (max |x| on the calibration data)
+    assert np.abs(res.trace["b0.attn"]).max() > A.qmax(6) // 2
+    assert res.detail["b1.gate.probs"].max() <= A.qmax(7)
+    w = design.qm.blocks[0].qkv.w
+    assert np.abs(w).max() == A.qmax(4)  # 4-bit weights, per-channel scale: each row reaches qmax
+
+
+def test_an_edited_config_changes_the_outputs():
+    plain, mixed = make_test_design(SMALL), make_test_design(SMALL, precision=MIXED8)
+    vec = plain.vectors[0]
+    a, b = run_golden(plain.qm, vec.x_q, 0), run_golden(mixed.qm, vec.x_q, 0)
+    assert not np.array_equal(a.trace["b0.qkv"], b.trace["b0.qkv"])
+    # the same calibration ranges, each at its layer's width: b0.attn has 6 bits, b0.proj 8
+    assert mixed.qm.scales["b0.attn"] == pytest.approx(plain.qm.scales["b0.attn"] * A.qmax(8) / A.qmax(6), rel=1e-12)
+    assert mixed.qm.scales["b0.gelu"] == pytest.approx(plain.qm.scales["b0.gelu"] * A.qmax(8) / A.qmax(6), rel=1e-12)
+    assert not np.array_equal(a.output, b.output)
+    assert a.output.max() > A.qmax(6) and b.output.max() <= A.qmax(6)  # norm: 6 bits
+
+
+def test_the_accumulator_need_follows_the_input_width():
+    need = needed_acc_bits(SMALL, MIXED)
+    # b0.proj reads the 6-bit attention output: 8-bit weights x 6-bit inputs, K = 32
+    assert need["b0.proj"] == A.signed_sum_bits(7 + 5, 32)
+    assert need["b1.proj"] == A.signed_sum_bits(11 + 7, 32)
+    assert need["b1.mlp"] == A.signed_sum_bits(6 + 7, SMALL.top_k)
+
+
+NAMES = layer_names(SMALL)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("default: {wbits: 8, abits: 8}\nlayers:\n  b9.qkv: {wbits: 4}\n", r"unknown layer 'b9.qkv' \(the model's layers: input"),
+    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.ln1: {wbits: 4}\n", r"b0.ln1: unknown field 'wbits' \(the layer has no weights\)"),
+    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {wbits: 17}\n", r"b0.qkv.wbits: integer width must be in 2..16, got 17"),
+    ("default: {wbits: 8, abits: 1}\n", r"default.abits: integer width must be in 2..16, got 1"),
+    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {abits: 6.5}\n", r"b0.qkv.abits must be an integer, got 6.5"),
+    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {wbits: 8, bits: 6}\n", r"b0.qkv: unknown field 'bits' \(expected wbits, abits, acc_bits\)"),
+    ("layers: {}\n", r"no `default` format"),
+    ("- 1\n", r"expected a mapping with `default` and `layers`"),
+])
+def test_a_bad_config_is_one_line(text, message):
+    with pytest.raises(PrecisionError, match="^precision: " + message) as exc:
+        load_precision(text, NAMES)
+    assert "\n" not in str(exc.value)
+
+
+def test_an_accumulator_below_the_need_is_refused_before_calibration():
+    text = "default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {wbits: 8, abits: 8, acc_bits: 20}\n"
+    p = load_precision(text, NAMES)
+    with pytest.raises(PrecisionError, match=r"^b0.qkv: acc_bits 19 is below the 20 bits its exact sums need"):
+        make_test_design(SMALL, precision=Precision({"b0.qkv": LayerFormat(8, 8, 19)}))
+    assert p["b0.qkv"].acc_bits == 20  # 20 = the need: accepted
+    make_test_design(SMALL, precision=p)
+
+
+def test_an_moe_sum_beyond_int32_is_refused():
+    """16-bit probabilities times 16-bit outputs: 2 experts fit int32 (< 2**31), 3 do not."""
+    p = Precision({"b1.gate": LayerFormat(8, 16), "b1.fc2": LayerFormat(8, 16)})
+    assert needed_acc_bits(SMALL, p)["b1.mlp"] == 32
+    with pytest.raises(PrecisionError, match=r"^b1.mlp: gate probabilities of 16 bits times expert outputs of 16 "
+                                             r"bits need 33-bit sums, above the int32 MoE accumulator$"):
+        make_test_design(dataclasses.replace(SMALL, top_k=3), precision=p)
+
+
+def test_uniform_precision_is_the_wbits_abits_of_before():
+    a = make_test_design(SMALL, wbits=4, abits=6)
+    b = make_test_design(SMALL, precision=Precision.uniform(4, 6))
+    assert a.prog.code == b.prog.code and a.prog.wgt == b.prog.wgt
