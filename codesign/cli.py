@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="replace an existing codesign project folder (only a "
                                                         "folder codesign wrote, never the working folder or "
                                                         "one holding the model)")
+    g.add_argument("--precision", metavar="YAML", help="per-layer formats (codesign.quant.precision's YAML, e.g. "
+                                                       "the chosen_precision.yaml codesign explore writes); it "
+                                                       "replaces --wbits/--abits, its default covering the layers "
+                                                       "it does not list")
     _add_hardware_args(g)
 
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
@@ -263,9 +267,10 @@ def cmd_generate(args) -> int:
     from . import api
     from .fsutil import checked_project_target
 
-    inputs = [p for p in (args.model, args.config, args.calib) if p and p != DEFAULT_MODEL]
+    inputs = [p for p in (args.model, args.config, args.calib, args.precision) if p and p != DEFAULT_MODEL]
     checked_project_target(args.out, args.force, inputs)  # before loading and converting the model
-    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib, array=args.array,
+    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib, precision=args.precision,
+                         array=args.array,
                          weight_ports=args.weight_ports, clock_mhz=args.clock)
     out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "

@@ -247,3 +247,80 @@ def test_cli_explore_unreachable_dask_scheduler(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err, err
+
+
+# ---------------------------------------------------------------- per-layer search and --verify
+
+@pytest.fixture(scope="module")
+def greedy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("greedy") / "sweep"
+    return explore("default", out, boards=["zcu104"], wbits=[4, 6, 8], abits=[8], arrays=[(17, 128)], eval_images=8,
+                   per_layer=True, steps=2, min_accuracy=0.95, workers=2)
+
+
+def test_greedy_per_layer_search_lowers_one_layer_per_step_above_the_floor(greedy):
+    from codesign.model.zoo import load_default_model
+    from codesign.quant.precision import layer_names, load_precision
+
+    names = layer_names(load_default_model().cfg)
+    per_layer = [p for p in greedy.points if p["per_layer"]]
+    uniform = {(p["wbits"], p["abits"]): p["accuracy"] for p in greedy.points if not p["per_layer"]}
+    assert set(uniform) == {(4, 8), (6, 8), (8, 8)} and per_layer
+    start = min((k for k, acc in uniform.items() if acc >= 0.95), key=sum)  # the narrowest meeting the floor
+    # step 1's candidates: start with one weighted layer one grid width narrower (abits has one width)
+    step1 = [p for p in per_layer if len(load_precision(p["precision"], names)) == 1]
+    assert step1 and all((p["wbits"], p["abits"]) == start for p in step1)
+    lowered = {name: fmt.wbits for p in step1 for name, fmt in load_precision(p["precision"], names).items()}
+    assert set(lowered.values()) == {max(w for w in (4, 6, 8) if w < start[0])}
+    accepted = max((p for p in step1 if p["accuracy"] >= 0.95), key=lambda p: (p["accuracy"], -p["weight_bits"]))
+    assert accepted["weight_bits"] < next(p["weight_bits"] for p in greedy.points if not p["per_layer"]
+                                          and (p["wbits"], p["abits"]) == start)
+    # step 2's candidates all start from the accepted step-1 precision
+    step2 = [load_precision(p["precision"], names) for p in per_layer if len(load_precision(p["precision"], names)) == 2]
+    first = load_precision(accepted["precision"], names)
+    assert step2 and all(set(first) <= set(p) and all(p[n] == first[n] for n in first) for p in step2)
+
+
+def test_a_per_layer_point_is_what_generate_builds(greedy):
+    """The sweep's integer model from cached ranges = quantize_model's, for a per-layer point."""
+    from codesign.explore.context import build_context
+    from codesign.explore.verify import point_design
+    from codesign.boards import load_board
+    from codesign import api
+    from codesign.explore.context import PointPrecision, quantize_point
+    from codesign.schedule.program import compile_program
+
+    p = next(p for p in greedy.front if p["per_layer"]) if any(q["per_layer"] for q in greedy.front) else \
+        next(p for p in greedy.points if p["per_layer"])
+    model = api.load("default")
+    calib = api.calibration_images(model.cfg)
+    ctx = build_context(model, calib, 2)
+    design = point_design(ctx, p, [load_board("zcu104")], calib)
+    swept = compile_program(quantize_point(ctx, PointPrecision(p["wbits"], p["abits"], p["precision"])))
+    assert bytes(design.prog.code) == bytes(swept.code) and bytes(design.prog.wgt) == bytes(swept.wgt)
+    assert (design.tiling.P, design.tiling.Q) == (p["P"], p["Q"]) and design.tiling.used["dsp"] == p["dsp"]
+
+
+def test_verify_mismatch_exits_1(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from codesign import api
+
+    monkeypatch.setattr(api, "csim", lambda project: SimpleNamespace(failed={"img0_task0": "b1.mlp"}))
+    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "8", "--abits", "8", "--array", "17x128",
+            "--eval-images", "2", "--verify", "1", "-q"]
+    assert main(argv) == 1
+    assert "csim MISMATCH (img0_task0 at b1.mlp)" in capsys.readouterr().out
+    verified = json.loads((tmp_path / "v" / "pareto.json").read_text())["verified"]
+    assert [v["bit_exact"] for v in verified] == [False]
+
+
+@pytest.mark.slow
+def test_verify_runs_csim_and_cosim_on_the_best_points(tmp_path, capsys):
+    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "6,8", "--abits", "8", "--array", "17x128",
+            "--eval-images", "2", "--verify", "1", "--verify-cosim", "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "csim bit-exact, cosim bit-exact" in out
+    verified = json.loads((tmp_path / "v" / "pareto.json").read_text())["verified"]
+    assert len(verified) == 1 and verified[0]["bit_exact"]

@@ -8,7 +8,6 @@ the held-out images and the float model's head outputs and metrics on them.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +17,7 @@ from ..model.data import SyntheticData, make_dataset
 from ..model.m3vit import M3ViT
 from ..model.train import evaluate_outputs, predict, torch_threads
 from ..quant import arith as A
+from ..quant.precision import Precision, activation_layer, dump_precision, layer_names, load_precision
 from ..quant.qmodel import QuantModel
 from ..quant.quantize import collect_ranges, quantize_with_scales
 
@@ -25,11 +25,6 @@ from ..quant.quantize import collect_ranges, quantize_with_scales
 # from calibration (api.CALIB_SEED) and the project's test vectors (api.VECTOR_SEED).
 EVAL_SEED = 4321
 DEFAULT_EVAL_IMAGES = 32
-
-# Per-layer precision (codesign.quant.precision) is another part of codesign; without it the
-# search is over global widths only (the CLI and the API say so when per-layer search is asked).
-HAVE_PER_LAYER = importlib.util.find_spec("codesign.quant.precision") is not None
-
 
 @dataclass
 class ExploreContext:
@@ -82,16 +77,24 @@ class PointPrecision:
         return f"W{self.wbits}A{self.abits}" + ("+layers" if self.layers else "")
 
 
-def scales_for(amax: dict[str, float], abits: int) -> dict[str, float]:
-    return {k: A.scale_for(v, abits) for k, v in amax.items()}
+    def to_precision(self, cfg) -> Precision:
+        if not self.layers:
+            return Precision.uniform(self.wbits, self.abits)
+        return load_precision(self.layers, layer_names(cfg))
+
+    @classmethod
+    def of(cls, p: Precision) -> "PointPrecision":
+        """A Precision as a point: uniform ones by their widths, others by their YAML text."""
+        if not len(p):
+            return cls(p.default.wbits, p.default.abits)
+        return cls(p.default.wbits, p.default.abits, dump_precision(p))
 
 
 def quantize_point(ctx: ExploreContext, p: PointPrecision) -> QuantModel:
-    """The integer model of `p` from the run's calibration ranges (no float pass)."""
-    if p.per_layer:
-        return quantize_per_layer(ctx, p)
-    return quantize_with_scales(ctx.model, scales_for(ctx.amax, p.abits), p.wbits, p.abits)
-
-
-def quantize_per_layer(ctx: ExploreContext, p: PointPrecision) -> QuantModel:
-    raise ValueError("per-layer precision needs codesign.quant.precision, which this codesign does not have")
+    """The integer model of `p` from the run's calibration ranges: what quantize_model gives with
+    the same calibration images, without its float pass (each activation's scale from its layer's
+    abits, as quantize_model takes it)."""
+    cfg = ctx.model.cfg
+    precision = p.to_precision(cfg)
+    scales = {k: A.scale_for(v, precision.abits(activation_layer(k, cfg))) for k, v in ctx.amax.items()}
+    return quantize_with_scales(ctx.model, scales, precision=precision)

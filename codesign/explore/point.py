@@ -185,6 +185,23 @@ def hardware_point(prog: Program, board: Board, P: int, Q: int, routing: dict) -
             "cycles": cycles}
 
 
+def weight_bits(qm) -> int:
+    """Bits of every weight at its layer's width: the model's size were each layer stored at its own
+    width (the accelerator keeps every element in one container: codesign.quant.precision)."""
+    p = qm.precision
+    total = qm.patch.w.size * p.wbits("patch")
+    for i, blk in enumerate(qm.blocks):
+        b = f"b{i}."
+        total += blk.qkv.w.size * p.wbits(b + "qkv") + blk.proj.w.size * p.wbits(b + "proj")
+        if blk.is_moe:
+            total += blk.mlp.gate_w.size * p.wbits(b + "gate")
+            total += sum(e.w.size for e in blk.mlp.fc1) * p.wbits(b + "fc1")
+            total += sum(e.w.size for e in blk.mlp.fc2) * p.wbits(b + "fc2")
+        else:
+            total += blk.mlp[0].w.size * p.wbits(b + "fc1") + blk.mlp[1].w.size * p.wbits(b + "fc2")
+    return int(total)
+
+
 def evaluate_job(ctx: ExploreContext, job: Job) -> dict:
     """The job's precision record (new, or None when it was known) and its new points."""
     start = time.perf_counter()
@@ -194,7 +211,8 @@ def evaluate_job(ctx: ExploreContext, job: Job) -> dict:
     new_prec = None
     if prec is None:
         prec = new_prec = {"key": job.key, **asdict(job.precision), **precision_accuracy(ctx, qm),
-                           "weight_bytes": len(prog.wgt), "seconds": time.perf_counter() - start}
+                           "weight_bytes": len(prog.wgt), "weight_bits": weight_bits(qm),
+                           "seconds": time.perf_counter() - start}
     keys, points = [], []
     for board, P, Q in hardware_points(prog, job.hardware):
         key = point_key(job.key, board, P, Q)
@@ -210,4 +228,5 @@ def evaluate_job(ctx: ExploreContext, job: Job) -> dict:
 def full_point(point: dict, prec: dict) -> dict:
     """A hardware point with its precision's accuracy (what points.csv and pareto.json show)."""
     return {**point, "wbits": prec["wbits"], "abits": prec["abits"], "per_layer": bool(prec["layers"]),
-            "precision": prec["layers"], "accuracy": prec["accuracy"], "tasks": prec["tasks"]}
+            "precision": prec["layers"], "weight_bits": prec["weight_bits"], "accuracy": prec["accuracy"],
+            "tasks": prec["tasks"]}

@@ -13,7 +13,7 @@ from .store import write_atomic
 BASE_COLUMNS = ["key", "board", "P", "Q", "weight_ports", "clock_mhz", "wbits", "abits", "per_layer", "accuracy",
                 "latency_ms_per_task", *RESOURCES, *(f"{r}_board" for r in RESOURCES), "fits", "why_not",
                 "on_front", "precision_key"]
-CHOSEN_PRECISION = "chosen_precision.txt"
+CHOSEN_PRECISION = "chosen_precision.yaml"
 CHOSEN_SCRIPT = "generate_chosen.sh"
 
 

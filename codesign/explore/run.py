@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .context import DEFAULT_EVAL_IMAGES, HAVE_PER_LAYER, PointPrecision, build_context
+from .context import DEFAULT_EVAL_IMAGES, PointPrecision, build_context
 from .pareto import pareto_front, ranked
 from .point import HardwareSpec, Job, full_point
 from .store import RESULTS_FILE, ResultsFile, RunLock, check_folder, prepare_folder
@@ -101,8 +101,11 @@ class Runner:
                 out += [full_point(self.results.points[k], prec) for k in keys]
         return out
 
+    def precision_record(self, p: PointPrecision) -> dict:
+        return self.results.precisions[Job(p, self.hardware, self.fp).key]
+
     def accuracy(self, p: PointPrecision) -> float:
-        return self.results.precisions[Job(p, self.hardware, self.fp).key]["accuracy"]
+        return self.precision_record(p)["accuracy"]
 
 
 def _checked_widths(values, what: str) -> tuple[int, ...]:
@@ -158,9 +161,6 @@ def explore(model="default", out_dir: str | Path = "explore", boards=("zcu104",)
     verify = 0 if not verify else api.checked_count(verify, "verify")
     if not 0 <= min_accuracy <= 2:
         raise ValueError(f"min accuracy is a fraction of float's accuracy (e.g. 0.95), got {min_accuracy}")
-    if per_layer and not HAVE_PER_LAYER:
-        raise ValueError("per-layer search needs codesign.quant.precision (per-layer precision), which this "
-                         "installation does not have; search the global widths only")
     workers = _worker_count(workers)
     inputs = [p for p in (model, config, calib) if isinstance(p, (str, os.PathLike)) and p != api.DEFAULT_MODEL]
     check_folder(out_dir, force, inputs)  # before the model is loaded and calibrated

@@ -20,9 +20,9 @@ def point_design(ctx: ExploreContext, p: dict, boards, calib_images):
     from .. import api
 
     board = next(b for b in boards if b.name == p["board"])
-    extra = {"precision": p["precision"]} if p["per_layer"] else {}
-    return api.convert(ctx.model, board, p["wbits"], p["abits"], calib_images, array=(p["P"], p["Q"]),
-                       weight_ports=p["weight_ports"], clock_mhz=p["clock_mhz"], **extra)
+    precision = PointPrecision(p["wbits"], p["abits"], p["precision"]).to_precision(ctx.model.cfg)
+    return api.convert(ctx.model, board, calib=calib_images, precision=precision, array=(p["P"], p["Q"]),
+                       weight_ports=p["weight_ports"], clock_mhz=p["clock_mhz"])
 
 
 def verify_points(ctx: ExploreContext, points: list[dict], boards, calib_images, out: Path, cosim: bool,
