@@ -452,3 +452,15 @@ def compare(project_dir: str | Path, results_dir: str | Path, out_dir: str | Pat
     from .report.compare import compare_results
 
     return compare_results(Path(project_dir), Path(results_dir), None if out_dir is None else Path(out_dir))
+
+
+def explore(model="default", out_dir: str | Path = "explore", boards=("zcu104",), **options):
+    """`codesign explore`: sweep precision x MAC array x weight ports x clock x boards; Pareto
+    front, plots and the chosen point's generate command in `out_dir` (resumed when an earlier
+    explore wrote it). Options as the CLI's: wbits, abits (lists), arrays [(P, Q)], auto_arrays,
+    weight_ports, clocks (lists), per_layer, steps, min_accuracy, eval_images, calib, config,
+    workers, dask (scheduler address or distributed.Client), verify, verify_cosim, force, progress.
+    Returns codesign.explore.ExploreResult (points, front, chosen, generate, stats, verified)."""
+    from .explore import explore as run_explore
+
+    return run_explore(model, out_dir, boards, **options)
