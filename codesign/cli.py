@@ -153,25 +153,21 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _int_list(text: str) -> list[int]:
-    """An argparse type: comma-separated integers >= 1, e.g. 4,6,8."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 4,6,8, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text}")
-    return values
+def _number_list(convert, what: str, example: str, lowest: float):
+    """An argparse type: comma-separated numbers of `convert`, each finite and at least `lowest`."""
+    def parse(text: str) -> list:
+        try:
+            values = [convert(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, e.g. {example}, got {text!r}") from None
+        if not all(lowest <= v < float("inf") for v in values) or (lowest == 0 and 0 in values):
+            raise argparse.ArgumentTypeError(f"expected {what} {'> 0' if lowest == 0 else f'>= {lowest}'}, got {text}")
+        return values
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 150,200, got {text!r}") from None
-    if not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text}")
-    return values
+_int_list = _number_list(int, "integers", "4,6,8", 1)
+_float_list = _number_list(float, "numbers", "150,200", 0)
 
 
 def _array_list(text: str) -> list[tuple[int, int]]:

@@ -147,8 +147,8 @@ def test_pareto_front_by_hand():
 
 def test_dask_cluster_gives_the_pool_path_points(run, tmp_path):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with cluster, distributed.Client(cluster) as client:
         res = explore("default", tmp_path / "dask", **{**SWEEP, "workers": None}, dask=client)
     assert res.stats["engine"].startswith("Dask cluster at tcp://")
     assert comparable(res.points) == comparable(run.points)
@@ -168,7 +168,8 @@ def test_the_chosen_generate_command_builds_the_chosen_point(run, tmp_path):
         (c["board"], [c["P"], c["Q"]], c["weight_ports"], c["clock_mhz"])
     assert (project["wbits"], project["abits"]) == (c["wbits"], c["abits"])
     est = json.loads((out / "reports" / "estimate.json").read_text())
-    assert {r: v["used"] for r, v in est["resources"].items()} == {r: c[r] for r in ("dsp", "ff", "lut", "bram36", "uram")}
+    used = {r: v["used"] for r, v in est["resources"].items()}
+    assert used == {r: c[r] for r in ("dsp", "ff", "lut", "bram36", "uram")}
 
 
 def test_a_killed_run_continues_where_it_stopped(tmp_path):
@@ -210,7 +211,8 @@ def test_cli_explore_runs_and_resumes(tmp_path, capsys):
     points = (out / "points.csv").read_text().splitlines()
     header = points[0].split(",")
     combos = {tuple(r.split(",")[header.index(c)] for c in ("P", "Q", "weight_ports", "clock_mhz")) for r in points[1:]}
-    assert combos == {(P, Q, w, c) for P, Q in (("9", "64"), ("17", "128")) for w in ("1", "4") for c in ("150.0", "200.0")}
+    assert combos == {(P, Q, w, c) for P, Q in (("9", "64"), ("17", "128")) for w in ("1", "4")
+                      for c in ("150.0", "200.0")}
     assert main(argv) == 0
     assert "explore: 8 points (0 evaluated, 8 from results.jsonl)" in capsys.readouterr().out
 
@@ -276,7 +278,8 @@ def test_greedy_per_layer_search_lowers_one_layer_per_step_above_the_floor(greed
     assert accepted["weight_bits"] < next(p["weight_bits"] for p in greedy.points if not p["per_layer"]
                                           and (p["wbits"], p["abits"]) == start)
     # step 2's candidates all start from the accepted step-1 precision
-    step2 = [load_precision(p["precision"], names) for p in per_layer if len(load_precision(p["precision"], names)) == 2]
+    formats = [load_precision(p["precision"], names) for p in per_layer]
+    step2 = [f for f in formats if len(f) == 2]
     first = load_precision(accepted["precision"], names)
     assert step2 and all(set(first) <= set(p) and all(p[n] == first[n] for n in first) for p in step2)
 

@@ -50,7 +50,7 @@ class DaskEngine:
         try:
             from distributed import Client
         except ImportError:
-            raise ValueError("--dask needs Dask distributed: pip install 'codesign[dask]' (or 'dask[distributed]')") from None
+            raise ValueError("--dask needs Dask distributed: pip install 'codesign[dask]'") from None
         self.own = not isinstance(address, Client)
         try:
             self.client = Client(address, timeout="10s") if self.own else address
