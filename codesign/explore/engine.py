@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 
 from .context import ExploreContext
 from .point import Job, evaluate_job
@@ -22,6 +23,9 @@ _CONTEXT: ExploreContext | None = None  # a pool worker's copy, set once by its 
 def _install(ctx: ExploreContext) -> None:
     global _CONTEXT
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Ctrl-C reaches the whole process group: the parent stops the run (and these workers), so a
+    # worker does not die on it with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _CONTEXT = ctx
 
 
@@ -41,7 +45,10 @@ class PoolEngine:
         return self.pool.submit(_run_installed, job)
 
     def close(self, cancel: bool = False) -> None:
-        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        if cancel:  # interrupted: the jobs still running are lost anyway, so do not wait for them
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 class DaskEngine:
