@@ -17,6 +17,7 @@ import signal
 from .context import ExploreContext
 from .point import Job, evaluate_job
 
+DASK_CONNECT_TIMEOUT = "10s"  # how long to keep trying a scheduler address before giving up
 _CONTEXT: ExploreContext | None = None  # a pool worker's copy, set once by its initializer
 
 
@@ -60,7 +61,7 @@ class DaskEngine:
             raise ValueError("--dask needs Dask distributed: pip install 'codesign[dask]'") from None
         self.own = not isinstance(address, Client)
         try:
-            self.client = Client(address, timeout="10s") if self.own else address
+            self.client = Client(address, timeout=DASK_CONNECT_TIMEOUT) if self.own else address
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         self.ctx = self.client.scatter(ctx, broadcast=True)
