@@ -85,26 +85,31 @@ def board_variants(spec: HardwareSpec) -> list[Board]:
 
 def auto_shapes(prog: Program, board: Board, count: int) -> list[tuple[int, int]]:
     """`count` legal shapes that fit `board`, from small to large: per power-of-two band of MACs
-    the one with the fewest MAC-array cycles (tiling's ranking proxy), then evenly thinned."""
+    the one with the fewest MAC-array cycles (tiling's ranking proxy) that fits and meets the
+    hardware rules, then evenly thinned. Shapes are sized in proxy order, only until each band
+    has its shape: sizing every candidate cost more than the rest of a point."""
     budget = Budget(board)
-    legal = []
-    for P, Q in candidate_shapes(prog, board):
-        t = build_tiling(prog, board, P, Q, budget)
-        if first_overrun(t.used, budget) is None and rule_violation(prog, t.uarch) is None:
-            legal.append((P, Q))
-    if not legal:
-        return []
-    proxy = array_cycles(prog, legal, prog_epb(board, prog))
-    best: dict[int, tuple[int, tuple[int, int]]] = {}
-    for shape, cycles in zip(legal, proxy):
-        band = int(math.log2(shape[0] * shape[1]))
-        if band not in best or cycles < best[band][0]:
-            best[band] = (int(cycles), shape)
-    shapes = [best[b][1] for b in sorted(best)]
-    if len(shapes) > count:
-        picks = np.unique(np.round(np.linspace(0, len(shapes) - 1, count)).astype(int))
-        shapes = [shapes[i] for i in picks]
-    return shapes
+    shapes = candidate_shapes(prog, board)
+    proxy = array_cycles(prog, shapes, prog_epb(board, prog))
+    bands: dict[int, list[tuple[int, tuple[int, int]]]] = {}
+    for shape, cycles in zip(shapes, proxy):
+        bands.setdefault(int(math.log2(shape[0] * shape[1])), []).append((int(cycles), shape))
+    picked = []
+    for band in sorted(bands):
+        fits_any = False
+        for _, (P, Q) in sorted(bands[band]):
+            t = build_tiling(prog, board, P, Q, budget)
+            fits = first_overrun(t.used, budget) is None
+            fits_any |= fits
+            if fits and rule_violation(prog, t.uarch) is None:
+                picked.append((P, Q))
+                break
+        if not fits_any:
+            break  # resources grow with the MACs: no larger band fits either
+    if len(picked) > count:
+        picks = np.unique(np.round(np.linspace(0, len(picked) - 1, count)).astype(int))
+        picked = [picked[i] for i in picks]
+    return picked
 
 
 def prog_epb(board: Board, prog: Program) -> int:
