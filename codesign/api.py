@@ -20,7 +20,8 @@ from .model.config import ModelConfig
 from .model.data import SyntheticData, make_dataset
 from .model.m3vit import M3ViT
 from .quant.golden import dequantize_output, run_golden
-from .quant.precision import LayerFormat, Precision, as_precision, chosen_precision, dump_precision, load_precision  # noqa: F401
+from .quant.precision import (LayerFormat, Precision, as_precision, chosen_precision, complete,  # noqa: F401
+                             dump_precision, load_precision)
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
 from .report.profiling import PROFILE_FILE
@@ -277,6 +278,16 @@ def design_tiling(prog: Program, board: Board, array: tuple[int, int] | None = N
         return choose_tiling(prog, board)
     P, Q = (checked_count(n, what) for n, what in zip(array, ("array rows P", "array columns Q")))
     return fixed_tiling(prog, board, P, Q)
+
+
+def precision_config(model, wbits: int = 8, abits: int = 8, precision: Precision | str | Path | None = None,
+                     about: str = "") -> str:
+    """The YAML `codesign config` prints: every layer's format (uniform wbits / abits, or
+    `precision` completed) with the accumulator width it needs. No calibration: the widths and
+    the model's shapes decide everything in it."""
+    model = load(model)
+    p = as_precision(precision, model.cfg) or Precision.uniform(wbits, abits)
+    return dump_precision(complete(model.cfg, p), about)
 
 
 def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:

@@ -1,6 +1,7 @@
 """Per-layer precision: the quantizer's chosen formats, the YAML config, mixed precision in the
 golden model and the ISA interpreter."""
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from codesign.quant import arith as A
 from codesign.quant.golden import run_golden
 from codesign.quant.precision import (LayerFormat, Precision, PrecisionError, chosen_precision, dump_precision,
                                       layer_names, load_precision, needed_acc_bits)
+from codesign.quant.quantize import quantize_input
 from codesign.schedule.isa import decode_program, execute
 from codesign.schedule.program import load_input, read_region
 from codesign.emit.data import Vector
@@ -159,3 +161,164 @@ def test_uniform_precision_is_the_wbits_abits_of_before():
     a = make_test_design(SMALL, wbits=4, abits=6)
     b = make_test_design(SMALL, precision=Precision.uniform(4, 6))
     assert a.prog.code == b.prog.code and a.prog.wgt == b.prog.wgt
+
+
+# ---------------------------------------------------------------------------
+# the command line on the default embedded model: config -> generate --precision -> csim / cosim
+# ---------------------------------------------------------------------------
+# Some layers with 4-bit weights, some 6/7-bit activations, b2.proj at 12 bits (EB = 2), the MoE
+# block's gate, experts and combine at their own widths.
+EDITED = """\
+default: {wbits: 8, abits: 8}
+layers:
+  b0.qkv:  {wbits: 4, abits: 8}
+  b0.attn: {abits: 6}
+  b0.fc1:  {wbits: 4, abits: 6}
+  b1.gate: {wbits: 6, abits: 7}
+  b1.fc1:  {wbits: 5, abits: 6}
+  b1.fc2:  {wbits: 4, abits: 8}
+  b1.mlp:  {abits: 6}
+  b2.proj: {wbits: 12, abits: 12}
+  b3.res1: {abits: 7}
+"""
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from codesign.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _data_files(project) -> dict[str, bytes]:
+    return {str(p.relative_to(project)): p.read_bytes() for p in sorted((project / "data").rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def edited_project(tmp_path_factory):
+    from codesign.cli import main
+
+    root = tmp_path_factory.mktemp("precision")
+    (root / "edited.yaml").write_text(EDITED)
+    assert main(["generate", "default", "--precision", str(root / "edited.yaml"), "-o", str(root / "edited"),
+                 "--images", "1"]) == 0
+    return root / "edited"
+
+
+@pytest.fixture(scope="module")
+def plain_project(tmp_path_factory):
+    from codesign.cli import main
+
+    out = tmp_path_factory.mktemp("precision_plain") / "plain"
+    assert main(["generate", "default", "-o", str(out), "--images", "1"]) == 0
+    return out
+
+
+def test_config_then_generate_with_the_unedited_file_is_byte_identical(plain_project, tmp_path, capsys):
+    code, text, _ = _cli(capsys, "config", "default")
+    assert code == 0 and text.startswith("# codesign per-layer precision for default")
+    (tmp_path / "cfg.yaml").write_text(text)
+    assert _cli(capsys, "generate", "default", "--precision", tmp_path / "cfg.yaml", "-o", tmp_path / "a",
+                "--images", "1")[0] == 0
+    a, b = _data_files(tmp_path / "a"), _data_files(plain_project)
+    assert set(a) == set(b) and "data/weights.bin" in a and "data/program.bin" in a
+    assert all(a[name] == b[name] for name in a), [name for name in a if a[name] != b[name]]
+
+
+def test_the_edited_config_changes_the_program_and_the_outputs(edited_project, plain_project):
+    import json
+
+    plain, edited = _data_files(plain_project), _data_files(edited_project)
+    man = json.loads(edited["data/manifest.json"])
+    assert man["elem_bytes"] == 2 and man["abits"] == 12  # the 12-bit b2.proj: two-byte elements
+    vec = man["vectors"][0]["expected"]
+    assert plain["data/" + vec] != edited["data/" + vec]
+    project = json.loads((edited_project / "project.json").read_text())
+    assert Precision.from_dict(project["precision"]).of("b2.proj") == LayerFormat(12, 12)
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="g++ not installed")
+def test_the_edited_default_model_is_bit_exact_in_csim_and_reported_against_float(edited_project, tmp_path):
+    """golden == ISA interpreter (checked by generate for every vector) == compiled C++; the
+    accuracy against the float model is the only place with a tolerance."""
+    from codesign import api
+
+    res = api.csim(edited_project, dump_dir=tmp_path / "dump")
+    assert res.ok and not res.failed and len(res.passed) == 2
+    rep = api.compare(edited_project, tmp_path / "dump", tmp_path / "report")
+    assert rep.all_bit_exact
+    seg, depth = (t for t in rep.tasks)
+    print(f"edited precision vs float: {seg.name} {seg.agreement}, {depth.name} {depth.agreement}")
+    assert seg.agreement["result"]["label_agreement"] >= 0.9  # the float model's labels, pixel by pixel
+    assert depth.agreement["result"]["rmse_vs_float"] <= 0.1  # depth (targets in 0..1) against the float model
+
+
+def test_a_mixed_project_rebuilds_its_integer_model_for_your_images(edited_project):
+    """predict re-quantises from model/ and project.json: the per-layer formats must come back, or
+    the rebuilt program would not match data/program.bin (load_project_model checks it)."""
+    from codesign.model.data import make_dataset
+    from codesign.sim.predict import load_project_model
+
+    pm = load_project_model(edited_project)
+    assert pm.qm.precision.of("b0.fc1") == LayerFormat(4, 6) and pm.prog.elem_bytes == 2
+    images = make_dataset(1, pm.qm.cfg, seed=5).images
+    x_q = quantize_input(images, pm.qm)[0]
+    act = bytearray(pm.prog.act_bytes)
+    load_input(pm.prog, act, x_q)
+    execute(pm.prog.code, pm.prog.wgt, act, 1, pm.prog.abits, pm.prog.elem_bytes)
+    golden = run_golden(pm.qm, x_q, 1)
+    assert np.array_equal(read_region(pm.prog, act, pm.prog.output.name), golden.output)
+
+
+@pytest.mark.slow
+def test_the_edited_default_model_is_bit_exact_in_cosim(edited_project):
+    """About 2 minutes (Verilator build + 2.4 M simulated cycles per vector)."""
+    from codesign import api
+
+    res = api.cosim(edited_project, "verilator")
+    assert res.all_passed, res.summary_text()
+
+
+def test_a_small_mixed_design_is_bit_exact_under_icarus(tmp_path):
+    """CI's cosim of mixed precision: 4..12-bit layers, EB = 2, and a vector beyond the calibration
+    range that saturates every layer at its own width."""
+    from codesign.sim.cocotb_runner import SimulatorMissing, simulator_env
+    from codesign.sim.cosim import render_project_rtl, run_cosim
+    from codesign.testing import write_test_data
+
+    try:
+        simulator_env("icarus")
+    except SimulatorMissing as exc:
+        pytest.skip(str(exc))
+    design = make_test_design(SMALL, precision=MIXED)
+    design.vectors.append(_beyond_calibration(design))
+    write_test_data(tmp_path / "proj" / "data", design)
+    render_project_rtl(tmp_path / "proj", design.prog)
+    res = run_cosim(tmp_path / "proj", "icarus", memory="ideal")
+    assert [v.id for v in res.vectors] == [v.id for v in design.vectors]
+    for v in res.vectors:
+        assert v.passed, (v.id, v.status, v.first_mismatch)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("  b9.qkv: {wbits: 4}\n", r"unknown layer 'b9.qkv' \(the model's layers: input, patch"),
+    ("  b0.qkv: {wbits: 17}\n", r"b0.qkv.wbits: integer width must be in 2..16, got 17"),
+    ("  b0.ln1: {wbits: 4}\n", r"b0.ln1: unknown field 'wbits' \(the layer has no weights\)"),
+    ("  b0.qkv: {wbits: 8, abits: 8, acc_bits: 12}\n", r"b0.qkv: acc_bits 12 is below the 21 bits its exact sums need"),
+])
+def test_a_bad_edit_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("default: {wbits: 8, abits: 8}\nlayers:\n" + edit)
+    code, _, err = _cli(capsys, "generate", "default", "--precision", cfg, "-o", tmp_path / "out")
+    assert code == 2
+    assert re.fullmatch(r"codesign generate: error: " + re.escape(str(cfg)) + ": " + message + r".*\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_widths_and_a_precision_file_together_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("default: {wbits: 8, abits: 8}\n")
+    code, _, err = _cli(capsys, "config", "default", "--precision", cfg, "--wbits", "4")
+    assert code == 2 and err == ("codesign config: error: --wbits/--abits do not apply with --precision (its "
+                                 "`default:` covers the layers it does not list)\n")

@@ -49,13 +49,14 @@ def generate_command(model_arg: str, p: dict, out_dir: Path, calib: str | None, 
     cmd = ["codesign", "generate", model_arg]
     if config:
         cmd += ["--config", config]
-    cmd += ["--board", board_args.get(p["board"], p["board"]), "--wbits", str(p["wbits"]), "--abits",
-            str(p["abits"]), "--array", f"{p['P']}x{p['Q']}", "--weight-ports", str(p["weight_ports"]),
-            "--clock", f"{p['clock_mhz']:g}"]
+    cmd += ["--board", board_args.get(p["board"], p["board"])]
+    if p["per_layer"]:  # its `default:` holds the global widths
+        cmd += ["--precision", str(out_dir / CHOSEN_PRECISION)]
+    else:
+        cmd += ["--wbits", str(p["wbits"]), "--abits", str(p["abits"])]
+    cmd += ["--array", f"{p['P']}x{p['Q']}", "--weight-ports", str(p["weight_ports"]), "--clock", f"{p['clock_mhz']:g}"]
     if calib:
         cmd += ["--calib", calib]
-    if p["per_layer"]:
-        cmd += ["--precision", str(out_dir / CHOSEN_PRECISION)]
     return cmd + ["-o", str(out_dir / "chosen_project")]
 
 

@@ -199,9 +199,11 @@ def _listed(names: list[str]) -> str:
 
 
 def complete(cfg: ModelConfig, p: Precision) -> Precision:
-    """Every layer's format explicitly, with the needed acc_bits."""
+    """Every layer's format explicitly, with the needed acc_bits (a layer without weights shows the
+    default's wbits, which nothing reads: the canonical form that dump and load round-trip)."""
     need = check_precision(cfg, p)
-    return Precision({n: LayerFormat(p.wbits(n), p.abits(n), need.get(n)) for n in layer_names(cfg)}, p.default)
+    w = lambda n: p.wbits(n) if has_weights(n) else p.default.wbits  # noqa: E731
+    return Precision({n: LayerFormat(w(n), p.abits(n), need.get(n)) for n in layer_names(cfg)}, p.default)
 
 
 def chosen_precision(qm) -> Precision:
@@ -323,6 +325,11 @@ def as_precision(precision, cfg: ModelConfig) -> Precision | None:
     if precision is None or isinstance(precision, Precision):
         return precision
     if isinstance(precision, (str, Path)):
-        return load_precision(Path(precision), layer_names(cfg))
+        p = load_precision(Path(precision), layer_names(cfg))
+        try:
+            check_precision(cfg, p)  # accumulators and the MoE sum: before any calibration
+        except PrecisionError as exc:
+            raise PrecisionError(f"{precision}: {exc}") from None
+        return p
     raise PrecisionError(f"precision must be a Precision or a path, got {type(precision).__name__}")
 

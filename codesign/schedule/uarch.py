@@ -93,6 +93,11 @@ class Uarch:
         return packable(self.abits, self.abits)
 
     @property
+    def lut_size(self) -> int:
+        """Entries of a GELU table buffer: 2**abits of the widest activation, at least one beat."""
+        return max(1 << self.abits, self.epb)
+
+    @property
     def ev_cols(self) -> int:
         """Output columns of one e.v pass: Q/2, or fewer when the bank's G copies cannot deliver
         Q/2 elements of a V row per cycle (docs/UARCH.md: needs Q/2 <= G*EPB)."""
@@ -299,7 +304,7 @@ def memories(u: Uarch) -> list[Memory]:
         Memory("recip_rom", "softmax RECIP table", A.RECIP_FRAC - A.RECIP_MBITS + 2, 1 << (A.RECIP_MBITS - 1)),
     ]
     if u.gelu:
-        mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 << u.abits, max(1, u.epb // 2)))
+        mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 * u.lut_size, max(1, u.epb // 2)))
     if u.max_dh:
         mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, 2 * u.epb * (u.max_dh // u.epb), u.GW),
                  Memory("sbuf", "scores of one query block: a word of Q int32 per key", 32 * u.Q, u.max_tokens),
