@@ -43,8 +43,11 @@ def dominates(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The sweep through the Python API (README's `codesign.api.explore`)."""
+    from codesign import api
+
     out = tmp_path_factory.mktemp("explore") / "sweep"
-    return explore("default", out, **SWEEP)
+    return api.explore("default", out, SWEEP["boards"], **{k: v for k, v in SWEEP.items() if k != "boards"})
 
 
 def test_every_point_is_costed_on_every_board(run):
