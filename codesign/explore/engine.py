@@ -14,8 +14,6 @@ import multiprocessing
 import os
 import signal
 
-import torch
-
 from .context import ExploreContext
 from .point import Job, evaluate_job
 
@@ -29,9 +27,6 @@ def _install(ctx: ExploreContext) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the run (and these workers), so a
     # worker does not die on it with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # One torch thread, as calibration and training use: with two per worker on a shared 2-core host,
-    # the weight conversions of quantisation ran 3x slower (threads waiting for each other).
-    torch.set_num_threads(1)
     _CONTEXT = ctx
 
 

@@ -208,7 +208,15 @@ def weight_bits(qm) -> int:
 
 
 def evaluate_job(ctx: ExploreContext, job: Job) -> dict:
-    """The job's precision record (new, or None when it was known) and its new points."""
+    """The job's precision record (new, or None when it was known) and its new points.
+
+    One torch thread, as calibration and training use, on either engine: with two per worker on a
+    shared 2-core host, the weight conversions of quantisation ran 3x slower (threads waiting)."""
+    with torch_threads(1):
+        return _evaluate_job(ctx, job)
+
+
+def _evaluate_job(ctx: ExploreContext, job: Job) -> dict:
     start = time.perf_counter()
     qm = quantize_point(ctx, job.precision)
     prog = compile_program(qm)
