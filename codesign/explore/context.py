@@ -8,10 +8,9 @@ the held-out images and the float model's head outputs and metrics on them.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..model.data import SyntheticData, make_dataset
 from ..model.m3vit import M3ViT
@@ -34,7 +33,6 @@ class ExploreContext:
     float_outputs: list[np.ndarray]  # per task: head outputs [N, C, H, W] on eval_data
     float_metrics: list[dict]
     fingerprint: str  # model, calibration images and held-out set: part of every point's key
-    meta: dict = field(default_factory=dict)
 
 
 def build_context(model: M3ViT, calib_images: np.ndarray, eval_images: int = DEFAULT_EVAL_IMAGES) -> ExploreContext:
