@@ -125,9 +125,9 @@ def plot_png(points: list[dict], front: list[dict], chosen: dict | None, title: 
         ax.scatter([chosen["latency_ms_per_task"]], [chosen["accuracy"]], marker="*", s=260, color="gold",
                    edgecolors="black", zorder=5, label="chosen")
     ax.set_xscale("log")
-    ticks = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(ticks)
-    ax.xaxis.set_minor_formatter(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # minor labels at 2x and 5x only, so that neighbours do not run into each other
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("latency per task inference (ms, estimate)")
     ax.set_ylabel("accuracy vs float (worst task; 1 = float)")
