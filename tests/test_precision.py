@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from codesign.emit.data import Vector
 from codesign.model.config import ModelConfig
 from codesign.quant import arith as A
 from codesign.quant.golden import run_golden
@@ -14,7 +15,6 @@ from codesign.quant.precision import (LayerFormat, Precision, PrecisionError, ch
 from codesign.quant.quantize import quantize_input
 from codesign.schedule.isa import decode_program, execute
 from codesign.schedule.program import load_input, read_region
-from codesign.emit.data import Vector
 from codesign.testing import make_test_design
 
 SMALL = ModelConfig(img_size=16, embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=2)
@@ -112,6 +112,21 @@ def test_an_edited_config_changes_the_outputs():
     assert a.output.max() > A.qmax(6) and b.output.max() <= A.qmax(6)  # norm: 6 bits
 
 
+def test_the_profile_plots_each_layer_against_its_own_format():
+    from codesign.report.profiling import profile_panels
+
+    plain, mixed = make_test_design(SMALL), make_test_design(SMALL, precision=MIXED8)
+    (title, wrows), (_, arows) = profile_panels(mixed.model, mixed.qm)
+    assert title == "weights (per-layer widths, per-channel scales)"
+    plain_rows = {r.name: r for r in profile_panels(plain.model, plain.qm)[0][1]}
+    rows = {r.name: r for r in wrows}
+    # 4-bit b0.qkv: one LSB is (2**7 - 1) / (2**3 - 1) = 127/7 times the int8 one; b1.qkv stays int8
+    assert rows["b0.qkv"].low - plain_rows["b0.qkv"].low == pytest.approx(np.log2(127 / 7))
+    assert rows["b1.qkv"].low == plain_rows["b1.qkv"].low
+    attn = {r.name: r for r in arows}["b0.attn"]
+    assert 2.0**attn.high == pytest.approx(mixed.qm.scales["b0.attn"] * A.qmax(6))
+
+
 def test_the_accumulator_need_follows_the_input_width():
     need = needed_acc_bits(SMALL, MIXED)
     # b0.proj reads the 6-bit attention output: 8-bit weights x 6-bit inputs, K = 32
@@ -123,13 +138,16 @@ def test_the_accumulator_need_follows_the_input_width():
 NAMES = layer_names(SMALL)
 
 
+HEAD = "default: {wbits: 8, abits: 8}\nlayers:\n"
+
+
 @pytest.mark.parametrize("text, message", [
-    ("default: {wbits: 8, abits: 8}\nlayers:\n  b9.qkv: {wbits: 4}\n", r"unknown layer 'b9.qkv' \(the model's layers: input"),
-    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.ln1: {wbits: 4}\n", r"b0.ln1: unknown field 'wbits' \(the layer has no weights\)"),
-    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {wbits: 17}\n", r"b0.qkv.wbits: integer width must be in 2..16, got 17"),
+    (HEAD + "  b9.qkv: {wbits: 4}\n", r"unknown layer 'b9.qkv' \(the model's layers: input"),
+    (HEAD + "  b0.ln1: {wbits: 4}\n", r"b0.ln1: unknown field 'wbits' \(the layer has no weights\)"),
+    (HEAD + "  b0.qkv: {wbits: 17}\n", r"b0.qkv.wbits: integer width must be in 2..16, got 17"),
     ("default: {wbits: 8, abits: 1}\n", r"default.abits: integer width must be in 2..16, got 1"),
-    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {abits: 6.5}\n", r"b0.qkv.abits must be an integer, got 6.5"),
-    ("default: {wbits: 8, abits: 8}\nlayers:\n  b0.qkv: {wbits: 8, bits: 6}\n", r"b0.qkv: unknown field 'bits' \(expected wbits, abits, acc_bits\)"),
+    (HEAD + "  b0.qkv: {abits: 6.5}\n", r"b0.qkv.abits must be an integer, got 6.5"),
+    (HEAD + "  b0.qkv: {wbits: 8, bits: 6}\n", r"b0.qkv: unknown field 'bits' \(expected wbits, abits, acc_bits\)"),
     ("layers: {}\n", r"no `default` format"),
     ("- 1\n", r"expected a mapping with `default` and `layers`"),
 ])
@@ -232,6 +250,9 @@ def test_the_edited_config_changes_the_program_and_the_outputs(edited_project, p
     plain, edited = _data_files(plain_project), _data_files(edited_project)
     man = json.loads(edited["data/manifest.json"])
     assert man["elem_bytes"] == 2 and man["abits"] == 12  # the 12-bit b2.proj: two-byte elements
+    obits = {i["layer"]: i["obits"] for i in man["instructions"]}
+    widths = [obits[n] for n in ("b0.attn", "b0.gelu", "b1.gate", "b2.proj", "b0.proj")]
+    assert widths == [6, 6, 7, 12, 8]  # each instruction's own output width (word 0 bits 20:16)
     vec = man["vectors"][0]["expected"]
     assert plain["data/" + vec] != edited["data/" + vec]
     project = json.loads((edited_project / "project.json").read_text())

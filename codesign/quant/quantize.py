@@ -258,8 +258,9 @@ def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits
                    precision: Precision | None = None) -> QuantModel:
     """Calibrate on `calib_images` (all tasks) and build the integer model.
 
-    `precision`: per-layer formats (codesign.quant.precision); without one every layer has wbits /
-    abits. Each activation's scale is max|x| / qmax(its layer's abits).
+    `precision`: per-layer formats (codesign.quant.precision), which replace wbits / abits (its
+    default covers the layers it does not list); without one every layer has wbits / abits. Each
+    activation's scale is max|x| / qmax(its layer's abits), each weight row's max|w| / qmax(wbits).
     qm.meta["activation_samples"] keeps a sample of every calibrated activation (for the
     profiling plot)."""
     p = _precision(model.cfg, wbits, abits, precision)  # before the slow calibration
