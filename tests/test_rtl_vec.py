@@ -20,6 +20,7 @@ import pytest
 
 from codesign.quant import arith
 from codesign.rtl.render import UNIT_TEMPLATES, VEC_UNIT_TOP, render_units
+from codesign.sim.cosim import _verilator_pch_fix
 from codesign.sim.cocotb_runner import (VERILATOR_BUILD_ARGS, SimulatorMissing, _patched_process_env,
                                         simulator_env)
 
@@ -185,7 +186,7 @@ def simulate(rtl_dir: Path, work: Path, job_cases: list[dict], p: dict = PARAMS,
     (work / "job.json").write_text(json.dumps({"params": p, "cases": job_cases}))
     runner = get_runner(simulator)
     sources = [rtl_dir / f"{name[:-3]}" for name in UNIT_TEMPLATES] + [HARNESS]
-    with _patched_process_env({**env, "CS_VEC_JOB": str(work)}, HERE):
+    with _patched_process_env({**env, "CS_VEC_JOB": str(work)}, HERE), _verilator_pch_fix(simulator):
         runner.build(sources=sources, hdl_toplevel="cs_vec_tb", build_dir=work / "build",
                      parameters=p, timescale=("1ns", "1ps"), always=True,
                      build_args=VERILATOR_BUILD_ARGS if simulator == "verilator" else [],
