@@ -26,7 +26,7 @@ CORE_TEMPLATES = ("codesign_core.v.j2",)  # plus every cu_*.v.j2
 # (tests/test_rtl_vec.py). Not in a project's rtl/ until a core instantiates it (the lint gate
 # wants every module under codesign_top): the core that does removes its names from here.
 VEC_UNIT_TOP = "cs_vec"
-UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2")
+UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2")
 
 
 def _is_core_template(name: str) -> bool:
