@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from codesign.quant import arith
+from codesign.rtl import synth
 from codesign.rtl.render import UNIT_TEMPLATES, VEC_UNIT_TOP, render_units
 from codesign.sim.cosim import _verilator_pch_fix
 from codesign.sim.cocotb_runner import (VERILATOR_BUILD_ARGS, SimulatorMissing, _patched_process_env,
@@ -369,6 +371,23 @@ endmodule
             got[int(k)].append(int(v))
     for k, (a, b) in enumerate(cases):
         assert got[k] == [x * y for x, y in zip(a, b)], f"cs_mul {MUL_SHAPES[k]}"
+
+
+# ------------------------------------------------------------------------------------- synthesis
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed (apt-get install yosys)")
+def test_unit_synthesizes_to_its_measured_size(unit_rtl, tmp_path):
+    """yosys 0.23 synth_xilinx -family xcup of cs_vec at EPB=16 int8, MULT_W=33 (~20 min on one
+    core). Measured: 132 DSP48E2 = 16 lanes x (4 for (acc+bias)*mult, 33x33; 2 for t*gamma / b*mb
+    through cs_mul; 1 for x^2; 1 for D*x) + 4 for var, 28,080 LUT, 1,345 LUTRAM (the GELU table
+    copies, delay lines), 9,933 FF, 5 RAMB36 (RSQRT ROM, row buffers)."""
+    res = synth.synth_rtl(unit_rtl, "xcup", log=tmp_path / "synth.log", timeout_s=3600, top=VEC_UNIT_TOP,
+                          params={"EPB": 16, "EB": 1, "ABITS": 8, "ACC_W": 32, "MULT_W": 33, "MAX_DIM": 768})
+    assert res.resources["dsp"] == 132
+    assert 0.8 * 28_080 < res.resources["lut"] < 1.2 * 28_080
+    assert 0.8 * 9_933 < res.resources["ff"] < 1.2 * 9_933
+    assert res.resources["bram36_equiv"] <= 6
 
 
 # ------------------------------------------------------------------------------------------ lint
