@@ -65,6 +65,7 @@ def configure(dut, shape: Shape, case: dict) -> None:
     mmask = (1 << shape.mult_w) - 1
     dut.cfg_mode.value = case["mode"]
     dut.cfg_shift.value = cfg.get("shift", 0)
+    dut.cfg_obits.value = cfg.get("obits", shape.abits)
     dut.cfg_ma.value = cfg.get("ma", 0) & mmask
     dut.cfg_mb.value = cfg.get("mb", 0) & mmask
     dut.cfg_gelu.value = cfg.get("gelu", 0)

@@ -133,10 +133,20 @@ def cases() -> list[dict]:
         ln_case(rng, p, "ln192", 6, 192, 2**32 - 1, 20, **steady),
         ln_case(rng, p, "ln192_shaky", 4, 192, 1234, 21, seed=4, **shaky),
         ln_case(rng, p, "ln32", 6, 32, 7, 23, **steady),
+        # narrower output widths OB than the unit's ABITS (per-layer precision)
+        with_obits(requant_case(rng, p, "drain_ob6_gelu", 16, 41, 1, **steady), 6),
+        with_obits(requant32_case(rng, p, "requant32_ob3", 8, 21_000, 26, **steady), 3),
+        with_obits(add_case(rng, p, "add_ob4", 16, 23_000, 17_000, 17, **steady), 4),
+        with_obits(ln_case(rng, p, "ln384_ob5", 3, 384, 99, 26, **steady), 5),
     ]
     for case in found:
         case["seed"] = case.get("seed", 0)
     return found
+
+
+def with_obits(case: dict, obits: int) -> dict:
+    case["cfg"]["obits"] = obits
+    return case
 
 
 def int16_cases() -> list[dict]:
@@ -147,16 +157,18 @@ def int16_cases() -> list[dict]:
             requant32_case(rng, p, "requant32", 16, 3_000_000_000, 33, seed=6),
             add_case(rng, p, "add", 24, 2**32 - 1, 70_000, 33, seed=7, **shaky),
             ln_case(rng, p, "ln384", 4, 384, 2**31, 30, seed=8),
-            ln_case(rng, p, "ln192", 3, 192, 0, 31, gamma_bits=31, seed=9, **shaky)]
+            ln_case(rng, p, "ln192", 3, 192, 0, 31, gamma_bits=31, seed=9, **shaky),
+            with_obits(ln_case(rng, p, "ln192_ob12", 3, 192, 5, 30, seed=10), 12),
+            with_obits(requant_case(rng, p, "drain_ob9", 8, 36, 0, acc_bits=40, seed=11), 9)]
 
 
 # ------------------------------------------------------------------------------------- golden
 
 def expected(case: dict, p: dict = PARAMS) -> np.ndarray:
     """[beats, EPB] output elements by arith.py (isa.py's handlers call exactly these)."""
-    ab = p["ABITS"]
-    b = {k: np.asarray(v, np.int64) for k, v in case["beats"].items()}
     cfg = case["cfg"]
+    ab = cfg.get("obits", p["ABITS"])   # the instruction's output width OB
+    b = {k: np.asarray(v, np.int64) for k, v in case["beats"].items()}
     if case["mode"] == 0:
         y = arith.requant(b["acc"] + b["bias"], b["mult"], cfg["shift"], ab)
         if cfg.get("gelu"):
@@ -256,6 +268,17 @@ def test_the_cases_reach_saturation_and_both_signs(run):
     for name in ("drain", "requant32", "add", "ln768", "ln384"):
         y = expected(job[name])
         assert (y == -q).any() and (y == q - 1).any() and ((y > -q) & (y < q - 1)).any(), name
+
+
+@pytest.mark.parametrize("name", ["drain_ob6_gelu", "requant32_ob3", "add_ob4", "ln384_ob5"])
+def test_narrower_output_widths_are_bit_exact(run, name):
+    """cfg_obits = OB < ABITS (ISA word 0 bits 20:16): saturation at OB bits, GELU at y + 2^(OB-1)."""
+    check_bit_exact(run, name)
+    job, _ = run
+    ob = job[name]["cfg"]["obits"]
+    y = expected(job[name])
+    if not job[name]["cfg"].get("gelu"):
+        assert y.min() == -(1 << (ob - 1)) and y.max() == (1 << (ob - 1)) - 1
 
 
 @pytest.mark.parametrize("name", ["ln768", "ln384", "ln192"])

@@ -10,6 +10,7 @@ module cs_vec_tb #(
     input  wire                         rst_n,
     input  wire [1:0]                   cfg_mode,
     input  wire [31:0]                  cfg_shift,
+    input  wire [4:0]                   cfg_obits,
     input  wire [MULT_W-1:0]            cfg_ma,
     input  wire [MULT_W-1:0]            cfg_mb,
     input  wire                         cfg_gelu,
@@ -63,7 +64,7 @@ module cs_vec_tb #(
     cs_vec #(.EPB(EPB), .EB(EB), .ABITS(ABITS), .ACC_W(ACC_W), .MULT_W(MULT_W), .MAX_DIM(MAX_DIM),
              .TAG_W(TAG_W), .GELU(1)) dut (
         .clk(clk), .rst_n(rst_n),
-        .cfg_mode(cfg_mode), .cfg_shift(cfg_shift), .cfg_ma(cfg_ma), .cfg_mb(cfg_mb),
+        .cfg_mode(cfg_mode), .cfg_shift(cfg_shift), .cfg_obits(cfg_obits), .cfg_ma(cfg_ma), .cfg_mb(cfg_mb),
         .cfg_gelu(cfg_gelu), .cfg_lut_sel(cfg_lut_sel), .cfg_dim(cfg_dim), .cfg_eps(cfg_eps),
         .cfg_ln_shift(cfg_ln_shift),
         .in_valid(in_valid), .in_ready(in_ready), .in_acc(in_acc), .in_bias(in_bias), .in_mult(in_mult),
