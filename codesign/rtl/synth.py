@@ -67,15 +67,20 @@ def classify(cells: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def _script(sources: list[Path], family: str, stat_json: Path) -> str:
+def _script(sources: list[Path], family: str, stat_json: Path, top: str = TOP, params: dict | None = None) -> str:
     files = " ".join(str(s) for s in sources)
+    chparam = f"chparam {' '.join(f'-set {k} {int(v)}' for k, v in params.items())} {top}; " if params else ""
     # -flatten: count the whole hierarchy once; SYNTHESIS drops the simulation-only trace code.
-    return (f"read_verilog -DSYNTHESIS {files}; synth_xilinx -family {family} -top {TOP} -flatten; "
+    return (f"read_verilog -DSYNTHESIS {files}; {chparam}synth_xilinx -family {family} -top {top} -flatten; "
             f"tee -q -o {stat_json} stat -json")
 
 
-def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: int = 1800) -> SynthResult:
-    """Run yosys synth_xilinx on every *.v in rtl_dir; return the primitive counts."""
+def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: int = 1800,
+              top: str = TOP, params: dict | None = None) -> SynthResult:
+    """Run yosys synth_xilinx on every *.v in rtl_dir; return the primitive counts.
+
+    `top` and `params` (Verilog parameters of `top`) synthesize one unit on its own, e.g. the
+    vector unit cs_vec of codesign.rtl.render.render_units."""
     yosys = find_yosys()
     rtl_dir = Path(rtl_dir)
     sources = sorted(rtl_dir.glob("*.v"))
@@ -85,19 +90,19 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
     stat_json = log.with_suffix(".stat.json")
     start = time.monotonic()
     try:
-        proc = subprocess.run([yosys, "-q", "-l", str(log), "-p", _script(sources, family, stat_json)],
+        proc = subprocess.run([yosys, "-q", "-l", str(log), "-p", _script(sources, family, stat_json, top, params)],
                               capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise SynthError(f"yosys did not finish in {timeout_s} s; see {log}") from exc
     if proc.returncode != 0:
         raise SynthError(f"yosys failed (exit {proc.returncode}); see {log}")
-    cells = _top_cells(json.loads(stat_json.read_text()))
+    cells = _top_cells(json.loads(stat_json.read_text()), top)
     return SynthResult(family, round(time.monotonic() - start, 1), cells, classify(cells))
 
 
-def _top_cells(stat: dict) -> dict[str, int]:
+def _top_cells(stat: dict, name: str = TOP) -> dict[str, int]:
     modules = stat.get("modules", {})
-    top = modules.get(f"\\{TOP}") or modules.get(TOP) or next(iter(modules.values()), {})
+    top = modules.get(f"\\{name}") or modules.get(name) or next(iter(modules.values()), {})
     return {name.lstrip("\\"): int(n) for name, n in top.get("num_cells_by_type", {}).items()}
 
 
