@@ -338,3 +338,22 @@ def test_verify_runs_csim_and_cosim_on_the_best_points(tmp_path, capsys):
     assert "csim bit-exact, cosim bit-exact" in out
     verified = json.loads((tmp_path / "v" / "pareto.json").read_text())["verified"]
     assert len(verified) == 1 and verified[0]["bit_exact"]
+
+
+def test_a_point_streams_what_its_banks_cannot_hold_as_generate_does():
+    """A 1,025-token program on pynq-z2 at 4x16: banks holding the largest tensor overrun its BRAM,
+    the largest bank that fits streams the rest; the point is that tiling, as `generate --array`'s."""
+    from codesign.boards import load_board
+    from codesign.explore.point import hardware_point
+    from codesign.model.config import ModelConfig
+    from codesign.schedule.tiling import Budget, build_tiling, first_overrun, fixed_tiling
+    from codesign.testing import make_test_design
+
+    cfg = ModelConfig(img_size=(256, 256), patch_size=8, embed_dim=32, depth=2, num_heads=1, mlp_ratio=2.0,
+                      num_experts=4, top_k=2, moe_blocks=(1,))
+    prog, board = make_test_design(cfg, images=1).prog, load_board("pynq-z2")
+    assert first_overrun(build_tiling(prog, board, 4, 16, Budget(board)).used, Budget(board)) == "bram36"
+    point = hardware_point(prog, board, 4, 16, {})
+    assert point["fits"], point["why_not"]
+    used = fixed_tiling(prog, board, 4, 16).used
+    assert {r: point[r] for r in used} == used

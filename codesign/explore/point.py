@@ -22,7 +22,7 @@ from ..quant.quantize import quantize_input
 from ..report.accuracy import TaskAccuracy
 from ..schedule.estimate import estimate_design
 from ..schedule.program import Program, compile_program
-from ..schedule.tiling import (Budget, array_cycles, build_tiling, candidate_shapes, first_overrun,
+from ..schedule.tiling import (Budget, array_cycles, candidate_shapes, shape_tilings, first_overrun,
                                rule_violation)
 from ..schedule.uarch import RESOURCES, HardwareRuleError
 from .context import ExploreContext, PointPrecision, quantize_point
@@ -98,7 +98,7 @@ def auto_shapes(prog: Program, board: Board, count: int) -> list[tuple[int, int]
     for band in sorted(bands):
         fits_any = False
         for _, (P, Q) in sorted(bands[band]):
-            t = build_tiling(prog, board, P, Q, budget)
+            t = shape_tilings(prog, board, P, Q, budget)[0]  # its largest fitting bank, as generate --array
             fits = first_overrun(t.used, budget) is None
             fits_any |= fits
             if fits and rule_violation(prog, t.uarch) is None:
@@ -167,7 +167,7 @@ def precision_accuracy(ctx: ExploreContext, qm) -> dict:
 def hardware_point(prog: Program, board: Board, P: int, Q: int, routing: dict) -> dict:
     budget = Budget(board)
     try:
-        t = build_tiling(prog, board, P, Q, budget)
+        t = shape_tilings(prog, board, P, Q, budget)[0]  # its largest fitting bank, as generate --array
     except HardwareRuleError as exc:  # an array the generated code cannot be (e.g. Q not whole beats)
         return {"board": board.name, "P": P, "Q": Q, "weight_ports": board.memory.weight_ports,
                 "clock_mhz": board.clock_mhz, "fits": False, "why_not": str(exc), **{r: None for r in RESOURCES},
