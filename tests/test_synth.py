@@ -134,7 +134,8 @@ def test_sizes_option():
         with pytest.raises(ValueError, match="--sizes"):
             synth_flow.parse_sizes(bad)
     assert synth_flow.plan("auto", (4, 16), 16) == ("direct", [(4, 16)])
-    assert synth_flow.plan("auto", (17, 128), 32) == ("fit", [(2, 32), (8, 32), (4, 64)])
+    assert synth_flow.plan("auto", (17, 128), 32) == ("fit", [(1, 32), (4, 32), (2, 64)])
+    assert synth_fit.choose_terms(synth_flow.reduced_sizes(32))[0] == synth_fit.FULL
     assert cli.SYNTH_DIRECT_MAX_MACS == synth_flow.DIRECT_MAX_MACS
 
 

@@ -115,9 +115,9 @@ def parse_sizes(spec: str) -> list[tuple[int, int]] | str:
 
 
 def reduced_sizes(q_step: int) -> list[tuple[int, int]]:
-    """Three small arrays whose P*Q and P+Q are independent (unless q_step == 4), the core's
-    Q step apart: 2 x s, 8 x s, 4 x 2s (a core with a fixed Q gets three different P)."""
-    return [(2, q_step), (8, q_step), (4, 2 * q_step)]
+    """Three small arrays whose P*Q and P+Q are independent (unless q_step == 2), the core's
+    Q step apart: 1 x s, 4 x s, 2 x 2s (a core with a fixed Q gets three different P)."""
+    return [(1, q_step), (4, q_step), (2, 2 * q_step)]
 
 
 def plan(spec, board_array: tuple[int, int], q_step: int) -> tuple[str, list[tuple[int, int]]]:
@@ -135,9 +135,9 @@ def fit_target(board_array: tuple[int, int], shapes: list[tuple[int, int]]) -> t
     if len(qs) == 1 and qs != {qb}:
         q0 = qs.pop()
         p = pb * qb / q0
-        p_txt = f"{p:g}"
+        p = int(p) if p == int(p) else p
         return (p, q0), (f"the core's Q is fixed at {q0} (every size rendered with Q={q0}): evaluated at "
-                         f"{p_txt}x{q0}, the board's {pb * qb:,} MACs, not at the board's {pb}x{qb}")
+                         f"{p:g}x{q0}, the board's {pb * qb:,} MACs, not at the board's {pb}x{qb}")
     return board_array, f"the board's {pb}x{qb} array (the tiling in reports/estimate.json)"
 
 
@@ -297,15 +297,15 @@ def synth_text(rep: SynthReport) -> str:
         ratio = ratios[label]
         ok = _within(ratio, rep.figures[label], est)
         row = [f"{label:<9}"] + [f"{r.result.resources[key]:>10,.1f}".replace(".0", "  ") for r in rep.runs]
-        row += [f"{rep.figures[label]:>18,.0f}", f"{est if est is not None else '-':>17}",
+        row += [f"{rep.figures[label]:>18,.0f}", f"{est:>17,}" if est is not None else f"{'-':>17}",
                 f"{ratio:>10.2f}" if ratio is not None else f"{'-':>10}",
                 f"{('yes' if ok else 'NO') if ok is not None else '-':>6}",
                 f"{rep.board_totals.get(label, 0):>9,}",
                 f"{'yes' if rep.figures[label] <= rep.board_totals.get(label, 0) else 'NO':>5}"]
         lines.append("".join(row))
     if rep.fits:
-        lines.append("fits: " + "; ".join(f"{k}: {v['formula']} (max residual {v['max_abs_residual']:.1f})"
-                                          for k, v in rep.fits.items()))
+        lines += [f"fit {k}: {v['formula']} (largest residual at the sizes: {v['max_abs_residual']:.1f})"
+                  for k, v in rep.fits.items()]
         lines.append(f"target: {rep.target_why}")
     lines.append("longest combinational path (yosys ltp on the mapped netlist, LUT/MUXF/CARRY cells; FFs, DSPs, "
                  "block and LUT RAMs end a path): " + "; ".join(_ltp_txt(r) for r in rep.runs))
