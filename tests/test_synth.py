@@ -70,6 +70,19 @@ def test_longest_path_counts_cells_lut_levels_and_carry_blocks():
     assert synth.parse_ltp((DATA / "ltp.txt").read_text())["lut_levels"] is None
 
 
+@pytest.mark.parametrize("name, text, shape", [
+    ("codesign_core.v", "  localparam EB = 1;\n  localparam Q = 8 / EB;\n  localparam P = 4;  // units\n", (4, 8)),
+    ("codesign_core.v", "  localparam EB = 2;\n  localparam P = 16;\n", (16, 4)),
+    ("cs_core.v", "module cs_core #(\n  parameter DW = 128\n);\n  localparam P = 17, Q = 128, EPB = 16, EB = 1;\n",
+     (17, 128)),
+    ("cs_core.v", "module cs_core;\n    localparam DW = 128;\n", None),
+])
+def test_the_array_is_read_from_either_core(tmp_path, name, text, shape):
+    """The current core (P units of 8 / EB lanes) and the docs/UARCH.md core (rtl-core: P and Q)."""
+    (tmp_path / name).write_text(text)
+    assert synth.rtl_core_shape(tmp_path) == shape
+
+
 def test_current_pass_is_the_last_executing_line(tmp_path):
     log = tmp_path / "y.log"
     log.write_text("9.7. Executing OPT_EXPR pass (perform const folding).\n\n9.8. Executing ABC pass (technology "
@@ -184,7 +197,8 @@ def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatc
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
     assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == cli.EXIT_DOES_NOT_FIT == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == "codesign synth: error: the design does not fit the board (extrapolated): DSP48E2 2,276 > 1,728 on zcu104"
+    assert err == ("codesign synth: error: the design does not fit the board (extrapolated): "
+                   "DSP48E2 2,276 > 1,728 on zcu104")
     rep = json.loads((project / "reports" / "synth.json").read_text())
     assert not rep["fits_board"] and rep["over"] == [{"resource": "DSP48E2", "need": 2276.0, "board": 1728}]
 

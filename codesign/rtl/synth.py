@@ -250,14 +250,17 @@ def current_pass(log: Path) -> str:
 
 # ---------------------------------------------------------------- the array of generated RTL
 
-_INT_PARAM = r"(?:localparam|parameter)\s+(?:integer\s+)?{name}\s*=\s*(\d+)\s*[;,)]"
+# The core's file: the current core's, then the docs/UARCH.md core's (branch rtl-core).
+CORE_FILES = ("codesign_core.v", "cs_core.v")
+# An integer literal given to NAME in a localparam / parameter statement (lists included).
+_INT_PARAM = r"\b(?:localparam|parameter)\b[^;]*?\b{name}\s*=\s*(\d+)\s*[;,)]"
 
 
 def rtl_core_shape(rtl_dir: Path) -> tuple[int, int] | None:
     """(P, Q) of a generated core's MAC array, from the integer P and Q (or EB: Q = 8 / EB, the
-    lanes of a 64-bit word) parameters of codesign_core.v; None for foreign (e.g. Vitis) RTL."""
-    core = Path(rtl_dir) / "codesign_core.v"
-    text = core.read_text() if core.exists() else ""
+    lanes of a 64-bit word) parameters of its core file; None for foreign (e.g. Vitis) RTL."""
+    core = next((Path(rtl_dir) / n for n in CORE_FILES if (Path(rtl_dir) / n).exists()), None)
+    text = core.read_text() if core else ""
     p = re.search(_INT_PARAM.format(name="P"), text)
     q = re.search(_INT_PARAM.format(name="Q"), text)
     eb = re.search(_INT_PARAM.format(name="EB"), text)
