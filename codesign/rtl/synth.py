@@ -205,6 +205,7 @@ def run_yosys(cmd: list[str], log: Path, timeout_s: float, progress: Callable[[s
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     next_report = start + PROGRESS_EVERY_S
+    last_pass = "reading the sources"
     while True:
         try:
             _, err = proc.communicate(timeout=max(0.1, min(next_report, start + timeout_s) - time.monotonic()))
@@ -215,7 +216,8 @@ def run_yosys(cmd: list[str], log: Path, timeout_s: float, progress: Callable[[s
                 _kill_group(proc)
                 raise SynthError(f"yosys did not finish {label} in {timeout_s:.0f} s (--timeout); see {log}")
             if progress and now >= next_report:
-                progress(f"synth {label}: {now - start:.0f} s, {current_pass(log)}")
+                last_pass = current_pass(log) or last_pass   # ABC's output can fill the log's tail
+                progress(f"synth {label}: {now - start:.0f} s, {last_pass}")
                 next_report = now + PROGRESS_EVERY_S
     if proc.returncode != 0:
         detail = (err or "").strip().splitlines()
@@ -235,17 +237,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
 _PASS = re.compile(r"^[\d.]+ Executing (.+?)\.?$", re.M)
 
 
-def current_pass(log: Path) -> str:
-    """The last pass yosys logged ("ABC pass (technology mapping using ABC)"), from the log's tail."""
+def current_pass(log: Path) -> str | None:
+    """The last pass yosys logged ("ABC pass (technology mapping using ABC)") in the log's tail;
+    None when the tail has none."""
     try:
         with open(log, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 65536))
             tail = f.read().decode(errors="replace")
     except OSError:
-        return "starting"
+        return None
     found = _PASS.findall(tail)
-    return found[-1] if found else "reading the sources"
+    return found[-1] if found else None
 
 
 # ---------------------------------------------------------------- the array of generated RTL
