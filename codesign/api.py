@@ -378,9 +378,9 @@ def cycles_report(project_dir: str | Path, cosim_result, rtl_dir: str | Path | N
 def synth(project_dir: str | Path, rtl_dir: str | Path | None = None, sizes="auto", mode: str = "flat",
           timeout: float = 1800.0, progress: bool = False):
     """yosys synth_xilinx of the project's core at the board's array, or fitted to it from reduced
-    arrays (codesign.rtl.synth_flow); writes reports/synth.{json,txt}; returns the SynthReport
+    arrays (codesign.report.synth); writes reports/synth.{json,txt}; returns the SynthReport
     (`fits_board`, `figures`, `statement`). `sizes`: 'auto', 'board' or a list of (P, Q)."""
-    from .rtl.synth_flow import synth_project
+    from .report.synth import synth_project
 
     return synth_project(Path(project_dir), None if rtl_dir is None else Path(rtl_dir), sizes=sizes, mode=mode,
                          timeout_s=timeout, progress=stderr_progress if progress else None)

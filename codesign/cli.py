@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 DEFAULT_MODEL = "default"  # api.DEFAULT_MODEL; not imported, so that --help stays fast
-SYNTH_DIRECT_MAX_MACS = 64  # codesign.rtl.synth_flow.DIRECT_MAX_MACS (test_synth checks they agree)
+SYNTH_DIRECT_MAX_MACS = 64  # codesign.report.synth.DIRECT_MAX_MACS (test_synth checks they agree)
 EXIT_DOES_NOT_FIT = 3       # codesign synth: the synthesized (or extrapolated) design exceeds the board
 
 
@@ -231,7 +231,7 @@ def cmd_cosim(args) -> int:
 
 def cmd_synth(args) -> int:
     from . import api
-    from .rtl.synth_flow import parse_sizes, synth_text
+    from .report.synth import parse_sizes, synth_text
 
     report = api.synth(args.project, args.rtl, sizes=parse_sizes(args.sizes),
                        mode="per-module" if args.per_module else "flat", timeout=args.timeout, progress=True)

@@ -13,7 +13,8 @@ import pytest
 from codesign import api, cli
 from codesign.cli import main
 from codesign.rtl import render_rtl
-from codesign.rtl import synth, synth_fit, synth_flow
+from codesign.report import synth as synth_flow
+from codesign.rtl import synth, synth_fit
 
 DATA = Path(__file__).parent / "data" / "yosys"
 needs_yosys = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed (apt-get install yosys)")
@@ -76,11 +77,22 @@ def test_longest_path_counts_cells_lut_levels_and_carry_blocks():
     ("cs_core.v", "module cs_core #(\n  parameter DW = 128\n);\n  localparam P = 17, Q = 128, EPB = 16, EB = 1;\n",
      (17, 128)),
     ("cs_core.v", "module cs_core;\n    localparam DW = 128;\n", None),
+    ("rtl.json", '{"core": "units-x-lanes", "P": 32, "Q": 8, "weight_ports": 4}', (32, 8)),
 ])
 def test_the_array_is_read_from_either_core(tmp_path, name, text, shape):
-    """The current core (P units of 8 / EB lanes) and the docs/UARCH.md core (rtl-core: P and Q)."""
+    """The current core (P units of 8 / EB lanes), the docs/UARCH.md core (rtl-core: P and Q), and
+    the rtl/rtl.json record that render_project_rtl writes beside either."""
     (tmp_path / name).write_text(text)
     assert synth.rtl_core_shape(tmp_path) == shape
+
+
+def test_the_rtl_record_wins_over_the_verilog(tmp_path):
+    (tmp_path / "codesign_core.v").write_text("  localparam EB = 1;\n  localparam P = 2;\n")
+    (tmp_path / "rtl.json").write_text('{"P": 8, "Q": 8}')
+    assert synth.rtl_core_shape(tmp_path) == (8, 8)
+    (tmp_path / "rtl.json").write_text('{"P": 8}')
+    with pytest.raises(synth.SynthError, match="not a codesign RTL record"):
+        synth.rtl_core_shape(tmp_path)
 
 
 def test_current_pass_is_the_last_executing_line(tmp_path):

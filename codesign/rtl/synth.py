@@ -10,10 +10,11 @@ Two modes: `flat` (synth_xilinx -flatten: one netlist, cross-module optimisation
 hierarchy by `stat -top`; faster on a large core, slightly more cells). Both flatten the mapped
 netlist afterwards for `ltp`, the longest combinational path, which is the clock proxy.
 
-This module only runs yosys and reads its output; codesign.rtl.synth_flow decides the sizes.
+This module only runs yosys and reads its output; codesign.report.synth decides the sizes.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -253,6 +254,7 @@ def current_pass(log: Path) -> str | None:
 
 # ---------------------------------------------------------------- the array of generated RTL
 
+RTL_RECORD = "rtl.json"  # codesign.sim.cosim.RTL_RECORD (not imported: rtl/ sits below sim/)
 # The core's file: the current core's, then the docs/UARCH.md core's (branch rtl-core).
 CORE_FILES = ("codesign_core.v", "cs_core.v")
 # An integer literal given to NAME in a localparam / parameter statement (lists included).
@@ -260,8 +262,16 @@ _INT_PARAM = r"\b(?:localparam|parameter)\b[^;]*?\b{name}\s*=\s*(\d+)\s*[;,)]"
 
 
 def rtl_core_shape(rtl_dir: Path) -> tuple[int, int] | None:
-    """(P, Q) of a generated core's MAC array, from the integer P and Q (or EB: Q = 8 / EB, the
-    lanes of a 64-bit word) parameters of its core file; None for foreign (e.g. Vitis) RTL."""
+    """(P, Q) of a generated core's MAC array: its rtl.json record (codesign.sim.cosim.rtl_record)
+    when there is one, else the integer P and Q (or EB: Q = 8 / EB, the lanes of a 64-bit word)
+    parameters of its core file; None for foreign (e.g. Vitis) RTL."""
+    record = Path(rtl_dir) / RTL_RECORD
+    if record.is_file():
+        try:
+            rec = json.loads(record.read_text())
+            return int(rec["P"]), int(rec["Q"])
+        except (ValueError, KeyError, TypeError):
+            raise SynthError(f"{record} is not a codesign RTL record (P, Q): regenerate the RTL") from None
     core = next((Path(rtl_dir) / n for n in CORE_FILES if (Path(rtl_dir) / n).exists()), None)
     text = core.read_text() if core else ""
     p = re.search(_INT_PARAM.format(name="P"), text)

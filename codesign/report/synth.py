@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .synth import MODES, YOSYS_FAMILY, SynthError, SynthResult, rtl_core_shape, synth_rtl
-from .synth_fit import FitError, fit
+from ..rtl.synth import MODES, YOSYS_FAMILY, SynthError, SynthResult, rtl_core_shape, synth_rtl
+from ..rtl.synth_fit import FitError, fit
 
 # Measured (yosys 0.23, 1 core of the CI machine, the default model): see docs/SYNTH.md.
 DIRECT_MAX_MACS = 64
