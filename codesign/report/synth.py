@@ -6,7 +6,8 @@ the core is rendered and synthesized at two or three reduced arrays and each res
 
 Core-agnostic: the core is rendered through the project's own renderer
 (codesign.sim.cosim.render_project_rtl, asked for the array as the tiling's P, Q and as rtl_P,
-rtl_Q), and the array it got is read back from the rendered Verilog. A core that keeps Q fixed
+rtl_Q), and the array it got is read back from what was rendered (rtl/rtl.json, else the
+Verilog's parameters: codesign.rtl.synth.rtl_core_shape). A core that keeps Q fixed
 (the current one: Q = 8 lanes of a 64-bit word) is extrapolated to the board's MAC count at its
 own Q, and the output says so.
 
@@ -40,7 +41,7 @@ TOLERANCE = 0.15  # the issue's +-15% between synthesized and estimated resource
 @dataclass
 class SizeRun:
     requested: tuple[int, int]
-    shape: tuple[int, int]       # the array the core was rendered at (read from its Verilog)
+    shape: tuple[int, int]       # the array the core was rendered at (read back: rtl_core_shape)
     rtl_dir: Path
     result: SynthResult
 
