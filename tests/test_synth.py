@@ -205,6 +205,7 @@ def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
     assert rep["estimate"]["DSP48E2"] == est["dsp"]["used"]
     assert rep["ratio"]["DSP48E2"] == pytest.approx((100 + 0.5 * 2176) / est["dsp"]["used"])
     assert rep["fits_board"] and rep["ltp"]["4x8"]["lut_levels"] == 9
+    assert rep["core"]["core"] == "units-x-lanes" and "core: units-x-lanes (not docs/UARCH.md" in out.out
 
 
 def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..rtl.synth import MODES, YOSYS_FAMILY, SynthError, SynthResult, rtl_core_shape, synth_rtl
+from ..rtl.synth import MODES, RTL_RECORD, YOSYS_FAMILY, SynthError, SynthResult, rtl_core_shape, synth_rtl
 from ..rtl.synth_fit import FitError, fit
 
 # Measured (yosys 0.23, 1 core of the CI machine, the default model): see docs/SYNTH.md.
@@ -92,6 +92,7 @@ class SynthReport:
             "tolerance": TOLERANCE, "board_totals": self.board_totals,
             "fits_board": self.fits_board,
             "over": [{"resource": n, "need": need, "board": have} for n, need, have in self.over],
+            "core": _core_record(self.runs[0].rtl_dir) if self.runs else {},
             "ltp": {_shape_key(r.shape): r.result.ltp for r in self.runs},
             "yosys_seconds": {_shape_key(r.shape): r.result.seconds for r in self.runs},
         }
@@ -241,8 +242,9 @@ def _fitted(board, board_array, runs: list[SizeRun]) -> SynthReport:
         raise SynthError(f"{exc} (the core rendered {', '.join(_array_txt(s) for s in shapes)})") from exc
     model = next(iter(fits.values()))
     statement = (f"EXTRAPOLATED, not synthesized at the board's size: yosys synthesized the core at "
-                 f"{', '.join(_array_txt(s) for s in shapes)} and a least-squares fit "
-                 f"({model['model']}; {model['why']}) per resource gives the figures at {_array_txt(target)}")
+                 f"{', '.join(_array_txt(s) for s in sorted(shapes, key=lambda s: s[0] * s[1]))}, and the "
+                 f"figures at {_array_txt(target)} are a least-squares fit per resource, {model['model']} "
+                 f"({model['why']})")
     return SynthReport(board.name, "fit", statement, board_array, target, why, runs, figures, fits)
 
 
@@ -285,7 +287,8 @@ def _clear_scratch(out: Path) -> None:
 
 def synth_text(rep: SynthReport) -> str:
     """The resources per size, the board-size figure, the estimate, the ratio and the board check."""
-    sizes = [_array_txt(r.shape) for r in rep.runs]
+    runs = sorted(rep.runs, key=lambda r: (r.shape[0] * r.shape[1], r.shape))   # smallest array first
+    sizes = [_array_txt(r.shape) for r in runs]
     fig_head = {"fit": f"fit at {_array_txt(rep.target)}", "direct": "board (measured)"}.get(rep.method, "as given")
     est_head = f"estimate {_array_txt(rep.board_array)}" if rep.board_array else "estimate"
     head = [f"{'resource':<9}"] + [f"{s:>10}" for s in sizes] + [f"{fig_head:>18}", f"{est_head:>17}",
@@ -297,7 +300,7 @@ def synth_text(rep: SynthReport) -> str:
         est = (rep.estimate or {}).get(label)
         ratio = ratios[label]
         ok = _within(ratio, rep.figures[label], est)
-        row = [f"{label:<9}"] + [f"{r.result.resources[key]:>10,.1f}".replace(".0", "  ") for r in rep.runs]
+        row = [f"{label:<9}"] + [f"{r.result.resources[key]:>10,.1f}".replace(".0", "  ") for r in runs]
         row += [f"{rep.figures[label]:>18,.0f}", f"{est:>17,}" if est is not None else f"{'-':>17}",
                 f"{ratio:>10.2f}" if ratio is not None else f"{'-':>10}",
                 f"{('yes' if ok else 'NO') if ok is not None else '-':>6}",
@@ -309,9 +312,12 @@ def synth_text(rep: SynthReport) -> str:
                   for k, v in rep.fits.items()]
         lines.append(f"target: {rep.target_why}")
     lines.append("longest combinational path (yosys ltp on the mapped netlist, LUT/MUXF/CARRY cells; FFs, DSPs, "
-                 "block and LUT RAMs end a path): " + "; ".join(_ltp_txt(r) for r in rep.runs))
-    lines.append("yosys seconds: " + ", ".join(f"{_array_txt(r.shape)} {r.result.seconds:.0f} s ({r.result.mode})"
-                                               for r in rep.runs))
+                 "block and LUT RAMs end a path): " + "; ".join(_ltp_txt(r) for r in runs))
+    lines.append(f"yosys ({runs[0].result.mode}), wall / CPU seconds: " + ", ".join(
+        f"{_array_txt(r.shape)} {r.result.seconds:.0f} / {r.result.cpu_seconds or 0:.0f} s" for r in runs))
+    core = _core_record(runs[0].rtl_dir)
+    if core.get("microarchitecture"):
+        lines.append(f"core: {core.get('core', '?')} ({core['microarchitecture']}), rtl/rtl.json")
     lines.append("yosys's mapping, not Vivado's (LUT = logic + LUT-as-memory, BRAM36 = RAMB36 + RAMB18/2); "
                  "the estimate is codesign.schedule.uarch.resource_use of the board's array (docs/UARCH.md).")
     if rep.over:
@@ -333,6 +339,15 @@ def _within(ratio, figure, est) -> bool | None:
     if est == 0:
         return figure == 0
     return abs(ratio - 1) <= TOLERANCE
+
+
+def _core_record(rtl_dir: Path) -> dict:
+    """What the renderer says the core is (rtl/rtl.json), or {} for RTL without the record."""
+    try:
+        rec = json.loads((Path(rtl_dir) / RTL_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def _measured(res: SynthResult) -> dict:

@@ -56,8 +56,8 @@ def choose_terms(shapes: list[tuple[int, int]]) -> tuple[tuple[str, ...], str]:
     if _determined(distinct, TWO_TERM):
         if len(distinct) == 2:
             return TWO_TERM, "2 sizes: c*(P+Q) dropped (two sizes determine two terms)"
-        return TWO_TERM, (f"{len(distinct)} sizes, but P+Q is an affine function of P*Q at them (e.g. a fixed Q): "
-                          "c*(P+Q) dropped, folded into a and b")
+        return TWO_TERM, (f"{len(distinct)} sizes, but P+Q is an affine function of P*Q at them, as with a "
+                          "fixed Q: c*(P+Q) dropped, folded into a and b")
     raise FitError(f"sizes {', '.join(f'{p}x{q}' for p, q in distinct)} do not determine a fit: "
                    "give at least two sizes with different P*Q")
 
