@@ -67,7 +67,8 @@ def test_longest_path_counts_cells_lut_levels_and_carry_blocks():
     luts = synth.parse_select_list((DATA / "ltp_luts.txt").read_text())
     carry = synth.parse_select_list((DATA / "ltp_carry.txt").read_text())
     lt = synth.parse_ltp((DATA / "ltp.txt").read_text(), luts, carry)
-    assert lt == {"cells": 28, "lut_levels": 6, "carry_cells": 21}
+    assert lt == {"cells": 28, "lut_levels": 6, "carry_cells": 21, "from": "\\u_gmem.aw_addr [6]",
+                  "to": "$auto$xilinx_dffopt.cc:347:execute$16292"}
     assert synth.parse_ltp((DATA / "ltp.txt").read_text())["lut_levels"] is None
 
 

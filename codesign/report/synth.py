@@ -328,7 +328,7 @@ def synth_text(rep: SynthReport) -> str:
 def _ltp_txt(run: SizeRun) -> str:
     lt = run.result.ltp
     return (f"{_array_txt(run.shape)}: {lt.get('cells')} cells ({lt.get('lut_levels')} LUT levels, "
-            f"{lt.get('carry_cells')} carry blocks)")
+            f"{lt.get('carry_cells')} carry blocks) from {lt.get('from')}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -129,17 +129,21 @@ _LTP_STEP = re.compile(r"^\s*(\d+): (.+?)(?: \(via (\S+)\))?\s*$")
 
 
 def parse_ltp(text: str, lut_cells: set[str] | None = None, carry_cells: set[str] | None = None) -> dict:
-    """The longest path of `ltp` output: its length in cells, and how many of them are LUTs and
-    carry blocks (names from `select -list t:LUT*` / `t:CARRY*`; without them: None, unknown)."""
+    """The longest path of `ltp` output: its length in cells, how many of them are LUTs and carry
+    blocks (names from `select -list t:LUT*` / `t:CARRY*`; without them: None, unknown), and the
+    signals it starts and ends at."""
     head = _LTP_HEAD.search(text)
     if head is None:
         raise SynthError("yosys ltp output has no longest path")
-    vias = []
+    vias, signals = [], []
     for line in text[head.end():].splitlines():
         m = _LTP_STEP.match(line)
-        if m and m.group(3):
-            vias.append(m.group(3))
-    out = {"cells": int(head.group(2)), "lut_levels": None, "carry_cells": None}
+        if m:
+            signals.append(m.group(2))
+            if m.group(3):
+                vias.append(m.group(3))
+    out = {"cells": int(head.group(2)), "lut_levels": None, "carry_cells": None,
+           "from": signals[0] if signals else None, "to": signals[-1] if signals else None}
     if lut_cells is not None:
         out["lut_levels"] = sum(v in lut_cells for v in vias)
     if carry_cells is not None:
