@@ -96,6 +96,12 @@ def test_the_rtl_record_wins_over_the_verilog(tmp_path):
         synth.rtl_core_shape(tmp_path)
 
 
+def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    with pytest.raises(synth.SynthError, match="apt-get install yosys"):
+        synth.synth_rtl(tmp_path)
+
+
 def test_current_pass_is_the_last_executing_line(tmp_path):
     log = tmp_path / "y.log"
     log.write_text("9.7. Executing OPT_EXPR pass (perform const folding).\n\n9.8. Executing ABC pass (technology "
@@ -219,12 +225,24 @@ def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatc
     assert not rep["fits_board"] and rep["over"] == [{"resource": "DSP48E2", "need": 2276.0, "board": 1728}]
 
 
+def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsys):
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (4, 8))   # 32 MACs <= DIRECT_MAX_MACS
+    assert main(["synth", str(project)]) == 0
+    assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 4x8 array: the figures "
+                                              "are measured, not extrapolated")
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    assert rep["method"] == "direct" and [s["array"] for s in rep["sizes"]] == [{"P": 4, "Q": 8}]
+    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 32 and rep["fit"] == {}
+
+
 def test_direct_mode_refuses_a_core_that_cannot_take_the_board_array(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
     assert main(["synth", str(project), "--sizes", "board"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("codesign synth: error: the core cannot be rendered at 17x128") or \
-        "when asked for the board's 17x128" in err
+    # today's core takes only P = 2^n units (a core that renders another array is refused the same way)
+    assert err == ("codesign synth: error: the core cannot be rendered at 17x128: "
+                   "RTL MAC units P must be a power of two, got 17")
 
 
 def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys):
@@ -239,13 +257,6 @@ def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys)
 
 
 # ---------------------------------------------------------------- real yosys
-
-@needs_yosys
-def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
-    with pytest.raises(synth.SynthError, match="apt-get install yosys"):
-        synth.synth_rtl(tmp_path)
-
 
 @needs_yosys
 @pytest.mark.parametrize("weight_ports", [1, 4])
