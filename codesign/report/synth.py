@@ -27,7 +27,8 @@ from typing import Callable
 from ..rtl.synth import MODES, RTL_RECORD, YOSYS_FAMILY, SynthError, SynthResult, rtl_core_shape, synth_rtl
 from ..rtl.synth_fit import FitError, fit
 
-# Measured (yosys 0.23, 1 core of the CI machine, the default model): see docs/SYNTH.md.
+# A direct run up to 64 MACs: the default model's core at 8x8 took 259 s of yosys CPU (its log),
+# ~5 min; yosys time vs array size in docs/SYNTH.md.
 DIRECT_MAX_MACS = 64
 DEFAULT_MODE = "flat"
 DEFAULT_TIMEOUT_S = 1800.0
