@@ -3,6 +3,7 @@ and real yosys runs (the AXI shell in CI, the core at reduced arrays as slow tes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -283,6 +284,25 @@ def test_timeout_kills_yosys_with_a_one_line_error(tmp_path):
     render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
     with pytest.raises(synth.SynthError, match=r"did not finish shell in 1 s \(--timeout\)"):
         synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", timeout_s=1, label="shell")
+
+
+@needs_yosys
+def test_an_interrupt_ends_yosys_and_its_abc_processes(tmp_path, monkeypatch):
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    started = []
+    real_popen = synth.subprocess.Popen
+    monkeypatch.setattr(synth.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(synth, "PROGRESS_EVERY_S", 0.5)
+
+    def ctrl_c(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", progress=ctrl_c)
+    assert started[0].returncode is not None        # reaped
+    with pytest.raises(ProcessLookupError):         # and nothing of its session is left
+        os.killpg(started[0].pid, 0)
 
 
 @pytest.mark.slow

@@ -209,26 +209,33 @@ def run_yosys(cmd: list[str], log: Path, timeout_s: float, progress: Callable[[s
     # its own process group, so that a timeout also ends the yosys-abc processes it started
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    next_report = start + PROGRESS_EVERY_S
-    last_pass = "reading the sources"
-    while True:
-        try:
-            _, err = proc.communicate(timeout=max(0.1, min(next_report, start + timeout_s) - time.monotonic()))
-            break
-        except subprocess.TimeoutExpired:
-            now = time.monotonic()
-            if now - start >= timeout_s:
-                _kill_group(proc)
-                raise SynthError(f"yosys did not finish {label} in {timeout_s:.0f} s (--timeout); see {log}")
-            if progress and now >= next_report:
-                last_pass = current_pass(log) or last_pass   # ABC's output can fill the log's tail
-                progress(f"synth {label}: {now - start:.0f} s, {last_pass}")
-                next_report = now + PROGRESS_EVERY_S
+    try:
+        err = _wait(proc, start, timeout_s, log, progress, label)
+    except BaseException:   # the timeout, and Ctrl-C, which its own session does not pass on to yosys
+        _kill_group(proc)
+        raise
     if proc.returncode != 0:
         detail = (err or "").strip().splitlines()
         raise SynthError(f"yosys failed on {label} (exit {proc.returncode}): "
                          f"{detail[-1] if detail else 'no message'}; see {log}")
     return time.monotonic() - start
+
+
+def _wait(proc: subprocess.Popen, start: float, timeout_s: float, log: Path, progress, label: str) -> str:
+    """yosys's stderr once it ends; a progress line every PROGRESS_EVERY_S; SynthError on timeout."""
+    next_report = start + PROGRESS_EVERY_S
+    last_pass = "reading the sources"
+    while True:
+        try:
+            return proc.communicate(timeout=max(0.1, min(next_report, start + timeout_s) - time.monotonic()))[1]
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if now - start >= timeout_s:
+                raise SynthError(f"yosys did not finish {label} in {timeout_s:.0f} s (--timeout); see {log}") from None
+            if progress and now >= next_report:
+                last_pass = current_pass(log) or last_pass   # ABC's output can fill the log's tail
+                progress(f"synth {label}: {now - start:.0f} s, {last_pass}")
+                next_report = now + PROGRESS_EVERY_S
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
