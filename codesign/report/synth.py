@@ -215,10 +215,11 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
         rtl = _rendered_at(project_dir, out, req, board.memory.weight_ports, man)
         shape = rtl_core_shape(rtl)
         if shape is None:
-            raise SynthError(f"cannot read the MAC array (parameters P and Q or EB) of {rtl / 'codesign_core.v'}")
+            raise SynthError(f"cannot read the MAC array of the core rendered in {rtl} (rtl.json, or the "
+                             "parameters P and Q or EB of its core file)")
         if method == "direct" and shape != board_array:
             raise SynthError(f"the core rendered {_array_txt(shape)} when asked for the board's "
-                             f"{_array_txt(board_array)}: synthesize reduced sizes (--sizes auto or PxQ,PxQ,PxQ)")
+                             f"{_array_txt(board_array)}: give the reduced arrays to fit (--sizes PxQ,PxQ,PxQ)")
         label = f"{_array_txt(shape)} ({i}/{len(wanted)})"
         runs.append(SizeRun(req, shape, rtl, run(rtl, out, label)))
     if method == "direct":
