@@ -20,6 +20,8 @@ from .model.config import ModelConfig
 from .model.data import SyntheticData, make_dataset
 from .model.m3vit import M3ViT
 from .quant.golden import dequantize_output, run_golden
+from .quant.precision import (LayerFormat, Precision, as_precision, chosen_precision, complete,  # noqa: F401
+                             dump_precision, load_precision)
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
 from .report.profiling import PROFILE_FILE
@@ -248,17 +250,31 @@ class Design:
 
 
 def convert(model, board: str | Board = "zcu104", wbits: int = 8, abits: int = 8, calib=None,
-            config=None) -> Design:
-    """Like hls4ml's convert_from_pytorch_model: quantise, compile and size the design for a board."""
+            config=None, precision: Precision | str | Path | None = None) -> Design:
+    """Like hls4ml's convert_from_pytorch_model: quantise, compile and size the design for a board.
+
+    `precision`: per-layer formats, a codesign.quant.precision.Precision or the path of a YAML
+    config (`codesign config`); it replaces wbits / abits (its `default` covers unlisted layers)."""
     model = load(model, config)
+    precision = as_precision(precision, model.cfg)  # a bad config fails before the calibration
     board = board if isinstance(board, Board) else load_board(board)
     if isinstance(calib, np.ndarray):
         images = checked_images(calib, model.cfg, "calibration images")
     else:
         images = calibration_images(model.cfg, path=calib)
-    qm = quantize_model(model, images, wbits=wbits, abits=abits)
+    qm = quantize_model(model, images, wbits=wbits, abits=abits, precision=precision)
     prog = compile_program(qm)
     return Design(model, qm, prog, board, choose_tiling(prog, board))
+
+
+def precision_config(model, wbits: int = 8, abits: int = 8, precision: Precision | str | Path | None = None,
+                     about: str = "") -> str:
+    """The YAML `codesign config` prints: every layer's format (uniform wbits / abits, or
+    `precision` completed) with the accumulator width it needs. No calibration: the widths and
+    the model's shapes decide everything in it."""
+    model = load(model)
+    p = as_precision(precision, model.cfg) or Precision.uniform(wbits, abits)
+    return dump_precision(complete(model.cfg, p), about)
 
 
 def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
@@ -288,22 +304,24 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     (out / "reports" / "estimate.txt").write_text(estimate_text(est, routing))
     design.profile(out / "reports" / PROFILE_FILE)
     project = {"board": design.board.name, "wbits": design.qm.wbits, "abits": design.qm.abits,
-               "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,
+               "precision": design.qm.precision.to_dict(), "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (out / "project.json").write_text(json.dumps(project, indent=1))
 
 
 def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: int = 2, force: bool = False,
              wbits: int = 8, abits: int = 8, calib=None, config=None, project_name: str = "codesign",
-             inputs=()) -> Path:
+             inputs=(), precision: Precision | str | Path | None = None) -> Path:
     """Write a complete project (HLS C++, RTL, Tcl, host driver, data, reports) to `out_dir`.
 
     An existing `out_dir` is replaced only with `force`, and only when it is a codesign project
     that holds none of the files read (`model`, `config`, `calib` and any other `inputs` paths)."""
     images = checked_count(images, "images (test images per task)")
-    inputs = [*inputs, *(p for p in (model, config, calib) if isinstance(p, (str, os.PathLike)))]
+    inputs = [*inputs, *(p for p in (model, config, calib, precision) if isinstance(p, (str, os.PathLike)))]
     checked_project_target(out_dir, force, inputs)  # before the slow conversion, not after it
-    design = model if isinstance(model, Design) else convert(model, board, wbits, abits, calib, config)
+    if isinstance(model, Design) and precision is not None:
+        raise ValueError("precision applies to a model, not to a converted Design (pass it to convert)")
+    design = model if isinstance(model, Design) else convert(model, board, wbits, abits, calib, config, precision)
     data = vector_data(design.qm.cfg, images)
     with atomic_dir(Path(out_dir), force, project=True, protect=inputs) as tmp:
         _write_project(tmp, design, data, project_name)

@@ -1,4 +1,4 @@
-"""Command line: codesign generate | csim | cosim | synth | compare | report | estimate | demo."""
+"""Command line: codesign generate | csim | cosim | synth | compare | report | estimate | config | demo."""
 from __future__ import annotations
 
 import argparse
@@ -21,11 +21,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                  "or 'default' for the embedded tiny M3ViT")
     p.add_argument("--config", help="YAML model config, when not beside the weights")
     p.add_argument("--board", default="zcu104", help="board name from boards/ or a board YAML (default zcu104)")
-    p.add_argument("--wbits", type=int, default=8, help="weight width, 2..16 (default 8)")
-    p.add_argument("--abits", type=int, default=8, help="activation width, 2..16 (default 8)")
+    _add_width_args(p)
     p.add_argument("--calib", help=".npy of float calibration images [N,C,H,W] (N >= 1, all finite, channels "
                                    "first, in the model's input normalisation); integer pixels such as uint8 "
                                    "are refused, not rescaled (default: built-in synthetic images)")
+
+
+def _add_width_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wbits", type=int, help="weight width of every layer, 2..16 (default 8)")
+    p.add_argument("--abits", type=int, help="activation width of every layer, 2..16 (default 8)")
+    p.add_argument("--precision", metavar="YAML", help="per-layer widths: a file `codesign config` wrote, "
+                                                       "edited (instead of --wbits/--abits)")
+
+
+def _widths(args) -> tuple[int, int, str | None]:
+    """(wbits, abits, precision file): --precision replaces the uniform widths."""
+    if args.precision and (args.wbits is not None or args.abits is not None):
+        raise ValueError("--wbits/--abits do not apply with --precision (its `default:` covers the layers "
+                         "it does not list)")
+    return (8 if args.wbits is None else args.wbits), (8 if args.abits is None else args.abits), args.precision
 
 
 def _positive(convert, what: str):
@@ -138,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.add_argument("--json", help="also write the estimate as JSON to this file")
 
+    f = sub.add_parser("config", help="print the per-layer precision (YAML) to edit for generate --precision",
+                       description="Print the per-layer formats the quantizer uses for MODEL: weight and "
+                                   "activation widths and the accumulator width each layer needs, as YAML with "
+                                   "a header explaining the fields. Edit it and pass it to `codesign generate "
+                                   "MODEL --precision FILE` for mixed precision.")
+    f.add_argument("model", help="model folder or file, or 'default' for the embedded tiny M3ViT")
+    f.add_argument("--config", help="YAML model config, when not beside the weights")
+    _add_width_args(f)
+
     d = sub.add_parser("demo", help="train/load the embedded model and run the whole flow")
     d.add_argument("-o", "--out", default="codesign_demo", help="project folder (default ./codesign_demo)")
     d.add_argument("--board", default="zcu104")
@@ -161,9 +184,10 @@ def cmd_generate(args) -> int:
     from . import api
     from .fsutil import checked_project_target
 
-    inputs = [p for p in (args.model, args.config, args.calib) if p and p != DEFAULT_MODEL]
+    inputs = [p for p in (args.model, args.config, args.calib, args.precision) if p and p != DEFAULT_MODEL]
     checked_project_target(args.out, args.force, inputs)  # before loading and converting the model
-    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    wbits, abits, precision = _widths(args)
+    design = api.convert(_model(args), args.board, wbits, abits, args.calib, precision=precision)
     out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
           f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name})")
@@ -268,11 +292,21 @@ def cmd_estimate(args) -> int:
     from .fsutil import checked_output_path
 
     json_path = checked_output_path(args.json, "file") if args.json else None  # before the conversion
-    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    wbits, abits, precision = _widths(args)
+    design = api.convert(_model(args), args.board, wbits, abits, args.calib, precision=precision)
     est = design.estimate()
     print(api.estimate_text(est, api.ROUTING_UNIFORM))
     if json_path:
         json_path.write_text(json.dumps(api.estimate_json(est, api.ROUTING_UNIFORM), indent=1))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from . import api
+
+    wbits, abits, precision = _widths(args)
+    model = api.load(args.model, args.config)
+    print(api.precision_config(model, wbits, abits, precision, about=args.model), end="")
     return 0
 
 
@@ -283,7 +317,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "synth": cmd_synth,
-            "compare": cmd_compare, "report": cmd_report, "estimate": cmd_estimate, "demo": cmd_demo}
+            "compare": cmd_compare, "report": cmd_report, "estimate": cmd_estimate, "config": cmd_config,
+            "demo": cmd_demo}
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
