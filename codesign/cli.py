@@ -120,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="'board': one run at the board's array; PxQ list: fit these reduced arrays; 'auto' "
                         f"(default): 'board' up to {SYNTH_DIRECT_MAX_MACS} MACs, else three reduced arrays")
     y.add_argument("--per-module", action="store_true",
-                   help="synthesize every module on its own (no -flatten), summed over the hierarchy: a few "
-                        "percent more LUT/FF than flat, and not faster on the current core (docs/SYNTH.md)")
+                   help="synthesize every module on its own (no -flatten), summed over the hierarchy: about 10%% "
+                        "more LUT and FF than flat, the same DSP and block RAM (docs/SYNTH.md)")
     y.add_argument("--timeout", type=_positive_seconds, default=1800.0, metavar="SECONDS",
                    help="give up on one yosys run after SECONDS (default 1800)")
 

@@ -19,8 +19,9 @@ from codesign.rtl import synth, synth_fit
 
 DATA = Path(__file__).parent / "data" / "yosys"
 needs_yosys = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed (apt-get install yosys)")
-# Per-module synthesis (no -flatten) against flat, at 1x8 (measured: LUT +3.8%, FF +2.7%, DSP and BRAM equal)
-PER_MODULE_MARGIN = 0.05
+# Per-module synthesis (no -flatten) against flat, the default core at 1x8 (measured: DSP48E2, BRAM36 and
+# URAM equal; LUT +9.7% and FF +8.4% with the zcu104's 4 weight ports, +3.8% / +2.7% with one)
+PER_MODULE_MARGIN = 0.12
 HIER_TOTALS = {  # stat_hier.txt's design hierarchy section
     "BUFG": 1, "CARRY4": 1764, "DSP48E2": 122, "FDRE": 7022, "FDSE": 13, "IBUF": 131, "INV": 1562,
     "LUT1": 213, "LUT2": 6301, "LUT3": 3908, "LUT4": 1179, "LUT5": 1125, "LUT6": 3890, "MUXF7": 822,
@@ -325,7 +326,7 @@ def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
 @needs_yosys
 def test_per_module_counts_match_the_flat_run(project, tmp_path):
     """Per-module synthesis (no -flatten) of the core at 1x8 against the flat run: within
-    PER_MODULE_MARGIN (~5 min of yosys)."""
+    PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
     man = json.loads((project / "data" / "manifest.json").read_text())
     rtl = synth_flow._rendered_at(project, tmp_path / "1x8", (1, 8), 4, man)
     flat = synth.synth_rtl(rtl, log=tmp_path / "flat" / "y.log", mode="flat").resources
