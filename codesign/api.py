@@ -294,6 +294,9 @@ def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
     return make_dataset(images, cfg, VECTOR_SEED)
 
 
+RTL_NOT_GENERATED = "NOT_GENERATED.txt"  # rtl/ of a project whose program the RTL core refuses
+
+
 def _write_project(out: Path, design: Design, data: SyntheticData, project_name: str) -> None:
     from .emit.hls import render_hls
     from .emit.host import write_host_files
@@ -308,7 +311,13 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
     params = tiling_params(design.tiling)
     render_hls(out, design.prog, design.board, design.uarch(), project_name=project_name)
-    render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
+    rtl_refused = None
+    try:
+        render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
+    except ValueError as exc:  # a limit of the RTL core (e.g. its score index): the project is HLS only
+        rtl_refused = str(exc)
+        (out / "rtl").mkdir(exist_ok=True)
+        (out / "rtl" / RTL_NOT_GENERATED).write_text(f"The RTL core was not generated: {rtl_refused}\n")
     save_model(design.model, out / "model")
     est = design.estimate(data.images, 0)
     routing = ROUTING_IMAGE.format(task=0)
@@ -321,6 +330,8 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
                "wbits": design.qm.wbits, "abits": design.qm.abits, "precision": design.qm.precision.to_dict(),
                "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if rtl_refused:
+        project["rtl_not_generated"] = rtl_refused
     (out / "project.json").write_text(json.dumps(project, indent=1))
 
 

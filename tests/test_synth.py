@@ -104,6 +104,12 @@ def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
         synth.synth_rtl(tmp_path)
 
 
+def test_a_unit_on_its_own_gets_its_parameters_and_top(tmp_path):
+    script = synth.synth_script([Path("a.v")], "xcup", tmp_path, top="cs_vec", params={"EPB": 16, "EB": 1})
+    assert "chparam -set EPB 16 -set EB 1 cs_vec; synth_xilinx -family xcup -top cs_vec -flatten;" in script
+    assert "stat -top cs_vec;" in script
+
+
 def test_current_pass_is_the_last_executing_line(tmp_path):
     log = tmp_path / "y.log"
     log.write_text("9.7. Executing OPT_EXPR pass (perform const folding).\n\n9.8. Executing ABC pass (technology "

@@ -92,3 +92,53 @@ def test_moe_rules(design):
     wide = dataclasses.replace(gate, args=dict(gate.args, experts=20))
     with pytest.raises(HardwareRuleError, match=r"experts=20 > min\(Q, EPB\)=16"):
         check_program(_with(prog, [wide]), u)
+
+
+def test_bank_capacity_is_a_parameter_with_a_floor(design):
+    """By default a bank holds the largest tensor (17 x 256: the MLP hidden rows, 272 beats); a
+    smaller capacity streams what exceeds it, down to bank_min_beats: P rows of the widest k (4 x 256
+    / 16 = 64 beats) and Qb queries plus P keys of one head (21 beats). Below it the program is
+    refused naming the instruction."""
+    from codesign.schedule.uarch import bank_min_beats, bank_need_beats
+
+    prog = design.prog
+    assert _uarch(prog).bank_beats == bank_need_beats(prog, 16) == 272
+    assert _uarch(prog, bank_beats=10 ** 6).bank_beats == 272  # never more than the largest tensor
+    least = bank_min_beats(prog, 4, 32, 16)
+    assert least == 64
+    u = _uarch(prog, bank_beats=least)
+    check_program(prog, u)
+    assert u.chunk_rows(256) == 4 and not u.fits_bank(17, 256) and u.fits_bank(4, 256)
+    with pytest.raises(HardwareRuleError, match=r"^instruction \d+ \(MATMUL .*\): its A operand \(17 rows of k=256\) "
+                                                r"exceeds a bank \(63 beats\), which does not hold one block of P=4 rows$"):
+        check_program(prog, _uarch(prog, bank_beats=least - 1))
+
+
+def test_attention_plan_whole_head_or_key_tiles(design):
+    """17 tokens of 4 heads of 16 (qkv rows of 192 = 12 beats): whole in 204 beats, per head (3
+    beats a row) in 51, else key tiles of what the bank holds beside Qb = 17 queries (1 beat each),
+    in whole blocks of P = 4 keys; with too few keys for one block the ATTN is refused."""
+    attn = next(i for i in design.prog.instrs if i.op == Op.ATTN)
+    assert (attn.args["tokens"], attn.args["heads"], attn.args["head_dim"]) == (17, 4, 16)
+    plan = lambda beats: _uarch(design.prog, bank_beats=beats).attn_plan(17, 4, 16)  # noqa: E731
+    assert plan(204) == ("whole", 17) and plan(203) == ("head", 17) and plan(51) == ("head", 17)
+    assert plan(50) == ("keys", 32) and plan(24) == ("keys", 4) and plan(20) == ("keys", 0)
+    prog = _with(design.prog, [attn])
+    check_program(prog, derive_uarch(prog, 4, 32, 16, 4, bank_beats=21))
+    with pytest.raises(HardwareRuleError, match=r"one head's q, k, v exceed a bank \(20 beats\), which does not "
+                                                r"hold 17 queries and a tile of 4 keys"):
+        check_program(prog, derive_uarch(prog, 4, 32, 16, 4, bank_beats=20))
+
+
+def test_accumulator_in_ddr_bounds_acc_old(design):
+    """Without moe_acc a SCATTER reads old int32 rows into acc_old: at least 256 rows or 8 blocks of
+    P, at most the tokens in whole blocks; the memory table counts it."""
+    from codesign.schedule.uarch import memories
+
+    on_chip, in_ddr = _uarch(design.prog), _uarch(design.prog, acc_on_chip=False)
+    assert on_chip.acc_old_rows == 0 and "acc_old" not in {m.name for m in memories(on_chip)}
+    assert in_ddr.acc_old_rows == 20  # 17 tokens: 5 blocks of 4
+    acc_old = next(m for m in memories(in_ddr) if m.name == "acc_old")
+    assert (acc_old.width, acc_old.depth) == (128, 20 * 32 // 4)
+    big = dataclasses.replace(in_ddr, max_tokens=4096, P=32)
+    assert big.acc_old_rows == 256

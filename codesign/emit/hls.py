@@ -30,7 +30,7 @@ from ..quant import arith as A
 from ..schedule.isa import FIELDS, OBITS_LSB, OBITS_MASK, WORDS, Flag, Op
 from ..schedule.program import Program
 from ..schedule.tiling import board_uarch
-from ..schedule.uarch import Uarch, check_program
+from ..schedule.uarch import Uarch, check_program, resource_use
 from .data import load_manifest, region_nbytes
 from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, weight_pointer_registers
 
@@ -153,6 +153,21 @@ def _impl(width: int, depth: int, board: Board) -> str:
     return "bram"
 
 
+# kernel arrays that are memories of the resource model (codesign.schedule.uarch.memories), same shape
+_MODEL_NAMES = {"program": "prog", "bank": "abank", "wrows": "wslot", "qbuf": "qbuf", "sbuf": "sbuf", "lists": "lists",
+                "moe_acc": "moe_acc", "acc_written": "acc_written", "acc_old": "acc_old"}
+
+
+def _model_bindings(u: Uarch, board: Board) -> dict[str, str]:
+    """Storage of the kernel arrays the resource model counts, as it binds them within the default
+    budget's URAM (the tiling's check): so what fits the estimate is what the pragmas ask for."""
+    from ..schedule.tiling import Budget
+
+    impl = {"uram": "uram", "bram36": "bram", "lutram": "lutram"}
+    model = {m.name: impl[m.binding] for m in resource_use(u, Budget(board).limit("uram")).memories}
+    return {kernel: model[name] for kernel, name in _MODEL_NAMES.items() if name in model}
+
+
 def kernel_memories(u: Uarch, board: Board) -> list[dict]:
     """Every on-chip array codesign_top declares: its C type and shape, its pragmas, and what they
     make of it (instances x width bits x depth words, storage and binding). The template writes
@@ -163,7 +178,7 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
     acc_tokens, acc_words, experts = max(u.acc_tokens, 1), max(u.acc_row_words, 1), max(u.max_experts, 1)
     blocks = -(-u.max_tokens // u.P)
     fill_segs = (u.max_tiles + 1) * (-(-u.GW // u.weight_ports) + 3) + 2
-    acc_old_rows = 1 if u.acc_tokens else u.max_tokens
+    acc_old_rows = max(1, u.acc_old_rows)
     half = u.param_words // 2
     lut_copies = u.constants()["LUT_COPIES"]
 
@@ -189,7 +204,7 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
          part("fq", 1), "weight engine: bursts per master; LUTRAM, read the cycle a burst ends"),
         ("qbuf", "qbuf_t", f"[2][GW={u.GW}][{u.epb * dh_beats}] beat", 2 * u.GW, beat, u.epb * dh_beats,
          "ram_2p", part("qbuf", 1, 2), "attention queries of two blocks"),
-        ("sbuf", "sbuf_t", f"[{u.max_tokens}][Q={u.Q}] acc", 1, u.Q * acc, u.max_tokens, "ram_2p",
+        ("sbuf", "sbuf_t", f"[{u.max_tokens}][Q={u.Q}] score", 1, u.Q * u.score_word_bits, u.max_tokens, "ram_2p",
          ["ARRAY_RESHAPE variable=sbuf complete dim=2"], "one key's Q scores a word"),
         ("mx", "maxima_t", f"[Q={u.Q}] acc", u.Q, acc, 1, "ff", part("mx", 1), "scores: running maxima"),
         ("rowtab", "rowtab_t", f"[G={u.G}][{blocks * u.epb}] uint32", u.G, 32, blocks * u.epb, "ram_2p",
@@ -213,9 +228,10 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
          acc_old_rows * (u.Q // lanes32), "ram_2p", [],
          "unused: moe_acc is on chip" if u.acc_tokens else "SCATTER into DDR: a tile's old rows"),
     ]
+    bound = _model_bindings(u, board)
     out = []
     for name, ctype, shape, instances, width, depth, kind, pragmas, note in mems:
-        impl = "" if kind == "ff" else "lutram" if name == "fq" else _impl(width, depth, board)
+        impl = "" if kind == "ff" else "lutram" if name == "fq" else bound.get(name) or _impl(width, depth, board)
         bind = [f"BIND_STORAGE variable={name} type={kind} impl={impl}"] if impl else []
         out.append({"name": name, "type": ctype, "shape": shape, "instances": instances, "width": width,
                     "depth": depth, "storage": f"{kind} {impl}" if impl else "registers", "pragmas": pragmas + bind,
@@ -264,7 +280,25 @@ def _loop_bounds(prog: Program, u: Uarch) -> dict:
     scores = max([-(-a["tokens"] // u.P) * a["head_dim"] * (1 if u.packed_scores else 2) for a in attn] + [0])
     ev = max([-(-min(u.Q, a["tokens"]) // u.P) * -(-a["head_dim"] // u.ev_cols) * a["tokens"] for a in attn] + [0])
     drain = u.P * u.Q // (u.beat_bytes // 4)
-    return {"array": u.epb + max(mm, scores, ev) + drain, "heads": max([a["heads"] for a in attn] + [1])}
+    return {"array": u.epb + max(mm, scores, ev) + drain, "heads": max([a["heads"] for a in attn] + [1]),
+            "chunks": max([_a_chunks(u, i.args) for i in prog.instrs if i.op in (Op.MATMUL, Op.GATE)] + [1]),
+            "key_tiles": max([_key_tiles(u, a) for a in attn] + [1]),
+            "pass_pairs": max(1, -(-(-(-max(u.max_dh, 1) // u.ev_cols)) // 2)),
+            "elem_beats": max([-(-i.args["count"] // u.epb) for i in prog.instrs if i.op in (Op.ADD, Op.REQUANT32)]
+                              + [u.bank_beats])}
+
+
+def _a_chunks(u: Uarch, a: dict) -> int:
+    """Bank loads of a MATMUL's or GATE's A operand at most (a GATHER's rows are at most the tokens)."""
+    rows, k = (a["m"], a["k"]) if "k" in a else (a["tokens"], a["dim"])
+    rows = max(rows, u.max_tokens) if "k" in a else rows
+    chunk = u.chunk_rows(k)
+    return 1 if u.fits_bank(rows, k) or not chunk else -(-rows // chunk)
+
+
+def _key_tiles(u: Uarch, a: dict) -> int:
+    mode, keys = u.attn_plan(a["tokens"], a["heads"], a["head_dim"])
+    return -(-a["tokens"] // keys) if mode == "keys" and keys else 1
 
 
 def _context(prog: Program, u: Uarch, project_name: str, board: Board, man: dict) -> dict:

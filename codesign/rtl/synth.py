@@ -158,24 +158,30 @@ def parse_select_list(text: str) -> set[str]:
 
 # ---------------------------------------------------------------- running yosys
 
-def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat", top: str = TOP) -> str:
-    """The yosys script: synth_xilinx, then stat (text), ltp and the LUT / carry cell names into out/."""
+def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat", top: str = TOP,
+                 params: dict | None = None) -> str:
+    """The yosys script: synth_xilinx, then stat (text), ltp and the LUT / carry cell names into out/.
+    `params`: Verilog parameters of `top` (chparam), for a unit synthesized on its own."""
     if mode not in MODES:
         raise ValueError(f"synthesis mode must be one of {', '.join(MODES)}, got {mode!r}")
     files = " ".join(str(s) for s in sources)
     flatten = " -flatten" if mode == "flat" else ""
+    chparam = f"chparam {' '.join(f'-set {k} {int(v)}' for k, v in params.items())} {top}; " if params else ""
     # SYNTHESIS drops the simulation-only trace code; the mapped netlist is flattened (cheap)
     # only after stat, so that ltp sees paths across module boundaries.
-    return (f"read_verilog -DSYNTHESIS {files}; synth_xilinx -family {family} -top {top}{flatten}; "
+    return (f"read_verilog -DSYNTHESIS {files}; {chparam}synth_xilinx -family {family} -top {top}{flatten}; "
             f"tee -q -o {out / 'stat.txt'} stat -top {top}; flatten; "
             f"tee -q -o {out / 'ltp.txt'} ltp -noff {_COMB_CELLS} w:*; "
             f"tee -q -o {out / 'luts.txt'} select -list t:LUT*; tee -q -o {out / 'carry.txt'} select -list t:CARRY*")
 
 
 def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: float = 1800,
-              mode: str = "flat", progress: Callable[[str], None] | None = None, label: str = "") -> SynthResult:
+              mode: str = "flat", progress: Callable[[str], None] | None = None, label: str = "",
+              top: str = TOP, params: dict | None = None) -> SynthResult:
     """Run yosys synth_xilinx on every *.v in rtl_dir; return the primitive counts and longest path.
 
+    `top` and `params` (Verilog parameters of `top`) synthesize one unit on its own, e.g. the
+    vector unit cs_vec of codesign.rtl.render.render_units.
     `log`: yosys's log file (its folder also gets stat.txt, ltp.txt, luts.txt, carry.txt); `progress`
     gets a line every PROGRESS_EVERY_S seconds (elapsed, `label`, the pass yosys is in)."""
     yosys = find_yosys()
@@ -187,10 +193,10 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
     out = log.parent
     out.mkdir(parents=True, exist_ok=True)
     cpu_before = _children_cpu()
-    seconds = run_yosys([yosys, "-q", "-l", str(log), "-p", synth_script(sources, family, out, mode)],
+    seconds = run_yosys([yosys, "-q", "-l", str(log), "-p", synth_script(sources, family, out, mode, top, params)],
                         log, timeout_s, progress, label or rtl_dir.name)
     cpu = round(_children_cpu() - cpu_before, 1)
-    cells = parse_stat_text((out / "stat.txt").read_text())
+    cells = parse_stat_text((out / "stat.txt").read_text(), top)
     ltp = parse_ltp((out / "ltp.txt").read_text(), parse_select_list((out / "luts.txt").read_text()),
                     parse_select_list((out / "carry.txt").read_text()))
     return SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)

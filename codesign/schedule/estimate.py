@@ -158,6 +158,16 @@ class Banks:
         self.tags: list[Rect | None] = [None, None]
         self.last = 1  # the bank written most recently
 
+    def fits(self, r: Rect) -> bool:
+        """Rows packed in a bank (row r at r * row_bytes) fit it; a larger tensor is streamed."""
+        return r.rows * r.row_bytes <= self.capacity
+
+    def stream(self) -> int:
+        """The bank a streamed operand's chunks go through: the one written less recently, its tag dropped."""
+        b = 1 - self.last
+        self.tags[b] = None
+        return b
+
     def find(self, r: Rect) -> int | None:
         return next((i for i, t in enumerate(self.tags) if t is not None and r.inside(t)), None)
 
@@ -167,8 +177,10 @@ class Banks:
             if t is not None and t.overlaps(out):
                 self.tags[i] = None
         free = [i for i in (1 - self.last, self.last) if i not in busy]
-        if free and out.end - out.addr <= self.capacity:
+        if free and self.fits(out):
             self.tags[free[0]], self.last = out, free[0]
+        elif free:  # too large: written to DDR only, and the bank it would have gone to no longer mirrors anything
+            self.tags[free[0]] = None
 
     def invalidate(self, r: Rect) -> None:
         for i, t in enumerate(self.tags):
@@ -178,7 +190,7 @@ class Banks:
     def load(self, r: Rect, busy: set[int]) -> int | None:
         """A DDR load of `r` into a bank (MATMUL/GATE A rows, ATTN qkv): the bank written less recently."""
         free = [i for i in (1 - self.last, self.last) if i not in busy]
-        if not free or r.end - r.addr > self.capacity:
+        if not free or not self.fits(r):
             return None
         self.tags[free[0]], self.last = r, free[0]
         return free[0]
@@ -398,19 +410,47 @@ class Machine:
         return lambda r: t0 + (r + 1) * row_beats
 
     def op_matmul(self, pc, ins, rows, start, ins_io, sources, busy, cost):
-        a, u = ins.args, self.u
+        u = self.u
         ctx = Ctx(ins, rows, u)
         M, N, K = mm_dims(ctx)
         kc = K * k_passes(ctx)
+        streamed = sources[0] is None and not self.banks.fits(ins_io[0])
+        R = chunk_rows_of(u, ins, streamed)
+        if streamed:
+            return self.streamed_blocks(pc, M, N, K, kc, start, busy, cost, R)
         ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, K // u.epb)
-        if ins.flags & (Flag.GATHER | Flag.SCATTER):
-            cost.act_read_bytes += 0  # token ids and scores are on chip from the GATE
+        if R < M:  # a SCATTER into DDR: chunks of acc_old rows, the A rows in a bank
+            return self.streamed_blocks(pc, M, N, K, kc, start, busy, cost, R, ready_a)
         return self.mac_blocks(pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True)
 
-    def mac_blocks(self, pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True, router=False):
+    def streamed_blocks(self, pc, M, N, K, kc, start, busy, cost, R, ready_a=None, router=False):
+        """Chunks of R rows (whole row blocks): an A operand larger than a bank (docs/UARCH.md) loads
+        each into one bank; then each runs the block loop over every tile (the chunk's weight jobs).
+        `ready_a`: the A rows are in a bank (a SCATTER into DDR chunked by acc_old) and nothing loads."""
+        u = self.u
+        if ready_a is None:
+            busy.add(self.banks.stream())
+        row_beats = u.beats(K)
+        jobs = self.job_index.get(pc, [])
+        per_chunk = len(jobs) // _cdiv(M, R) if len(jobs) > 1 else 0  # one tile stays in its slot
+        t = self.ddr_stream_ready(start) if ready_a is None else start
+        for c, r0 in enumerate(range(0, M, R)):
+            n = min(R, M - r0)
+            if ready_a is None:
+                t = (t if c == 0 else t + self.L) + n * row_beats
+                cost.act_read_bytes += n * row_beats * u.beat_bytes
+                loaded = t
+                rows_ready = lambda r, at=loaded: at  # noqa: E731
+            else:
+                rows_ready = lambda r, r0=r0: ready_a(r0 + r)  # noqa: E731
+            chunk_jobs = jobs[c * per_chunk:(c + 1) * per_chunk] if per_chunk else jobs
+            t = self.mac_blocks(pc, n, N, kc, t, rows_ready, cost, router=router, jobs=chunk_jobs)
+        return t
+
+    def mac_blocks(self, pc, M, N, kc, start, ready_a, cost, drain_rows_per_beat=True, router=False, jobs=None):
         """The weights-outer block loop of a MAC-array instruction (SCHEDULE: mac_block, drain)."""
         u = self.u
-        jobs = self.job_index.get(pc, [])
+        jobs = self.job_index.get(pc, []) if jobs is None else jobs
         rb, nt = _cdiv(M, u.P), _cdiv(N, u.Q)
         end_prev, drain_prev = None, 0
         for t in range(nt):
@@ -432,9 +472,13 @@ class Machine:
 
     def op_gate(self, pc, ins, rows, start, ins_io, sources, busy, cost):
         a, u = ins.args, self.u
-        ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, a["dim"] // u.epb)
         kc = a["dim"] * k_passes(Ctx(ins, rows, u))
-        end = self.mac_blocks(pc, a["tokens"], a["experts"], kc, start, ready_a, cost, router=True)
+        if sources[0] is None and not self.banks.fits(ins_io[0]):
+            end = self.streamed_blocks(pc, a["tokens"], a["experts"], a["dim"], kc, start, busy, cost,
+                                       u.chunk_rows(a["dim"]), router=True)
+        else:
+            ready_a = self.a_rows_ready(ins_io[0], sources[0], start, busy, cost, a["dim"] // u.epb)
+            end = self.mac_blocks(pc, a["tokens"], a["experts"], kc, start, ready_a, cost, router=True)
         counts = self.gate_counts.get(pc) if hasattr(self, "gate_counts") else None
         beats = list_write_beats(counts, u.beat_bytes) if counts else loop("GATE", "list_write").trip(Ctx(ins, rows, u))
         cost.act_write_bytes += beats * u.beat_bytes
@@ -443,23 +487,67 @@ class Machine:
     def op_attn(self, pc, ins, rows, start, ins_io, sources, busy, cost):
         a, u = ins.args, self.u
         ctx = Ctx(ins, rows, u)
+        mode, _ = u.attn_plan(a["tokens"], a["heads"], a["head_dim"])
+        if sources[0] is not None:
+            mode = "whole"
         t = start
-        if sources[0] is None:  # qkv into a bank first
+        if mode == "whole" and sources[0] is None:  # qkv into a bank first
             t = self.ddr_stream_ready(start) + loop("ATTN", "qkv_load").trip(ctx)
             self.banks.load(ins_io[0], busy)
             cost.act_read_bytes += ins_io[0].rows * ins_io[0].row_bytes
+        elif mode != "whole":
+            busy.add(self.banks.stream())
+            t = self.ddr_stream_ready(start) - self.L  # each load below pays the read latency
+        if mode == "keys":
+            t = self.attn_key_tiles(ctx, t, cost)
+        else:
+            t = self.attn_blocks(ctx, t, cost, per_head_load=mode == "head")
+        drain = loop("ATTN", "ev_drain").trip(ctx)
+        return t + LATENCY["recip"] + drain + LATENCY["drain"]
+
+    def attn_blocks(self, ctx, t, cost, per_head_load: bool):
+        """The qkv (or, per head, its q, k, v columns) in a bank: scores and e.v per query block."""
+        a, u = ctx.a, self.u
         score = loop("ATTN", "score_block").trip(ctx)
         ev = a["tokens"] + LATENCY["exp"]
         q_first = loop("ATTN", "q_load").trip(ctx)
         for h in range(a["heads"]):
+            if per_head_load:
+                t += self.L + loop("ATTN", "head_load").trip(ctx)
+                cost.act_read_bytes += loop("ATTN", "head_load").trip(ctx) * u.beat_bytes
             t += q_first  # a head's first query block: nothing to hide its qbuf load behind
             for qb in range(attn_query_blocks(ctx)):
                 queries = min(u.Q, a["tokens"] - qb * u.Q)
                 groups = _cdiv(queries, u.P)
                 t += feed_latency(u) + attn_key_blocks(ctx) * score
                 t += groups * attn_col_passes(ctx) * (ev + feed_latency(u))
-        drain = loop("ATTN", "ev_drain").trip(ctx)
-        return t + LATENCY["recip"] + drain + LATENCY["drain"]
+        return t
+
+    def attn_key_tiles(self, ctx, t, cost):
+        """One head's q, k, v exceed a bank: per query block its queries, K per key tile (scores into
+        sbuf), then per query group and pass pair V per key tile (docs/UARCH.md "ATTN")."""
+        a, u = ctx.a, self.u
+        T, dh = a["tokens"], a["head_dim"]
+        dhb = u.beats(dh)
+        _, kt = u.attn_plan(T, a["heads"], dh)
+        tiles = [min(kt, T - k0) for k0 in range(0, T, kt)]
+        passes = attn_col_passes(ctx)
+        pairs = [min(2, passes - p0) for p0 in range(0, passes, 2)]
+        score = loop("ATTN", "score_block").trip(ctx)
+        for h in range(a["heads"]):
+            for qb in range(attn_query_blocks(ctx)):
+                queries = min(u.Q, T - qb * u.Q)
+                t += self.L + 2 * queries * dhb  # the queries into the bank, then into qbuf
+                cost.act_read_bytes += queries * dhb * u.beat_bytes
+                for keys in tiles:
+                    t += self.L + keys * dhb + feed_latency(u) + _cdiv(keys, u.P) * score + min(u.P, keys)
+                    cost.act_read_bytes += keys * dhb * u.beat_bytes
+                for _ in range(_cdiv(queries, u.P)):
+                    for pp in pairs:
+                        for keys in tiles:
+                            t += self.L + keys * dhb + pp * keys + LATENCY["exp"] + feed_latency(u)
+                            cost.act_read_bytes += keys * dhb * u.beat_bytes
+        return t
 
     def op_layernorm(self, pc, ins, rows, start, ins_io, sources, busy, cost):
         u = self.u
@@ -478,6 +566,9 @@ class Machine:
         from_ddr = [r for r, s in zip(ins_io, sources) if s is None]
         t = self.ddr_stream_ready(start) if from_ddr else start
         cost.act_read_bytes += sum(r.rows * r.row_bytes for r in from_ddr)
+        if ins.flags & Flag.B_WGT and u.add_streams_b(ins.args["count"]):  # b over the first weight master
+            t = max(t, start + self.L)
+            cost.weight_bytes += u.beats(ins.args["count"]) * u.beat_bytes
         for j in self.job_index.get(pc, []):
             t = max(t, self.job_ready(j))
         end = t + loop("ADD", "elems").trip(Ctx(ins, rows, u)) * max(1, len(from_ddr)) + LATENCY["vector"]
@@ -512,15 +603,35 @@ def weight_jobs(prog: Program, u: Uarch, rows: list[int]):
         elif ins.op == Op.MATMUL and rows[pc]:
             after = last_gate if ins.flags & Flag.DYNM else None
             lut = _cdiv((1 << ins.obits) * eb, B) if ins.flags & Flag.GELU else 0
-            for t in range(_cdiv(a["n"], u.Q)):
-                qt = min(u.Q, a["n"] - t * u.Q)
-                yield _tile_job(pc, qt, a["k"], u, eb, param_beats=2 * _cdiv(4 * qt, B), extra0=lut if t == 0 else 0,
-                                after_gate=after)
+            tiles = _cdiv(a["n"], u.Q)
+            gate_tokens = prog.instrs[last_gate].args["tokens"] if last_gate is not None else a["m"]
+            chunks = a_chunks(u, ins, rows[pc], gate_tokens) if tiles > 1 else 1  # one tile stays in its slot
+            for c in range(chunks):
+                for t in range(tiles):
+                    qt = min(u.Q, a["n"] - t * u.Q)
+                    yield _tile_job(pc, qt, a["k"], u, eb, param_beats=2 * _cdiv(4 * qt, B),
+                                    extra0=lut if t == 0 and c == 0 else 0, after_gate=after)
         elif ins.op == Op.LAYERNORM:
             yield _spread_job(pc, 2 * _cdiv(4 * a["dim"], B), W, B, ring="pring")
-        elif ins.op == Op.ADD and ins.flags & Flag.B_WGT:
+        elif ins.op == Op.ADD and ins.flags & Flag.B_WGT and not u.add_streams_b(a["count"]):
             beats = _cdiv(a["count"] * eb, B)
             yield WeightJob(pc, (beats,) + (0,) * (W - 1), beats * B, None)
+
+
+def chunk_rows_of(u: Uarch, ins: Instr, streamed: bool) -> int:
+    """Rows per MAC loop of a MATMUL: a bank's worth of a streamed A operand, at most acc_old's rows
+    for a SCATTER into DDR (docs/UARCH.md); a large number when neither applies."""
+    rows = u.chunk_rows(ins.args["k"]) if streamed else 1 << 30
+    return min(rows, u.acc_old_rows) if ins.flags & Flag.SCATTER and u.acc_old_rows else rows
+
+
+def a_chunks(u: Uarch, ins: Instr, rows: int, gate_tokens: int) -> int:
+    """MAC loops of a MATMUL: 1, or its rows in chunks of chunk_rows_of when its A operand exceeds
+    a bank (and is therefore in none; a GATHER's operand is its GATE's whole input) or it SCATTERs
+    into DDR."""
+    whole = gate_tokens if ins.flags & Flag.GATHER else rows
+    R = chunk_rows_of(u, ins, not u.fits_bank(whole, ins.args["k"]))
+    return _cdiv(rows, R) if R else 1
 
 
 def _tile_job(pc, rows, k, u: Uarch, eb, param_beats, extra0=0, after_gate=None) -> WeightJob:

@@ -94,6 +94,19 @@ def attn_col_passes(c: Ctx) -> int:
     return _cdiv(c.a["head_dim"], c.u.ev_cols)
 
 
+def attn_mode(c: Ctx) -> str:
+    return c.u.attn_plan(c.a["tokens"], c.a["heads"], c.a["head_dim"])[0]
+
+
+def attn_key_tile(c: Ctx) -> int:
+    """Keys per tile (the last tile may be shorter); T without key tiles."""
+    return c.u.attn_plan(c.a["tokens"], c.a["heads"], c.a["head_dim"])[1] or c.a["tokens"]
+
+
+def attn_key_tiles(c: Ctx) -> int:
+    return _cdiv(c.a["tokens"], attn_key_tile(c))
+
+
 @dataclass(frozen=True)
 class Loop:
     op: str
@@ -120,7 +133,9 @@ SCHEDULE: tuple[Loop, ...] = (
          lambda c: row_blocks(c) * col_tiles(c), "rows of the block * ceil(Qt/EPB)", "ceil(M/P) * ceil(n/Q)",
          "drain (6) after the last block", "overlaps the next block; SCATTER: into moe_acc"),
     Loop("MATMUL", "a_load", 1, lambda c: mm_dims(c)[0] * mm_dims(c)[2] // c.u.epb, _one,
-         "M * k/EPB", "1 unless forwarded", "write fence + DDR latency", "block b starts once its rows are in"),
+         "M * k/EPB", "1 unless forwarded", "write fence + DDR latency",
+         "block b starts once its rows are in; A larger than a bank: in ceil(M/R) chunks of R = chunk_rows(k) "
+         "rows, each loaded, then its blocks over every tile (weights read again per chunk when n > Q)"),
     Loop("GATE", "mac_block", 1, lambda c: c.a["dim"] * k_passes(c), row_blocks, "dim", "ceil(tokens/P)",
          "as MATMUL", "one tile of `experts` columns"),
     Loop("GATE", "router", 1, lambda c: min(c.u.P, c.a["tokens"]), row_blocks, "tokens of the block",
@@ -141,8 +156,23 @@ SCHEDULE: tuple[Loop, ...] = (
          lambda c: c.a["heads"] * attn_query_groups(c) * _cdiv(c.a["head_dim"], c.u.Q),
          "P * ceil(min(Q, head_dim)/EPB)", "heads * query groups * ceil(head_dim/Q)", "recip (4) + drain (6)",
          "normalise and requantise; beside the next pass"),
-    Loop("ATTN", "qkv_load", 1, lambda c: c.a["tokens"] * 3 * c.a["heads"] * c.a["head_dim"] // c.u.epb, _one,
-         "T * 3D/EPB", "1 unless forwarded", "write fence + DDR latency", "into a bank"),
+    Loop("ATTN", "qkv_load", 1, lambda c: c.a["tokens"] * 3 * c.a["heads"] * c.a["head_dim"] // c.u.epb,
+         lambda c: int(attn_mode(c) == "whole"),
+         "T * 3D/EPB", "1 unless forwarded (qkv fits a bank)", "write fence + DDR latency", "into a bank"),
+    Loop("ATTN", "head_load", 1, lambda c: c.a["tokens"] * 3 * c.a["head_dim"] // c.u.epb,
+         lambda c: c.a["heads"] if attn_mode(c) == "head" else 0, "T * 3 head_dim/EPB",
+         "heads when qkv exceeds a bank and one head's q, k, v do not", "DDR latency",
+         "a head's q, k, v columns into a bank; its first queries into qbuf after it"),
+    Loop("ATTN", "k_load", 1, lambda c: attn_key_tile(c) * c.a["head_dim"] // c.u.epb,
+         lambda c: c.a["heads"] * attn_query_blocks(c) * attn_key_tiles(c) if attn_mode(c) == "keys" else 0,
+         "KT * head_dim/EPB", "heads * ceil(T/Q) * ceil(T/KT) with key tiles", "DDR latency",
+         "one head's q, k, v exceed a bank: per query block its queries (Qb * head_dim/EPB, twice: bank, "
+         "qbuf), then K per tile of KT = attn_plan keys; scores of all keys into sbuf"),
+    Loop("ATTN", "v_load", 1, lambda c: attn_key_tile(c) * c.a["head_dim"] // c.u.epb,
+         lambda c: (c.a["heads"] * attn_query_groups(c) * _cdiv(attn_col_passes(c), 2) * attn_key_tiles(c)
+                    if attn_mode(c) == "keys" else 0),
+         "KT * head_dim/EPB", "heads * query groups * ceil(passes/2) * ceil(T/KT) with key tiles", "DDR latency",
+         "V per key tile for each query group and pass pair; e.v sums carried across the tiles"),
     Loop("LAYERNORM", "rows", 1, lambda c: c.a["rows"] * c.a["dim"] // c.u.epb, _one, "rows * dim/EPB", "1",
          "layernorm (12)", "stats while a row streams in, normalise it while the next does"),
     Loop("ADD", "elems", 1, lambda c: c.a["count"] // c.u.epb, _one, "count/EPB (x2 with both operands in DDR)",

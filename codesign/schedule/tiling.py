@@ -3,7 +3,9 @@
 Every candidate shape is costed by codesign.schedule.uarch (what the generated code instantiates:
 DSPs, FFs, LUTs, BRAM36, URAM) and refused when any of them exceeds the board's budget; among the
 shapes that fit, the one with the fewest estimated cycles wins (first ranked by the MAC-array
-cycles of the program, then by the full estimate for the best few).
+cycles of the program, then by the full estimate for the best few). Per shape, the abank capacity
+is a tiling parameter: the largest of `bank_sizes` that fits, with the MoE accumulator on chip and,
+as a second candidate, in DDR; what exceeds the bank is streamed (docs/UARCH.md).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from ..boards import Board
 from .isa import Op
 from .program import Program
 from .schedule import feed_latency
-from .uarch import RESOURCES, HardwareRuleError, Memory, Uarch, check_program, derive_uarch, resource_use
+from .uarch import (RESOURCES, HardwareRuleError, Memory, Uarch, bank_min_beats, bank_need_beats, check_program,
+                    derive_uarch, resource_use)
 
 # Shapes within this factor of the best MAC-array cycles get the full estimate.
 FULL_ESTIMATE_SHAPES = 6
@@ -157,25 +160,62 @@ def overrun_message(board: Board, P: int, Q: int, used: dict[str, int], budget: 
             f"{resource.upper()}, the budget is {budget.describe(resource)}")
 
 
-def board_uarch(prog: Program, board: Board, P: int, Q: int, acc_on_chip: bool = True) -> Uarch:
+def board_uarch(prog: Program, board: Board, P: int, Q: int, acc_on_chip: bool = True,
+                bank_beats: int | None = None) -> Uarch:
     """The compute unit of `prog` on a P x Q array of `board`: its beat width, weight masters and DSP
-    (two int8 products per DSP48E2 on Zynq UltraScale+; the 7-series DSP48E1 holds one)."""
+    (two int8 products per DSP48E2 on Zynq UltraScale+; the 7-series DSP48E1 holds one); bank_beats:
+    the abank capacity (default: the largest tensor)."""
     return derive_uarch(prog, P, Q, board.memory.axi_data_bits // 8, board.memory.weight_ports,
-                        dsp_packing=board.family == "zynquplus", acc_on_chip=acc_on_chip)
+                        dsp_packing=board.family == "zynquplus", acc_on_chip=acc_on_chip, bank_beats=bank_beats)
 
 
-def build_tiling(prog: Program, board: Board, P: int, Q: int, budget: Budget) -> Tiling:
-    u = board_uarch(prog, board, P, Q)
+def build_tiling(prog: Program, board: Board, P: int, Q: int, budget: Budget, acc_on_chip: bool = True,
+                 bank_beats: int | None = None) -> Tiling:
+    u = board_uarch(prog, board, P, Q, acc_on_chip, bank_beats)
     use = resource_use(u, budget.limit("uram"))
     return Tiling(board.name, P, Q, u, use.used, {r: budget.limit(r) for r in RESOURCES}, use.memories,
                   use.breakdown(), budget.dsp_fraction, budget.mem_fraction)
 
 
+def bank_sizes(prog: Program, board: Board, P: int, Q: int) -> list[int]:
+    """Bank capacities to try, largest first: the largest tensor, then powers of two down to the
+    smallest bank the program runs with (uarch.bank_min_beats)."""
+    beat = board.memory.axi_data_bits // 8
+    need, least = bank_need_beats(prog, beat), bank_min_beats(prog, P, Q, beat)
+    step = 4096  # a URAM's depth: a bank between two multiples wastes the rest of its URAMs
+    sizes = [need] + [s for s in range(need // step * step, 0, -step) if least <= s < need]
+    sizes += [1 << b for b in range(step.bit_length() - 2, 0, -1) if least <= 1 << b < min(need, step)]
+    return sizes if least >= need else sizes + [least]
+
+
+def shape_tilings(prog: Program, board: Board, P: int, Q: int, budget: Budget) -> list[Tiling]:
+    """The tilings of one array shape: per MoE accumulator placement (on chip, then in DDR), the
+    largest bank that fits the budget; the unfitting smallest one when none does."""
+    acc_options = (True, False) if any(i.op == Op.GATE for i in prog.instrs) else (True,)
+    sizes = bank_sizes(prog, board, P, Q)
+    fitting, smallest = [], None
+    for acc in acc_options:
+        smallest = build_tiling(prog, board, P, Q, budget, acc, sizes[-1])
+        if first_overrun(smallest.used, budget) is not None:
+            continue
+        lo, hi = 0, len(sizes) - 1  # sizes[hi] fits; resources grow with the bank
+        best = smallest
+        while lo < hi:
+            mid = (lo + hi) // 2
+            t = build_tiling(prog, board, P, Q, budget, acc, sizes[mid])
+            if first_overrun(t.used, budget) is None:
+                best, hi = t, mid
+            else:
+                lo = mid + 1
+        fitting.append(best)
+    return fitting or [smallest]
+
+
 def fixed_tiling(prog: Program, board: Board, P: int, Q: int, dsp_fraction: float = 0.8,
                  mem_fraction: float = 0.8) -> Tiling:
-    """The tiling at a given shape, refused with a ResourceError when it does not fit."""
+    """The tiling at a given shape (its largest fitting bank), refused with a ResourceError when it does not fit."""
     budget = Budget(board, dsp_fraction, mem_fraction)
-    t = build_tiling(prog, board, P, Q, budget)
+    t = shape_tilings(prog, board, P, Q, budget)[0]
     check_program(prog, t.uarch)
     over = first_overrun(t.used, budget)
     if over:
@@ -189,18 +229,22 @@ def choose_tiling(prog: Program, board: Board, dsp_fraction: float = 0.8, mem_fr
 
     budget = Budget(board, dsp_fraction, mem_fraction)
     shapes = candidate_shapes(prog, board)
-    tilings = {s: build_tiling(prog, board, *s, budget) for s in shapes}
-    fitting = [s for s in shapes if first_overrun(tilings[s].used, budget) is None]
+    tilings = {s: shape_tilings(prog, board, *s, budget) for s in shapes}
+    fitting = [s for s in shapes if first_overrun(tilings[s][0].used, budget) is None]
     if not fitting:
         smallest = min(shapes, key=lambda s: s[0] * s[1])
-        t = tilings[smallest]
+        t = tilings[smallest][0]
         raise ResourceError(overrun_message(board, *smallest, t.used, budget, first_overrun(t.used, budget)))
-    legal = [s for s in fitting if rule_violation(prog, tilings[s].uarch) is None]
+    for s in fitting:
+        tilings[s] = [t for t in tilings[s] if rule_violation(prog, t.uarch) is None]
+    legal = [s for s in fitting if tilings[s]]
     if not legal:
-        raise rule_violation(prog, tilings[fitting[0]].uarch)
+        raise rule_violation(prog, shape_tilings(prog, board, *fitting[0], budget)[0].uarch)
     fitting = legal
-    epb = tilings[fitting[0]].uarch.epb
+    epb = tilings[fitting[0]][0].uarch.epb
     proxy = array_cycles(prog, fitting, epb)
     best = [fitting[i] for i in np.argsort(proxy, kind="stable")[:FULL_ESTIMATE_SHAPES]]
-    scored = [(estimate(prog, tilings[s].uarch, board).cycles, tilings[s].used["dsp"], s) for s in best]
-    return tilings[min(scored)[2]]
+    scored = [(estimate(prog, t.uarch, board).cycles, t.used["dsp"], s, n) for s in best
+              for n, t in enumerate(tilings[s])]
+    _, _, s, n = min(scored)
+    return tilings[s][n]

@@ -61,7 +61,7 @@ class Uarch:
     max_dim: int  # widest LAYERNORM / ADD row, GATE dim, attention D
     max_dh: int  # 0 without attention
     max_experts: int  # 0 without GATE
-    bank_beats: int  # one abank copy
+    bank_beats: int  # one abank copy: the tiling's bank capacity (at most the largest tensor)
     slot_row_beats: int  # beats of one weight row in a slot (max_k / EPB)
     acc_words: int  # moe_acc words (EPB int32 each), 0 without MoE
     instrs: int  # program words / 16, END included
@@ -103,6 +103,56 @@ class Uarch:
         Q/2 elements of a V row per cycle (docs/UARCH.md: needs Q/2 <= G*EPB)."""
         return min(self.Q // 2, self.G * self.epb)
 
+    def beats(self, elems: int) -> int:
+        return -(-elems * self.elem_bytes // self.beat_bytes)
+
+    def fits_bank(self, rows: int, row_elems: int) -> bool:
+        """Rows of row_elems, packed (row r at beat r * beats(row_elems)), fit one bank."""
+        return rows * self.beats(row_elems) <= self.bank_beats
+
+    def chunk_rows(self, row_elems: int) -> int:
+        """Rows of a streamed A operand per bank load: whole row blocks of P (0: not even one fits)."""
+        return self.bank_beats // max(1, self.beats(row_elems)) // self.P * self.P
+
+    def attn_plan(self, tokens: int, heads: int, head_dim: int) -> tuple[str, int]:
+        """(mode, keys per tile) of an ATTN (docs/UARCH.md "ATTN"): "whole" when its qkv fits a bank,
+        "head" when one head's q, k and v rows do (loaded per head), else "keys": per query block its
+        Qb queries and K, then V, in tiles of that many keys (a multiple of P)."""
+        if self.fits_bank(tokens, 3 * heads * head_dim):
+            return "whole", tokens
+        if self.fits_bank(tokens, 3 * head_dim):
+            return "head", tokens
+        dhb, qb = self.beats(head_dim), min(self.Q, tokens)
+        return "keys", max(0, (self.bank_beats - qb * dhb) // dhb // self.P * self.P)
+
+    @property
+    def score_bits(self) -> int:
+        """Bits of an attention score (an sbuf word holds Q of them: 32 each when they fit, else 64)."""
+        return A.signed_sum_bits(2 * (self.abits - 1), self.max_dh) if self.max_dh else 0
+
+    @property
+    def score_word_bits(self) -> int:
+        return 32 if self.score_bits <= 32 else 64
+
+    @property
+    def acc_old_rows(self) -> int:
+        """Rows of acc_old (0: moe_acc on chip, or no MoE): with the accumulator in DDR a SCATTER
+        reads the old int32 rows of at most this many list entries per tile (whole row blocks, at
+        least 256 rows or 8 blocks); more entries run in chunks of it."""
+        if self.acc_tokens or not self.max_experts:
+            return 0
+        rows = self.P * -(-self.max_tokens // self.P)
+        return min(rows, self.P * -(-max(256, 8 * self.P) // self.P))
+
+    @property
+    def slot_beats(self) -> int:
+        """Beats of one weight slot (GW groups of EPB rows of max_k)."""
+        return self.GW * self.epb * self.slot_row_beats
+
+    def add_streams_b(self, count: int) -> bool:
+        """An ADD's wgt operand larger than a slot streams over the first weight master in its loop."""
+        return self.beats(count) > self.slot_beats
+
     @property
     def param_words(self) -> int:
         """int32 parameters of an HLS weight slot: bias + mult, or LayerNorm's gamma + beta (the
@@ -133,7 +183,8 @@ class Uarch:
                  B=self.beat_bytes, W=self.weight_ports, ACC_W=self.acc_w, HALF_Q=self.Q // 2,
                  EXP_COPIES=-(-self.P // 2), ROUTER_EXP_COPIES=max(1, -(-self.max_experts // 2)),
                  LUT_COPIES=max(1, self.epb // 2), packed_scores=int(self.packed_scores), EV_COLS=self.ev_cols,
-                 max_tiles=self.max_tiles, param_words=self.param_words)
+                 max_tiles=self.max_tiles, param_words=self.param_words, acc_old_rows=self.acc_old_rows,
+                 score_word_bits=self.score_word_bits)
         return d
 
 
@@ -141,24 +192,43 @@ def _args(prog: Program, op: Op) -> list[dict]:
     return [i.args for i in prog.instrs if i.op == op]
 
 
+def bank_need_beats(prog: Program, beat_bytes: int) -> int:
+    """Beats of one bank that holds the program's largest tensor whole (no streaming at all)."""
+    epb = beat_bytes // prog.elem_bytes
+    mm, gate, attn = _args(prog, Op.MATMUL), _args(prog, Op.GATE), _args(prog, Op.ATTN)
+    norm, add, rq = _args(prog, Op.LAYERNORM), _args(prog, Op.ADD), _args(prog, Op.REQUANT32)
+    # the largest A operand, forwarded output, attention qkv or elementwise tensor
+    elems = ([a["m"] * max(a["k"], a["n"]) for a in mm] + [a["tokens"] * a["dim"] for a in gate]
+             + [a["tokens"] * 3 * a["heads"] * a["head_dim"] for a in attn]
+             + [a["rows"] * a["dim"] for a in norm] + [a["count"] for a in add + rq])
+    return -(-max(elems + [1]) // epb)
+
+
+def bank_min_beats(prog: Program, P: int, Q: int, beat_bytes: int) -> int:
+    """The smallest bank the program runs with: P rows of the widest streamed A operand, and an
+    attention's Qb queries plus one tile of P keys (docs/UARCH.md hardware rules)."""
+    epb = beat_bytes // prog.elem_bytes
+    ks = [a["k"] for a in _args(prog, Op.MATMUL)] + [a["dim"] for a in _args(prog, Op.GATE)]
+    need = [P * -(-k // epb) for k in ks]
+    need += [(min(Q, a["tokens"]) + P) * -(-a["head_dim"] // epb) for a in _args(prog, Op.ATTN)]
+    return max(need + [1])
+
+
 def derive_uarch(prog: Program, P: int, Q: int, beat_bytes: int, weight_ports: int,
-                 dsp_packing: bool = True, acc_on_chip: bool = True) -> Uarch:
+                 dsp_packing: bool = True, acc_on_chip: bool = True, bank_beats: int | None = None) -> Uarch:
     """The microarchitecture parameters of `prog` on a P x Q array (sizes from the program).
 
     dsp_packing False: the DSP cannot hold two int8 products (7-series DSP48E1); acc_on_chip False:
-    no moe_acc (a tiling without room for it), the MoE accumulator stays in DDR."""
+    no moe_acc (a tiling without room for it), the MoE accumulator stays in DDR; bank_beats: the
+    capacity of one abank copy (default: the largest tensor; a smaller bank streams what exceeds it)."""
     eb = prog.elem_bytes
     epb = beat_bytes // eb
-    mm, gate, attn = _args(prog, Op.MATMUL), _args(prog, Op.GATE), _args(prog, Op.ATTN)
-    norm, add, rq = _args(prog, Op.LAYERNORM), _args(prog, Op.ADD), _args(prog, Op.REQUANT32)
+    mm, gate, attn, norm = _args(prog, Op.MATMUL), _args(prog, Op.GATE), _args(prog, Op.ATTN), _args(prog, Op.LAYERNORM)
     tokens = [a["m"] for a in mm] + [a["tokens"] for a in gate + attn] + [a["rows"] for a in norm]
     max_k = max([a["k"] for a in mm] + [a["dim"] for a in gate] + [1])
     max_n = max([a["n"] for a in mm] + [a["experts"] for a in gate] + [1])
     dims = [a["dim"] for a in norm + gate] + [a["heads"] * a["head_dim"] for a in attn]
-    # Bank: the largest A operand, forwarded output, attention qkv or elementwise tensor.
-    elems = ([a["m"] * max(a["k"], a["n"]) for a in mm] + [a["tokens"] * a["dim"] for a in gate]
-             + [a["tokens"] * 3 * a["heads"] * a["head_dim"] for a in attn]
-             + [a["rows"] * a["dim"] for a in norm] + [a["count"] for a in add + rq])
+    need = bank_need_beats(prog, beat_bytes)
     acc_tokens = max([a["tokens"] for a in gate] + [0]) if acc_on_chip else 0
     acc_row_words = max([-(-a["dim"] // epb) for a in gate] + [0]) if acc_on_chip else 0
     acc_w = max([instr_acc_bits(i, prog.wbits, prog.abits) for i in prog.instrs] + [1])
@@ -167,7 +237,7 @@ def derive_uarch(prog: Program, P: int, Q: int, beat_bytes: int, weight_ports: i
         abits=prog.abits, acc_w=acc_w, max_tokens=max(tokens + [1]), max_k=max_k, max_n=max_n,
         max_dim=max(dims + [1]), max_dh=max([a["head_dim"] for a in attn] + [0]),
         max_experts=max([a["experts"] for a in gate] + [0]),
-        bank_beats=-(-max(elems + [1]) // epb), slot_row_beats=-(-max_k // epb),
+        bank_beats=need if bank_beats is None else max(1, min(need, bank_beats)), slot_row_beats=-(-max_k // epb),
         acc_words=acc_tokens * acc_row_words,
         instrs=len(prog.instrs) + 1, gelu=any(i.op == Op.MATMUL and i.flags & Flag.GELU for i in prog.instrs),
         dsp_packing=dsp_packing, acc_tokens=acc_tokens, acc_row_words=acc_row_words,
@@ -225,6 +295,11 @@ def _rule_violation(ins: Instr, u: Uarch, last_gate: Instr | None) -> str | None
             checks.append(_lists_from_gate(ins, last_gate))
         if ins.flags & Flag.SCATTER and u.acc_tokens:
             checks.append(_scatter_into_acc(a, last_gate))
+        if ins.flags & Flag.SCATTER and ins.flags & Flag.GATHER and u.acc_old_rows:
+            checks.append("GATHER and SCATTER in one MATMUL with the accumulator in DDR (its chunks of acc_old rows "
+                          "would split the gathered blocks)")
+        gathered = ins.flags & Flag.GATHER and last_gate is not None
+        checks.append(_stream_violation(u, last_gate.args["tokens"] if gathered else a["m"], a["k"], "k"))
     elif ins.op == Op.GATE:
         checks += [_multiple(a["dim"], epb, "dim")]
         checks += [_multiple(a[f], B, f) for f in ("x_addr", "wg_addr", "bg_addr", "counts_addr", "idx_addr",
@@ -232,12 +307,17 @@ def _rule_violation(ins: Instr, u: Uarch, last_gate: Instr | None) -> str | None
         checks.append(_multiple(4 * a["list_stride"], B, "list_stride bytes"))
         if a["num_tasks"] > 1:
             checks.append(_multiple(4 * a["experts"], B, "router bias bytes per task"))
+        checks.append(_stream_violation(u, a["tokens"], a["dim"], "dim"))
         if a["experts"] > min(u.Q, epb):
             checks.append(f"experts={a['experts']} > min(Q, EPB)={min(u.Q, epb)} (the router reads one drained beat)")
     elif ins.op == Op.ATTN:
         d = a["heads"] * a["head_dim"]
         checks += [_multiple(a["head_dim"], epb, "head_dim"), _multiple(d * eb, B, "row bytes"),
                    _multiple(a["qkv_addr"], B, "qkv_addr"), _multiple(a["out_addr"], B, "out_addr")]
+        mode, keys = u.attn_plan(a["tokens"], a["heads"], a["head_dim"])
+        if mode == "keys" and keys < u.P:
+            checks.append(f"one head's q, k, v exceed a bank ({u.bank_beats} beats), which does not hold "
+                          f"{min(u.Q, a['tokens'])} queries and a tile of {u.P} keys")
     elif ins.op == Op.LAYERNORM:
         checks += [_multiple(a["dim"], epb, "dim")]
         checks += [_multiple(a[f], B, f) for f in ("x_addr", "out_addr", "gamma_addr", "beta_addr")]
@@ -245,9 +325,18 @@ def _rule_violation(ins: Instr, u: Uarch, last_gate: Instr | None) -> str | None
         names = ("a_addr", "b_addr", "out_addr") if ins.op == Op.ADD else ("src_addr", "out_addr")
         checks += [_multiple(a["count"], epb, "count")] + [_multiple(a[f], B, f) for f in names]
         slot_bytes = u.GW * u.epb * u.slot_row_beats * B
-        if ins.op == Op.ADD and ins.flags & Flag.B_WGT and a["count"] * eb > slot_bytes:
-            checks.append(f"its wgt operand ({a['count'] * eb} bytes) does not fit a weight slot ({slot_bytes})")
+        if ins.op == Op.ADD and ins.flags & Flag.B_WGT and a["count"] * eb > slot_bytes and u.weight_ports < 2:
+            checks.append(f"its wgt operand ({a['count'] * eb} bytes) does not fit a weight slot ({slot_bytes}) "
+                          f"and one weight master cannot stream it beside the act reads")
     return next((c for c in checks if c), None)
+
+
+def _stream_violation(u: Uarch, rows: int, k: int, what: str) -> str | None:
+    """An A operand larger than a bank streams in chunks of whole row blocks: one must fit."""
+    if u.fits_bank(rows, k) or u.chunk_rows(k) >= u.P:
+        return None
+    return (f"its A operand ({rows} rows of {what}={k}) exceeds a bank ({u.bank_beats} beats), which does not "
+            f"hold one block of P={u.P} rows")
 
 
 def _dynm_from_gate(count_addr: int, gate: Instr | None) -> str | None:
@@ -292,12 +381,11 @@ class Memory:
 
 def memories(u: Uarch) -> list[Memory]:
     """Every on-chip memory the core declares, with the shape each copy has."""
-    beat, eb = 8 * u.beat_bytes, 8 * u.elem_bytes
+    beat, eb, lanes32 = 8 * u.beat_bytes, 8 * u.elem_bytes, u.beat_bytes // 4
     mems = [
-        Memory("prog", "the program, 16 words an instruction", 32, 16 * u.instrs),
+        Memory("prog", "the program, one instruction (16 words) a row", 512, u.instrs),
         Memory("abank", "A operand / forwarded tensor: 2 banks x G copies", beat, u.bank_beats, 2 * u.G),
-        Memory("wslot", "weight tile rows: 2 slots in each of GW group memories", beat,
-               2 * u.epb * u.slot_row_beats, u.GW),
+        Memory("wslot", "weight tile rows: 2 slots x GW group memories", beat, u.epb * u.slot_row_beats, 2 * u.GW),
         Memory("params", "bias + mult of 2 slots", 32, 2 * 2 * u.Q),
         Memory("pring", "LayerNorm gamma + beta, 2 entries", 32, 2 * 2 * u.max_dim),
         Memory("rsqrt_rom", "LayerNorm RSQRT table", A.RSQRT_FRAC + 1, 1 << A.RSQRT_MBITS),
@@ -306,13 +394,21 @@ def memories(u: Uarch) -> list[Memory]:
     if u.gelu:
         mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 * u.lut_size, max(1, u.epb // 2)))
     if u.max_dh:
-        mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, 2 * u.epb * (u.max_dh // u.epb), u.GW),
-                 Memory("sbuf", "scores of one query block: a word of Q int32 per key", 32 * u.Q, u.max_tokens),
+        mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, u.epb * (u.max_dh // u.epb), 2 * u.GW),
+                 Memory("sbuf", "scores of one query block: a word of Q scores (int32 when they fit) per key",
+                        u.score_word_bits * u.Q, u.max_tokens),
                  Memory("exp_rom", "EXP table for the e.v feed, P/2 copies", A.EXP_FRAC + 1, A.EXP_LUT_SIZE,
                         max(1, u.P // 2))]
     if u.max_experts:
+        if u.acc_old_rows:
+            mems.append(Memory("acc_old", "accumulator in DDR: a SCATTER chunk's old int32 rows of one tile", beat,
+                               u.acc_old_rows * (u.Q // (u.beat_bytes // 4))))
+        if u.acc_words:
+            mems.append(Memory("acc_written", "moe_acc's written bits, a token's row a word", u.acc_row_words,
+                               u.acc_tokens))
         mems += [Memory("moe_acc", "MoE accumulator: EPB int32 a word", 32 * u.epb, u.acc_words),
-                 Memory("lists", "per expert: token id and score", 2 * 16, u.max_tokens, u.max_experts),
+                 Memory("lists", "per expert: token ids and scores (int32), B/4 banks each for the write-out", 32,
+                        -(-u.max_tokens // lanes32), 2 * u.max_experts * lanes32),
                  Memory("router_exp", "EXP table for the router, experts/2 copies", A.EXP_FRAC + 1,
                         A.EXP_LUT_SIZE, max(1, u.max_experts // 2))]
     return mems
