@@ -421,11 +421,15 @@ def cycles_report(project_dir: str | Path, cosim_result, rtl_dir: str | Path | N
     return report(Path(project_dir), cosim_result, None if rtl_dir is None else Path(rtl_dir))
 
 
-def synth(project_dir: str | Path, rtl_dir: str | Path | None = None):
-    """yosys synth_xilinx of the project's RTL: (SynthResult, table); writes reports/synth.{json,txt}."""
-    from .rtl.synth import synth_project
+def synth(project_dir: str | Path, rtl_dir: str | Path | None = None, sizes="auto", mode: str = "flat",
+          timeout: float = 1800.0, progress: bool = False):
+    """yosys synth_xilinx of the project's core at the board's array, or fitted to it from reduced
+    arrays (codesign.report.synth); writes reports/synth.{json,txt}; returns the SynthReport
+    (`fits_board`, `figures`, `statement`). `sizes`: 'auto', 'board' or a list of (P, Q)."""
+    from .report.synth import synth_project
 
-    return synth_project(Path(project_dir), None if rtl_dir is None else Path(rtl_dir))
+    return synth_project(Path(project_dir), None if rtl_dir is None else Path(rtl_dir), sizes=sizes, mode=mode,
+                         timeout_s=timeout, progress=stderr_progress if progress else None)
 
 
 def cosim_timeouts(project_dir: str | Path, result) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 DEFAULT_MODEL = "default"  # api.DEFAULT_MODEL; not imported, so that --help stays fast
+SYNTH_DIRECT_MAX_MACS = 64  # codesign.report.synth.DIRECT_MAX_MACS (test_synth checks they agree)
+EXIT_DOES_NOT_FIT = 3       # codesign synth: the synthesized (or extrapolated) design exceeds the board
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -120,9 +122,26 @@ def _parser() -> argparse.ArgumentParser:
                                                                "(default: the board's DDR read latency and bandwidth)")
     _add_image_args(s)
 
-    y = sub.add_parser("synth", help="yosys synth_xilinx of the RTL: LUT/FF/DSP/BRAM next to the estimate")
+    y = sub.add_parser("synth", help="yosys synth_xilinx of the core at the board's array (or fitted to it): "
+                                     "DSP/LUT/FF/BRAM/URAM next to the estimate, the longest path",
+                       description="yosys synth_xilinx of the project's core at the board's array, or, above "
+                                   f"{SYNTH_DIRECT_MAX_MACS} MACs (or with --sizes), at two or three reduced "
+                                   "arrays with a least-squares fit per resource to the board's array, saying so. "
+                                   "Writes PROJECT/reports/synth.{json,txt} and PROJECT/synth/<PxQ>/ (RTL, yosys "
+                                   "log). Exit status: 0 the design fits the board; 3 it does not (one line names "
+                                   "the resource, the figure and the board's); 2 bad input, a missing or failing "
+                                   "yosys, a timeout.")
     y.add_argument("project")
-    y.add_argument("--rtl", metavar="DIR", help="synthesize this RTL folder instead of PROJECT/rtl")
+    y.add_argument("--rtl", metavar="DIR", help="synthesize this RTL folder as given (e.g. a Vitis HLS export's "
+                                                "verilog/), not extrapolated")
+    y.add_argument("--sizes", default="auto", metavar="auto|board|PxQ,PxQ[,PxQ]",
+                   help="'board': one run at the board's array; PxQ list: fit these reduced arrays; 'auto' "
+                        f"(default): 'board' up to {SYNTH_DIRECT_MAX_MACS} MACs, else three reduced arrays")
+    y.add_argument("--per-module", action="store_true",
+                   help="synthesize every module on its own (no -flatten), summed over the hierarchy: about 10%% "
+                        "more LUT and FF than flat, the same DSP and block RAM (docs/SYNTH.md)")
+    y.add_argument("--timeout", type=_positive_seconds, default=1800.0, metavar="SECONDS",
+                   help="give up on one yosys run after SECONDS (default 1800)")
 
     m = sub.add_parser("compare", help="compare FPGA/simulation results with the software reference",
                        description="Compare FPGA/simulation results with the golden and float models. Exit "
@@ -354,9 +373,14 @@ def cmd_cosim(args) -> int:
 
 def cmd_synth(args) -> int:
     from . import api
+    from .report.synth import parse_sizes, synth_text
 
-    _, table = api.synth(args.project, args.rtl)
-    print(table)
+    report = api.synth(args.project, args.rtl, sizes=parse_sizes(args.sizes),
+                       mode="per-module" if args.per_module else "flat", timeout=args.timeout, progress=True)
+    print(synth_text(report))
+    if not report.fits_board:  # a result, not bad input: its own exit status
+        print(f"codesign synth: error: {report.over_line()}", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
     return 0
 
 

@@ -1,24 +1,101 @@
-"""yosys synth_xilinx on the generated Verilog: resource classes, the real tool, the missing-tool hint."""
+"""`codesign synth`: yosys output parsing, the fit to the board's array, the does-not-fit exit,
+and real yosys runs (the AXI shell in CI, the core at reduced arrays as slow tests)."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from codesign import api, cli
+from codesign.cli import main
 from codesign.rtl import render_rtl
-from codesign.rtl import synth
+from codesign.report import synth as synth_flow
+from codesign.rtl import synth, synth_fit
 
+DATA = Path(__file__).parent / "data" / "yosys"
 needs_yosys = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed (apt-get install yosys)")
+# Per-module synthesis (no -flatten) against flat, the default core at 1x8 (measured: DSP48E2, BRAM36 and
+# URAM equal; LUT +9.7% and FF +8.4% with the zcu104's 4 weight ports, +3.8% / +2.7% with one)
+PER_MODULE_MARGIN = 0.12
+HIER_TOTALS = {  # stat_hier.txt's design hierarchy section
+    "BUFG": 1, "CARRY4": 1764, "DSP48E2": 122, "FDRE": 7022, "FDSE": 13, "IBUF": 131, "INV": 1562,
+    "LUT1": 213, "LUT2": 6301, "LUT3": 3908, "LUT4": 1179, "LUT5": 1125, "LUT6": 3890, "MUXF7": 822,
+    "MUXF8": 304, "MUXF9": 120, "OBUF": 310, "RAM32M16": 29, "RAM64M8": 26, "RAMB18E2": 3, "RAMB36E2": 14,
+    "SRL16E": 251}
+CALIB = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
 
+
+# ---------------------------------------------------------------- reading yosys output
 
 def test_cells_are_classified_like_a_vivado_utilisation_report():
     cells = {"LUT2": 10, "LUT6": 5, "FDRE": 7, "FDSE": 1, "DSP48E2": 3, "RAMB36E2": 2, "RAMB18E2": 3,
              "RAM32M16": 4, "SRL16E": 2, "URAM288": 1, "CARRY8": 6, "IBUF": 100, "BUFG": 1}
     res = synth.classify(cells)
     assert (res["lut"], res["ff"], res["dsp"], res["uram"], res["carry"]) == (15, 8, 3, 1, 6)
-    assert res["lutram"] == 6
+    assert res["lutram"] == 4 * 8 + 2          # a RAM32M16 takes the 8 LUTs of a SLICEM
+    assert res["lut_total"] == 15 + 34
     assert res["bram36_equiv"] == 3.5
+
+
+def test_stat_text_of_a_flat_run_is_the_top_module_histogram():
+    """Captured from `stat -top codesign_top` after synth_xilinx -flatten of the default core at 1x8."""
+    cells = synth.parse_stat_text((DATA / "stat_flat.txt").read_text())
+    assert cells["DSP48E2"] == 122 and cells["RAMB36E2"] == 14 and cells["RAMB18E2"] == 3
+    assert cells["FDRE"] == 6837 and cells["LUT6"] == 3674 and cells["RAM64M8"] == 26
+    assert len(cells) == 22
+
+
+def test_stat_text_of_a_per_module_run_is_the_hierarchy_total():
+    """Captured from a run without -flatten: per-module sections, then the design hierarchy's totals."""
+    text = (DATA / "stat_hier.txt").read_text()
+    cells = synth.parse_stat_text(text)
+    assert cells == HIER_TOTALS
+    # the per-module sections hold smaller counts: the parser must not stop at the first one
+    assert synth.parse_stat_text(text.split("=== design hierarchy ===")[0]) != cells
+
+
+def test_stat_text_without_counts_is_a_one_line_error():
+    with pytest.raises(synth.SynthError, match="no section"):
+        synth.parse_stat_text("=== other ===\n   Number of cells: 3\n")
+
+
+def test_longest_path_counts_cells_lut_levels_and_carry_blocks():
+    """Captured ltp of the AXI shell, with the LUT and CARRY names on its path (select -list)."""
+    luts = synth.parse_select_list((DATA / "ltp_luts.txt").read_text())
+    carry = synth.parse_select_list((DATA / "ltp_carry.txt").read_text())
+    lt = synth.parse_ltp((DATA / "ltp.txt").read_text(), luts, carry)
+    assert lt == {"cells": 28, "lut_levels": 6, "carry_cells": 21, "from": "\\u_gmem.aw_addr [6]",
+                  "to": "$auto$xilinx_dffopt.cc:347:execute$16292"}
+    assert synth.parse_ltp((DATA / "ltp.txt").read_text())["lut_levels"] is None
+
+
+@pytest.mark.parametrize("name, text, shape", [
+    ("codesign_core.v", "  localparam EB = 1;\n  localparam Q = 8 / EB;\n  localparam P = 4;  // units\n", (4, 8)),
+    ("codesign_core.v", "  localparam EB = 2;\n  localparam P = 16;\n", (16, 4)),
+    ("cs_core.v", "module cs_core #(\n  parameter DW = 128\n);\n  localparam P = 17, Q = 128, EPB = 16, EB = 1;\n",
+     (17, 128)),
+    ("cs_core.v", "module cs_core;\n    localparam DW = 128;\n", None),
+    ("rtl.json", '{"core": "units-x-lanes", "P": 32, "Q": 8, "weight_ports": 4}', (32, 8)),
+])
+def test_the_array_is_read_from_either_core(tmp_path, name, text, shape):
+    """The current core (P units of 8 / EB lanes), the docs/UARCH.md core (rtl-core: P and Q), and
+    the rtl/rtl.json record that render_project_rtl writes beside either."""
+    (tmp_path / name).write_text(text)
+    assert synth.rtl_core_shape(tmp_path) == shape
+
+
+def test_the_rtl_record_wins_over_the_verilog(tmp_path):
+    (tmp_path / "codesign_core.v").write_text("  localparam EB = 1;\n  localparam P = 2;\n")
+    (tmp_path / "rtl.json").write_text('{"P": 8, "Q": 8}')
+    assert synth.rtl_core_shape(tmp_path) == (8, 8)
+    (tmp_path / "rtl.json").write_text('{"P": 8}')
+    with pytest.raises(synth.SynthError, match="not a codesign RTL record"):
+        synth.rtl_core_shape(tmp_path)
 
 
 def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
@@ -27,13 +104,175 @@ def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
         synth.synth_rtl(tmp_path)
 
 
+def test_a_unit_on_its_own_gets_its_parameters_and_top(tmp_path):
+    script = synth.synth_script([Path("a.v")], "xcup", tmp_path, top="cs_vec", params={"EPB": 16, "EB": 1})
+    assert "chparam -set EPB 16 -set EB 1 cs_vec; synth_xilinx -family xcup -top cs_vec -flatten;" in script
+    assert "stat -top cs_vec;" in script
+
+
+def test_current_pass_is_the_last_executing_line(tmp_path):
+    log = tmp_path / "y.log"
+    log.write_text("9.7. Executing OPT_EXPR pass (perform const folding).\n\n9.8. Executing ABC pass (technology "
+                   "mapping using ABC).\nsomething else\n")
+    assert synth.current_pass(log) == "ABC pass (technology mapping using ABC)"
+    log.write_text("ABC: + strash\n" * 10)
+    assert synth.current_pass(log) is None and synth.current_pass(tmp_path / "none.log") is None
+
+
+# ---------------------------------------------------------------- the fit
+
+def _samples(shapes, a, b, c):
+    return [(p, q, a + b * p * q + c * (p + q)) for p, q in shapes]
+
+
+def test_three_independent_sizes_recover_the_model_exactly():
+    f = synth_fit.fit(_samples([(2, 32), (8, 32), (4, 64)], 700, Fraction(9, 2), 31))
+    assert f.terms == synth_fit.FULL
+    assert f.coef == (700, Fraction(9, 2), 31)
+    assert f.at(17, 128) == 700 + Fraction(9, 2) * 17 * 128 + 31 * 145
+    assert set(f.residuals) == {0}
+
+
+def test_least_squares_over_four_sizes_is_exact_on_a_noisy_point():
+    shapes = [(2, 32), (8, 32), (4, 64), (8, 64)]
+    data = _samples(shapes, 100, 2, 5)
+    data[3] = (8, 64, data[3][2] + 12)          # one point off the plane by 12
+    f = synth_fit.fit(data)
+    # exact rational least squares: the residuals are orthogonal to every column
+    for col in synth_fit.FULL:
+        assert sum(r * synth_fit.TERMS[col](p, q) for r, (p, q, _) in zip(f.residuals, data)) == 0
+    assert max(abs(r) for r in f.residuals) > 0
+
+
+def test_two_sizes_fit_two_terms_and_say_so():
+    f = synth_fit.fit(_samples([(2, 32), (8, 32)], 50, 3, 0))
+    assert f.terms == synth_fit.TWO_TERM and f.coef == (50, 3)
+    assert "2 sizes" in f.why
+
+
+def test_a_fixed_q_drops_the_p_plus_q_term():
+    """The current core renders Q = 8 at every size: P*Q and P+Q are then affine in each other."""
+    f = synth_fit.fit(_samples([(2, 8), (8, 8), (4, 8)], 10, 7, 3))
+    assert f.terms == synth_fit.TWO_TERM
+    assert f.at(272, 8) == 10 + 7 * 272 * 8 + 3 * 280   # exact all the same: c folds into a and b
+    assert "affine" in f.why
+
+
+def test_one_size_cannot_be_fitted():
+    with pytest.raises(synth_fit.FitError, match="do not determine"):
+        synth_fit.fit([(2, 8, 5.0), (2, 8, 6.0)])
+
+
+def test_a_fixed_q_core_is_extrapolated_at_the_board_mac_count():
+    target, why = synth_flow.fit_target((17, 128), [(2, 8), (8, 8), (4, 8)])
+    assert target == (272, 8) and "fixed at 8" in why and "2,176 MACs" in why
+    assert synth_flow.fit_target((17, 128), [(2, 32), (8, 32), (4, 64)])[0] == (17, 128)
+
+
+def test_sizes_option():
+    assert synth_flow.parse_sizes("auto") == "auto" and synth_flow.parse_sizes("BOARD") == "board"
+    assert synth_flow.parse_sizes("2x8, 4x16") == [(2, 8), (4, 16)]
+    for bad in ("2x8", "2x8,2x8", "2by8,4x8", "0x8,2x8"):
+        with pytest.raises(ValueError, match="--sizes"):
+            synth_flow.parse_sizes(bad)
+    assert synth_flow.plan("auto", (4, 16), 16) == ("direct", [(4, 16)])
+    assert synth_flow.plan("auto", (17, 128), 32) == ("fit", [(1, 32), (4, 32), (2, 64)])
+    assert synth_fit.choose_terms(synth_flow.reduced_sizes(32))[0] == synth_fit.FULL
+    assert cli.SYNTH_DIRECT_MAX_MACS == synth_flow.DIRECT_MAX_MACS
+
+
+# ---------------------------------------------------------------- the flow (yosys faked)
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "proj"
+    api.generate("default", out, images=1, calib=CALIB)
+    return out
+
+
+def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
+    """synth_rtl stand-in: counts linear in the array the rendered core has."""
+    def fake(rtl_dir, family="xcup", log=None, timeout_s=0, mode="flat", progress=None, label=""):
+        p, q = synth.rtl_core_shape(rtl_dir)
+        macs = p * q
+        cells = {"DSP48E2": int(base_dsp + dsp_per_mac * macs), "LUT6": 1000 + 50 * macs, "FDRE": 2000 + 40 * macs,
+                 "RAMB36E2": 14, "RAMB18E2": 2}
+        if progress:
+            progress(f"synth {label}: 30 s, ABC pass")
+        return synth.SynthResult(family, 1.0, cells, synth.classify(cells), {"cells": 40, "lut_levels": 9,
+                                                                          "carry_cells": 20}, mode, 1.0)
+    return fake
+
+
+def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    assert main(["synth", str(project), "--sizes", "1x8,2x8,4x8"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("EXTRAPOLATED, not synthesized at the board's size")
+    assert "synth 2x8 (2/3): 30 s, ABC pass" in out.err
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    assert rep["method"] == "fit" and rep["target_array"] == {"P": 272, "Q": 8}
+    assert [s["array"] for s in rep["sizes"]] == [{"P": p, "Q": 8} for p in (1, 2, 4)]
+    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 2176
+    assert rep["board_figure"]["LUT"] == 1000 + 50 * 2176
+    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q"
+    est = json.loads((project / "reports" / "estimate.json").read_text())["resources"]
+    assert rep["estimate"]["DSP48E2"] == est["dsp"]["used"]
+    assert rep["ratio"]["DSP48E2"] == pytest.approx((100 + 0.5 * 2176) / est["dsp"]["used"])
+    assert rep["fits_board"] and rep["ltp"]["4x8"]["lut_levels"] == 9
+    assert rep["core"]["core"] == "units-x-lanes" and "core: units-x-lanes (not docs/UARCH.md" in out.out
+
+
+def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatch, capsys):
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
+    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == cli.EXIT_DOES_NOT_FIT == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("codesign synth: error: the design does not fit the board (extrapolated): "
+                   "DSP48E2 2,276 > 1,728 on zcu104")
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    assert not rep["fits_board"] and rep["over"] == [{"resource": "DSP48E2", "need": 2276.0, "board": 1728}]
+
+
+def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsys):
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (4, 8))   # 32 MACs <= DIRECT_MAX_MACS
+    assert main(["synth", str(project)]) == 0
+    assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 4x8 array: the figures "
+                                              "are measured, not extrapolated")
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    assert rep["method"] == "direct" and [s["array"] for s in rep["sizes"]] == [{"P": 4, "Q": 8}]
+    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 32 and rep["fit"] == {}
+
+
+def test_direct_mode_refuses_a_core_that_cannot_take_the_board_array(project, monkeypatch, capsys):
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    assert main(["synth", str(project), "--sizes", "board"]) == 2
+    err = capsys.readouterr().err.strip()
+    # today's core takes only P = 2^n units (a core that renders another array is refused the same way)
+    assert err == ("codesign synth: error: the core cannot be rendered at 17x128: "
+                   "RTL MAC units P must be a power of two, got 17")
+
+
+def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys):
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    mine = project / "synth" / "1x8" / "notes.txt"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text("mine")
+    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == 2
+    assert "did not write (notes.txt)" in capsys.readouterr().err
+    assert mine.read_text() == "mine"
+    mine.unlink()
+
+
+# ---------------------------------------------------------------- real yosys
+
 @needs_yosys
 @pytest.mark.parametrize("weight_ports", [1, 4])
 def test_shell_synthesizes_to_xilinx_primitives(tmp_path, weight_ports):
     rtl = tmp_path / "rtl"
-    # the AXI shell: small enough for CI (~12 s; with 4 weight masters ~25 s)
+    # the AXI shell: small enough for CI (~5 s; with 4 weight masters ~15 s)
     render_rtl(rtl, {"weight_ports": weight_ports}, placeholder_core=True)
-    result = synth.synth_rtl(rtl, "xcup", log=tmp_path / "synth.log")
+    result = synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log")
     # The shell is registers and muxes: AXI-Lite register file, burst engine(s), a byte adder;
     # W weight masters add W engines, the pointer registers and the read router
     # (measured: 689 FF / 893 LUT with one master, 1,643 / 2,394 with 4 weight masters).
@@ -41,17 +280,64 @@ def test_shell_synthesizes_to_xilinx_primitives(tmp_path, weight_ports):
     assert 300 * engines < result.resources["ff"] < 3000 * engines
     assert 300 * engines < result.resources["lut"] < 5000 * engines
     assert result.resources["dsp"] == 0
-    assert (tmp_path / "synth.log").exists()
-    assert "codesign_top" in (tmp_path / "synth.log").read_text()
+    # the burst engines' address adders: a carry chain between registers (measured 28 cells with one master)
+    assert 10 < result.ltp["cells"] < 200 and 1 <= result.ltp["lut_levels"] < result.ltp["cells"]
+    assert "codesign_top" in (tmp_path / "out" / "synth.log").read_text()
+
+
+@needs_yosys
+def test_timeout_kills_yosys_with_a_one_line_error(tmp_path):
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    with pytest.raises(synth.SynthError, match=r"did not finish shell in 1 s \(--timeout\)"):
+        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", timeout_s=1, label="shell")
+
+
+@needs_yosys
+def test_an_interrupt_ends_yosys_and_its_abc_processes(tmp_path, monkeypatch):
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    started = []
+    real_popen = synth.subprocess.Popen
+    monkeypatch.setattr(synth.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(synth, "PROGRESS_EVERY_S", 0.5)
+
+    def ctrl_c(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", progress=ctrl_c)
+    assert started[0].returncode is not None        # reaped
+    with pytest.raises(ProcessLookupError):         # and nothing of its session is left
+        os.killpg(started[0].pid, 0)
 
 
 @pytest.mark.slow
 @needs_yosys
-def test_default_core_synthesizes_with_dsps_and_block_rams(tmp_path):
-    """Full core, default model sizes: ~6 min of yosys on 2 cores."""
-    rtl = tmp_path / "rtl"
-    render_rtl(rtl, {})
-    result = synth.synth_rtl(rtl, "xcup", log=tmp_path / "synth.log")
-    assert result.resources["dsp"] >= 16          # at least the 2x8 MAC array
-    assert result.resources["bram36_equiv"] >= 4  # the activation/weight buffers are block RAM
-    assert synth.rtl_array(rtl) == "2x8"
+def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
+    """The real core at 1x8, 2x8, 4x8 (flat): ~11 CPU minutes of yosys (measured 658 s)."""
+    code = main(["synth", str(project), "--sizes", "1x8,2x8,4x8"])
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    assert code == (0 if rep["fits_board"] else 3)
+    sizes = sorted(rep["sizes"], key=lambda s: s["array"]["P"])
+    dsp = [s["measured"]["DSP48E2"] for s in sizes]
+    # one DSP48E2 per 8-bit MAC, and a few more (measured 123, 131, 148: +8, +17)
+    assert dsp[1] - dsp[0] >= 8 and dsp[2] - dsp[1] >= 16
+    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q" and rep["fit"]["DSP48E2"]["max_abs_residual"] < 1
+    assert rep["method"] == "fit" and rep["target_array"] == {"P": 272, "Q": 8}
+    assert all(s["ltp"]["cells"] > 10 and s["ltp"]["lut_levels"] > 0 for s in sizes)
+
+
+@pytest.mark.slow
+@needs_yosys
+def test_per_module_counts_match_the_flat_run(project, tmp_path):
+    """Per-module synthesis (no -flatten) of the core at 1x8 against the flat run: within
+    PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
+    man = json.loads((project / "data" / "manifest.json").read_text())
+    rtl = synth_flow._rendered_at(project, tmp_path / "1x8", (1, 8), 4, man)
+    flat = synth.synth_rtl(rtl, log=tmp_path / "flat" / "y.log", mode="flat").resources
+    hier = synth.synth_rtl(rtl, log=tmp_path / "hier" / "y.log", mode="per-module").resources
+    for key in ("dsp", "bram36_equiv", "uram"):
+        assert hier[key] == flat[key], key
+    for key in ("lut_total", "ff"):
+        assert abs(hier[key] / flat[key] - 1) <= PER_MODULE_MARGIN, (key, hier[key], flat[key])

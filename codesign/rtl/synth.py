@@ -1,29 +1,41 @@
-"""Optional logic synthesis of the generated Verilog with yosys `synth_xilinx`.
+"""Logic synthesis of generated Verilog with yosys `synth_xilinx`: counts and the longest path.
 
 Vivado is not available to CI, so yosys (Debian package `yosys`) gives a free, independent count
 of what the generated RTL costs in Xilinx primitives (LUT, FF, DSP48, block RAM, URAM). The
 figures are yosys's mapping, not Vivado's: expect the same order of magnitude, not the same
 numbers (yosys does not pack LUTs as tightly, and infers memories by its own rules).
+
+Two modes: `flat` (synth_xilinx -flatten: one netlist, cross-module optimisation) and
+`per-module` (no -flatten: every module synthesized on its own, the counts summed over the
+hierarchy by `stat -top`; faster on a large core, slightly more cells). Both flatten the mapped
+netlist afterwards for `ltp`, the longest combinational path, which is the clock proxy.
+
+This module only runs yosys and reads its output; codesign.report.synth decides the sizes.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .render import TOP_MODULE as TOP
 
 # synth_xilinx -family per board family (codesign/boards.py PS_TYPE_BY_FAMILY keys).
 YOSYS_FAMILY = {"zynquplus": "xcup", "zynq": "xc7", "versal": "xcup"}
+MODES = ("flat", "per-module")
 
 # Primitive name patterns -> the resource class a Vivado utilisation report would put them in.
 _CLASSES = (
     ("lut", re.compile(r"^LUT[1-6]$")),
-    ("lutram", re.compile(r"^(RAM(32|64|128|256)[MX]\w*|SRL\w+)$")),
+    ("lutram", re.compile(r"^(RAM(16|32|64|128|256|512)[MX]\w*|SRL\w+)$")),
     ("ff", re.compile(r"^FD[CPRS]E$")),
     ("carry", re.compile(r"^CARRY[48]$")),
     ("dsp", re.compile(r"^DSP48E[12]$")),
@@ -31,6 +43,13 @@ _CLASSES = (
     ("bram18", re.compile(r"^RAMB18E[12]$")),
     ("uram", re.compile(r"^URAM288\w*$")),
 )
+# LUTs (of a SLICEM) that one distributed-RAM or shift-register primitive occupies, as Vivado
+# counts "LUT as Memory"; a primitive not listed counts as one LUT.
+_LUTRAM_LUTS = {"RAM32M16": 8, "RAM64M8": 8, "RAM32M": 4, "RAM64M": 4, "RAM128X1D": 4, "RAM256X1S": 4,
+                "RAM256X1D": 8, "RAM512X1S": 8, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1S": 2}
+# Combinational primitives ltp follows; FFs, DSPs, block RAMs and LUTRAM reads end a path.
+_COMB_CELLS = "t:LUT* t:MUXF* t:CARRY* t:INV"
+PROGRESS_EVERY_S = 30.0
 
 
 class SynthError(RuntimeError):
@@ -43,6 +62,9 @@ class SynthResult:
     seconds: float
     cells: dict[str, int]
     resources: dict[str, float] = field(default_factory=dict)
+    ltp: dict = field(default_factory=dict)
+    mode: str = "flat"
+    cpu_seconds: float | None = None   # yosys and its ABC processes: wall time depends on the machine's load
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,115 +78,228 @@ def find_yosys() -> str:
 
 
 def classify(cells: dict[str, int]) -> dict[str, float]:
-    """Vivado-style resource counts from a yosys cell histogram (BRAM18 count as half a BRAM36)."""
+    """Vivado-style resource counts from a yosys cell histogram.
+
+    `lut` is logic LUTs, `lutram` the LUTs of distributed RAM / shift registers, `lut_total` both
+    (Vivado's "CLB LUTs", what the board's LUT figure bounds); BRAM18 count as half a BRAM36."""
     out = {name: 0 for name, _ in _CLASSES}
     for cell, count in cells.items():
         for name, pattern in _CLASSES:
             if pattern.match(cell):
-                out[name] += count
+                out[name] += count * (_LUTRAM_LUTS.get(cell, 1) if name == "lutram" else 1)
                 break
+    out["lut_total"] = out["lut"] + out["lutram"]
     out["bram36_equiv"] = out["bram36"] + out["bram18"] / 2
     return out
 
 
-def _script(sources: list[Path], family: str, stat_json: Path, top: str = TOP, params: dict | None = None) -> str:
+# ---------------------------------------------------------------- reading yosys output
+
+_SECTION = re.compile(r"^=== (.+?) ===\s*$", re.M)
+_CELL_LINE = re.compile(r"^\s+(\S+)\s+(\d+)\s*$")
+
+
+def parse_stat_text(text: str, top: str = TOP) -> dict[str, int]:
+    """Cell histogram of `stat` text output: the `design hierarchy` totals when present (a
+    per-module run), else the `top` module's section (a flat run)."""
+    sections = {m.group(1): m.end() for m in _SECTION.finditer(text)}
+    start = sections.get("design hierarchy", sections.get(top))
+    if start is None:
+        raise SynthError(f"yosys stat output has no section for {top} or the design hierarchy")
+    body = text[start:]
+    nxt = _SECTION.search(body)
+    body = body[:nxt.start()] if nxt else body
+    cells: dict[str, int] = {}
+    in_cells = False
+    for line in body.splitlines():
+        if "Number of cells:" in line:
+            in_cells = True
+        elif in_cells:
+            m = _CELL_LINE.match(line)
+            if not m:
+                break
+            cells[m.group(1).lstrip("\\")] = int(m.group(2))
+    if not in_cells:
+        raise SynthError("yosys stat output has no cell counts")
+    return cells
+
+
+_LTP_HEAD = re.compile(r"Longest topological path in (\S+) \(length=(-?\d+)\):")
+_LTP_STEP = re.compile(r"^\s*(\d+): (.+?)(?: \(via (\S+)\))?\s*$")
+
+
+def parse_ltp(text: str, lut_cells: set[str] | None = None, carry_cells: set[str] | None = None) -> dict:
+    """The longest path of `ltp` output: its length in cells, how many of them are LUTs and carry
+    blocks (names from `select -list t:LUT*` / `t:CARRY*`; without them: None, unknown), and the
+    signals it starts and ends at."""
+    head = _LTP_HEAD.search(text)
+    if head is None:
+        raise SynthError("yosys ltp output has no longest path")
+    vias, signals = [], []
+    for line in text[head.end():].splitlines():
+        m = _LTP_STEP.match(line)
+        if m:
+            signals.append(m.group(2))
+            if m.group(3):
+                vias.append(m.group(3))
+    out = {"cells": int(head.group(2)), "lut_levels": None, "carry_cells": None,
+           "from": signals[0] if signals else None, "to": signals[-1] if signals else None}
+    if lut_cells is not None:
+        out["lut_levels"] = sum(v in lut_cells for v in vias)
+    if carry_cells is not None:
+        out["carry_cells"] = sum(v in carry_cells for v in vias)
+    return out
+
+
+def parse_select_list(text: str) -> set[str]:
+    """Cell names of `select -list` output ("module/cell" per line)."""
+    return {line.split("/", 1)[1].strip() for line in text.splitlines() if "/" in line}
+
+
+# ---------------------------------------------------------------- running yosys
+
+def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat", top: str = TOP,
+                 params: dict | None = None) -> str:
+    """The yosys script: synth_xilinx, then stat (text), ltp and the LUT / carry cell names into out/.
+    `params`: Verilog parameters of `top` (chparam), for a unit synthesized on its own."""
+    if mode not in MODES:
+        raise ValueError(f"synthesis mode must be one of {', '.join(MODES)}, got {mode!r}")
     files = " ".join(str(s) for s in sources)
+    flatten = " -flatten" if mode == "flat" else ""
     chparam = f"chparam {' '.join(f'-set {k} {int(v)}' for k, v in params.items())} {top}; " if params else ""
-    # -flatten: count the whole hierarchy once; SYNTHESIS drops the simulation-only trace code.
-    return (f"read_verilog -DSYNTHESIS {files}; {chparam}synth_xilinx -family {family} -top {top} -flatten; "
-            f"tee -q -o {stat_json} stat -json")
+    # SYNTHESIS drops the simulation-only trace code; the mapped netlist is flattened (cheap)
+    # only after stat, so that ltp sees paths across module boundaries.
+    return (f"read_verilog -DSYNTHESIS {files}; {chparam}synth_xilinx -family {family} -top {top}{flatten}; "
+            f"tee -q -o {out / 'stat.txt'} stat -top {top}; flatten; "
+            f"tee -q -o {out / 'ltp.txt'} ltp -noff {_COMB_CELLS} w:*; "
+            f"tee -q -o {out / 'luts.txt'} select -list t:LUT*; tee -q -o {out / 'carry.txt'} select -list t:CARRY*")
 
 
-def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: int = 1800,
+def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: float = 1800,
+              mode: str = "flat", progress: Callable[[str], None] | None = None, label: str = "",
               top: str = TOP, params: dict | None = None) -> SynthResult:
-    """Run yosys synth_xilinx on every *.v in rtl_dir; return the primitive counts.
+    """Run yosys synth_xilinx on every *.v in rtl_dir; return the primitive counts and longest path.
 
     `top` and `params` (Verilog parameters of `top`) synthesize one unit on its own, e.g. the
-    vector unit cs_vec of codesign.rtl.render.render_units."""
+    vector unit cs_vec of codesign.rtl.render.render_units.
+    `log`: yosys's log file (its folder also gets stat.txt, ltp.txt, luts.txt, carry.txt); `progress`
+    gets a line every PROGRESS_EVERY_S seconds (elapsed, `label`, the pass yosys is in)."""
     yosys = find_yosys()
     rtl_dir = Path(rtl_dir)
     sources = sorted(rtl_dir.glob("*.v"))
     if not sources:
         raise SynthError(f"no Verilog (*.v) in {rtl_dir}")
     log = Path(log) if log else rtl_dir.parent / "synth_yosys.log"
-    stat_json = log.with_suffix(".stat.json")
+    out = log.parent
+    out.mkdir(parents=True, exist_ok=True)
+    cpu_before = _children_cpu()
+    seconds = run_yosys([yosys, "-q", "-l", str(log), "-p", synth_script(sources, family, out, mode, top, params)],
+                        log, timeout_s, progress, label or rtl_dir.name)
+    cpu = round(_children_cpu() - cpu_before, 1)
+    cells = parse_stat_text((out / "stat.txt").read_text(), top)
+    ltp = parse_ltp((out / "ltp.txt").read_text(), parse_select_list((out / "luts.txt").read_text()),
+                    parse_select_list((out / "carry.txt").read_text()))
+    return SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (and theirs that they waited for)."""
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def run_yosys(cmd: list[str], log: Path, timeout_s: float, progress: Callable[[str], None] | None,
+              label: str) -> float:
+    """Run yosys, report progress, kill it (and its ABC children) on timeout; return seconds."""
     start = time.monotonic()
+    # its own process group, so that a timeout also ends the yosys-abc processes it started
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([yosys, "-q", "-l", str(log), "-p", _script(sources, family, stat_json, top, params)],
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise SynthError(f"yosys did not finish in {timeout_s} s; see {log}") from exc
+        err = _wait(proc, start, timeout_s, log, progress, label)
+    except BaseException:   # the timeout, and Ctrl-C, which its own session does not pass on to yosys
+        _kill_group(proc)
+        raise
     if proc.returncode != 0:
-        raise SynthError(f"yosys failed (exit {proc.returncode}); see {log}")
-    cells = _top_cells(json.loads(stat_json.read_text()), top)
-    return SynthResult(family, round(time.monotonic() - start, 1), cells, classify(cells))
+        detail = (err or "").strip().splitlines()
+        raise SynthError(f"yosys failed on {label} (exit {proc.returncode}): "
+                         f"{detail[-1] if detail else 'no message'}; see {log}")
+    return time.monotonic() - start
 
 
-def _top_cells(stat: dict, name: str = TOP) -> dict[str, int]:
-    modules = stat.get("modules", {})
-    top = modules.get(f"\\{name}") or modules.get(name) or next(iter(modules.values()), {})
-    return {name.lstrip("\\"): int(n) for name, n in top.get("num_cells_by_type", {}).items()}
+def _wait(proc: subprocess.Popen, start: float, timeout_s: float, log: Path, progress, label: str) -> str:
+    """yosys's stderr once it ends; a progress line every PROGRESS_EVERY_S; SynthError on timeout."""
+    next_report = start + PROGRESS_EVERY_S
+    last_pass = "reading the sources"
+    while True:
+        try:
+            return proc.communicate(timeout=max(0.1, min(next_report, start + timeout_s) - time.monotonic()))[1]
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if now - start >= timeout_s:
+                raise SynthError(f"yosys did not finish {label} in {timeout_s:.0f} s (--timeout); see {log}") from None
+            if progress and now >= next_report:
+                last_pass = current_pass(log) or last_pass   # ABC's output can fill the log's tail
+                progress(f"synth {label}: {now - start:.0f} s, {last_pass}")
+                next_report = now + PROGRESS_EVERY_S
 
 
-_ROWS = (("LUT (logic)", "lut"), ("LUT as memory", "lutram"), ("FF", "ff"), ("DSP", "dsp"),
-         ("BRAM36 (equiv.)", "bram36_equiv"), ("URAM", "uram"))
-_BOARD_KEY = {"lut": "lut", "ff": "ff", "dsp": "dsp", "bram36_equiv": "bram36", "uram": "uram"}
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
-def synth_table(result: SynthResult, board_resources: dict, estimate: dict | None, rtl_array: str) -> str:
-    """Yosys counts of the RTL core next to the board's totals and the HLS tiling estimate."""
-    est_name = f"HLS estimate ({estimate['P']}x{estimate['Q']})" if estimate else "HLS estimate"
-    head = f"{'resource':<18}{'yosys RTL (' + rtl_array + ')':>22}{'board':>10}{'% board':>9}{est_name:>26}"
-    lines = [head, "-" * len(head)]
-    for label, key in _ROWS:
-        used = result.resources.get(key, 0)
-        total = board_resources.get(_BOARD_KEY.get(key, ""), 0)
-        share = f"{100 * used / total:.1f}%" if total else "-"
-        est = (estimate or {}).get(_BOARD_KEY.get(key, ""), "-")
-        lines.append(f"{label:<18}{used:>22,.0f}{total or '-':>10}{share:>9}{est:>26}")
-    lines.append(f"yosys {result.family}, {result.seconds:.0f} s; yosys's mapping, not Vivado's: compare orders "
-                 "of magnitude. The RTL core is sized for simulation; the estimate is the board's array.")
-    return "\n".join(lines)
+_PASS = re.compile(r"^[\d.]+ Executing (.+?)\.?$", re.M)
+
+
+def current_pass(log: Path) -> str | None:
+    """The last pass yosys logged ("ABC pass (technology mapping using ABC)") in the log's tail;
+    None when the tail has none."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = _PASS.findall(tail)
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------- the array of generated RTL
+
+RTL_RECORD = "rtl.json"  # codesign.sim.cosim.RTL_RECORD (not imported: rtl/ sits below sim/)
+# The core's file: the current core's, then the docs/UARCH.md core's (branch rtl-core).
+CORE_FILES = ("codesign_core.v", "cs_core.v")
+# An integer literal given to NAME in a localparam / parameter statement (lists included).
+_INT_PARAM = r"\b(?:localparam|parameter)\b[^;]*?\b{name}\s*=\s*(\d+)\s*[;,)]"
 
 
 def rtl_core_shape(rtl_dir: Path) -> tuple[int, int] | None:
-    """(P, Q) of a generated core, from its localparams; None for foreign (e.g. Vitis) RTL."""
-    core = Path(rtl_dir) / "codesign_core.v"
-    text = core.read_text() if core.exists() else ""
-    p = re.search(r"localparam\s+P\s*=\s*(\d+)\s*;", text)
-    eb = re.search(r"localparam\s+EB\s*=\s*(\d+)\s*;", text)
-    return (int(p.group(1)), 8 // int(eb.group(1))) if p and eb else None
+    """(P, Q) of a generated core's MAC array: its rtl.json record (codesign.sim.cosim.rtl_record)
+    when there is one, else the integer P and Q (or EB: Q = 8 / EB, the lanes of a 64-bit word)
+    parameters of its core file; None for foreign (e.g. Vitis) RTL."""
+    record = Path(rtl_dir) / RTL_RECORD
+    if record.is_file():
+        try:
+            rec = json.loads(record.read_text())
+            return int(rec["P"]), int(rec["Q"])
+        except (ValueError, KeyError, TypeError):
+            raise SynthError(f"{record} is not a codesign RTL record (P, Q): regenerate the RTL") from None
+    core = next((Path(rtl_dir) / n for n in CORE_FILES if (Path(rtl_dir) / n).exists()), None)
+    text = core.read_text() if core else ""
+    p = re.search(_INT_PARAM.format(name="P"), text)
+    q = re.search(_INT_PARAM.format(name="Q"), text)
+    eb = re.search(_INT_PARAM.format(name="EB"), text)
+    if not p or not (q or eb):
+        return None
+    return int(p.group(1)), int(q.group(1)) if q else 8 // int(eb.group(1))
 
 
 def rtl_array(rtl_dir: Path) -> str:
     """'PxQ' of a generated core, or 'RTL' for foreign RTL."""
     shape = rtl_core_shape(rtl_dir)
     return f"{shape[0]}x{shape[1]}" if shape else "RTL"
-
-
-def synth_project(project_dir: Path, rtl_dir: Path | None = None) -> tuple[SynthResult, str]:
-    """Synthesize a generated project's RTL for its board's family; write reports/synth.{json,txt}."""
-    from ..boards import load_board
-
-    project_dir = Path(project_dir)
-    meta = json.loads((project_dir / "project.json").read_text())
-    board = load_board(meta["board"])
-    rtl_dir = Path(rtl_dir) if rtl_dir else project_dir / "rtl"
-    reports = project_dir / "reports"
-    reports.mkdir(exist_ok=True)
-    result = synth_rtl(rtl_dir, YOSYS_FAMILY.get(board.family, "xcup"), log=reports / "synth_yosys.log")
-    estimate = _estimate_resources(reports / "estimate.json")
-    array = rtl_array(rtl_dir)
-    table = synth_table(result, asdict(board.resources), estimate, array)
-    (reports / "synth.json").write_text(json.dumps({"board": board.name, "rtl_array": array,
-                                                    **result.to_json(), "estimate": estimate}, indent=1))
-    (reports / "synth.txt").write_text(table + "\n")
-    return result, table
-
-
-def _estimate_resources(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    tiling = json.loads(path.read_text()).get("tiling", {})
-    keys = ("P", "Q", "dsp", "bram36", "uram", "lut")
-    return {k: tiling[k] for k in keys if k in tiling} if "P" in tiling else None
