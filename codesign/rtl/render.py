@@ -169,3 +169,54 @@ def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> l
         path.write_text(text)
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------- the docs/UARCH.md core
+UARCH_TEMPLATE_DIR = "uarch"            # rtl_templates/uarch/*.v.j2: cs_top (= codesign_top), cs_*
+SHELL_TEMPLATES = ("axi_lite_control.v.j2", "axi_master.v.j2")
+_TAG_BITS = 16                          # the core's row / column / count fields (tokens, n < 2^16)
+
+
+def uarch_core_params(u, trace: bool = False) -> dict:
+    """Template variables `cs` of rtl_templates/uarch/ from a codesign.schedule.uarch.Uarch.
+
+    Raises ValueError for what this core does not build yet (one line)."""
+    if u.elem_bytes != 1 or not u.packed:
+        raise ValueError(f"the uarch RTL core needs int8 elements and packed 27x18 products "
+                         f"(elem_bytes {u.elem_bytes}, wbits {u.wbits}, abits {u.abits})")
+    if u.Q % (2 * u.epb) or u.P < 1:
+        raise ValueError(f"the {u.P}x{u.Q} array: Q must be a multiple of 2*EPB={2 * u.epb}")
+    if max(u.max_tokens, u.max_n, u.max_k) >= 1 << _TAG_BITS:
+        raise ValueError(f"the uarch RTL core counts rows and columns in {_TAG_BITS} bits")
+    beat_bits = 8 * u.beat_bytes
+    slot_depth = 2 * u.epb * u.slot_row_beats
+    bank = max(2, u.bank_beats)
+    prog_beats = u.instrs * 64 // u.beat_bytes
+    tok = max(2, u.max_tokens)
+    # acc_old FIFO: two blocks of SCATTER int32 beats
+    old_beats = 2 * u.P * u.Q * 4 // u.beat_bytes
+    return {
+        "P": u.P, "Q": u.Q, "EPB": u.epb, "EB": u.elem_bytes, "G": u.G, "GW": u.GW, "W": u.weight_ports,
+        "DW": beat_bits, "ACC_W": max(19, u.acc_w), "ABITS": u.abits, "KBM": u.slot_row_beats,
+        "BANK": bank, "BAW": _addr_bits(bank), "SAW": _addr_bits(slot_depth),
+        "TOK": tok, "TOKW": _addr_bits(tok), "PROG_BEATS": prog_beats, "PAW": _addr_bits(prog_beats),
+        "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
+    }
+
+
+def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
+    """Render the docs/UARCH.md core (rtl_templates/uarch/, top module codesign_top with the
+    board's AXI width and W = u.weight_ports weight masters) to out_dir/*.v; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports)}
+    env = _environment()
+    names = list(SHELL_TEMPLATES) + sorted(
+        f"{UARCH_TEMPLATE_DIR}/{p.name}" for p in (TEMPLATE_DIR / UARCH_TEMPLATE_DIR).glob("*" + TEMPLATE_SUFFIX))
+    written = []
+    for name in names:
+        text = env.get_template(name).render(**params)
+        path = out_dir / Path(name).name[: -len(".j2")]
+        path.write_text(text)
+        written.append(path)
+    return written
