@@ -216,7 +216,8 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
     written = []
     for name in names:
         text = env.get_template(name).render(**params)
-        path = out_dir / Path(name).name[: -len(".j2")]
+        stem = Path(name).name[: -len(".v.j2")]
+        path = out_dir / f"{TOP_MODULE if stem == 'cs_top' else stem}.v"   # the file holds codesign_top
         path.write_text(text)
         written.append(path)
     return written
