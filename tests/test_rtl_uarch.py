@@ -114,9 +114,13 @@ def build(tmp_path, instrs, P, Q, W, beat=BEAT):
     return u, rtl
 
 
-def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=None):
+def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=None, rtl=None):
+    """Run b's program on the core (rendered for it unless `rtl` is given) and compare."""
     require_verilator()
-    u, rtl = build(tmp_path, b.instrs, P, Q, W)
+    if rtl is None:
+        u, rtl = build(tmp_path, b.instrs, P, Q, W)
+    else:
+        u = None
     code = encode_program(b.instrs)
     runs = [("r0", 0, bytes(b.act))]
     out, = run_images(rtl, tmp_path, code, bytes(b.wgt), runs, "verilator", timeout_cycles=2_000_000,
@@ -129,9 +133,70 @@ def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=No
     return u, out
 
 
+@pytest.fixture(scope="module")
+def core_8x32_w3(tmp_path_factory):
+    """One Verilator build of the 8x32 core with 3 weight masters, shared by the tests that run
+    matmul_program's shapes on it (its sizes are the program's whatever the random data)."""
+    work = tmp_path_factory.mktemp("uarch_8x32_w3")
+    _, rtl = build(work, matmul_program(np.random.default_rng(0)).instrs, 8, 32, 3)
+    return work, rtl
+
+
 @pytest.mark.parametrize("P, Q, W", [(2, 32, 1), (8, 32, 3)])
-def test_matmul_flags_bit_exact(tmp_path, P, Q, W):
-    u, out = run_and_compare(tmp_path, matmul_program(np.random.default_rng(P)), P, Q, W)
+def test_matmul_flags_bit_exact(tmp_path, core_8x32_w3, P, Q, W):
+    work, rtl = core_8x32_w3 if (P, Q, W) == (8, 32, 3) else (tmp_path, None)
+    u, out = run_and_compare(work, matmul_program(np.random.default_rng(P)), P, Q, W, rtl=rtl)
     (tmp_path / "cycles.json").write_text(json.dumps({"P": P, "Q": Q, "cycles": out.cycles,
                                                       "instr_cycles": out.instr_cycles}))
     assert out.instr_cycles[4] < 40       # the DYNM count 0 MATMUL reads its count only
+
+
+def board_model():
+    from codesign.boards import load_board
+    from codesign.sim.memory import board_memory
+
+    board = load_board("zcu104")
+    return board, board_memory(board)
+
+
+def test_matmul_flags_bit_exact_with_stalls_and_ddr_latency(core_8x32_w3):
+    """Random stalls on every AXI channel of 3 weight masters and gmem, and zcu104's read latency
+    and bandwidth: still bit-exact."""
+    _, memory = board_model()
+    work, rtl = core_8x32_w3
+    b = matmul_program(np.random.default_rng(3))
+    u, out = run_and_compare(work, b, 8, 32, 3, backpressure=True, memory=memory, rtl=rtl)
+    assert out.cycles > 0
+
+
+def default_model_matmuls(rng) -> Builder:
+    """The default model's dense shapes (17 tokens, dim 64: qkv, proj, fc1 + GELU, fc2) and an
+    expert pair (gather 9 of 17 tokens, scatter back)."""
+    b = Builder(rng, act_size=1 << 18, wgt_size=1 << 18)
+    b.matmul(17, 64, 192, shift=22)
+    b.matmul(17, 64, 64, shift=22)
+    b.matmul(17, 64, 256, Flag.GELU, shift=22)
+    b.matmul(17, 256, 64, shift=24)
+    tokens = list(rng.permutation(17)[:9])
+    b.matmul(9, 64, 128, Flag.GATHER | Flag.GELU, rows=tokens, shift=22)
+    b.matmul(9, 128, 64, Flag.SCATTER, rows=tokens, shift=22)
+    return b
+
+
+@pytest.mark.slow
+def test_board_array_17x128_bit_exact(tmp_path):
+    """The array zcu104's tiling gives the default model (17x128, 4 weight masters), on the
+    board's memory model; the Verilator build time and the simulated cycles per second go to
+    board_17x128.json in the test's folder (read by the report)."""
+    import time
+
+    _, memory = board_model()
+    b = default_model_matmuls(np.random.default_rng(17))
+    start = time.monotonic()
+    u, out = run_and_compare(tmp_path, b, 17, 128, 4, memory=memory)
+    wall = time.monotonic() - start
+    rate = out.cycles / out.wall_seconds if out.wall_seconds else None
+    (tmp_path / "board_17x128.json").write_text(json.dumps(
+        {"wall_seconds": wall, "sim_seconds": out.wall_seconds, "cycles": out.cycles,
+         "cycles_per_second": rate, "instr_cycles": out.instr_cycles}))
+    print(f"17x128: {wall:.0f} s build + run, {out.cycles} cycles, {rate} cycles/s, {out.instr_cycles}")
