@@ -186,6 +186,14 @@ def test_render_project_rtl_takes_the_weight_ports(default_project, tmp_path):
     assert "m_axi_wgt2_ARADDR" in top and "m_axi_wgt3" not in top
 
 
+def test_rtl_record_says_what_the_core_is(default_project):
+    """rtl/rtl.json: the rendered core's own array, so no report labels it with the board tiling's."""
+    record = json.loads((default_project / "rtl" / "rtl.json").read_text())
+    core = (default_project / "rtl" / "codesign_core.v").read_text()
+    assert f"MAC array P x Q = {record['P']} x {record['Q']}." in core
+    assert record["core"] != "uarch" and record["axi_bits"] == 64 and record["weight_ports"] == 1
+
+
 def _attn_rooflines(project: Path) -> dict[str, float]:
     """Own-array roofline cycles of every ATTN layer: max(MACs / (P*Q), bytes moved / 8 per beat)."""
     man = load_manifest(project)

@@ -195,7 +195,22 @@ def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bo
     out = project_dir / "rtl"
     for old in out.glob("*.v"):
         old.unlink()
-    return render_rtl(out, params)
+    written = render_rtl(out, params)
+    (out / RTL_RECORD).write_text(json.dumps(rtl_record(params), indent=1) + "\n")
+    return written + [out / RTL_RECORD]
+
+
+RTL_RECORD = "rtl.json"
+
+
+def rtl_record(params: dict) -> dict:
+    """What the rendered core is, so that no report labels it with the board tiling's array: this
+    core has P MAC units of Q lanes (one 64-bit word), not docs/UARCH.md's P x Q array."""
+    core = params["core"]
+    return {"core": "units-x-lanes", "P": core["P"], "Q": core["Q"],
+            "weight_ports": params["weight_ports"], "axi_bits": 64,
+            "microarchitecture": "not docs/UARCH.md: attention off the array, one element per "
+                                 "cycle in the vector unit, a 64-bit bus"}
 
 
 # ---------------------------------------------------------------- running images

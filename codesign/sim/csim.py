@@ -7,8 +7,8 @@ line; this module parses them (CsimResult.layer_table() renders the per-layer vi
 
 count_iterations() builds the same kernel with -DCODESIGN_COUNT_ITERS after inserting
 CODESIGN_COUNT_ITER(); behind every `#pragma HLS PIPELINE` line (as `make iters` does): the
-number of pipelined-loop iterations per instruction, a lower bound on its cycles at II=1 that
-can be set against codesign.schedule.estimate (iteration_ratios).
+number of pipelined-loop iterations per instruction, a lower bound on its cycles at II=1
+(tests/test_hls.py sets it against codesign.schedule.estimate).
 """
 from __future__ import annotations
 
@@ -290,24 +290,6 @@ def _per_pc(pattern: re.Pattern, stdout: str) -> dict[str, list[int]]:
         counts.extend([0] * (int(pc) + 1 - len(counts)))
         counts[int(pc)] = int(n)
     return per_vector
-
-
-def iteration_ratios(counts: list[int], estimate_instrs: list) -> dict[str, dict[str, float]]:
-    """Per op type: II=1 iterations vs the estimate's cycles (an Estimate's `instrs`, or the
-    "instrs" rows of reports/estimate.json) for one run with the same expert routing."""
-    out: dict[str, dict[str, float]] = {}
-    for n, ins in zip(counts, estimate_instrs):
-        row = ins if isinstance(ins, dict) else vars(ins)
-        entry = out.setdefault(row["op"], {"iterations": 0, "estimate_cycles": 0, "instrs": 0})
-        entry["iterations"] += n
-        entry["estimate_cycles"] += row["cycles"]
-        entry["instrs"] += 1
-    total = {"iterations": sum(e["iterations"] for e in out.values()) + sum(counts[len(estimate_instrs):]),
-             "estimate_cycles": sum(e["estimate_cycles"] for e in out.values()), "instrs": len(estimate_instrs)}
-    out["TOTAL"] = total
-    for entry in out.values():
-        entry["ratio"] = entry["iterations"] / entry["estimate_cycles"] if entry["estimate_cycles"] else 0.0
-    return out
 
 
 def check_data_files(project_dir: Path, data_dir: Path | None = None) -> dict:
