@@ -200,3 +200,15 @@ def test_board_array_17x128_bit_exact(tmp_path):
         {"wall_seconds": wall, "sim_seconds": out.wall_seconds, "cycles": out.cycles,
          "cycles_per_second": rate, "instr_cycles": out.instr_cycles}))
     print(f"17x128: {wall:.0f} s build + run, {out.cycles} cycles, {rate} cycles/s, {out.instr_cycles}")
+
+
+def test_render_records_the_core_and_refuses_what_it_cannot_build(tmp_path):
+    instrs = matmul_program(np.random.default_rng(0)).instrs
+    u, rtl = build(tmp_path, instrs, 2, 32, 1)
+    assert json.loads((rtl / "rtl.json").read_text())["core"] == "uarch"
+    assert {"P": 2, "Q": 32, "weight_ports": 1, "axi_bits": 128}.items() <= json.loads((rtl / "rtl.json").read_text()).items()
+    assert "module codesign_top" in (rtl / "codesign_top.v").read_text()
+    wide = derive_uarch(SimpleNamespace(instrs=instrs, elem_bytes=2, wbits=12, abits=12), 2, 16, 16, 1)
+    with pytest.raises(ValueError, match="int8 elements"):
+        uarch_core_params(wide)
+    assert uarch_core_params(u)["ACC_W"] >= u.acc_w

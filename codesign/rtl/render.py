@@ -7,6 +7,7 @@ missing parameter a hard error instead of silently emitting empty Verilog.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
@@ -168,7 +169,14 @@ def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> l
         path = out_dir / Path(name).name[: -len(".j2")]
         path.write_text(text)
         written.append(path)
-    return written
+    record = out_dir / "rtl.json"   # what the core is (codesign.sim.cosim.RTL_RECORD, read by the bench)
+    record.write_text(json.dumps(uarch_record(u), indent=1) + "\n")
+    return written + [record]
+
+
+def uarch_record(u) -> dict:
+    return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
+            "microarchitecture": "docs/UARCH.md (stage 1: MATMUL; other opcodes retire without effect)"}
 
 
 # ---------------------------------------------------------------- the docs/UARCH.md core
@@ -210,6 +218,8 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports)}
+    for old in out_dir.glob("*.v"):   # a previous render's files (another core's) would be compiled too
+        old.unlink()
     env = _environment()
     names = list(SHELL_TEMPLATES) + sorted(
         f"{UARCH_TEMPLATE_DIR}/{p.name}" for p in (TEMPLATE_DIR / UARCH_TEMPLATE_DIR).glob("*" + TEMPLATE_SUFFIX))
@@ -220,4 +230,11 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
         path = out_dir / f"{TOP_MODULE if stem == 'cs_top' else stem}.v"   # the file holds codesign_top
         path.write_text(text)
         written.append(path)
-    return written
+    record = out_dir / "rtl.json"   # what the core is (codesign.sim.cosim.RTL_RECORD, read by the bench)
+    record.write_text(json.dumps(uarch_record(u), indent=1) + "\n")
+    return written + [record]
+
+
+def uarch_record(u) -> dict:
+    return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
+            "microarchitecture": "docs/UARCH.md (stage 1: MATMUL; other opcodes retire without effect)"}
