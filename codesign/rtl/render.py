@@ -22,6 +22,12 @@ TEMPLATE_SUFFIX = ".v.j2"
 # The placeholder core (for shell-only tests) lives outside the default glob.
 PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"
 CORE_TEMPLATES = ("codesign_core.v.j2",)  # plus every cu_*.v.j2
+# The vector unit of the new core (docs/UARCH.md, rtl_templates/README.md "Vector unit"): a
+# standalone module with its helpers, rendered by render_units() and tested on its own
+# (tests/test_rtl_vec.py). Not in a project's rtl/ until a core instantiates it (the lint gate
+# wants every module under codesign_top): the core that does removes its names from here.
+VEC_UNIT_TOP = "cs_vec"
+UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2")
 
 
 def _is_core_template(name: str) -> bool:
@@ -143,7 +149,24 @@ def _environment() -> jinja2.Environment:
 
 def template_names() -> list[str]:
     """Names of all RTL templates, sorted for a deterministic file order."""
-    return sorted(p.name for p in TEMPLATE_DIR.glob("*" + TEMPLATE_SUFFIX))
+    return sorted(p.name for p in TEMPLATE_DIR.glob("*" + TEMPLATE_SUFFIX) if p.name not in UNIT_TEMPLATES)
+
+
+def render_units(out_dir: Path, names: tuple[str, ...] = UNIT_TEMPLATES, params: dict | None = None) -> list[Path]:
+    """Render the standalone unit templates `names` (default: the vector unit) to out_dir/*.v.
+
+    They take their sizes as Verilog parameters; Jinja only fills in the ROM contents (`luts`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = _environment()
+    params = {**default_params(), **(params or {})}
+    written = []
+    for name in names:
+        path = out_dir / name[: -len(".j2")]
+        path.write_text(env.get_template(name).render(**params))
+        written.append(path)
+    return written
 
 
 def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> list[Path]:
