@@ -92,6 +92,27 @@ class Builder:
         self.instrs.append(Instr(Op.MATMUL, flags, args))
         return args
 
+    def layernorm(self, rows, dim, shift=21, eps=5):
+        x = self.rand("act", rows * dim, -128, 128, np.int8)
+        gamma = self.rand("wgt", dim, -40000, 40000, np.int32)
+        beta = self.rand("wgt", dim, -50, 50, np.int32)
+        out = self.alloc("act", rows * dim)
+        self.instrs.append(Instr(Op.LAYERNORM, 0, dict(x_addr=x, out_addr=out, rows=rows, dim=dim,
+                                                       gamma_addr=gamma, beta_addr=beta, eps=eps, shift=shift)))
+
+    def add(self, count, b_wgt=False, ma=23000, mb=9000, shift=15):
+        a = self.rand("act", count, -128, 128, np.int8)
+        b = self.rand("wgt" if b_wgt else "act", count, -128, 128, np.int8)
+        out = self.alloc("act", count)
+        self.instrs.append(Instr(Op.ADD, Flag.B_WGT if b_wgt else 0,
+                                 dict(a_addr=a, b_addr=b, out_addr=out, count=count, ma=ma, mb=mb, shift=shift)))
+
+    def requant32(self, count, mult=16000, shift=20):
+        src = self.rand("act", count, -10**6, 10**6, np.int32)
+        out = self.alloc("act", count)
+        self.instrs.append(Instr(Op.REQUANT32, 0, dict(src_addr=src, out_addr=out, count=count, mult=mult,
+                                                       shift=shift)))
+
 
 def matmul_program(rng) -> Builder:
     """Every MATMUL flag, partial tiles (n % Q) and row blocks (m % P), strided rows."""
@@ -103,6 +124,19 @@ def matmul_program(rng) -> Builder:
     b.matmul(13, 16, 48, Flag.SCATTER | Flag.DYNM, rows=tokens, count=13, shift=14)
     b.matmul(9, 16, 16, Flag.DYNM, count=0)                          # an unused expert: no reads
     b.matmul(7, 16, 32, Flag.SCATTER, rows=[3, 0, 5, 1, 6, 2, 4], shift=12)
+    return b
+
+
+def vector_program(rng) -> Builder:
+    """LAYERNORM (one row, several rows), ADD (b in act, b in wgt), REQUANT32, between MATMULs."""
+    b = Builder(rng)
+    b.layernorm(5, 64)
+    b.layernorm(1, 32)
+    b.matmul(5, 32, 32, shift=22)
+    b.add(5 * 64)
+    b.add(48, b_wgt=True)
+    b.requant32(7 * 32)
+    b.matmul(3, 16, 32, shift=20)
     return b
 
 
@@ -200,6 +234,14 @@ def test_board_array_17x128_bit_exact(tmp_path):
         {"wall_seconds": wall, "sim_seconds": out.wall_seconds, "cycles": out.cycles,
          "cycles_per_second": rate, "instr_cycles": out.instr_cycles}))
     print(f"17x128: {wall:.0f} s build + run, {out.cycles} cycles, {rate} cycles/s, {out.instr_cycles}")
+
+
+@pytest.mark.parametrize("P, Q, W", [(2, 32, 1)])
+def test_vector_ops_bit_exact(tmp_path, P, Q, W):
+    """LAYERNORM, ADD and REQUANT32 on cs_vec (merged from rtl-vec) in the core: bit-exact."""
+    u, out = run_and_compare(tmp_path, vector_program(np.random.default_rng(5)), P, Q, W,
+                             backpressure=True)
+    (tmp_path / "cycles.json").write_text(json.dumps({"instr_cycles": out.instr_cycles}))
 
 
 def test_render_records_the_core_and_refuses_what_it_cannot_build(tmp_path):

@@ -232,6 +232,8 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "BANK": bank, "BAW": _addr_bits(bank), "SAW": _addr_bits(slot_depth),
         "TOK": tok, "TOKW": _addr_bits(tok), "PROG_BEATS": prog_beats, "PAW": _addr_bits(prog_beats),
         "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
+        # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
+        "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
     }
 
 
@@ -240,11 +242,11 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
     board's AXI width and W = u.weight_ports weight masters) to out_dir/*.v; return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports)}
+    params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports), "luts": lut_tables()}
     for old in out_dir.glob("*.v"):   # a previous render's files (another core's) would be compiled too
         old.unlink()
     env = _environment()
-    names = list(SHELL_TEMPLATES) + sorted(
+    names = list(SHELL_TEMPLATES) + list(UNIT_TEMPLATES) + sorted(
         f"{UARCH_TEMPLATE_DIR}/{p.name}" for p in (TEMPLATE_DIR / UARCH_TEMPLATE_DIR).glob("*" + TEMPLATE_SUFFIX))
     written = []
     for name in names:
