@@ -13,19 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .boards import Board, load_board
+from .boards import Board, board_variant, load_board
 from .emit.data import Vector, write_data_dir
 from .fsutil import atomic_dir, checked_project_target
 from .model.config import ModelConfig
 from .model.data import SyntheticData, make_dataset
 from .model.m3vit import M3ViT
 from .quant.golden import dequantize_output, run_golden
+from .quant.precision import (LayerFormat, Precision, as_precision, chosen_precision, complete,  # noqa: F401
+                             dump_precision, load_precision)
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
 from .report.profiling import PROFILE_FILE
 from .schedule.estimate import Estimate, estimate_design, expert_counts_from_golden
 from .schedule.program import Program, compile_program
-from .schedule.tiling import Tiling, choose_tiling, tiling_params
+from .schedule.tiling import Tiling, choose_tiling, fixed_tiling, tiling_params
 
 CALIB_SEED = 7
 # The built-in calibration set: CALIB_IMAGES images for short sequences (the embedded model's 17
@@ -248,17 +250,44 @@ class Design:
 
 
 def convert(model, board: str | Board = "zcu104", wbits: int = 8, abits: int = 8, calib=None,
-            config=None) -> Design:
-    """Like hls4ml's convert_from_pytorch_model: quantise, compile and size the design for a board."""
+            config=None, precision: Precision | str | Path | None = None, array: tuple[int, int] | None = None,
+            weight_ports: int | None = None, clock_mhz: float | None = None) -> Design:
+    """Like hls4ml's convert_from_pytorch_model: quantise, compile and size the design for a board.
+
+    `precision`: per-layer formats, a codesign.quant.precision.Precision or the path of a YAML
+    config (`codesign config`); it replaces wbits / abits (its `default` covers unlisted layers).
+    `array` (P, Q): this MAC array instead of the fastest one that fits (a ResourceError when it
+    does not fit); `weight_ports`, `clock_mhz`: the board's weight masters and kernel clock
+    overridden (codesign explore writes its chosen point as these)."""
     model = load(model, config)
+    precision = as_precision(precision, model.cfg)  # a bad config fails before the calibration
     board = board if isinstance(board, Board) else load_board(board)
+    board = board_variant(board, weight_ports, clock_mhz)
     if isinstance(calib, np.ndarray):
         images = checked_images(calib, model.cfg, "calibration images")
     else:
         images = calibration_images(model.cfg, path=calib)
-    qm = quantize_model(model, images, wbits=wbits, abits=abits)
+    qm = quantize_model(model, images, wbits=wbits, abits=abits, precision=precision)
     prog = compile_program(qm)
-    return Design(model, qm, prog, board, choose_tiling(prog, board))
+    return Design(model, qm, prog, board, design_tiling(prog, board, array))
+
+
+def design_tiling(prog: Program, board: Board, array: tuple[int, int] | None = None) -> Tiling:
+    """The fastest fitting array, or the given (P, Q) checked against the board and the hardware rules."""
+    if array is None:
+        return choose_tiling(prog, board)
+    P, Q = (checked_count(n, what) for n, what in zip(array, ("array rows P", "array columns Q")))
+    return fixed_tiling(prog, board, P, Q)
+
+
+def precision_config(model, wbits: int = 8, abits: int = 8, precision: Precision | str | Path | None = None,
+                     about: str = "") -> str:
+    """The YAML `codesign config` prints: every layer's format (uniform wbits / abits, or
+    `precision` completed) with the accumulator width it needs. No calibration: the widths and
+    the model's shapes decide everything in it."""
+    model = load(model)
+    p = as_precision(precision, model.cfg) or Precision.uniform(wbits, abits)
+    return dump_precision(complete(model.cfg, p), about)
 
 
 def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
@@ -287,7 +316,9 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     (out / "reports" / "estimate.json").write_text(json.dumps(estimate_json(est, routing), indent=1))
     (out / "reports" / "estimate.txt").write_text(estimate_text(est, routing))
     design.profile(out / "reports" / PROFILE_FILE)
-    project = {"board": design.board.name, "wbits": design.qm.wbits, "abits": design.qm.abits,
+    project = {"board": design.board.name, "clock_mhz": design.board.clock_mhz,
+               "weight_ports": design.board.memory.weight_ports, "array": [design.tiling.P, design.tiling.Q],
+               "wbits": design.qm.wbits, "abits": design.qm.abits, "precision": design.qm.precision.to_dict(),
                "output_scale": design.qm.output_scale, "model_dir": "model", "scales": design.qm.scales,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (out / "project.json").write_text(json.dumps(project, indent=1))
@@ -295,15 +326,19 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
 
 def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: int = 2, force: bool = False,
              wbits: int = 8, abits: int = 8, calib=None, config=None, project_name: str = "codesign",
-             inputs=()) -> Path:
+             inputs=(), precision: Precision | str | Path | None = None, array: tuple[int, int] | None = None,
+             weight_ports: int | None = None, clock_mhz: float | None = None) -> Path:
     """Write a complete project (HLS C++, RTL, Tcl, host driver, data, reports) to `out_dir`.
 
     An existing `out_dir` is replaced only with `force`, and only when it is a codesign project
     that holds none of the files read (`model`, `config`, `calib` and any other `inputs` paths)."""
     images = checked_count(images, "images (test images per task)")
-    inputs = [*inputs, *(p for p in (model, config, calib) if isinstance(p, (str, os.PathLike)))]
+    inputs = [*inputs, *(p for p in (model, config, calib, precision) if isinstance(p, (str, os.PathLike)))]
     checked_project_target(out_dir, force, inputs)  # before the slow conversion, not after it
-    design = model if isinstance(model, Design) else convert(model, board, wbits, abits, calib, config)
+    if isinstance(model, Design) and precision is not None:
+        raise ValueError("precision applies to a model, not to a converted Design (pass it to convert)")
+    design = model if isinstance(model, Design) else convert(model, board, wbits, abits, calib, config, precision,
+                                                             array, weight_ports, clock_mhz)
     data = vector_data(design.qm.cfg, images)
     with atomic_dir(Path(out_dir), force, project=True, protect=inputs) as tmp:
         _write_project(tmp, design, data, project_name)
@@ -428,3 +463,15 @@ def compare(project_dir: str | Path, results_dir: str | Path, out_dir: str | Pat
     from .report.compare import compare_results
 
     return compare_results(Path(project_dir), Path(results_dir), None if out_dir is None else Path(out_dir))
+
+
+def explore(model="default", out_dir: str | Path = "explore", boards=("zcu104",), **options):
+    """`codesign explore`: sweep precision x MAC array x weight ports x clock x boards; Pareto
+    front, plots and the chosen point's generate command in `out_dir` (resumed when an earlier
+    explore wrote it). Options as the CLI's: wbits, abits (lists), arrays [(P, Q)], auto_arrays,
+    weight_ports, clocks (lists), per_layer, steps, min_accuracy, eval_images, calib, config,
+    workers, dask (scheduler address or distributed.Client), verify, verify_cosim, force, progress.
+    Returns codesign.explore.ExploreResult (points, front, chosen, generate, stats, verified)."""
+    from .explore import explore as run_explore
+
+    return run_explore(model, out_dir, boards, **options)

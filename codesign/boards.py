@@ -6,6 +6,7 @@ one-line BoardError naming the file and the offending field; downstream code
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,22 @@ def load_board(name_or_path: str | Path) -> Board:
 def free_hp_ports(board: Board) -> int:
     """HP ports left for weight masters: Zynq-7000 has no HPC port, so gmem takes HP0 there."""
     return board.memory.hp_ports - (1 if board.family == "zynq" else 0)
+
+
+def board_variant(board: Board, weight_ports: int | None = None, clock_mhz: float | None = None) -> Board:
+    """`board` with another number of weight masters or another kernel clock (None: the board's),
+    checked like the board file's own fields (codesign explore sweeps both; generate takes them)."""
+    if weight_ports is not None:
+        limit = free_hp_ports(board)
+        if not _is_int(weight_ports) or not 1 <= weight_ports <= limit:
+            raise BoardError(f"{board.name}: weight ports must be an integer in 1..{limit} (one PS HP port per "
+                             f"weight master, {board.memory.hp_ports} HP ports), got {brief(weight_ports)}")
+        board = dataclasses.replace(board, memory=dataclasses.replace(board.memory, weight_ports=weight_ports))
+    if clock_mhz is not None:
+        if not _VALIDATORS["clock"](clock_mhz):
+            raise BoardError(f"{board.name}: the clock must be {_KIND_DESCRIPTIONS['clock']}, got {brief(clock_mhz)}")
+        board = dataclasses.replace(board, clock_mhz=float(clock_mhz))
+    return board
 
 
 def _check_weight_ports(path: Path, board: Board) -> None:

@@ -1,4 +1,4 @@
-"""Command line: codesign generate | csim | cosim | synth | compare | report | estimate | demo."""
+"""Command line: codesign generate | csim | cosim | synth | compare | report | estimate | config | explore | demo."""
 from __future__ import annotations
 
 import argparse
@@ -19,11 +19,42 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                  "or 'default' for the embedded tiny M3ViT")
     p.add_argument("--config", help="YAML model config, when not beside the weights")
     p.add_argument("--board", default="zcu104", help="board name from boards/ or a board YAML (default zcu104)")
-    p.add_argument("--wbits", type=int, default=8, help="weight width, 2..16 (default 8)")
-    p.add_argument("--abits", type=int, default=8, help="activation width, 2..16 (default 8)")
+    _add_width_args(p)
     p.add_argument("--calib", help=".npy of float calibration images [N,C,H,W] (N >= 1, all finite, channels "
                                    "first, in the model's input normalisation); integer pixels such as uint8 "
                                    "are refused, not rescaled (default: built-in synthetic images)")
+
+
+def _add_width_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wbits", type=int, help="weight width of every layer, 2..16 (default 8)")
+    p.add_argument("--abits", type=int, help="activation width of every layer, 2..16 (default 8)")
+    p.add_argument("--precision", metavar="YAML", help="per-layer widths: a file `codesign config` wrote, "
+                                                       "edited (instead of --wbits/--abits)")
+
+
+def _widths(args) -> tuple[int, int, str | None]:
+    """(wbits, abits, precision file): --precision replaces the uniform widths."""
+    if args.precision and (args.wbits is not None or args.abits is not None):
+        raise ValueError("--wbits/--abits do not apply with --precision (its `default:` covers the layers "
+                         "it does not list)")
+    return (8 if args.wbits is None else args.wbits), (8 if args.abits is None else args.abits), args.precision
+
+
+def _array_shape(text: str) -> tuple[int, int]:
+    """An argparse type: "PxQ", e.g. 17x128."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected PxQ with P, Q >= 1 (e.g. 17x128), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _add_hardware_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--array", type=_array_shape, metavar="PxQ", help="this MAC array, e.g. 17x128 (default: the "
+                                                                      "fastest that fits the board)")
+    p.add_argument("--weight-ports", type=_positive_int, metavar="N", help="weight masters, one PS HP port each "
+                                                                          "(default: the board file's)")
+    p.add_argument("--clock", type=_positive(float, "a clock in MHz > 0"), metavar="MHZ",
+                   help="kernel clock in MHz (default: the board file's)")
 
 
 def _positive(convert, what: str):
@@ -64,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="replace an existing codesign project folder (only a "
                                                         "folder codesign wrote, never the working folder or "
                                                         "one holding the model)")
+    _add_hardware_args(g)
 
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
     c.add_argument("project")
@@ -119,6 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.add_argument("--json", help="also write the estimate as JSON to this file")
 
+    f = sub.add_parser("config", help="print the per-layer precision (YAML) to edit for generate --precision",
+                       description="Print the per-layer formats the quantizer uses for MODEL: weight and "
+                                   "activation widths and the accumulator width each layer needs, as YAML with "
+                                   "a header explaining the fields. Edit it and pass it to `codesign generate "
+                                   "MODEL --precision FILE` for mixed precision.")
+    f.add_argument("model", help="model folder or file, or 'default' for the embedded tiny M3ViT")
+    f.add_argument("--config", help="YAML model config, when not beside the weights")
+    _add_width_args(f)
+
+    _add_explore_parser(sub)
+
     d = sub.add_parser("demo", help="train/load the embedded model and run the whole flow")
     d.add_argument("-o", "--out", default="codesign_demo", help="project folder (default ./codesign_demo)")
     d.add_argument("--board", default="zcu104")
@@ -127,6 +170,103 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-images", type=_positive_int, default=64, help="held-out images for the accuracy report")
     d.add_argument("--force", action="store_true", help="replace an existing codesign project folder")
     return ap
+
+
+def _number_list(convert, what: str, example: str, lowest: float):
+    """An argparse type: comma-separated numbers of `convert`, each finite and at least `lowest`."""
+    def parse(text: str) -> list:
+        try:
+            values = [convert(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, e.g. {example}, got {text!r}") from None
+        if not all(lowest <= v < float("inf") for v in values) or (lowest == 0 and 0 in values):
+            raise argparse.ArgumentTypeError(f"expected {what} {'> 0' if lowest == 0 else f'>= {lowest}'}, got {text}")
+        return values
+    return parse
+
+
+_int_list = _number_list(int, "integers", "4,6,8", 1)
+_float_list = _number_list(float, "numbers", "150,200", 0)
+
+
+def _array_list(text: str) -> list[tuple[int, int]]:
+    return [_array_shape(part) for part in text.split(",")]
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.95, got {text!r}") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"expected a fraction of float's accuracy in [0, 2], got {text}")
+    return value
+
+
+def _add_explore_parser(sub) -> None:
+    x = sub.add_parser("explore", help="search precision, MAC array, weight ports, clock and board for accuracy "
+                                       "against latency and resources",
+                       description="Sweeps weight/activation widths (and, with --per-layer, a greedy search over "
+                                   "per-layer precision) x MAC array x weight ports x clock x board. Each point: "
+                                   "accuracy of the bit-exact golden model against float on held-out images per "
+                                   "task, latency per task inference and DSP/FF/LUT/BRAM36/URAM from the estimate, "
+                                   "and whether it fits. Writes pareto.json, pareto.csv, points.csv, "
+                                   "accuracy_latency*.png and generate_chosen.sh to OUT; rerunning with the same "
+                                   "OUT resumes (points already in OUT/results.jsonl are not evaluated again). "
+                                   "Exit status: 0, 1 when --verify finds a point that is not bit-exact, 2 bad "
+                                   "input.")
+    x.add_argument("model", help="model folder or file, or 'default' for the embedded tiny M3ViT")
+    x.add_argument("--config", help="YAML model config, when not beside the weights")
+    x.add_argument("--calib", help=".npy of float calibration images [N,C,H,W] (default: built-in synthetic images)")
+    x.add_argument("-o", "--out", required=True, help="explore folder: created, or resumed when an earlier "
+                                                      "explore wrote it")
+    x.add_argument("--board", action="append", help="board name or YAML; repeat for several (default zcu104)")
+    x.add_argument("--wbits", type=_int_list, default=[4, 6, 8], metavar="LIST",
+                   help="weight widths, e.g. 4,6,8 (default)")
+    x.add_argument("--abits", type=_int_list, default=[6, 8], metavar="LIST",
+                   help="activation widths, e.g. 6,8 (default)")
+    x.add_argument("--array", type=_array_list, metavar="PxQ,...", help="these MAC arrays on every board, e.g. "
+                                                                        "8x64,17x128 (default: --auto-arrays "
+                                                                        "shapes per board)")
+    x.add_argument("--auto-arrays", type=_positive_int, default=6, metavar="N",
+                   help="without --array: per board, N fitting shapes from small to large, each the fastest of "
+                        "its size (default 6)")
+    x.add_argument("--weight-ports", type=_int_list, metavar="LIST", help="weight master counts, e.g. 1,2,4 "
+                                                                          "(default: each board's)")
+    x.add_argument("--clock", type=_float_list, metavar="LIST", help="kernel clocks in MHz, e.g. 150,200,250 "
+                                                                     "(default: each board's)")
+    x.add_argument("--per-layer", action="store_true", help="then search per-layer precision greedily from the "
+                                                            "widest global widths: each step lowers the one "
+                                                            "layer that costs least accuracy")
+    x.add_argument("--steps", type=_positive_int, default=4, metavar="N", help="--per-layer search steps (default 4)")
+    x.add_argument("--min-accuracy", type=_fraction, default=0.95, metavar="F",
+                   help="accuracy floor, as a fraction of float's on the worst task: the chosen point is the "
+                        "fastest front point at or above it (default 0.95)")
+    x.add_argument("--eval-images", type=_positive_int, default=32, metavar="N",
+                   help="held-out images for the accuracy figures (default 32)")
+    x.add_argument("--workers", type=_positive_int, metavar="N", help="local worker processes (default: 2, or "
+                                                                      "the cores available if fewer)")
+    x.add_argument("--dask", metavar="ADDRESS", help="run the points on this Dask distributed scheduler "
+                                                     "(e.g. tcp://host:8786) instead of local processes")
+    x.add_argument("--verify", type=_positive_int, metavar="K", help="generate the K best front points and csim "
+                                                                     "them: exit 1 unless bit-exact")
+    x.add_argument("--verify-cosim", action="store_true", help="with --verify: also cosim them (verilator)")
+    x.add_argument("--force", action="store_true", help="start over: replace an explore folder's results (or a "
+                                                        "codesign project folder)")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_explore(args) -> int:
+    from .explore import explore
+
+    if args.verify_cosim and not args.verify:
+        raise ValueError("--verify-cosim needs --verify K")
+    res = explore(args.model, args.out, args.board or ["zcu104"], args.wbits, args.abits, args.array or (),
+                  args.auto_arrays, args.weight_ports or (), args.clock or (), args.per_layer, args.steps,
+                  args.min_accuracy, args.eval_images, args.calib, args.config, args.workers, args.dask,
+                  args.verify or 0, args.verify_cosim, args.force, progress=not args.quiet)
+    print(res.summary_text())
+    return 0 if res.all_verified else 1
 
 
 def _model(args):
@@ -142,9 +282,11 @@ def cmd_generate(args) -> int:
     from . import api
     from .fsutil import checked_project_target
 
-    inputs = [p for p in (args.model, args.config, args.calib) if p and p != DEFAULT_MODEL]
+    inputs = [p for p in (args.model, args.config, args.calib, args.precision) if p and p != DEFAULT_MODEL]
     checked_project_target(args.out, args.force, inputs)  # before loading and converting the model
-    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    wbits, abits, precision = _widths(args)
+    design = api.convert(_model(args), args.board, wbits, abits, args.calib, precision=precision, array=args.array,
+                         weight_ports=args.weight_ports, clock_mhz=args.clock)
     out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
           f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name})")
@@ -244,11 +386,21 @@ def cmd_estimate(args) -> int:
     from .fsutil import checked_output_path
 
     json_path = checked_output_path(args.json, "file") if args.json else None  # before the conversion
-    design = api.convert(_model(args), args.board, args.wbits, args.abits, args.calib)
+    wbits, abits, precision = _widths(args)
+    design = api.convert(_model(args), args.board, wbits, abits, args.calib, precision=precision)
     est = design.estimate()
     print(api.estimate_text(est, api.ROUTING_UNIFORM))
     if json_path:
         json_path.write_text(json.dumps(api.estimate_json(est, api.ROUTING_UNIFORM), indent=1))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from . import api
+
+    wbits, abits, precision = _widths(args)
+    model = api.load(args.model, args.config)
+    print(api.precision_config(model, wbits, abits, precision, about=args.model), end="")
     return 0
 
 
@@ -259,7 +411,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "csim": cmd_csim, "cosim": cmd_cosim, "synth": cmd_synth,
-            "compare": cmd_compare, "report": cmd_report, "estimate": cmd_estimate, "demo": cmd_demo}
+            "compare": cmd_compare, "report": cmd_report, "estimate": cmd_estimate, "config": cmd_config,
+            "explore": cmd_explore, "demo": cmd_demo}
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

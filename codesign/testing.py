@@ -24,13 +24,13 @@ class TestDesign:
 
 
 def make_test_design(cfg: ModelConfig | None = None, seed: int = 0, images: int = 1,
-                     wbits: int = 8, abits: int = 8) -> TestDesign:
+                     wbits: int = 8, abits: int = 8, precision=None) -> TestDesign:
     cfg = cfg or ModelConfig()
     torch.manual_seed(seed)
     model = M3ViT(cfg).eval()
     rng = np.random.default_rng(seed)
     calib = rng.standard_normal((8, cfg.in_chans, *cfg.image_hw)).astype(np.float32)
-    qm = quantize_model(model, calib, wbits=wbits, abits=abits)
+    qm = quantize_model(model, calib, wbits=wbits, abits=abits, precision=precision)
     xq = quantize_input(calib[:images], qm)
     vectors = [Vector(f"img{i}_task{t}", t, xq[i]) for i in range(images) for t in range(cfg.num_tasks)]
     return TestDesign(model, qm, compile_program(qm), vectors)

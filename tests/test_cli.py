@@ -19,7 +19,7 @@ from codesign.fsutil import PROJECT_MARKER, atomic_dir, mark_project
 from codesign.model.config import ModelConfig
 from codesign.model.zoo import default_model_dir, load_default_model
 
-SUBCOMMANDS = ["generate", "csim", "cosim", "compare", "report", "estimate", "demo"]
+SUBCOMMANDS = ["generate", "csim", "cosim", "compare", "report", "estimate", "explore", "demo"]
 KNOWN_BOARDS = "kv260, pynq-z2, ultra96v2, zcu102, zcu104"
 
 

@@ -326,16 +326,18 @@ def _put(buf: bytearray, addr: int, values, dtype) -> None:
 
 
 def corner_case_program(rng) -> tuple[list[Instr], bytearray, bytearray]:
+    """Every opcode and flag combination at odd sizes, each instruction at its own output width
+    (4..8 bits: per-layer precision; the GELU table of a 7-bit MATMUL has 128 entries)."""
     act, wgt = bytearray(1 << 16), bytearray(1 << 15)
     i8, i32 = np.int8, "<i4"
     # ADD with a count that ends inside a beat, b from wgt
     _put(act, 0, rng.integers(-128, 128, 203), i8)
     _put(wgt, 0, rng.integers(-128, 128, 203), i8)
     prog = [Instr(Op.ADD, Flag.B_WGT, dict(a_addr=0, b_addr=0, out_addr=256, count=203, ma=29000,
-                                           mb=11000, shift=15))]
+                                           mb=11000, shift=15), obits=5)]
     # REQUANT32 with an odd count and large int32 values
     _put(act, 512, rng.integers(-2**31, 2**31, 77, dtype=np.int64), i32)
-    prog.append(Instr(Op.REQUANT32, 0, dict(src_addr=512, out_addr=1024, count=77, mult=16000, shift=40)))
+    prog.append(Instr(Op.REQUANT32, 0, dict(src_addr=512, out_addr=1024, count=77, mult=16000, shift=40), obits=6))
     # MATMUL: strided A rows (a_stride > k), strided output, GELU
     m, k, n = 3, 24, 16
     _put(act, 2048, rng.integers(-128, 128, m * 40), i8)
@@ -345,7 +347,7 @@ def corner_case_program(rng) -> tuple[list[Instr], bytearray, bytearray]:
     _put(wgt, 2176, rng.integers(-128, 128, 256), i8)
     prog.append(Instr(Op.MATMUL, Flag.GELU, dict(a_addr=2048, a_stride=40, w_addr=1024, bias_addr=2048,
                                                  mult_addr=2112, shift=20, m=m, k=k, n=n, out_addr=3072,
-                                                 out_stride=24, lut_addr=2176)))
+                                                 out_stride=24, lut_addr=2176), obits=7))
     # GATE with 5 experts, top-3, gate bias row not 8-byte aligned, task clamped to num_tasks-1
     t, d, e = 9, 32, 5
     _put(act, 4096, rng.integers(-128, 128, t * d), i8)
@@ -355,7 +357,7 @@ def corner_case_program(rng) -> tuple[list[Instr], bytearray, bytearray]:
     prog.append(Instr(Op.GATE, 0, dict(x_addr=4096, tokens=t, dim=d, experts=e, top_k=3, wg_addr=4096,
                                        bg_addr=8196, score_mult=2500, score_shift=16, counts_addr=5120,
                                        idx_addr=5184, score_addr=5632, list_stride=10, acc_addr=16384,
-                                       num_tasks=2)))
+                                       num_tasks=2), obits=6))
     # expert 3 of that GATE: gather its tokens (count at an odd int32 index), scatter back
     h = 16
     _put(wgt, 12288, rng.integers(-128, 128, h * d), i8)
@@ -367,10 +369,10 @@ def corner_case_program(rng) -> tuple[list[Instr], bytearray, bytearray]:
     lists = dict(idx_addr=5184 + 3 * 10 * 4, score_addr=5632 + 3 * 10 * 4, count_addr=5120 + 3 * 4, m=t)
     prog.append(Instr(Op.MATMUL, Flag.GATHER | Flag.DYNM | Flag.GELU,
                       dict(a_addr=4096, a_stride=d, w_addr=12288, bias_addr=13312, mult_addr=13376,
-                           shift=18, k=d, n=h, out_addr=8192, out_stride=h, lut_addr=2176, **lists)))
+                           shift=18, k=d, n=h, out_addr=8192, out_stride=h, lut_addr=2176, **lists), obits=8))
     prog.append(Instr(Op.MATMUL, Flag.SCATTER | Flag.DYNM,
                       dict(a_addr=8192, a_stride=h, w_addr=12800, bias_addr=13440, mult_addr=13568,
-                           shift=18, k=h, n=d, out_addr=16384, out_stride=d, **lists)))
+                           shift=18, k=h, n=d, out_addr=16384, out_stride=d, **lists), obits=5))
     # SCATTER with repeated rows (back to back and apart): the RTL pipelines the accumulator
     # rows (reads row r+1 before writing row r back) except when row r+1 is row r again
     sm, sk, sn = 6, 16, 8
@@ -384,16 +386,16 @@ def corner_case_program(rng) -> tuple[list[Instr], bytearray, bytearray]:
     prog.append(Instr(Op.MATMUL, Flag.SCATTER,
                       dict(a_addr=32768, a_stride=sk, w_addr=16384, bias_addr=16512, mult_addr=16576,
                            shift=12, m=sm, k=sk, n=sn, out_addr=33280, out_stride=10, idx_addr=33024,
-                           score_addr=33088)))
+                           score_addr=33088), obits=4))
     # ATTN with 3 heads and an odd token count; LAYERNORM of its output
     tok, heads, dh = 7, 3, 8
     _put(act, 24576, rng.integers(-128, 128, tok * 3 * heads * dh), i8)
     prog.append(Instr(Op.ATTN, 0, dict(qkv_addr=24576, tokens=tok, heads=heads, head_dim=dh, out_addr=26624,
-                                       score_mult=7000, score_shift=19, out_mult=21000, out_shift=21)))
+                                       score_mult=7000, score_shift=19, out_mult=21000, out_shift=21), obits=6))
     _put(wgt, 14336, rng.integers(-40000, 40000, heads * dh), i32)
     _put(wgt, 14464, rng.integers(-50, 50, heads * dh), i32)
     prog.append(Instr(Op.LAYERNORM, 0, dict(x_addr=26624, out_addr=27648, rows=tok, dim=heads * dh,
-                                            gamma_addr=14336, beta_addr=14464, eps=5, shift=21)))
+                                            gamma_addr=14336, beta_addr=14464, eps=5, shift=21), obits=7))
     return prog, wgt, act
 
 
@@ -417,7 +419,7 @@ def test_instruction_corner_cases_under_icarus(tmp_path, P, backpressure, weight
 
 def test_core_params_reject_unaligned_rows():
     bad = Instr(Op.MATMUL, 0, dict(a_addr=0, a_stride=12, w_addr=0, bias_addr=0, mult_addr=0, shift=1,
-                                   m=1, k=12, n=8, out_addr=0, out_stride=8))
+                                   m=1, k=12, n=8, out_addr=0, out_stride=8), obits=8)
     with pytest.raises(ValueError, match="k=12"):
         core_params([bad], 1, 8)
     bad.args.update(k=16, a_stride=16, out_addr=4)

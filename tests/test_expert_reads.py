@@ -102,7 +102,7 @@ def test_read_log_catches_a_second_fetch():
     """The checker itself: two MATMULs over the same weights show up as bytes read twice."""
     mm = dict(a_addr=0, a_stride=8, w_addr=0, bias_addr=64, mult_addr=128, shift=0, m=1, k=8, n=8,
               out_addr=64, out_stride=8)
-    program = encode_program([Instr(Op.MATMUL, 0, mm), Instr(Op.MATMUL, 0, mm)])
+    program = encode_program([Instr(Op.MATMUL, 0, mm, obits=8), Instr(Op.MATMUL, 0, mm, obits=8)])
     log = WgtReadLog()
     assert execute(program, bytes(192), bytearray(128), 0, 8, 1, wgt_reads=log) == 2
     assert [(pc, addr, n) for pc, addr, n in log.reads] == [(0, 0, 64), (0, 64, 32), (0, 128, 32),

@@ -81,3 +81,28 @@ def test_the_rtl_example_runs_as_written(readme_run, monkeypatch):
     monkeypatch.chdir(folder)
     exec(compile(PYTHON_BLOCKS[1], "README.md", "exec"), ns)  # noqa: S102
     assert ns["res"].all_passed
+
+
+def _explore_block() -> list[list[str]]:
+    section = README.read_text().split("## Explore", 1)[1]
+    block = re.search(r"^```sh\n(.*?)^```", section, re.M | re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_explore_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """explore on two boards, then the generate command it wrote for the chosen point."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    lines = _explore_block()
+    assert [w[:2] for w in lines] == [["codesign", "explore"], ["sh", "explore/generate_chosen.sh"]]
+    for words in lines:
+        if words[0] == "sh":  # the script explore wrote: its one command, run the same way
+            words = shlex.split((tmp_path / words[1]).read_text().splitlines()[-1])
+        assert words[0] == "codesign"
+        assert main(words[1:]) == 0, capsys.readouterr().err[-2000:]
+    report = json.loads((tmp_path / "explore" / "pareto.json").read_text())
+    assert report["boards"] == ["zcu104", "kv260"] and report["front"]
+    chosen = report["chosen"]
+    project = json.loads((tmp_path / "explore" / "chosen_project" / "project.json").read_text())
+    assert (project["board"], project["array"]) == (chosen["board"], [chosen["P"], chosen["Q"]])

@@ -48,8 +48,8 @@ def manifest(prog: Program, vectors: list[dict]) -> dict:
     return {
         "format": 1,
         "elem_bytes": prog.elem_bytes,
-        "abits": prog.abits,
-        "wbits": prog.wbits,
+        "abits": prog.abits,  # the widest activation; each instruction's own: instructions[i]["obits"]
+        "wbits": prog.wbits,  # the widest weight
         "num_tasks": prog.num_tasks,
         "act_bytes": prog.act_bytes,
         "wgt_bytes": len(prog.wgt),
@@ -62,7 +62,7 @@ def manifest(prog: Program, vectors: list[dict]) -> dict:
         "regions": [r.to_dict() for r in prog.regions.values()],
         "weights": [r.to_dict() for r in prog.weights],
         "moe_layers": prog.moe_layers,
-        "instructions": [{"op": i.op.name, "layer": i.layer} for i in prog.instrs],
+        "instructions": [{"op": i.op.name, "layer": i.layer, "obits": i.obits} for i in prog.instrs],
         "vectors": vectors,
     }
 

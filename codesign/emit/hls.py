@@ -27,7 +27,7 @@ import numpy as np
 
 from ..boards import Board
 from ..quant import arith as A
-from ..schedule.isa import FIELDS, WORDS, Flag, Op
+from ..schedule.isa import FIELDS, OBITS_LSB, OBITS_MASK, WORDS, Flag, Op
 from ..schedule.program import Program
 from ..schedule.tiling import board_uarch
 from ..schedule.uarch import Uarch, check_program
@@ -181,8 +181,8 @@ def kernel_memories(u: Uarch, board: Board) -> list[dict]:
         ("wparam", "wparam_t", f"[2][2][{half}] int32", 4 * u.epb, 32, -(-half // u.epb), "ram_2p",
          part("wparam", 1, 2) + [f"ARRAY_PARTITION variable=wparam cyclic factor={u.epb} dim=3"],
          "wslot params: EPB words a cycle"),
-        ("lut", "lut_t", f"[2][{lut_copies}][{1 << u.abits}] elem", 2 * lut_copies, u.epb * elem,
-         (1 << u.abits) // u.epb, "ram_t2p",
+        ("lut", "lut_t", f"[2][{lut_copies}][{u.lut_size}] elem", 2 * lut_copies, u.epb * elem,
+         u.lut_size // u.epb, "ram_t2p",
          part("lut", 1, 2) + [f"ARRAY_RESHAPE variable=lut cyclic factor={u.epb} dim=3"],
          "GELU tables of two MATMULs, two lanes per copy"),
         ("fq", "fill_queue_t", f"[W={u.weight_ports}][{fill_segs}] FillSeg", u.weight_ports, 128, fill_segs, "ram_1p",
@@ -296,8 +296,8 @@ def _context(prog: Program, u: Uarch, project_name: str, board: Board, man: dict
         "manifest_sizes": {"wgt_bytes": man["wgt_bytes"], "prog_bytes": man["prog_bytes"],
                            "act_bytes": man["act_bytes"]},
         "traced_regions": traced_regions(man),
-        "elem_bytes": prog.elem_bytes, "abits": prog.abits, "qp": A.qmax(prog.abits),
-        "words": WORDS, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
+        "elem_bytes": prog.elem_bytes, "abits": prog.abits,
+        "words": WORDS, "obits_lsb": OBITS_LSB, "obits_mask": OBITS_MASK, "opcodes": [(op.name, int(op)) for op in Op], "flags": flags, "ops": ops,
         "num_instrs": len(prog.instrs), "tables": tables,
         "exp_lut_size": A.EXP_LUT_SIZE, "recip_mbits": A.RECIP_MBITS, "recip_frac": A.RECIP_FRAC,
         "attn_frac": A.ATTN_FRAC, "rsqrt_mbits": A.RSQRT_MBITS, "rsqrt_frac": A.RSQRT_FRAC,

@@ -26,7 +26,7 @@ HEADS_FILE = "heads.npz"
 def host_info(model: M3ViT, qm: QuantModel) -> dict:
     cfg = model.cfg
     return {"format": 1, "img_size": list(cfg.image_hw), "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
-            "abits": qm.abits, "input_scale": qm.input_scale, "output_scale": qm.output_scale,
+            "input_bits": qm.input_bits, "input_scale": qm.input_scale, "output_scale": qm.output_scale,
             "head": cfg.head, "ln_eps": cfg.ln_eps,
             "tasks": [{"name": t.name, "kind": t.kind, "out_channels": t.out_channels} for t in cfg.tasks],
             "heads_file": HEADS_FILE}

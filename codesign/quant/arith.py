@@ -51,6 +51,21 @@ def check_bits(bits: int) -> int:
     return int(bits)
 
 
+def signed_sum_bits(term_bits: int, terms: int) -> int:
+    """Bits of an exact signed sum of `terms` values of magnitude < 2**term_bits."""
+    return term_bits + max(0, math.ceil(math.log2(max(1, terms)))) + 1
+
+
+def matmul_acc_bits(wbits: int, in_bits: int, k: int) -> int:
+    """Accumulator bits of a dot product of k (wbits x in_bits) products (bias excluded, int32)."""
+    return signed_sum_bits((wbits - 1) + (in_bits - 1), k)
+
+
+def attention_acc_bits(qkv_bits: int, head_dim: int, tokens: int) -> int:
+    """The widest exact sum of one attention head: scores q.k, or e.v (e <= 2**EXP_FRAC)."""
+    return max(signed_sum_bits(2 * (qkv_bits - 1), head_dim), signed_sum_bits(EXP_FRAC + (qkv_bits - 1), tokens))
+
+
 def container_dtype(bits: int):
     """Storage type of a tensor of this width: int8 up to 8 bits, int16 above."""
     return np.int8 if bits <= 8 else np.int16

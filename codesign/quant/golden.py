@@ -23,22 +23,23 @@ class GoldenResult:
     detail: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def apply_linear(x, layer: QLinear, abits: int) -> np.ndarray:
-    return apply_linear_parts(x, layer, abits)[1]
+def apply_linear(x, layer: QLinear) -> np.ndarray:
+    return apply_linear_parts(x, layer)[1]
 
 
-def apply_linear_parts(x, layer: QLinear, abits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(requantised matmul output, final output): they differ only for a layer with a GELU table."""
-    y = A.linear(x, layer.w, layer.bias, layer.mult, layer.shift, abits)
-    return y, (y if layer.gelu is None else A.lut_lookup(y, layer.gelu, abits))
+def apply_linear_parts(x, layer: QLinear) -> tuple[np.ndarray, np.ndarray]:
+    """(requantised matmul output, final output): they differ only for a layer with a GELU table.
+    Every layer saturates to its own output width (layer.obits)."""
+    y = A.linear(x, layer.w, layer.bias, layer.mult, layer.shift, layer.obits)
+    return y, (y if layer.gelu is None else A.lut_lookup(y, layer.gelu, layer.obits))
 
 
-def apply_norm(x, norm, abits: int) -> np.ndarray:
-    return A.layernorm(x, norm.gamma, norm.beta, norm.eps, norm.shift, abits)
+def apply_norm(x, norm) -> np.ndarray:
+    return A.layernorm(x, norm.gamma, norm.beta, norm.eps, norm.shift, norm.obits)
 
 
-def apply_add(a, b, add, abits: int) -> np.ndarray:
-    return A.add(a, b, add.ma, add.mb, add.shift, abits)
+def apply_add(a, b, add) -> np.ndarray:
+    return A.add(a, b, add.ma, add.mb, add.shift, add.obits)
 
 
 def split_heads(qkv, heads: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -48,9 +49,9 @@ def split_heads(qkv, heads: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarra
     return [tuple(qkv[:, part * dim + h * dh: part * dim + (h + 1) * dh] for part in range(3)) for h in range(heads)]
 
 
-def attention(qkv, blk: QBlock, heads: int, abits: int) -> np.ndarray:
+def attention(qkv, blk: QBlock, heads: int) -> np.ndarray:
     at = blk.attn
-    out = [A.attention_head(q, k, v, at.score_mult, at.score_shift, at.out_mult, at.out_shift, abits)
+    out = [A.attention_head(q, k, v, at.score_mult, at.score_shift, at.out_mult, at.out_shift, at.obits)
            for q, k, v in split_heads(qkv, heads)]
     return np.concatenate(out, axis=1)
 
@@ -68,10 +69,10 @@ def attention_probs(qkv, blk: QBlock, heads: int) -> tuple[np.ndarray, np.ndarra
     return scores, e, e / e.sum(axis=-1, keepdims=True)
 
 
-def gate_scores(x, moe: QMoe, task: int, abits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer logits and probabilities [T, E] of the task's gate."""
+def gate_scores(x, moe: QMoe, task: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer logits and probabilities [T, E] (units of 1/qmax(moe.prob_bits)) of the task's gate."""
     logits = A.matmul_acc(x, moe.gate_w[task], moe.gate_b[task])
-    return logits, A.softmax_rows(logits, moe.score_mult, moe.score_shift, abits)
+    return logits, A.softmax_rows(logits, moe.score_mult, moe.score_shift, moe.prob_bits)
 
 
 def gate(logits, probs, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +86,8 @@ def expert_queues(ids: np.ndarray, num_experts: int) -> list[np.ndarray]:
     return [np.nonzero((ids == e).any(axis=1))[0] for e in range(num_experts)]
 
 
-def moe(x, moe_layer: QMoe, task: int, abits: int, detail: dict | None, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    logits, all_probs = gate_scores(x, moe_layer, task, abits)
+def moe(x, moe_layer: QMoe, task: int, detail: dict | None, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    logits, all_probs = gate_scores(x, moe_layer, task)
     if detail is not None:
         detail[prefix + "gate.logits"], detail[prefix + "gate.probs"] = logits, all_probs
     ids, probs = gate(logits, all_probs, moe_layer.top_k)
@@ -94,37 +95,37 @@ def moe(x, moe_layer: QMoe, task: int, abits: int, detail: dict | None, prefix: 
     for e, tokens in enumerate(expert_queues(ids, len(moe_layer.fc1))):
         if tokens.size == 0:
             continue  # an unused expert's weights are never read
-        pre, h = apply_linear_parts(x[tokens], moe_layer.fc1[e], abits)
-        y = apply_linear(h, moe_layer.fc2[e], abits)
+        pre, h = apply_linear_parts(x[tokens], moe_layer.fc1[e])
+        y = apply_linear(h, moe_layer.fc2[e])
         score = probs[tokens][ids[tokens] == e]
         acc[tokens] += score[:, None] * y
         if detail is not None:
             p = f"{prefix}e{e}."
             detail.update({p + "tokens": tokens, p + "fc1": pre, p + "gelu": h, p + "out": y})
-    return A.requant(acc, moe_layer.out_mult, moe_layer.out_shift, abits), ids
+    return A.requant(acc, moe_layer.out_mult, moe_layer.out_shift, moe_layer.obits), ids
 
 
 def run_block(x, blk: QBlock, i: int, qm: QuantModel, task: int, res: GoldenResult,
               det: dict | None) -> np.ndarray:
-    ab, p, tr = qm.abits, f"b{i}.", res.trace
-    tr[p + "ln1"] = h = apply_norm(x, blk.ln1, ab)
-    tr[p + "qkv"] = qkv = apply_linear(h, blk.qkv, ab)
-    tr[p + "attn"] = att = attention(qkv, blk, qm.cfg.num_heads, ab)
+    p, tr = f"b{i}.", res.trace
+    tr[p + "ln1"] = h = apply_norm(x, blk.ln1)
+    tr[p + "qkv"] = qkv = apply_linear(h, blk.qkv)
+    tr[p + "attn"] = att = attention(qkv, blk, qm.cfg.num_heads)
     if det is not None:
         det[p + "attn.scores"], det[p + "attn.exp"], det[p + "attn.probs"] = attention_probs(qkv, blk, qm.cfg.num_heads)
-    tr[p + "proj"] = proj = apply_linear(att, blk.proj, ab)
-    tr[p + "res1"] = x = apply_add(x, proj, blk.res1, ab)
-    tr[p + "ln2"] = h = apply_norm(x, blk.ln2, ab)
+    tr[p + "proj"] = proj = apply_linear(att, blk.proj)
+    tr[p + "res1"] = x = apply_add(x, proj, blk.res1)
+    tr[p + "ln2"] = h = apply_norm(x, blk.ln2)
     if blk.is_moe:
-        y, res.routing[i] = moe(h, blk.mlp, task, ab, det, p)
+        y, res.routing[i] = moe(h, blk.mlp, task, det, p)
     else:
-        pre, g = apply_linear_parts(h, blk.mlp[0], ab)
+        pre, g = apply_linear_parts(h, blk.mlp[0])
         tr[p + "gelu"] = g
         if det is not None:
             det[p + "fc1"] = pre
-        y = apply_linear(g, blk.mlp[1], ab)
+        y = apply_linear(g, blk.mlp[1])
     tr[p + "mlp"] = y
-    tr[p + "res2"] = x = apply_add(x, y, blk.res2, ab)
+    tr[p + "res2"] = x = apply_add(x, y, blk.res2)
     return x
 
 
@@ -141,12 +142,12 @@ def run_golden(qm: QuantModel, x_q: np.ndarray, task: int, detail: bool = False)
     if x_q.shape != expected:
         raise ValueError(f"input must have shape {expected} (tokens, patch features), got {x_q.shape}")
     res = GoldenResult(output=None)
-    res.trace["patch"] = x = apply_linear(x_q, qm.patch, qm.abits)
-    res.trace["embed"] = x = apply_add(x, qm.pos, qm.embed, qm.abits)
+    res.trace["patch"] = x = apply_linear(x_q, qm.patch)
+    res.trace["embed"] = x = apply_add(x, qm.pos, qm.embed)
     for i, blk in enumerate(qm.blocks):
         x = run_block(x, blk, i, qm, task, res, res.detail if detail else None)
     if qm.norm is not None:
-        res.trace["norm"] = x = apply_norm(x, qm.norm, qm.abits)
+        res.trace["norm"] = x = apply_norm(x, qm.norm)
     res.output = x
     return res
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..model.config import ModelConfig
 from . import arith as A
+from .precision import Precision
 
 EXPERT_DETAIL = re.compile(r"(?P<block>b\d+\.)e\d+\.(?P<part>fc1|gelu|out)")
 EXPERT_SCALE = {"fc1": "fc1", "gelu": "gelu", "out": "expert"}
@@ -21,7 +22,8 @@ class QLinear:
     bias: np.ndarray  # int64 [N]
     mult: np.ndarray  # int64 [N]
     shift: int
-    gelu: np.ndarray | None = None  # int table indexed by q - qmin(abits)
+    obits: int  # output width: the requantisation saturates to it (with a table: the table's index)
+    gelu: np.ndarray | None = None  # int table indexed by q - qmin(obits), entries of the same width
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -33,6 +35,7 @@ class QAdd:
     ma: int
     mb: int
     shift: int
+    obits: int
 
 
 @dataclass
@@ -41,6 +44,7 @@ class QNorm:
     beta: np.ndarray  # int64 [D]
     eps: int
     shift: int
+    obits: int
 
 
 @dataclass
@@ -49,6 +53,7 @@ class QAttention:
     score_shift: int
     out_mult: int
     out_shift: int
+    obits: int
 
 
 @dataclass
@@ -62,6 +67,8 @@ class QMoe:
     out_mult: int
     out_shift: int
     top_k: int
+    prob_bits: int  # gate probabilities in units of 1/qmax(prob_bits)
+    obits: int  # the combined output
 
 
 @dataclass
@@ -83,8 +90,9 @@ class QBlock:
 @dataclass
 class QuantModel:
     cfg: ModelConfig
-    wbits: int
+    wbits: int  # the default format (precision.default); per layer: precision.of(name)
     abits: int
+    precision: Precision  # what the model was quantised with (layers not listed: its default)
     scales: dict[str, float]  # float scale of every traced activation
     patch: QLinear  # patch embedding, no bias (the bias lives in `pos`)
     pos: np.ndarray  # int [T, D]: row 0 = cls + pos[0], rows 1.. = pos + patch bias
@@ -92,6 +100,10 @@ class QuantModel:
     blocks: list[QBlock]
     norm: QNorm | None  # the final LayerNorm; without one the output is the last block's res2
     meta: dict = field(default_factory=dict)
+
+    @property
+    def input_bits(self) -> int:
+        return self.precision.abits("input")
 
     @property
     def input_scale(self) -> float:
@@ -114,7 +126,8 @@ class QuantModel:
         if name.endswith(".attn.probs"):
             return 1.0  # already real probabilities: attention is normalised after P.v, never rounded
         if name.endswith(".probs"):
-            return 1.0 / A.qmax(self.abits)  # gate softmax outputs are in units of 1/qmax(abits)
+            # gate softmax outputs are in units of 1/qmax(the gate's abits)
+            return 1.0 / A.qmax(self.precision.abits(name[: -len(".probs")]))  # b{i}.gate.probs -> b{i}.gate
         if name.endswith(".attn.scores"):
             # integer q.k; the float model's scores also carry the 1/sqrt(head_dim) factor
             p = name[: -len("attn.scores")]

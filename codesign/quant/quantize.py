@@ -10,6 +10,7 @@ import torch
 from ..model.m3vit import M3ViT
 from ..model.train import torch_threads
 from . import arith as A
+from .precision import Precision, activation_layer, check_precision
 from .qmodel import QAdd, QAttention, QBlock, QLinear, QMoe, QNorm, QuantModel
 
 
@@ -25,7 +26,7 @@ def images_to_patches(images: np.ndarray, patch: int) -> np.ndarray:
 def quantize_input(images: np.ndarray, qm: QuantModel) -> np.ndarray:
     """Float images [B,C,H,W] -> integer patch rows [B, T, F] as the accelerator reads them."""
     patches = images_to_patches(np.asarray(images, np.float64), qm.cfg.patch_size)
-    return A.quantize_tensor(patches, qm.input_scale, qm.abits)
+    return A.quantize_tensor(patches, qm.input_scale, qm.input_bits)
 
 
 # Traced by the float model for the accuracy report only: the hardware keeps gate logits as
@@ -118,7 +119,9 @@ def weight_scales(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndar
     return np.where(amax > 0, amax, 1.0) / A.qmax(bits)
 
 
-def _linear(w, b, in_scale, out_scale, wbits, abits, gelu_out_scale=None, out_scales=None) -> QLinear:
+def _linear(w, b, in_scale, out_scale, wbits, obits, gelu_out_scale=None, out_scales=None) -> QLinear:
+    """Per-channel `wbits` weights; the output saturates to `obits` (with GELU: the table's index and
+    entries are both `obits` wide)."""
     w = np.asarray(w, np.float64)
     sw = weight_scales(w, wbits)
     wq = A.quantize_tensor(w, sw[:, None], wbits)
@@ -128,11 +131,11 @@ def _linear(w, b, in_scale, out_scale, wbits, abits, gelu_out_scale=None, out_sc
     mult, shift = A.quantize_multipliers(in_scale * sw / outs)
     lut = None
     if gelu_out_scale is not None:
-        lut = A.gelu_lut(out_scale, gelu_out_scale, abits, abits)
-    return QLinear(wq, bq, mult, shift, lut)
+        lut = A.gelu_lut(out_scale, gelu_out_scale, obits, obits)
+    return QLinear(wq, bq, mult, shift, obits, lut)
 
 
-def _norm(ln, in_scale, out_scale, abits) -> QNorm:
+def _norm(ln, in_scale, out_scale, obits) -> QNorm:
     d = ln.weight.numel()
     gamma = _t(ln.weight) * math.sqrt(d) / out_scale
     beta = _t(ln.bias) / out_scale
@@ -142,12 +145,13 @@ def _norm(ln, in_scale, out_scale, abits) -> QNorm:
     if shift < 1:
         raise ValueError("LayerNorm gain too large for the output scale")
     eps = max(1, round(ln.eps * d**3 / in_scale**2))
-    return QNorm(np.round(gamma * 2.0**gain_bits).astype(np.int64), np.round(beta).astype(np.int64), int(eps), shift)
+    return QNorm(np.round(gamma * 2.0**gain_bits).astype(np.int64), np.round(beta).astype(np.int64), int(eps), shift,
+                 obits)
 
 
-def _add(sa, sb, s_out) -> QAdd:
+def _add(sa, sb, s_out, obits) -> QAdd:
     (ma, mb), shift = A.quantize_multipliers([sa / s_out, sb / s_out])
-    return QAdd(int(ma), int(mb), shift)
+    return QAdd(int(ma), int(mb), shift, obits)
 
 
 def _single(real: float) -> tuple[int, int]:
@@ -171,10 +175,10 @@ def _t(p) -> np.ndarray:
     return p.detach().double().numpy()
 
 
-def _attention(cfg, s, prefix) -> QAttention:
+def _attention(cfg, s, prefix, obits) -> QAttention:
     sm, ss = _single(s[prefix + "q"] * s[prefix + "k"] * cfg.head_dim**-0.5 / A.EXP_STEP)
     om, os_ = _single(s[prefix + "v"] / (2.0**A.ATTN_FRAC * s[prefix + "attn"]))
-    return QAttention(sm, ss, om, os_)
+    return QAttention(sm, ss, om, os_, obits)
 
 
 def folded_gates(model: M3ViT, mlp) -> tuple[np.ndarray, np.ndarray]:
@@ -185,99 +189,117 @@ def folded_gates(model: M3ViT, mlp) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([_t(w).T for w, _ in folded]), np.stack([_t(b) for _, b in folded])
 
 
-def _moe(model, blk, s, prefix, in_scale, wbits, abits) -> QMoe:
+def _moe(model, blk, s, prefix, in_scale, p: Precision) -> QMoe:
     cfg = model.cfg
     mlp = blk.mlp
+    gate, fc1, fc2 = prefix + "gate", prefix + "fc1", prefix + "fc2"
     gw, gb = folded_gates(model, mlp)
-    sg = float(np.abs(gw).max() or 1.0) / A.qmax(wbits)
-    gwq = A.quantize_tensor(gw, sg, wbits)
+    sg = float(np.abs(gw).max() or 1.0) / A.qmax(p.wbits(gate))
+    gwq = A.quantize_tensor(gw, sg, p.wbits(gate))
     gbq = np.round(gb / (in_scale * sg)).astype(np.int64)
     sm, ss = _single(in_scale * sg / A.EXP_STEP)
     s[prefix + "gate.logits"] = in_scale * sg  # the integer logits' scale, for the accuracy report
     ex = mlp.experts
-    fc1 = [_linear(_t(ex.htoh4.weight[e]), _t(ex.htoh4.bias[e]), in_scale, s[prefix + "fc1"], wbits, abits,
-                   gelu_out_scale=s[prefix + "gelu"]) for e in range(cfg.num_experts)]
-    fc2 = [_linear(_t(ex.h4toh.weight[e]), _t(ex.h4toh.bias[e]), s[prefix + "gelu"], s[prefix + "expert"],
-                   wbits, abits) for e in range(cfg.num_experts)]
-    om, os_ = _single(s[prefix + "expert"] / (A.qmax(abits) * s[prefix + "mlp"]))
-    return QMoe(gwq, gbq, sm, ss, fc1, fc2, om, os_, cfg.top_k)
+    fc1s = [_linear(_t(ex.htoh4.weight[e]), _t(ex.htoh4.bias[e]), in_scale, s[prefix + "fc1"], p.wbits(fc1),
+                    p.abits(fc1), gelu_out_scale=s[prefix + "gelu"]) for e in range(cfg.num_experts)]
+    fc2s = [_linear(_t(ex.h4toh.weight[e]), _t(ex.h4toh.bias[e]), s[prefix + "gelu"], s[prefix + "expert"],
+                    p.wbits(fc2), p.abits(fc2)) for e in range(cfg.num_experts)]
+    om, os_ = _single(s[prefix + "expert"] / (A.qmax(p.abits(gate)) * s[prefix + "mlp"]))
+    return QMoe(gwq, gbq, sm, ss, fc1s, fc2s, om, os_, cfg.top_k, p.abits(gate), p.abits(prefix + "mlp"))
 
 
-def _dense_mlp(blk, s, prefix, in_scale, wbits, abits):
-    m = blk.mlp
-    fc1 = _linear(_t(m.fc1.weight), _t(m.fc1.bias), in_scale, s[prefix + "fc1"], wbits, abits,
-                  gelu_out_scale=s[prefix + "gelu"])
-    fc2 = _linear(_t(m.fc2.weight), _t(m.fc2.bias), s[prefix + "gelu"], s[prefix + "mlp"], wbits, abits)
-    return fc1, fc2
+def _dense_mlp(blk, s, prefix, in_scale, p: Precision):
+    m, fc1, fc2 = blk.mlp, prefix + "fc1", prefix + "fc2"
+    first = _linear(_t(m.fc1.weight), _t(m.fc1.bias), in_scale, s[prefix + "fc1"], p.wbits(fc1), p.abits(fc1),
+                    gelu_out_scale=s[prefix + "gelu"])
+    second = _linear(_t(m.fc2.weight), _t(m.fc2.bias), s[prefix + "gelu"], s[prefix + "mlp"], p.wbits(fc2),
+                     p.abits(fc2))
+    return first, second
 
 
-def _block(model, i, s, x_scale, wbits, abits) -> QBlock:
-    blk, p, d = model.blocks[i], f"b{i}.", model.cfg.embed_dim
-    qkv_scales = np.repeat([s[p + "q"], s[p + "k"], s[p + "v"]], d)
-    with _layer(p + "qkv", s, p + "ln1"):
-        qkv = _linear(_t(blk.attn.qkv.weight), _t(blk.attn.qkv.bias), s[p + "ln1"], None, wbits, abits,
-                      out_scales=qkv_scales)
-    with _layer(p + "proj", s, p + "attn"):
-        proj = _linear(_t(blk.attn.proj.weight), _t(blk.attn.proj.bias), s[p + "attn"], s[p + "proj"], wbits,
-                       abits)
-    with _layer(p + ("moe" if model.cfg.is_moe(i) else "mlp"), s, p + "ln2"):
+def _block(model, i, s, x_scale, p: Precision) -> QBlock:
+    blk, b, d = model.blocks[i], f"b{i}.", model.cfg.embed_dim
+    w, a = p.wbits, p.abits
+    qkv_scales = np.repeat([s[b + "q"], s[b + "k"], s[b + "v"]], d)
+    with _layer(b + "qkv", s, b + "ln1"):
+        qkv = _linear(_t(blk.attn.qkv.weight), _t(blk.attn.qkv.bias), s[b + "ln1"], None, w(b + "qkv"),
+                      a(b + "qkv"), out_scales=qkv_scales)
+    with _layer(b + "proj", s, b + "attn"):
+        proj = _linear(_t(blk.attn.proj.weight), _t(blk.attn.proj.bias), s[b + "attn"], s[b + "proj"],
+                       w(b + "proj"), a(b + "proj"))
+    with _layer(b + ("moe" if model.cfg.is_moe(i) else "mlp"), s, b + "ln2"):
         if model.cfg.is_moe(i):
-            mlp = _moe(model, blk, s, p, s[p + "ln2"], wbits, abits)
+            mlp = _moe(model, blk, s, b, s[b + "ln2"], p)
         else:
-            mlp = _dense_mlp(blk, s, p, s[p + "ln2"], wbits, abits)
-    with _layer(p + "ln1", s, f"b{i - 1}.res2" if i else "embed"):
-        ln1 = _norm(blk.norm1, x_scale, s[p + "ln1"], abits)
-    with _layer(p + "attn", s, p + "q", p + "k", p + "v"):
-        attn = _attention(model.cfg, s, p)
-    with _layer(p + "res1", s, f"b{i - 1}.res2" if i else "embed", p + "proj"):
-        res1 = _add(x_scale, s[p + "proj"], s[p + "res1"])
-    with _layer(p + "ln2", s, p + "res1"):
-        ln2 = _norm(blk.norm2, s[p + "res1"], s[p + "ln2"], abits)
-    with _layer(p + "res2", s, p + "res1", p + "mlp"):
-        res2 = _add(s[p + "res1"], s[p + "mlp"], s[p + "res2"])
+            mlp = _dense_mlp(blk, s, b, s[b + "ln2"], p)
+    with _layer(b + "ln1", s, f"b{i - 1}.res2" if i else "embed"):
+        ln1 = _norm(blk.norm1, x_scale, s[b + "ln1"], a(b + "ln1"))
+    with _layer(b + "attn", s, b + "q", b + "k", b + "v"):
+        attn = _attention(model.cfg, s, b, a(b + "attn"))
+    with _layer(b + "res1", s, f"b{i - 1}.res2" if i else "embed", b + "proj"):
+        res1 = _add(x_scale, s[b + "proj"], s[b + "res1"], a(b + "res1"))
+    with _layer(b + "ln2", s, b + "res1"):
+        ln2 = _norm(blk.norm2, s[b + "res1"], s[b + "ln2"], a(b + "ln2"))
+    with _layer(b + "res2", s, b + "res1", b + "mlp"):
+        res2 = _add(s[b + "res1"], s[b + "mlp"], s[b + "res2"], a(b + "res2"))
     return QBlock(ln1=ln1, qkv=qkv, attn=attn, proj=proj, res1=res1, ln2=ln2, mlp=mlp, res2=res2)
 
 
-def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits: int = 8) -> QuantModel:
+def _precision(cfg, wbits: int, abits: int, precision: Precision | None) -> Precision:
+    """The precision to quantise with (uniform wbits/abits without one), checked against the model."""
+    p = Precision.uniform(A.check_bits(wbits), A.check_bits(abits)) if precision is None else precision
+    if not isinstance(p, Precision):
+        raise ValueError(f"precision must be a codesign.quant.precision.Precision, got {type(p).__name__}")
+    check_precision(cfg, p)
+    return p
+
+
+def quantize_model(model: M3ViT, calib_images: np.ndarray, wbits: int = 8, abits: int = 8,
+                   precision: Precision | None = None) -> QuantModel:
     """Calibrate on `calib_images` (all tasks) and build the integer model.
 
+    `precision`: per-layer formats (codesign.quant.precision), which replace wbits / abits (its
+    default covers the layers it does not list); without one every layer has wbits / abits. Each
+    activation's scale is max|x| / qmax(its layer's abits), each weight row's max|w| / qmax(wbits).
     qm.meta["activation_samples"] keeps a sample of every calibrated activation (for the
     profiling plot)."""
-    wbits, abits = A.check_bits(wbits), A.check_bits(abits)
+    p = _precision(model.cfg, wbits, abits, precision)  # before the slow calibration
     _check_datapath(model.cfg)
     samples: dict[str, np.ndarray] = {}
     amax = collect_ranges(model, calib_images, samples)
-    qm = quantize_with_scales(model, {k: A.scale_for(v, abits) for k, v in amax.items()}, wbits, abits)
+    scales = {k: A.scale_for(v, p.abits(activation_layer(k, model.cfg))) for k, v in amax.items()}
+    qm = quantize_with_scales(model, scales, precision=p)
     qm.meta["activation_samples"] = samples
     return qm
 
 
-def quantize_with_scales(model: M3ViT, scales: dict[str, float], wbits: int = 8, abits: int = 8) -> QuantModel:
+def quantize_with_scales(model: M3ViT, scales: dict[str, float], wbits: int = 8, abits: int = 8,
+                         precision: Precision | None = None) -> QuantModel:
     """The integer model for given activation scales (a calibration's, or a project's project.json):
-    the same scales and weights always give the same integer model."""
-    wbits, abits = A.check_bits(wbits), A.check_bits(abits)
+    the same scales, weights and precision always give the same integer model."""
     cfg = model.cfg
+    p = _precision(cfg, wbits, abits, precision)
     _check_datapath(cfg)
     s = {k: float(v) for k, v in scales.items()}
     pw = _t(model.patch_embed.proj.weight).reshape(cfg.embed_dim, -1)
     with _layer("patch", s, "input"):
-        patch = _linear(pw, None, s["input"], s["patch"], wbits, abits)
+        patch = _linear(pw, None, s["input"], s["patch"], p.wbits("patch"), p.abits("patch"))
     pos = _t(model.pos_embed)[0].copy()
     pos[0] += _t(model.cls_token)[0, 0]
     pos[1:] += _t(model.patch_embed.proj.bias)
-    s["pos"] = A.scale_for(np.abs(pos).max(), abits)
+    s["pos"] = A.scale_for(np.abs(pos).max(), p.abits("embed"))  # the position table: as wide as embed's output
     blocks, x_scale = [], s["embed"]
     for i in range(cfg.depth):
-        blocks.append(_block(model, i, s, x_scale, wbits, abits))
+        blocks.append(_block(model, i, s, x_scale, p))
         x_scale = s[f"b{i}.res2"]
     with _layer("embed", s, "patch", "pos"):
-        embed = _add(s["patch"], s["pos"], s["embed"])
+        embed = _add(s["patch"], s["pos"], s["embed"], p.abits("embed"))
     norm = None
     if model.norm is not None:  # M3ViT has none: each task head has its own, on the host
         with _layer("norm", s, f"b{cfg.depth - 1}.res2"):
-            norm = _norm(model.norm, x_scale, s["norm"], abits)
-    return QuantModel(cfg=cfg, wbits=wbits, abits=abits, scales=s, patch=patch,
-                      pos=A.quantize_tensor(pos, s["pos"], abits), embed=embed, blocks=blocks, norm=norm)
+            norm = _norm(model.norm, x_scale, s["norm"], p.abits("norm"))
+    return QuantModel(cfg=cfg, wbits=p.default.wbits, abits=p.default.abits, precision=p, scales=s, patch=patch,
+                      pos=A.quantize_tensor(pos, s["pos"], p.abits("embed")), embed=embed, blocks=blocks, norm=norm)
 
 
 def _check_datapath(cfg) -> None:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from ..model.m3vit import M3ViT
 from ..quant import arith as A
+from ..quant.precision import Precision, activation_layer, has_weights, layer_names
 from ..quant.qmodel import QuantModel
 from ..quant.quantize import weight_scales
 
@@ -60,17 +61,20 @@ def layer_weights(model: M3ViT) -> list[tuple[str, np.ndarray, bool]]:
     return out
 
 
-def weight_rows(model: M3ViT, wbits: int) -> list[Row]:
+def weight_rows(model: M3ViT, wbits: int | Precision) -> list[Row]:
+    """`wbits`: one width, or a Precision (each layer's own)."""
+    p = wbits if isinstance(wbits, Precision) else Precision.uniform(wbits, 8)
     rows = []
     for name, w, per_channel in layer_weights(model):
-        scales = weight_scales(w, wbits, per_channel)
-        rows.append(_row(name, w, float(scales.min()), float(scales.max()), wbits))
+        bits = p.wbits(name.replace("experts.", ""))  # b{i}.experts.fc1: the precision's b{i}.fc1
+        scales = weight_scales(w, bits, per_channel)
+        rows.append(_row(name, w, float(scales.min()), float(scales.max()), bits))
     return rows
 
 
 def activation_rows(qm: QuantModel) -> list[Row]:
     samples = qm.meta.get("activation_samples", {})
-    return [_row(name, values, qm.scales[name], qm.scales[name], qm.abits)
+    return [_row(name, values, qm.scales[name], qm.scales[name], qm.precision.abits(activation_layer(name, qm.cfg)))
             for name, values in samples.items() if name in qm.scales]
 
 
@@ -89,8 +93,12 @@ def _row(name: str, values: np.ndarray, low_scale: float, high_scale: float, bit
 
 def profile_panels(model: M3ViT, qm: QuantModel) -> list[tuple[str, list[Row]]]:
     """(title, rows) of the weights panel and the activations panel."""
-    return [(f"weights (int{qm.wbits}, per-channel scales)", weight_rows(model, qm.wbits)),
-            (f"activations on the calibration images (int{qm.abits})", activation_rows(qm))]
+    p = qm.precision
+    w = {p.wbits(n) for n in layer_names(qm.cfg) if has_weights(n)}
+    a = {p.abits(n) for n in layer_names(qm.cfg)}
+    width = lambda bits: f"int{bits.pop()}" if len(bits) == 1 else "per-layer widths"  # noqa: E731
+    return [(f"weights ({width(w)}, per-channel scales)", weight_rows(model, p)),
+            (f"activations on the calibration images ({width(a)})", activation_rows(qm))]
 
 
 def profile_figure(model: M3ViT, qm: QuantModel) -> Figure:

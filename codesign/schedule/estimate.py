@@ -511,7 +511,7 @@ def weight_jobs(prog: Program, u: Uarch, rows: list[int]):
             yield _tile_job(pc, a["experts"], a["dim"], u, eb, param_beats=_cdiv(4 * a["experts"], B))
         elif ins.op == Op.MATMUL and rows[pc]:
             after = last_gate if ins.flags & Flag.DYNM else None
-            lut = _cdiv((1 << prog.abits) * eb, B) if ins.flags & Flag.GELU else 0
+            lut = _cdiv((1 << ins.obits) * eb, B) if ins.flags & Flag.GELU else 0
             for t in range(_cdiv(a["n"], u.Q)):
                 qt = min(u.Q, a["n"] - t * u.Q)
                 yield _tile_job(pc, qt, a["k"], u, eb, param_beats=2 * _cdiv(4 * qt, B), extra0=lut if t == 0 else 0,

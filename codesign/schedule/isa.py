@@ -1,8 +1,9 @@
 """The accelerator's instruction set: encoding and a reference interpreter.
 
 A program is a sequence of 16-word (64-byte) little-endian instructions ending with END.
-Word 0 holds the opcode (bits 7:0) and flags (bits 15:8); words 1..15 are unsigned 32-bit
-fields. Addresses are byte offsets from one of two bases the host passes: `wgt` (read-only
+Word 0 holds the opcode (bits 7:0), flags (bits 15:8) and the output width `obits` (bits 20:16,
+2..16: every instruction saturates its outputs to its own width, per-layer precision); words
+1..15 are unsigned 32-bit fields. Addresses are byte offsets from one of two bases the host passes: `wgt` (read-only
 blob: weights, biases, multipliers, tables) or `act` (activations and scratch). Tensors of
 activations and weights are stored in a container of `elem_bytes` (1 for widths <= 8, else 2);
 int32 arrays (biases, multipliers, routing lists, the MoE accumulator) are 4 bytes. All
@@ -22,6 +23,10 @@ from ..quant import arith as A
 
 WORDS = 16
 INSTR_BYTES = WORDS * 4
+# Word 0 bits 20:16: the instruction's output width.
+OBITS_LSB = 16
+OBITS_MASK = 0x1F
+OBITS_MAX = 16
 
 
 class Op(IntEnum):
@@ -63,14 +68,20 @@ class Instr:
     flags: int = 0
     args: dict[str, int] = field(default_factory=dict)
     layer: str = ""  # name of the traced tensor this instruction produces (for reports)
+    obits: int = 0  # output width (word 0 bits 20:16); 0 only for END
+    # Not encoded: the exact-sum width this instruction needs (uarch.instr_acc_bits), known to the
+    # compiler from the layer formats; 0 = unknown (a decoded program), derived from widths then.
+    acc_bits: int = 0
 
     def encode(self) -> np.ndarray:
         names = FIELDS[self.op]
         unknown = set(self.args) - set(names)
         if unknown:
             raise ValueError(f"{self.op.name}: unknown field(s) {sorted(unknown)}")
+        if self.op != Op.END and not 2 <= self.obits <= OBITS_MAX:
+            raise ValueError(f"{self.op.name} {self.layer}: output width {self.obits} not in 2..{OBITS_MAX}")
         words = np.zeros(WORDS, np.uint32)
-        words[0] = int(self.op) | (self.flags << 8)
+        words[0] = int(self.op) | (self.flags << 8) | (self.obits << OBITS_LSB)
         for i, name in enumerate(names, start=1):
             value = int(self.args.get(name, 0))
             if not 0 <= value < 2**32:
@@ -82,8 +93,9 @@ class Instr:
     def decode(cls, words) -> "Instr":
         op = Op(int(words[0]) & 0xFF)
         flags = (int(words[0]) >> 8) & 0xFF
+        obits = (int(words[0]) >> OBITS_LSB) & OBITS_MASK
         args = {name: int(words[i]) for i, name in enumerate(FIELDS[op], start=1)}
-        return cls(op, flags, args)
+        return cls(op, flags, args, obits=obits)
 
 
 def encode_program(instrs: list[Instr]) -> bytes:
@@ -211,7 +223,7 @@ class _RecordingMemory(Memory):
         return view
 
 
-def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+def _matmul(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     m = a["m"]
     if f & Flag.DYNM:
         m = max(0, min(m, int(mem.i32(a["count_addr"], 1)[0])))  # a negative count runs no rows
@@ -225,9 +237,9 @@ def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
     mult = mem.i32(a["mult_addr"], a["n"], wgt=True)
     if mem.acc_bits is not None:
         mem.check_acc(x @ w.T, "MATMUL")
-    y = A.linear(x, w, bias, mult, a["shift"], abits)
+    y = A.linear(x, w, bias, mult, a["shift"], obits)
     if f & Flag.GELU:
-        y = A.lut_lookup(y, mem.elems(a["lut_addr"], 1 << abits, wgt=True), abits)
+        y = A.lut_lookup(y, mem.elems(a["lut_addr"], 1 << obits, wgt=True), obits)
     if f & Flag.SCATTER:
         score = mem.i32(a["score_addr"], m)
         mem.add_i32_rows(a["out_addr"], idx, score[:, None] * y, a["out_stride"])
@@ -235,7 +247,7 @@ def _matmul(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
         mem.store_rows(a["out_addr"], y, a["out_stride"])
 
 
-def _attn(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+def _attn(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     t, h, dh = a["tokens"], a["heads"], a["head_dim"]
     d = h * dh
     qkv = mem.rows(a["qkv_addr"], t, 3 * d, 3 * d)
@@ -243,7 +255,7 @@ def _attn(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
         q, k, v = (qkv[:, p * d + head * dh: p * d + (head + 1) * dh] for p in range(3))
         if mem.acc_bits is not None:
             _check_attention_sums(mem, q, k, v, a["score_mult"], a["score_shift"])
-        o = A.attention_head(q, k, v, a["score_mult"], a["score_shift"], a["out_mult"], a["out_shift"], abits)
+        o = A.attention_head(q, k, v, a["score_mult"], a["score_shift"], a["out_mult"], a["out_shift"], obits)
         mem.store_rows(a["out_addr"] + head * dh * eb, o, d)
 
 
@@ -256,20 +268,20 @@ def _check_attention_sums(mem: Memory, q, k, v, score_mult: int, score_shift: in
     mem.check_acc(e.sum(axis=-1), "ATTN row sums")
 
 
-def _layernorm(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+def _layernorm(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     x = mem.elems(a["x_addr"], a["rows"] * a["dim"]).reshape(a["rows"], a["dim"])
     g = mem.i32(a["gamma_addr"], a["dim"], wgt=True)
     b = mem.i32(a["beta_addr"], a["dim"], wgt=True)
-    mem.store_elems(a["out_addr"], A.layernorm(x, g, b, a["eps"], a["shift"], abits))
+    mem.store_elems(a["out_addr"], A.layernorm(x, g, b, a["eps"], a["shift"], obits))
 
 
-def _add(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+def _add(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     x = mem.elems(a["a_addr"], a["count"])
     y = mem.elems(a["b_addr"], a["count"], wgt=bool(f & Flag.B_WGT))
-    mem.store_elems(a["out_addr"], A.add(x, y, a["ma"], a["mb"], a["shift"], abits))
+    mem.store_elems(a["out_addr"], A.add(x, y, a["ma"], a["mb"], a["shift"], obits))
 
 
-def _gate(mem: Memory, f: int, a: dict, abits: int, eb: int, task: int) -> None:
+def _gate(mem: Memory, f: int, a: dict, obits: int, eb: int, task: int) -> None:
     t, d, e, k = a["tokens"], a["dim"], a["experts"], a["top_k"]
     task = min(task, a["num_tasks"] - 1)
     x = mem.elems(a["x_addr"], t * d).reshape(t, d)
@@ -278,7 +290,7 @@ def _gate(mem: Memory, f: int, a: dict, abits: int, eb: int, task: int) -> None:
     if mem.acc_bits is not None:
         mem.check_acc(x @ wg.T, "GATE logits")
     logits = A.matmul_acc(x, wg, bg)
-    probs = A.softmax_rows(logits, a["score_mult"], a["score_shift"], abits)
+    probs = A.softmax_rows(logits, a["score_mult"], a["score_shift"], obits)
     ids = A.topk_experts(logits, k)
     counts = np.zeros(e, np.int64)
     for ex in range(e):  # each expert's list: its tokens in token order, as the tokens are routed one by one
@@ -290,9 +302,9 @@ def _gate(mem: Memory, f: int, a: dict, abits: int, eb: int, task: int) -> None:
     mem.store_i32(a["acc_addr"], np.zeros(t * d, np.int64))
 
 
-def _requant32(mem: Memory, f: int, a: dict, abits: int, eb: int) -> None:
+def _requant32(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     acc = mem.i32(a["src_addr"], a["count"])
-    mem.store_elems(a["out_addr"], A.requant(acc, a["mult"], a["shift"], abits))
+    mem.store_elems(a["out_addr"], A.requant(acc, a["mult"], a["shift"], obits))
 
 
 _HANDLERS = {Op.MATMUL: _matmul, Op.ATTN: _attn, Op.LAYERNORM: _layernorm, Op.ADD: _add,
@@ -303,6 +315,8 @@ def execute(program: bytes, wgt: bytes, act: bytearray, task: int, abits: int, e
             on_instr=None, wgt_reads: WgtReadLog | None = None, acc_bits: int | None = None) -> int:
     """Run `program` on the memories (act is modified in place). Returns the instruction count.
 
+    Every instruction saturates to its own output width (word 0 bits 20:16); `abits` (the
+    program's widest, Program.abits) is not used by the arithmetic, only kept for the callers.
     `wgt_reads`: a WgtReadLog that receives every read of the weight blob.
     `acc_bits`: the accumulator width of the hardware (uarch.Uarch.acc_w): every exact sum of the MAC
     array (MATMUL and GATE products, attention scores, e.v and row sums) must fit it, else
@@ -312,12 +326,14 @@ def execute(program: bytes, wgt: bytes, act: bytearray, task: int, abits: int, e
            else _RecordingMemory(wgt, act, elem_bytes, wgt_reads, acc_bits))
     count = 0
     for ins in decode_program(program):
+        if not 2 <= ins.obits <= OBITS_MAX:
+            raise ValueError(f"instruction {count} ({ins.op.name}): output width {ins.obits} not in 2..{OBITS_MAX}")
         if wgt_reads is not None:
             wgt_reads.pc = count
         if ins.op == Op.GATE:
-            _gate(mem, ins.flags, ins.args, abits, elem_bytes, task)
+            _gate(mem, ins.flags, ins.args, ins.obits, elem_bytes, task)
         else:
-            _HANDLERS[ins.op](mem, ins.flags, ins.args, abits, elem_bytes)
+            _HANDLERS[ins.op](mem, ins.flags, ins.args, ins.obits, elem_bytes)
         count += 1
         if on_instr is not None:
             on_instr(count, ins)

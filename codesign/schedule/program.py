@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..quant import arith as A
+from ..quant.precision import has_weights, layer_names, needed_acc_bits, used_widths
 from ..quant.qmodel import QAdd, QBlock, QLinear, QMoe, QNorm, QuantModel
 from .isa import Flag, Instr, Op, encode_program
 
@@ -68,8 +69,8 @@ class Program:
     regions: dict[str, Region]
     weights: list[Region]
     elem_bytes: int
-    abits: int
-    wbits: int
+    abits: int  # the widest activation (per instruction: Instr.obits)
+    wbits: int  # the widest weight
     num_tasks: int
     trace_names: list[str]
     moe_layers: dict[str, dict] = field(default_factory=dict)
@@ -91,20 +92,27 @@ class _Compiler:
     def __init__(self, qm: QuantModel):
         self.qm = qm
         self.cfg = qm.cfg
-        self.elem_bytes = 1 if max(qm.abits, qm.wbits) <= 8 else 2
+        p = qm.precision
+        self.abits = max(p.abits(n) for n in layer_names(qm.cfg))
+        self.wbits = max(p.wbits(n) for n in layer_names(qm.cfg) if has_weights(n))
+        # One container for the whole program: 1 byte when every width <= 8 (docs/ISA.md).
+        self.elem_bytes = 1 if max(used_widths(qm.cfg, p)) <= 8 else 2
+        self.need = needed_acc_bits(qm.cfg, p)
         self.blob = WeightBlob(np.int8 if self.elem_bytes == 1 else np.int16)
         self.act = ActMap(self.elem_bytes)
         self.instrs: list[Instr] = []
         self.moe_layers: dict[str, dict] = {}
 
-    def emit(self, op: Op, layer: str, flags: int = 0, **args) -> None:
-        self.instrs.append(Instr(op, flags, args, layer))
+    def emit(self, op: Op, layer: str, obits: int, flags: int = 0, fmt: str | None = None, **args) -> None:
+        """`fmt`: the precision layer whose exact-sum need (needed_acc_bits) this instruction has."""
+        self.instrs.append(Instr(op, flags, args, layer, obits=obits, acc_bits=self.need.get(fmt or layer, 0)))
 
-    def linear(self, name: str, layer: QLinear, x_addr: int, rows: int, x_stride: int) -> int:
+    def linear(self, name: str, layer: QLinear, x_addr: int, rows: int, x_stride: int, fmt: str | None = None) -> int:
         n, k = layer.shape
         out = self.act.alloc(name, (rows, n))
-        self.emit(Op.MATMUL, name, Flag.GELU if layer.gelu is not None else 0, **self._linear_args(name, layer),
-                  a_addr=x_addr, a_stride=x_stride, m=rows, out_addr=out, out_stride=n)
+        self.emit(Op.MATMUL, name, layer.obits, Flag.GELU if layer.gelu is not None else 0, fmt,
+                  **self._linear_args(name, layer), a_addr=x_addr, a_stride=x_stride, m=rows, out_addr=out,
+                  out_stride=n)
         return out
 
     def _linear_args(self, name: str, layer: QLinear) -> dict:
@@ -122,7 +130,7 @@ class _Compiler:
     def norm(self, name: str, norm: QNorm, x_addr: int) -> int:
         t, d = self.cfg.num_tokens, self.cfg.embed_dim
         out = self.act.alloc(name, (t, d))
-        self.emit(Op.LAYERNORM, name, x_addr=x_addr, out_addr=out, rows=t, dim=d,
+        self.emit(Op.LAYERNORM, name, norm.obits, x_addr=x_addr, out_addr=out, rows=t, dim=d,
                   gamma_addr=self.blob.add(name + ".gamma", norm.gamma, "i32"),
                   beta_addr=self.blob.add(name + ".beta", norm.beta, "i32"), eps=norm.eps, shift=norm.shift)
         return out
@@ -130,7 +138,7 @@ class _Compiler:
     def add(self, name: str, add: QAdd, a_addr: int, b_addr: int, b_in_wgt: bool = False) -> int:
         t, d = self.cfg.num_tokens, self.cfg.embed_dim
         out = self.act.alloc(name, (t, d))
-        self.emit(Op.ADD, name, Flag.B_WGT if b_in_wgt else 0, a_addr=a_addr, b_addr=b_addr, out_addr=out,
+        self.emit(Op.ADD, name, add.obits, Flag.B_WGT if b_in_wgt else 0, a_addr=a_addr, b_addr=b_addr, out_addr=out,
                   count=t * d, ma=add.ma, mb=add.mb, shift=add.shift)
         return out
 
@@ -138,7 +146,7 @@ class _Compiler:
         cfg = self.cfg
         out = self.act.alloc(name, (cfg.num_tokens, cfg.embed_dim))
         at = blk.attn
-        self.emit(Op.ATTN, name, qkv_addr=qkv_addr, tokens=cfg.num_tokens, heads=cfg.num_heads,
+        self.emit(Op.ATTN, name, at.obits, qkv_addr=qkv_addr, tokens=cfg.num_tokens, heads=cfg.num_heads,
                   head_dim=cfg.head_dim, out_addr=out, score_mult=at.score_mult, score_shift=at.score_shift,
                   out_mult=at.out_mult, out_shift=at.out_shift)
         return out
@@ -154,7 +162,7 @@ class _Compiler:
         score = self.act.alloc(prefix + "gate.score", (e, stride), "i32")
         acc = self.act.alloc(prefix + "moe.acc", (t, d), "i32")
         hidden = self.act.alloc(prefix + "moe.hidden", (t, cfg.moe_hidden))
-        self.emit(Op.GATE, prefix + "gate", x_addr=x_addr, tokens=t, dim=d, experts=e, top_k=moe.top_k,
+        self.emit(Op.GATE, prefix + "gate", moe.prob_bits, x_addr=x_addr, tokens=t, dim=d, experts=e, top_k=moe.top_k,
                   wg_addr=self.blob.add(prefix + "gate.w", moe.gate_w),
                   bg_addr=self.blob.add(prefix + "gate.b", moe.gate_b, "i32"),
                   score_mult=moe.score_mult, score_shift=moe.score_shift, counts_addr=counts, idx_addr=idx,
@@ -162,14 +170,15 @@ class _Compiler:
         for ex in range(e):
             lists = dict(idx_addr=idx + ex * stride * 4, score_addr=score + ex * stride * 4,
                          count_addr=counts + ex * 4, m=t)
-            self.emit(Op.MATMUL, f"{prefix}e{ex}.fc1", Flag.GATHER | Flag.DYNM | Flag.GELU,
+            self.emit(Op.MATMUL, f"{prefix}e{ex}.fc1", moe.fc1[ex].obits, Flag.GATHER | Flag.DYNM | Flag.GELU,
+                      prefix + "fc1",
                       **self._linear_args(f"{prefix}e{ex}.fc1", moe.fc1[ex]), a_addr=x_addr, a_stride=d,
                       out_addr=hidden, out_stride=cfg.moe_hidden, **lists)
-            self.emit(Op.MATMUL, f"{prefix}e{ex}.fc2", Flag.SCATTER | Flag.DYNM,
+            self.emit(Op.MATMUL, f"{prefix}e{ex}.fc2", moe.fc2[ex].obits, Flag.SCATTER | Flag.DYNM, prefix + "fc2",
                       **self._linear_args(f"{prefix}e{ex}.fc2", moe.fc2[ex]), a_addr=hidden,
                       a_stride=cfg.moe_hidden, out_addr=acc, out_stride=d, **lists)
         out = self.act.alloc(prefix + "mlp", (t, d))
-        self.emit(Op.REQUANT32, prefix + "mlp", src_addr=acc, out_addr=out, count=t * d, mult=moe.out_mult,
+        self.emit(Op.REQUANT32, prefix + "mlp", moe.obits, src_addr=acc, out_addr=out, count=t * d, mult=moe.out_mult,
                   shift=moe.out_shift)
         self.moe_layers[prefix[:-1]] = {"counts_addr": counts, "experts": e}
         return out
@@ -186,8 +195,8 @@ class _Compiler:
         if blk.is_moe:
             y = self.moe(p, blk.mlp, h)
         else:
-            g = self.linear(p + "gelu", blk.mlp[0], h, t, d)
-            y = self.linear(p + "mlp", blk.mlp[1], g, t, blk.mlp[0].shape[0])
+            g = self.linear(p + "gelu", blk.mlp[0], h, t, d, fmt=p + "fc1")
+            y = self.linear(p + "mlp", blk.mlp[1], g, t, blk.mlp[0].shape[0], fmt=p + "fc2")
         return self.add(p + "res2", blk.res2, x, y)
 
     def compile(self) -> Program:
@@ -201,7 +210,7 @@ class _Compiler:
         if qm.norm is not None:
             self.norm("norm", qm.norm, x)
         return Program(self.instrs, bytes(self.blob.data), self.act.size, self.act.regions, self.blob.entries,
-                       self.elem_bytes, qm.abits, qm.wbits, cfg.num_tasks, qm.trace_names(), self.moe_layers)
+                       self.elem_bytes, self.abits, self.wbits, cfg.num_tasks, qm.trace_names(), self.moe_layers)
 
 
 def check_alignment(qm: QuantModel) -> None:

@@ -23,24 +23,21 @@ def _clog2(n: int) -> int:
     return max(0, math.ceil(math.log2(max(1, n))))
 
 
-def signed_sum_bits(term_bits: int, terms: int) -> int:
-    """Bits of an exact signed sum of `terms` values of magnitude < 2**term_bits."""
-    return term_bits + _clog2(terms) + 1
-
-
 def instr_acc_bits(ins: Instr, wbits: int, abits: int) -> int:
-    """Accumulator bits the MAC array needs for one instruction (0: it does not use the array)."""
+    """Accumulator bits the MAC array needs for one instruction (0: it does not use the array).
+
+    The compiler knows each instruction's need from the layer formats (Instr.acc_bits); for a
+    decoded program, the need with the program's widest weights `wbits` and activations `abits`."""
     a = ins.args
-    product = (wbits - 1) + (abits - 1)
+    if ins.op not in (Op.MATMUL, Op.GATE, Op.ATTN):
+        return 0
+    if ins.acc_bits:
+        return ins.acc_bits
     if ins.op == Op.MATMUL:
-        return signed_sum_bits(product, a["k"])
+        return A.matmul_acc_bits(wbits, abits, a["k"])
     if ins.op == Op.GATE:
-        return signed_sum_bits(product, a["dim"])
-    if ins.op == Op.ATTN:
-        scores = signed_sum_bits(2 * (abits - 1), a["head_dim"])
-        ev = signed_sum_bits(A.EXP_FRAC + (abits - 1), a["tokens"])
-        return max(scores, ev)
-    return 0
+        return A.matmul_acc_bits(wbits, abits, a["dim"])
+    return A.attention_acc_bits(abits, a["head_dim"], a["tokens"])
 
 
 def packable(wbits: int, abits: int) -> bool:
@@ -94,6 +91,11 @@ class Uarch:
     def packed_scores(self) -> bool:
         """Attention scores pack too: their W operand is a query (abits wide)."""
         return packable(self.abits, self.abits)
+
+    @property
+    def lut_size(self) -> int:
+        """Entries of a GELU table buffer: 2**abits of the widest activation, at least one beat."""
+        return max(1 << self.abits, self.epb)
 
     @property
     def ev_cols(self) -> int:
@@ -302,7 +304,7 @@ def memories(u: Uarch) -> list[Memory]:
         Memory("recip_rom", "softmax RECIP table", A.RECIP_FRAC - A.RECIP_MBITS + 2, 1 << (A.RECIP_MBITS - 1)),
     ]
     if u.gelu:
-        mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 << u.abits, max(1, u.epb // 2)))
+        mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 * u.lut_size, max(1, u.epb // 2)))
     if u.max_dh:
         mems += [Memory("qbuf", "attention queries: 2 blocks x GW groups", beat, 2 * u.epb * (u.max_dh // u.epb), u.GW),
                  Memory("sbuf", "scores of one query block: a word of Q int32 per key", 32 * u.Q, u.max_tokens),

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..boards import Board, load_board
+from ..boards import Board, board_variant, load_board
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,11 @@ def project_memory(project_dir: Path, memory: "str | Board | MemoryModel | None"
     if memory is not None:
         return board_memory(load_board(memory))
     try:
-        name = json.loads((Path(project_dir) / "project.json").read_text()).get("board")
+        info = json.loads((Path(project_dir) / "project.json").read_text())
     except (OSError, ValueError):
-        name = None
-    return board_memory(load_board(name)) if name else IDEAL
+        info = {}
+    name = info.get("board") if isinstance(info, dict) else None
+    if not name:
+        return IDEAL
+    # A project generated at another clock than its board file's (generate --clock) keeps it there.
+    return board_memory(board_variant(load_board(name), clock_mhz=info.get("clock_mhz")))

@@ -27,6 +27,7 @@ from ..emit.data import Vector, load_data_manifest, write_data_dir
 from ..emit.hls import write_tb_lists
 from ..fsutil import OutputError, atomic_dir, checked_output_path
 from ..model.m3vit import M3ViT
+from ..quant.precision import Precision
 from ..quant.qmodel import QuantModel
 from ..quant.quantize import quantize_input, quantize_with_scales
 from ..report.compare import agreement_with_float, load_float_model, output_region, _read_project_info
@@ -55,10 +56,21 @@ def load_project_model(project_dir: Path) -> ProjectModel:
             or not all(isinstance(b, int) for b in (wbits, abits)):
         raise ValueError(f"{project_dir / 'project.json'} has no valid scales, wbits and abits: regenerate the project")
     model = load_float_model(project_dir / info.get("model_dir", "model"))
-    qm = quantize_with_scales(model, scales, wbits, abits)
+    precision = _project_precision(info, project_dir / "project.json")
+    qm = quantize_with_scales(model, scales, wbits, abits, precision=precision)
     prog = compile_program(qm)
     check_program_matches(project_dir, prog)
     return ProjectModel(model, qm, prog)
+
+
+def _project_precision(info: dict, where: Path) -> Precision | None:
+    """project.json's per-layer formats (None in a project from before them: uniform wbits/abits)."""
+    if "precision" not in info:
+        return None
+    try:
+        return Precision.from_dict(info["precision"])
+    except (TypeError, KeyError, AttributeError, ValueError):
+        raise ValueError(f"{where} has an invalid precision: regenerate the project") from None
 
 
 def check_program_matches(project_dir: Path, prog: Program) -> None:

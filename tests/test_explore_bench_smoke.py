@@ -1,0 +1,31 @@
+"""benchmarks/explore_bench.py on the default config, quick sweep: the figures are there and consistent."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "explore_bench.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("codesign_explore_bench", BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_explore_benchmark_reports_points_per_minute():
+    bench = load_bench()
+    report = json.loads(json.dumps(bench.run_benchmark(["default"], workers=1, quick=True)))
+    (c,) = report["configs"]
+    assert c["name"] == "default" and c["precisions"] == 1
+    # 2 automatic arrays per board, each costed on both boards: 2 to 4 shapes
+    assert c["points"] in (4, 6, 8) and c["points_per_minute"] > 0
+    assert c["resumed_evaluated"] == 0  # the second run found every point in results.jsonl
+    assert c["generate_seconds"] > 0 and c["worker_seconds_per_point"] > 0
+    assert c["points_per_minute"] == 60 * c["points"] / c["sweep_seconds"]
+    text = bench.report_text(report)
+    assert "points/min" in text and "default" in text
