@@ -89,7 +89,7 @@ class Builder:
             out_stride = out_stride or n
             args["out_addr"] = self.alloc("act", m * out_stride)
         args["out_stride"] = out_stride
-        self.instrs.append(Instr(Op.MATMUL, flags, args))
+        self.instrs.append(Instr(Op.MATMUL, flags, args, obits=8))
         return args
 
     def layernorm(self, rows, dim, shift=21, eps=5):
@@ -98,20 +98,20 @@ class Builder:
         beta = self.rand("wgt", dim, -50, 50, np.int32)
         out = self.alloc("act", rows * dim)
         self.instrs.append(Instr(Op.LAYERNORM, 0, dict(x_addr=x, out_addr=out, rows=rows, dim=dim,
-                                                       gamma_addr=gamma, beta_addr=beta, eps=eps, shift=shift)))
+                                                       gamma_addr=gamma, beta_addr=beta, eps=eps, shift=shift), obits=8))
 
     def add(self, count, b_wgt=False, ma=23000, mb=9000, shift=15):
         a = self.rand("act", count, -128, 128, np.int8)
         b = self.rand("wgt" if b_wgt else "act", count, -128, 128, np.int8)
         out = self.alloc("act", count)
         self.instrs.append(Instr(Op.ADD, Flag.B_WGT if b_wgt else 0,
-                                 dict(a_addr=a, b_addr=b, out_addr=out, count=count, ma=ma, mb=mb, shift=shift)))
+                                 dict(a_addr=a, b_addr=b, out_addr=out, count=count, ma=ma, mb=mb, shift=shift), obits=8))
 
     def requant32(self, count, mult=16000, shift=20):
         src = self.rand("act", count, -10**6, 10**6, np.int32)
         out = self.alloc("act", count)
         self.instrs.append(Instr(Op.REQUANT32, 0, dict(src_addr=src, out_addr=out, count=count, mult=mult,
-                                                       shift=shift)))
+                                                       shift=shift), obits=8))
 
 
 def matmul_program(rng) -> Builder:
