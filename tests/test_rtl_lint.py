@@ -102,7 +102,28 @@ def one_port_rtl(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(params=["generated_rtl", "one_port_rtl"])
+def _uarch_rtl(tmp_path_factory, P: int, Q: int, W: int) -> Path:
+    """The docs/UARCH.md core (rtl_templates/uarch/) on a 128-bit bus, sized for a MATMUL program
+    with every flag."""
+    from test_rtl_uarch import build, matmul_program
+
+    _, rtl = build(tmp_path_factory.mktemp(f"lint_uarch_{P}x{Q}"), matmul_program(np.random.default_rng(0)).instrs,
+                   P, Q, W)
+    return rtl
+
+
+@pytest.fixture(scope="module")
+def uarch_rtl_2x32(tmp_path_factory) -> Path:
+    return _uarch_rtl(tmp_path_factory, 2, 32, 1)
+
+
+@pytest.fixture(scope="module")
+def uarch_rtl_8x32_w3(tmp_path_factory) -> Path:
+    """Three weight masters: the other branches of the top and the weight engine."""
+    return _uarch_rtl(tmp_path_factory, 8, 32, 3)
+
+
+@pytest.fixture(params=["generated_rtl", "one_port_rtl", "uarch_rtl_2x32", "uarch_rtl_8x32_w3"])
 def rtl_dir(request) -> Path:
     return request.getfixturevalue(request.param)
 

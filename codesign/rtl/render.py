@@ -7,6 +7,7 @@ missing parameter a hard error instead of silently emitting empty Verilog.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
@@ -192,3 +193,67 @@ def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> l
         path.write_text(text)
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------- the docs/UARCH.md core
+UARCH_TEMPLATE_DIR = "uarch"            # rtl_templates/uarch/*.v.j2: cs_top (= codesign_top), cs_*
+SHELL_TEMPLATES = ("axi_lite_control.v.j2", "axi_master.v.j2")
+_TAG_BITS = 16                          # the core's row / column / count fields (tokens, n < 2^16)
+
+
+def uarch_core_params(u, trace: bool = False) -> dict:
+    """Template variables `cs` of rtl_templates/uarch/ from a codesign.schedule.uarch.Uarch.
+
+    Raises ValueError for what this core does not build yet (one line)."""
+    if u.elem_bytes != 1 or not u.packed:
+        raise ValueError(f"the uarch RTL core needs int8 elements and packed 27x18 products "
+                         f"(elem_bytes {u.elem_bytes}, wbits {u.wbits}, abits {u.abits})")
+    if u.Q % (2 * u.epb) or u.P < 1:
+        raise ValueError(f"the {u.P}x{u.Q} array: Q must be a multiple of 2*EPB={2 * u.epb}")
+    if max(u.max_tokens, u.max_n, u.max_k) >= 1 << _TAG_BITS:
+        raise ValueError(f"the uarch RTL core counts rows and columns in {_TAG_BITS} bits")
+    beat_bits = 8 * u.beat_bytes
+    slot_depth = 2 * u.epb * u.slot_row_beats
+    bank = max(2, u.bank_beats)
+    prog_beats = u.instrs * 64 // u.beat_bytes
+    tok = max(2, u.max_tokens)
+    # acc_old FIFO: two blocks of SCATTER int32 beats
+    old_beats = 2 * u.P * u.Q * 4 // u.beat_bytes
+    return {
+        "P": u.P, "Q": u.Q, "EPB": u.epb, "EB": u.elem_bytes, "G": u.G, "GW": u.GW, "W": u.weight_ports,
+        "DW": beat_bits, "ACC_W": max(19, u.acc_w), "ABITS": u.abits, "KBM": u.slot_row_beats,
+        "BANK": bank, "BAW": _addr_bits(bank), "SAW": _addr_bits(slot_depth),
+        "TOK": tok, "TOKW": _addr_bits(tok), "PROG_BEATS": prog_beats, "PAW": _addr_bits(prog_beats),
+        "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
+        # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
+        "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
+    }
+
+
+def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
+    """Render the docs/UARCH.md core (rtl_templates/uarch/, top module codesign_top with the
+    board's AXI width and W = u.weight_ports weight masters) to out_dir/*.v; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports), "luts": lut_tables()}
+    for old in out_dir.glob("*.v"):   # a previous render's files (another core's) would be compiled too
+        old.unlink()
+    env = _environment()
+    names = list(SHELL_TEMPLATES) + list(UNIT_TEMPLATES) + sorted(
+        f"{UARCH_TEMPLATE_DIR}/{p.name}" for p in (TEMPLATE_DIR / UARCH_TEMPLATE_DIR).glob("*" + TEMPLATE_SUFFIX))
+    written = []
+    for name in names:
+        text = env.get_template(name).render(**params)
+        stem = Path(name).name[: -len(".v.j2")]
+        path = out_dir / f"{TOP_MODULE if stem == 'cs_top' else stem}.v"   # the file holds codesign_top
+        path.write_text(text)
+        written.append(path)
+    record = out_dir / "rtl.json"   # what the core is (codesign.sim.cosim.RTL_RECORD, read by the bench)
+    record.write_text(json.dumps(uarch_record(u), indent=1) + "\n")
+    return written + [record]
+
+
+def uarch_record(u) -> dict:
+    return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
+            "microarchitecture": "docs/UARCH.md (so far MATMUL, LAYERNORM, ADD, REQUANT32; ATTN and GATE "
+                                 "retire without effect)"}
