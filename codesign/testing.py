@@ -12,7 +12,8 @@ from .model.config import ModelConfig
 from .model.m3vit import M3ViT
 from .quant.qmodel import QuantModel
 from .quant.quantize import quantize_input, quantize_model
-from .schedule.program import Program, compile_program
+from .schedule.isa import execute
+from .schedule.program import Program, compile_program, load_input
 
 
 @dataclass
@@ -34,6 +35,15 @@ def make_test_design(cfg: ModelConfig | None = None, seed: int = 0, images: int 
     xq = quantize_input(calib[:images], qm)
     vectors = [Vector(f"img{i}_task{t}", t, xq[i]) for i in range(images) for t in range(cfg.num_tasks)]
     return TestDesign(model, qm, compile_program(qm), vectors)
+
+
+def run_program(design: TestDesign, vec: Vector) -> bytearray:
+    """The act image after the ISA interpreter ran `design`'s program on one vector."""
+    prog = design.prog
+    act = bytearray(prog.act_bytes)
+    load_input(prog, act, vec.x_q)
+    execute(prog.code, prog.wgt, act, vec.task, prog.abits, prog.elem_bytes)
+    return act
 
 
 def write_test_data(data_dir: Path, design: TestDesign) -> Path:

@@ -5,22 +5,14 @@ import pytest
 from codesign.model.config import ModelConfig
 from codesign.quant import arith as A
 from codesign.quant.golden import run_golden, split_heads
-from codesign.schedule.isa import decode_program, execute
-from codesign.schedule.program import load_input, read_region
-from codesign.testing import make_test_design
+from codesign.schedule.isa import decode_program
+from codesign.schedule.program import read_region
+from codesign.testing import make_test_design, run_program
 
 SMALL = ModelConfig(img_size=16, embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=1)
 # M3ViT's structure at a toy size: a non-square image, no final norm, ViT-up heads, task-conditioned gates.
 M3VIT_LIKE = dict(img_size=(16, 32), embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=2,
                   final_norm=False, head="vit_up", head_channels=8)
-
-
-def _run_program(design, vec):
-    prog = design.prog
-    act = bytearray(prog.act_bytes)
-    load_input(prog, act, vec.x_q)
-    execute(prog.code, prog.wgt, act, vec.task, prog.abits, prog.elem_bytes)
-    return act
 
 
 @pytest.mark.parametrize("cfg,wbits,abits", [
@@ -32,7 +24,7 @@ def _run_program(design, vec):
 def test_program_matches_golden_bit_exactly(cfg, wbits, abits):
     design = make_test_design(cfg, wbits=wbits, abits=abits)
     for vec in design.vectors:
-        act = _run_program(design, vec)
+        act = run_program(design, vec)
         golden = run_golden(design.qm, vec.x_q, vec.task)
         for name in design.prog.trace_names:
             assert np.array_equal(read_region(design.prog, act, name), golden.trace[name]), name
@@ -70,7 +62,7 @@ def test_unused_experts_are_never_read():
     used = set(np.unique(golden.routing[1]).tolist())
     fc1 = [i for i in decode_program(prog.code) if i.op.name == "MATMUL" and i.flags & 8]
     assert len(fc1) == 2 * SMALL.num_experts  # fc1 + fc2 per expert, each skipped at count 0
-    act = _run_program(design, vec)
+    act = run_program(design, vec)
     counts = read_region(prog, act, "b1.gate.counts")
     assert {e for e, c in enumerate(counts) if c > 0} == used
     assert counts.sum() == SMALL.num_tokens * SMALL.top_k
@@ -146,7 +138,7 @@ def test_without_a_final_norm_the_output_is_the_last_residual_stream():
     assert qm.output_scale == qm.scales["b1.res2"]
     golden = run_golden(qm, vec.x_q, vec.task)
     assert np.array_equal(golden.output, golden.trace["b1.res2"])
-    assert np.array_equal(read_region(prog, _run_program(design, vec), prog.output.name), golden.output)
+    assert np.array_equal(read_region(prog, run_program(design, vec), prog.output.name), golden.output)
     assert prog.input.shape == (1 + 2 * 4, 3 * 64)  # a 2x4 patch grid plus the cls row
 
 

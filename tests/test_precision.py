@@ -15,7 +15,7 @@ from codesign.quant.precision import (LayerFormat, Precision, PrecisionError, ch
 from codesign.quant.quantize import quantize_input
 from codesign.schedule.isa import decode_program, execute
 from codesign.schedule.program import load_input, read_region
-from codesign.testing import make_test_design
+from codesign.testing import make_test_design, run_program
 
 SMALL = ModelConfig(img_size=16, embed_dim=32, num_heads=2, depth=2, moe_blocks=(1,), num_experts=4, top_k=2)
 # Some layers 4-bit weights, some 6-bit activations, one 12-bit layer (EB = 2), the MoE at mixed widths.
@@ -27,14 +27,6 @@ MIXED = Precision({
 }, LayerFormat(8, 8))
 # The same at widths <= 8: one byte per element.
 MIXED8 = Precision({n: LayerFormat(min(f.wbits, 8), min(f.abits, 8)) for n, f in MIXED.items()}, MIXED.default)
-
-
-def _run_program(design, vec):
-    prog = design.prog
-    act = bytearray(prog.act_bytes)
-    load_input(prog, act, vec.x_q)
-    execute(prog.code, prog.wgt, act, vec.task, prog.abits, prog.elem_bytes)
-    return act
 
 
 def _beyond_calibration(design, seed: int = 1):
@@ -78,7 +70,7 @@ def test_mixed_precision_program_matches_golden_bit_exactly(precision, eb):
     assert [i.obits for i in decode_program(design.prog.code)] == list(obits.values())  # encoded in word 0
     assert obits["b0.attn"] == 6 and obits["b1.gate"] == 7 and obits["b1.e0.fc1"] == 6
     for vec in [*design.vectors, _beyond_calibration(design)]:
-        act = _run_program(design, vec)
+        act = run_program(design, vec)
         golden = run_golden(design.qm, vec.x_q, vec.task)
         for name in design.prog.trace_names:
             assert np.array_equal(read_region(design.prog, act, name), golden.trace[name]), name
