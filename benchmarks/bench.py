@@ -35,6 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 from codesign import api  # noqa: E402
 from codesign.boards import Board, load_board  # noqa: E402
 from codesign.model.config import ModelConfig  # noqa: E402
+from codesign.rtl.render import RTL_RECORD  # noqa: E402
 from codesign.model.m3vit import M3ViT  # noqa: E402
 from codesign.model.zoo import M3VIT_CONFIGS  # noqa: E402
 from codesign.schedule.estimate import KINDS, Estimate  # noqa: E402
@@ -283,7 +284,7 @@ def cosim_figures(design: api.Design, project: Path, simulator: str) -> dict:
 def rtl_array(project: Path) -> dict:
     """What the project's RTL was built as (rtl/rtl.json, written by the renderer); never the board
     tiling's array, which the RTL need not have."""
-    return json.loads((project / "rtl" / "rtl.json").read_text())
+    return json.loads((project / "rtl" / RTL_RECORD).read_text())
 
 
 def estimate_at(design: api.Design, rtl: dict, image: np.ndarray) -> list[Estimate]:

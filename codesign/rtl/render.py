@@ -18,6 +18,7 @@ from ..resources import resource_dir
 TEMPLATE_DIR = resource_dir("rtl_templates")
 # The kernel's top module, the name a Vitis HLS export of the kernel has too.
 TOP_MODULE = "codesign_top"
+RTL_RECORD = "rtl.json"  # beside the rendered Verilog: what the core is (its array, ports, bus)
 TEMPLATE_SUFFIX = ".v.j2"
 # The placeholder core (for shell-only tests) lives outside the default glob.
 PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"
@@ -248,7 +249,7 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
         path = out_dir / f"{TOP_MODULE if stem == 'cs_top' else stem}.v"   # the file holds codesign_top
         path.write_text(text)
         written.append(path)
-    record = out_dir / "rtl.json"   # what the core is (codesign.sim.cosim.RTL_RECORD, read by the bench)
+    record = out_dir / RTL_RECORD
     record.write_text(json.dumps(uarch_record(u), indent=1) + "\n")
     return written + [record]
 

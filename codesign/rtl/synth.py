@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .render import TOP_MODULE as TOP
+from .render import RTL_RECORD, TOP_MODULE as TOP
 
 # synth_xilinx -family per board family (codesign/boards.py PS_TYPE_BY_FAMILY keys).
 YOSYS_FAMILY = {"zynquplus": "xcup", "zynq": "xc7", "versal": "xcup"}
@@ -271,7 +271,6 @@ def current_pass(log: Path) -> str | None:
 
 # ---------------------------------------------------------------- the array of generated RTL
 
-RTL_RECORD = "rtl.json"  # codesign.sim.cosim.RTL_RECORD (not imported: rtl/ sits below sim/)
 # The core's file: the current core's, then the docs/UARCH.md core's (branch rtl-core).
 CORE_FILES = ("codesign_core.v", "cs_core.v")
 # An integer literal given to NAME in a localparam / parameter statement (lists included).

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..emit.data import compare_act, load_data_manifest, load_manifest, region_nbytes
-from ..rtl.render import core_sizes, expert_slots, render_rtl, tile_rows
+from ..rtl.render import RTL_RECORD, core_sizes, expert_slots, render_rtl, tile_rows
 from ..schedule.isa import Flag, Instr, Op, decode_program
 from .cocotb_runner import Progress, find_verilator, run_cocotb, stderr_progress
 from .memory import MemoryModel, project_memory
@@ -199,8 +199,6 @@ def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bo
     (out / RTL_RECORD).write_text(json.dumps(rtl_record(params), indent=1) + "\n")
     return written + [out / RTL_RECORD]
 
-
-RTL_RECORD = "rtl.json"
 
 
 def rtl_record(params: dict) -> dict:
