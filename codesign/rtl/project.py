@@ -46,12 +46,12 @@ def checked_rtl_uarch(prog, board_u, array: tuple[int, int] | None = None):
     from ..schedule.uarch import check_program
 
     u = rtl_uarch(prog, board_u, array)
-    where = f"the uarch RTL core at {u.P}x{u.Q}"
     try:
         check_program(prog, u)
         render.uarch_core_params(u)
     except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        where = "" if f"{u.P}x{u.Q}" in str(exc) else f" at {u.P}x{u.Q}"
+        raise ValueError(f"the uarch RTL core{where}: {exc}") from None
     return u
 
 
