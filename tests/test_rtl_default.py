@@ -48,15 +48,26 @@ def require_verilator() -> None:
 
 # ---------------------------------------------------------------- generate's RTL and its records
 
-def test_generate_renders_the_uarch_core_at_the_tilings_array(uarch_core, default_design, tmp_path):
-    t = default_design.tiling
-    proj = api.generate(default_design, tmp_path / "p", images=1)
+def small_bank_design(design):
+    """The design on a 2x32 tiling with a 64-beat bank (streamed operands) and the MoE accumulator
+    in DDR: a tiling whose bank and accumulator placement are not derive_uarch's defaults."""
+    from codesign.schedule.tiling import Budget, build_tiling
+
+    t = build_tiling(design.prog, design.board, 2, 32, Budget(design.board), acc_on_chip=False, bank_beats=64)
+    return dataclasses.replace(design, tiling=t)
+
+
+@pytest.mark.parametrize("tiling", ["chosen", "small bank"])
+def test_generate_renders_the_uarch_core_at_the_tilings_array(uarch_core, default_design, tmp_path, tiling):
+    design = default_design if tiling == "chosen" else small_bank_design(default_design)
+    t = design.tiling
+    proj = api.generate(design, tmp_path / "p", images=1)
     rec = read(proj, "rtl/rtl.json")
     assert rec["core"] == "uarch" and (rec["P"], rec["Q"]) == (t.P, t.Q)
     # derive_uarch on the program with the tiling's bank is the tiling's own Uarch, field for field
     assert rec["uarch"] == dataclasses.asdict(t.uarch)
-    size = {"P": t.P, "Q": t.Q, "weight_ports": default_design.board.memory.weight_ports,
-            "axi_bits": default_design.board.memory.axi_data_bits}
+    size = {"P": t.P, "Q": t.Q, "weight_ports": design.board.memory.weight_ports,
+            "axi_bits": design.board.memory.axi_data_bits}
     assert read(proj, "data/manifest.json")["rtl"] == size
     est = read(proj, "reports/estimate.json")
     assert est["tiling"] == {"P": t.P, "Q": t.Q}
