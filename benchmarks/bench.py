@@ -1,11 +1,13 @@
 """Benchmark of the codesign flow on M3ViT models: accelerator figures and tool cost.
 
-    python benchmarks/bench.py [--out DIR] [--quick] [--board zcu104] [--cosim] [--keep-projects]
+    python benchmarks/bench.py [--out DIR] [--quick] [--board zcu104] [--cosim [--rtl-array PxQ]] [--keep-projects]
 
 Per config (random weights, calibrated on a few random images):
 * accelerator (analytical estimate, codesign.schedule.estimate): cycles, latency, MAC-array
   utilisation and DDR bytes per image, the board roofline (compute and bandwidth bounds) and
-  roofline / estimate; with --cosim, for the default config, RTL cycles measured by cocotb.
+  roofline / estimate; with --cosim, for the default config, RTL cycles measured by cocotb, as ms
+  per task at the board clock and, per layer kind, over the estimate at the RTL's own Uarch
+  (reports/cycles.json; the docs/UARCH.md core only).
 * tool: wall time of convert (quantise + compile + tile), generate (project writing), csim
   (g++ build + run; default and m3vit-tiny only) and cosim, and peak RSS, with ratios per million
   parameters / GMAC.
@@ -190,11 +192,13 @@ def write_hls_only_project(design: api.Design, out: Path, images: int) -> None:
     render_hls(out, design.prog, design.board, design.uarch())
 
 
-def generate_project(design: api.Design, out: Path, images: int = VECTOR_IMAGES) -> dict:
-    """Write the project with api.generate (HLS + RTL); if that fails (the RTL renderer in
-    codesign.sim.cosim is unfinished), write the HLS-only project csim needs and say why."""
+def generate_project(design: api.Design, out: Path, images: int = VECTOR_IMAGES,
+                     rtl_array: tuple[int, int] | None = None) -> dict:
+    """Write the project with api.generate (HLS + RTL, the RTL at `rtl_array` when given); if that
+    fails (the RTL renderer in codesign.sim.cosim is unfinished), write the HLS-only project csim
+    needs and say why."""
     try:
-        _, seconds = timed(api.generate, design, out, images=images, force=True)
+        _, seconds = timed(api.generate, design, out, images=images, force=True, rtl_array=rtl_array)
         return {"seconds": seconds, "kind": "full (HLS + RTL)"}
     except Exception as exc:  # noqa: BLE001 - any RTL failure degrades to HLS only; HLS errors re-raise below
         _, seconds = timed(write_hls_only_project, design, out, images)
@@ -266,10 +270,12 @@ def not_simulated(reason: str, seconds: float = 0.0) -> dict:
 
 
 def cosim_figures(design: api.Design, project: Path, simulator: str) -> dict:
-    """RTL cycles per image from cosim, against the estimate and roofline of the same images and tasks."""
+    """RTL cycles per image from cosim, against the estimate and roofline of the same images and
+    tasks, and per layer kind from reports/cycles.json (the estimate at the RTL's own Uarch)."""
     start = time.perf_counter()
     try:
         result = api.cosim(project, simulator)
+        api.cycles_report(project, result)
     except Exception as exc:  # the module is in progress: any failure means "not simulated"
         return not_simulated(one_line(exc), time.perf_counter() - start)
     seconds = time.perf_counter() - start
@@ -287,15 +293,34 @@ def rtl_array(project: Path) -> dict:
     return json.loads((project / "rtl" / RTL_RECORD).read_text())
 
 
-def estimate_at(design: api.Design, rtl: dict, image: np.ndarray) -> list[Estimate]:
-    """The estimate with the RTL's array, ports and beat: the like-for-like check of the model."""
-    from codesign.schedule.estimate import estimate
-    from codesign.schedule.uarch import derive_uarch
+def cycles_json(project: Path) -> dict:
+    """reports/cycles.json of the last cosim ({} when there is none: no trace, no estimate)."""
+    path = project / "reports" / "cycles.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
-    u = derive_uarch(design.prog, rtl["P"], rtl["Q"], rtl["axi_bits"] // 8, rtl["weight_ports"],
-                     dsp_packing=design.tiling.uarch.dsp_packing)
-    counts = [design.estimate(image[None], task).expert_counts for task in range(design.qm.cfg.num_tasks)]
-    return [estimate(design.prog, u, design.board, c) for c in counts]
+
+def kind_cycles(cycles: dict) -> dict[str, dict]:
+    """Per layer kind of a cycles.json: RTL cycles, estimate cycles (at its est_array) and RTL / estimate,
+    over the rows that have both."""
+    out: dict[str, dict] = {}
+    for r in cycles.get("rows", []):
+        if r["rtl_cycles"] is None or r["est_cycles"] is None:
+            continue
+        k = out.setdefault(r["kind"], {"rtl_cycles": 0, "est_cycles": 0})
+        k["rtl_cycles"] += r["rtl_cycles"]
+        k["est_cycles"] += r["est_cycles"]
+    for k in out.values():
+        k["rtl_over_est"] = ratio(k["rtl_cycles"], k["est_cycles"])
+    return out
+
+
+def rtl_over_estimate(cycles: dict) -> float | None:
+    """All rows' RTL cycles over the estimate at the RTL's own array; None when the estimate is not
+    there (the legacy core: cycles.json's est_array is the board's)."""
+    if not cycles or cycles.get("est_array") != cycles.get("rtl_array"):
+        return None
+    kinds = kind_cycles(cycles).values()
+    return ratio(sum(k["rtl_cycles"] for k in kinds), sum(k["est_cycles"] for k in kinds))
 
 
 def measured_vs_model(design: api.Design, project: Path, measured: dict[int, int]) -> dict:
@@ -303,9 +328,7 @@ def measured_vs_model(design: api.Design, project: Path, measured: dict[int, int
     images = api.vector_data(design.qm.cfg, max(measured) + 1).images
     rtl = rtl_array(project)
     board_est = [image_figures(task_estimates(design, images[i])) for i in measured]
-    # The estimate models docs/UARCH.md; run at another core's sizes it would be no check of either.
-    like_for_like = rtl["core"] == "uarch"
-    rtl_est = [image_figures(estimate_at(design, rtl, images[i])) for i in measured] if like_for_like else []
+    per_layer = cycles_json(project)
     cycles = float(np.mean(list(measured.values())))
     per_ms = design.board.clock_mhz * 1e3
     macs = float(np.mean([f["macs_per_image"] for f in board_est]))
@@ -313,9 +336,9 @@ def measured_vs_model(design: api.Design, project: Path, measured: dict[int, int
     return {"rtl_array": f"{rtl['P']}x{rtl['Q']}", "rtl_cycles_per_image": cycles,
             "rtl_ms_per_image": cycles / per_ms, "rtl_ms_per_task": cycles / design.qm.cfg.num_tasks / per_ms,
             "rtl_board_peak_fraction": macs / (board_peak * cycles),
-            "rtl_core": rtl["core"],
-            "estimate_rtl_array_over_rtl": (float(np.mean([f["cycles_per_image"] for f in rtl_est])) / cycles
-                                            if rtl_est else None),
+            "rtl_core": rtl["core"], "est_array": per_layer.get("est_array"),
+            "rtl_over_estimate": rtl_over_estimate(per_layer),
+            "kinds": kind_cycles(per_layer) if rtl_over_estimate(per_layer) is not None else {},
             "estimate_board_array_cycles_per_image": float(np.mean([f["cycles_per_image"] for f in board_est]))}
 
 
@@ -327,6 +350,7 @@ class Stages:
     csim: bool = True
     cosim: bool = False
     simulator: str = "verilator"
+    rtl_array: tuple[int, int] | None = None  # the RTL's array (None: the board tiling's)
 
 
 def bench_config(name: str, design: api.Design, convert_seconds: float, stages: Stages, work_dir: Path) -> dict:
@@ -346,7 +370,7 @@ def project_stages(design: api.Design, stages: Stages, project: Path) -> dict:
     out: dict = {"generate": None, "csim": None, "cosim": None}
     if not stages.generate:
         return out
-    out["generate"] = generate_project(design, project)
+    out["generate"] = generate_project(design, project, rtl_array=stages.rtl_array)
     if stages.csim:
         out["csim"] = csim_figures(project)
     if stages.cosim:
@@ -392,7 +416,7 @@ def references(tiny_design: api.Design | None) -> dict:
 
 def run_benchmark(names: list[str], board: str = "zcu104", csim_for: tuple[str, ...] = ("default", "m3vit-tiny"),
                   cosim: bool = False, simulator: str = "verilator", generate: bool = True,
-                  work_dir: Path | None = None) -> dict:
+                  work_dir: Path | None = None, rtl_array: tuple[int, int] | None = None) -> dict:
     """Benchmark each named config: estimate always; project writing when `generate`; csim for the
     configs in csim_for; cosim (default config only) when `cosim`."""
     target = load_board(board)
@@ -402,7 +426,8 @@ def run_benchmark(names: list[str], board: str = "zcu104", csim_for: tuple[str, 
         for name in names:
             design, seconds = convert_design(CONFIGS[name], target)
             stages = Stages(generate=generate, csim=generate and name in csim_for,
-                            cosim=generate and cosim and name == "default", simulator=simulator)
+                            cosim=generate and cosim and name == "default", simulator=simulator,
+                            rtl_array=rtl_array if name == "default" else None)
             configs.append(bench_config(name, design, seconds, stages, projects))
             tiny = design if name == REFERENCE_CONFIG else tiny
     return {"meta": run_metadata(board), "configs": configs, "references": references(tiny)}
@@ -424,7 +449,7 @@ def fmt(value, spec: str = ",.0f", missing: str = "-") -> str:
 def accelerator_table(report: dict) -> str:
     head = (f"{'config':<16}{'Mparams':>8}{'GMAC/task':>10}{'PxQ':>8}{'DSP':>6}{'est ms/task':>12}"
             f"{'GOPS':>7}{'MAC/DSP/cyc':>12}{'of array':>9}{'of board':>9}{'roof/est':>9}"
-            f"{'RTL PxQ':>8}{'RTL ms/task':>12}{'est@RTL/RTL':>12}")
+            f"{'RTL PxQ':>8}{'RTL ms/task':>12}{'RTL/est@RTL':>12}")
     rows = [accelerator_row(c) for c in report["configs"]]
     return "\n".join(["estimate (codesign.schedule.estimate) per task inference; RTL = cocotb cosim of the generated "
                       "Verilog with the board's DDR latency and bandwidth", head, "-" * len(head), *rows])
@@ -443,7 +468,7 @@ def measured_cells(cosim: dict) -> str:
     if not cosim.get("simulated"):
         return f"{'not simulated':>32}"
     return (f"{cosim['rtl_array']:>8}{cosim['rtl_ms_per_task']:>12.3f}"
-            f"{fmt(cosim['estimate_rtl_array_over_rtl'], '.2f'):>12}")
+            f"{fmt(cosim['rtl_over_estimate'], '.2f'):>12}")
 
 
 def tools_table(report: dict) -> str:
@@ -496,7 +521,12 @@ def notes(report: dict) -> list[str]:
             lines.append(f"{c['name']}: cosim ({cosim['simulator']}) {'bit-exact' if cosim['all_passed'] else 'FAILED'}"
                          f"; RTL {cosim['rtl_array']} ({cosim['rtl_core']} core): "
                          f"{cosim['rtl_cycles_per_image']:,.0f} cycles/image, "
-                         f"{cosim['rtl_board_peak_fraction']:.2%} of the board's peak")
+                         f"{cosim['rtl_board_peak_fraction']:.2%} of the board's peak, "
+                         f"{cosim['rtl_ms_per_task']:.3f} ms/task at {c['accelerator']['clock_mhz']:g} MHz")
+            if cosim["kinds"]:
+                lines.append(f"{c['name']}: RTL cycles / estimate at the RTL's {cosim['rtl_array']} by layer kind "
+                             "(reports/cycles.json, img0_task0): " + ", ".join(
+                                 f"{kind} {k['rtl_over_est']:.2f}" for kind, k in cosim["kinds"].items()))
     return lines
 
 
@@ -578,6 +608,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--board", default="zcu104")
     p.add_argument("--cosim", action="store_true", help="RTL cosim of the default config (measured cycles)")
     p.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
+    p.add_argument("--rtl-array", metavar="PxQ", help="with --cosim: the default config's RTL at this smaller array "
+                   "(generate --rtl-array; default: the board tiling's)")
     p.add_argument("--keep-projects", action="store_true", help="keep the generated projects in OUT/projects")
     return p.parse_args(argv)
 
@@ -589,8 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     csim_for = ("default",) if args.quick else ("default", "m3vit-tiny")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rtl_array = tuple(int(n) for n in args.rtl_array.lower().split("x")) if args.rtl_array else None
     report = run_benchmark(names, args.board, csim_for, args.cosim, args.simulator,
-                           work_dir=out / "projects" if args.keep_projects else None)
+                           work_dir=out / "projects" if args.keep_projects else None, rtl_array=rtl_array)
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     plot(report, out / "bench.png")
     print(report_text(report))

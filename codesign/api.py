@@ -27,7 +27,7 @@ from .quant.quantize import quantize_input, quantize_model
 from .report.profiling import PROFILE_FILE
 from .schedule.estimate import Estimate, estimate_design, expert_counts_from_golden
 from .schedule.program import Program, compile_program
-from .schedule.tiling import Tiling, choose_tiling, fixed_tiling, tiling_params
+from .schedule.tiling import Tiling, choose_tiling, fixed_tiling
 
 CALIB_SEED = 7
 # The built-in calibration set: CALIB_IMAGES images for short sequences (the embedded model's 17
@@ -297,11 +297,12 @@ def vector_data(cfg: ModelConfig, images: int) -> SyntheticData:
 RTL_NOT_GENERATED = "NOT_GENERATED.txt"  # rtl/ of a project whose program the RTL core refuses
 
 
-def _write_project(out: Path, design: Design, data: SyntheticData, project_name: str) -> None:
+def _write_project(out: Path, design: Design, data: SyntheticData, project_name: str,
+                   rtl_array: tuple[int, int] | None = None) -> None:
     from .emit.hls import render_hls
     from .emit.host import write_host_files
     from .frontend.loader import save_model
-    from .sim.cosim import render_project_rtl
+    from .rtl.project import render_design_rtl, write_records
 
     x_q = quantize_input(data.images, design.qm)
     vectors = [Vector(f"img{i}_task{t}", t, x_q[i], image=i) for i in range(len(data))
@@ -309,11 +310,10 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     write_data_dir(out / "data", design.prog, design.qm, vectors)
     write_host_files(out / "data", design.model, design.qm)
     np.savez_compressed(out / "data" / "images.npz", images=data.images, seg=data.seg, depth=data.depth)
-    params = tiling_params(design.tiling)
     render_hls(out, design.prog, design.board, design.uarch(), project_name=project_name)
-    rtl_refused = None
+    rtl_refused, rtl_record = None, None
     try:
-        render_project_rtl(out, design.prog, tile=params, weight_ports=design.board.memory.weight_ports)
+        rtl_record = render_design_rtl(out, design, rtl_array)
     except ValueError as exc:  # a limit of the RTL core (e.g. its score index): the project is HLS only
         rtl_refused = str(exc)
         (out / "rtl").mkdir(exist_ok=True)
@@ -324,6 +324,7 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
     (out / "reports").mkdir(exist_ok=True)
     (out / "reports" / "estimate.json").write_text(json.dumps(estimate_json(est, routing), indent=1))
     (out / "reports" / "estimate.txt").write_text(estimate_text(est, routing))
+    write_records(out, rtl_record)
     design.profile(out / "reports" / PROFILE_FILE)
     project = {"board": design.board.name, "clock_mhz": design.board.clock_mhz,
                "weight_ports": design.board.memory.weight_ports, "array": [design.tiling.P, design.tiling.Q],
@@ -338,11 +339,17 @@ def _write_project(out: Path, design: Design, data: SyntheticData, project_name:
 def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: int = 2, force: bool = False,
              wbits: int = 8, abits: int = 8, calib=None, config=None, project_name: str = "codesign",
              inputs=(), precision: Precision | str | Path | None = None, array: tuple[int, int] | None = None,
-             weight_ports: int | None = None, clock_mhz: float | None = None) -> Path:
+             weight_ports: int | None = None, clock_mhz: float | None = None,
+             rtl_array: tuple[int, int] | None = None) -> Path:
     """Write a complete project (HLS C++, RTL, Tcl, host driver, data, reports) to `out_dir`.
 
-    An existing `out_dir` is replaced only with `force`, and only when it is a codesign project
-    that holds none of the files read (`model`, `config`, `calib` and any other `inputs` paths)."""
+    The RTL is built at the tiling's P x Q, weight masters and bus; `rtl_array` (P, Q): a smaller
+    twin with the same microarchitecture for fast simulation (a one-line ValueError when the core
+    cannot build it). An existing `out_dir` is replaced only with `force`, and only when it is a
+    codesign project that holds none of the files read (`model`, `config`, `calib` and any other
+    `inputs` paths)."""
+    from .rtl.project import check_rtl_array
+
     images = checked_count(images, "images (test images per task)")
     inputs = [*inputs, *(p for p in (model, config, calib, precision) if isinstance(p, (str, os.PathLike)))]
     checked_project_target(out_dir, force, inputs)  # before the slow conversion, not after it
@@ -350,9 +357,12 @@ def generate(model, out_dir: str | Path, board: str | Board = "zcu104", images: 
         raise ValueError("precision applies to a model, not to a converted Design (pass it to convert)")
     design = model if isinstance(model, Design) else convert(model, board, wbits, abits, calib, config, precision,
                                                              array, weight_ports, clock_mhz)
+    if rtl_array is not None:
+        rtl_array = tuple(checked_count(n, what) for n, what in zip(rtl_array, ("RTL array rows P", "RTL array columns Q")))
+    check_rtl_array(design, rtl_array)
     data = vector_data(design.qm.cfg, images)
     with atomic_dir(Path(out_dir), force, project=True, protect=inputs) as tmp:
-        _write_project(tmp, design, data, project_name)
+        _write_project(tmp, design, data, project_name, rtl_array)
     return Path(out_dir)
 
 

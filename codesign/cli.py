@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                                                         "folder codesign wrote, never the working folder or "
                                                         "one holding the model)")
     _add_hardware_args(g)
+    g.add_argument("--rtl-array", type=_array_shape, metavar="PxQ",
+                   help="build the RTL at this smaller array, a twin of the board's with the same microarchitecture "
+                        "for fast simulation (default: the tiling's array); refused when the core cannot build it")
 
     c = sub.add_parser("csim", help="C-simulate the project with g++ and check bit-exactness")
     c.add_argument("project")
@@ -306,10 +309,22 @@ def cmd_generate(args) -> int:
     wbits, abits, precision = _widths(args)
     design = api.convert(_model(args), args.board, wbits, abits, args.calib, precision=precision, array=args.array,
                          weight_ports=args.weight_ports, clock_mhz=args.clock)
-    out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs)
+    out = api.generate(design, args.out, images=args.images, force=args.force, inputs=inputs,
+                       rtl_array=args.rtl_array)
     print(f"wrote {out} ({len(design.prog.instrs)} instructions, {len(design.prog.wgt)} weight bytes, "
-          f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name})")
+          f"MAC array {design.tiling.P}x{design.tiling.Q} on {design.board.name}{_rtl_note(out)})")
     return 0
+
+
+def _rtl_note(project) -> str:
+    """", RTL at PxQ" when the project's RTL has another array than the tiling's."""
+    import json
+
+    info = json.loads(Path(project, "project.json").read_text())
+    rtl = json.loads(Path(project, "data", "manifest.json").read_text()).get("rtl")
+    if not rtl or [rtl["P"], rtl["Q"]] == info["array"]:
+        return ""
+    return f", RTL at {rtl['P']}x{rtl['Q']}"
 
 
 def _refuse_with_images(args, *names: str) -> None:

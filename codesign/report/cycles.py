@@ -2,8 +2,12 @@
 
 The estimate (reports/estimate.json) is computed for the routing of the project's first test
 vector, so the comparison uses that vector's cosim cycles. Two rooflines are shown: the board's
-(the estimate's MAC array and DDR) and the simulated core's own (its P x Q array, one 8-byte
-AXI beat per cycle), because the RTL core is sized for simulation, not for the board.
+(the estimate's MAC array and DDR) and the simulated core's own (its P x Q array and bus).
+
+`est_cycles`: for the docs/UARCH.md core (rtl/rtl.json `core` "uarch") the estimate run at the
+core's own Uarch (its P x Q, weight masters, bus, bank) and the cosim's memory model, with the
+board's next to it (`board_est_cycles`); the legacy core follows no estimate, so there it is the
+board's. Top level: `rtl_array`, `board_array` and `est_array` (where est_cycles was computed).
 """
 from __future__ import annotations
 
@@ -44,29 +48,43 @@ def rtl_macs_per_cycle(rtl_dir: Path) -> int | None:
     return shape[0] * shape[1] if shape else None
 
 
-def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int) -> list[dict]:
-    """One row per estimate layer: RTL cycles, the core's roofline and ratio, the board estimate and roofline."""
+def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int, rtl_est: dict[str, int] | None = None,
+               rtl_bpc: float = RTL_BYTES_PER_CYCLE) -> list[dict]:
+    """One row per estimate layer: RTL cycles, the core's roofline and ratio, the board estimate and
+    roofline; with `rtl_est` (layer -> cycles of the estimate at the RTL's Uarch) est_cycles is
+    that, beside board_est_cycles and rtl_over_est."""
     rows = []
     for layer in estimate["layers"]:
         rtl_bytes = layer.get("isa_ddr_bytes") or layer["ddr_bytes"]  # the core moves what the ISA says
-        rtl_roof = board_roofline(layer["macs"], rtl_bytes, rtl_mpc, RTL_BYTES_PER_CYCLE)
+        rtl_roof = board_roofline(layer["macs"], rtl_bytes, rtl_mpc, rtl_bpc)
         cycles = rtl_cycles.get(layer["name"])
-        rows.append({"layer": layer["name"], "kind": layer["kind"], "rtl_cycles": cycles,
-                     "rtl_roofline": round(rtl_roof), "rtl_ratio": (rtl_roof / cycles) if cycles else None,
-                     "est_cycles": layer["cycles"], "board_roofline": round(layer["board_roofline"])})
+        row = {"layer": layer["name"], "kind": layer["kind"], "rtl_cycles": cycles,
+               "rtl_roofline": round(rtl_roof), "rtl_ratio": (rtl_roof / cycles) if cycles else None,
+               "est_cycles": layer["cycles"], "board_roofline": round(layer["board_roofline"])}
+        if rtl_est is not None:
+            est = rtl_est.get(layer["name"])
+            row.update(est_cycles=est, board_est_cycles=layer["cycles"],
+                       rtl_over_est=cycles / est if cycles is not None and est else None)
+        rows.append(row)
     return rows
 
 
-def format_rows(rows: list[dict], vector: str, rtl_mpc: int, board_pq: str) -> str:
+def format_rows(rows: list[dict], vector: str, rtl_mpc: int, board_pq: str, rtl_bpc: float = RTL_BYTES_PER_CYCLE,
+                est_pq: str | None = None) -> str:
+    """est_pq: the RTL's array when est_cycles is the estimate there (else the board's)."""
     head = (f"{'layer':<10}{'RTL cycles':>12}{'RTL roof':>10}{'roof/RTL':>9}"
-            f"{'HLS est':>10}{'board roof':>11}")
-    lines = [f"cycles per layer of {vector}: RTL core {rtl_mpc} MACs/cycle + 8 B/cycle AXI; "
-             f"HLS estimate on the board's {board_pq} array", head, "-" * len(head)]
+            f"{'HLS est':>10}{'board roof':>11}" + (f"{'RTL/est':>9}" if est_pq else ""))
+    where = (f"estimate at the RTL's own {est_pq} Uarch and memory model (the board's {board_pq} array in "
+             f"cycles.json board_est_cycles)" if est_pq else f"HLS estimate on the board's {board_pq} array")
+    lines = [f"cycles per layer of {vector}: RTL core {rtl_mpc} MACs/cycle + {rtl_bpc:g} B/cycle AXI; {where}",
+             head, "-" * len(head)]
     for r in rows:
         ratio = f"{100 * r['rtl_ratio']:.0f}%" if r["rtl_ratio"] else "-"
         cyc = f"{r['rtl_cycles']:,}" if r["rtl_cycles"] is not None else "-"
+        est = f"{r['est_cycles']:,}" if r["est_cycles"] is not None else "-"
+        vs = (f"{r['rtl_over_est']:>9.2f}" if r.get("rtl_over_est") else f"{'-':>9}") if est_pq else ""
         lines.append(f"{r['layer']:<10}{cyc:>12}{r['rtl_roofline']:>10,}{ratio:>9}"
-                     f"{r['est_cycles']:>10,}{r['board_roofline']:>11,}")
+                     f"{est:>10}{r['board_roofline']:>11,}{vs}")
     return "\n".join(lines)
 
 
@@ -83,15 +101,47 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
         return None
     estimate = json.loads(est_path.read_text())
     names = {layer["name"] for layer in estimate["layers"]}
-    rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc)
-    t = estimate["tiling"]
-    table = "\n".join([format_rows(rows, vec.id, rtl_mpc, f"{t['P']}x{t['Q']}"), kind_summary(rows),
-                       conditions_text(cosim_result)])
+    rtl = Path(rtl_dir) if rtl_dir else project_dir / "rtl"
+    arrays = array_names(estimate, rtl)
+    rtl_est, rtl_bpc = rtl_estimate_layers(project_dir, rtl, cosim_result, estimate)
+    rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc, rtl_est, rtl_bpc)
+    est_pq = arrays["rtl_array"] if rtl_est is not None else None
+    table = "\n".join([format_rows(rows, vec.id, rtl_mpc, arrays["board_array"], rtl_bpc, est_pq),
+                       kind_summary(rows), conditions_text(cosim_result)])
     (project_dir / "reports").mkdir(exist_ok=True)
-    payload = {"vector": vec.id, "rows": rows, **conditions(cosim_result)}
+    payload = {"vector": vec.id, **arrays, "est_array": est_pq or arrays["board_array"], "rows": rows,
+               **conditions(cosim_result)}
     (project_dir / "reports" / "cycles.json").write_text(json.dumps(payload, indent=1))
     (project_dir / "reports" / "cycles.txt").write_text(table + "\n")
     return table
+
+
+def array_names(estimate: dict, rtl_dir: Path) -> dict:
+    """'PxQ' of the RTL (codesign.rtl.synth.rtl_array: its record, else its core file) and of the
+    board's tiling, and the RTL's core ("uarch", "units-x-lanes", or null for foreign RTL)."""
+    from ..rtl.project import read_record
+    from ..rtl.synth import rtl_array
+
+    t = estimate["tiling"]
+    rec = read_record(rtl_dir) or {}
+    return {"rtl_core": rec.get("core"), "rtl_array": rtl_array(rtl_dir), "board_array": f"{t['P']}x{t['Q']}"}
+
+
+def rtl_estimate_layers(project_dir: Path, rtl_dir: Path, cosim_result, estimate: dict):
+    """(layer -> cycles of the estimate at the uarch core's own Uarch and the cosim's memory, the
+    core's AXI bytes per cycle), or (None, the legacy core's 8 B/cycle) for any other RTL."""
+    from ..rtl.project import read_record, rtl_estimate
+
+    memory = getattr(cosim_result, "memory", None)
+    est = rtl_estimate(project_dir, rtl_dir, memory, estimate.get("expert_counts"))
+    if est is None:
+        return None, RTL_BYTES_PER_CYCLE
+    rec = read_record(rtl_dir)
+    buses = 1 + rec["weight_ports"] if rec["weight_ports"] > 1 else 1   # W = 1: weights share gmem
+    bpc = buses * rec["axi_bits"] / 8
+    if memory is not None and memory.bytes_per_cycle is not None:
+        bpc = min(bpc, memory.bytes_per_cycle)
+    return {layer.name: layer.cycles for layer in est.layers}, bpc
 
 
 def conditions(cosim_result) -> dict:

@@ -7,6 +7,7 @@ missing parameter a hard error instead of silently emitting empty Verilog.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,6 +20,10 @@ TEMPLATE_DIR = resource_dir("rtl_templates")
 # The kernel's top module, the name a Vitis HLS export of the kernel has too.
 TOP_MODULE = "codesign_top"
 RTL_RECORD = "rtl.json"  # beside the rendered Verilog: what the core is (its array, ports, bus)
+# The core `codesign generate` renders (codesign.rtl.project): "legacy" (codesign_core, render_rtl)
+# until GATE and ATTN run on "uarch" (rtl_templates/uarch/, render_uarch_rtl); the flip is this line.
+RTL_CORES = ("legacy", "uarch")
+DEFAULT_RTL_CORE = "legacy"
 TEMPLATE_SUFFIX = ".v.j2"
 # The placeholder core (for shell-only tests) lives outside the default glob.
 PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"
@@ -255,6 +260,7 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
 
 
 def uarch_record(u) -> dict:
+    """`uarch`: the whole Uarch, so that cosim and reports can run the estimate at the core's own."""
     return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
             "microarchitecture": "docs/UARCH.md (so far MATMUL, LAYERNORM, ADD, REQUANT32; ATTN and GATE "
-                                 "retire without effect)"}
+                                 "retire without effect)", "uarch": dataclasses.asdict(u)}

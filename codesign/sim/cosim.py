@@ -474,11 +474,10 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
         vecs = [v for v in vecs if v["id"] in vectors]
     program = (data_dir / man.get("program_file", "program.bin")).read_bytes()
     wgt = (data_dir / man.get("weights_file", "weights.bin")).read_bytes()
-    instrs = decode_program(program)
-    if timeout_cycles is None:  # generous: a hung core should not run for long
-        timeout_cycles = 4 * estimate_cycles(instrs, man["elem_bytes"], 1) + 100_000
     runs = [(v["id"], v["task"], (data_dir / v["start"]).read_bytes()) for v in vecs]
     model = project_memory(project_dir, memory)
+    if timeout_cycles is None:  # generous: a hung core should not run for long
+        timeout_cycles = default_timeout(project_dir, rtl_dir, data_dir, model, decode_program(program), man)
 
     work = project_dir / "cosim"
     report_dir = work if own_data else data_dir.parent / "cosim"
@@ -515,6 +514,17 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     result = CosimResult(simulator, wall, out, results_dir, model, sum(o.wall_seconds for o in outcomes))
     (report_dir / "cosim.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
+
+
+def default_timeout(project_dir: Path, rtl_dir: Path, data_dir: Path, memory: MemoryModel,
+                    instrs: list[Instr], man: dict) -> int:
+    """4x the run's cycles + 100k: for the uarch core (rtl/rtl.json) the estimate at its own Uarch
+    and memory model (uniform routing), else the legacy core's one-MAC-unit model."""
+    from ..rtl.project import rtl_estimate
+
+    est = rtl_estimate(project_dir, rtl_dir, memory, data_dir=data_dir)
+    cycles = est.cycles if est is not None else estimate_cycles(instrs, man["elem_bytes"], 1)
+    return 4 * cycles + 100_000
 
 
 def _check_blob_sizes(project_dir: Path, data_dir: Path) -> None:
