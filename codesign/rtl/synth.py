@@ -14,6 +14,7 @@ This module only runs yosys and reads its output; codesign.report.synth decides 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -192,6 +193,10 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
     log = Path(log) if log else rtl_dir.parent / "synth_yosys.log"
     out = log.parent
     out.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(sources, family, mode, top, params)
+    cached = _cached(out / CACHE_FILE, key)
+    if cached is not None:
+        return cached
     cpu_before = _children_cpu()
     seconds = run_yosys([yosys, "-q", "-l", str(log), "-p", synth_script(sources, family, out, mode, top, params)],
                         log, timeout_s, progress, label or rtl_dir.name)
@@ -199,7 +204,29 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
     cells = parse_stat_text((out / "stat.txt").read_text(), top)
     ltp = parse_ltp((out / "ltp.txt").read_text(), parse_select_list((out / "luts.txt").read_text()),
                     parse_select_list((out / "carry.txt").read_text()))
-    return SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)
+    result = SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)
+    (out / CACHE_FILE).write_text(json.dumps({"key": key, "result": result.to_json()}, indent=1))
+    return result
+
+
+# Beside yosys's outputs: the result and what it was computed from (a later run of the same
+# Verilog, family, mode, top and parameters reuses it: yosys takes minutes per size).
+CACHE_FILE = "result.json"
+
+
+def _cache_key(sources: list[Path], family: str, mode: str, top: str, params: dict | None) -> str:
+    h = hashlib.sha256(json.dumps([family, mode, top, params or {}], sort_keys=True).encode())
+    for src in sources:
+        h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _cached(path: Path, key: str) -> SynthResult | None:
+    try:
+        rec = json.loads(path.read_text())
+        return SynthResult(**rec["result"]) if rec.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _children_cpu() -> float:
