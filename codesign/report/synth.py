@@ -323,6 +323,9 @@ def synth_text(rep: SynthReport) -> str:
         lines += [f"fit {k}: {v['formula']} (largest residual at the sizes: {v['max_abs_residual']:.1f})"
                   for k, v in rep.fits.items()]
         lines.append(f"target: {rep.target_why}")
+    if any(r.model for r in runs):
+        lines.append("yosys / resource model at each size (codesign.schedule.uarch.resource_use of the Uarch "
+                     "rendered there): " + "; ".join(_model_txt(r) for r in runs if r.model))
     lines.append("longest combinational path (yosys ltp on the mapped netlist, LUT/MUXF/CARRY cells; FFs, DSPs, "
                  "block and LUT RAMs end a path): " + "; ".join(_ltp_txt(r) for r in runs))
     lines.append(f"yosys ({runs[0].result.mode}), wall / CPU seconds: " + ", ".join(
@@ -360,6 +363,17 @@ def _core_record(rtl_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return rec if isinstance(rec, dict) else {}
+
+
+def _ratios(measured: dict, model: dict) -> dict[str, float | None]:
+    return {k: (measured[k] / model[k] if model.get(k) else None) for k in measured if k in model}
+
+
+def _model_txt(run: SizeRun) -> str:
+    measured = _measured(run.result)
+    parts = [f"{k} {measured[k]:,.1f} / {run.model[k]:,}" + (f" ({measured[k] / run.model[k]:.2f})" if run.model[k] else "")
+             for k in measured if k in run.model]
+    return f"{_array_txt(run.shape)}: " + ", ".join(p.replace(".0 ", " ") for p in parts)
 
 
 def _measured(res: SynthResult) -> dict:
