@@ -206,26 +206,47 @@ def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
 
 def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    assert main(["synth", str(project), "--sizes", "1x8,2x8,4x8"]) == 0
+    assert main(["synth", str(project), "--sizes", "1x32,2x32,2x64"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("EXTRAPOLATED, not synthesized at the board's size")
-    assert "synth 2x8 (2/3): 30 s, ABC pass" in out.err
+    assert "synth 2x32 (2/3): 30 s, ABC pass" in out.err
     rep = json.loads((project / "reports" / "synth.json").read_text())
-    assert rep["method"] == "fit" and rep["target_array"] == {"P": 272, "Q": 8}
-    assert [s["array"] for s in rep["sizes"]] == [{"P": p, "Q": 8} for p in (1, 2, 4)]
+    # the docs/UARCH.md core renders the asked array: the fit is evaluated at the board's own
+    assert rep["method"] == "fit" and rep["target_array"] == {"P": 17, "Q": 128}
+    assert [s["array"] for s in rep["sizes"]] == [{"P": 1, "Q": 32}, {"P": 2, "Q": 32}, {"P": 2, "Q": 64}]
     assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 2176
     assert rep["board_figure"]["LUT"] == 1000 + 50 * 2176
-    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q"
+    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q + c*(P+Q)"
     est = json.loads((project / "reports" / "estimate.json").read_text())["resources"]
     assert rep["estimate"]["DSP48E2"] == est["dsp"]["used"]
     assert rep["ratio"]["DSP48E2"] == pytest.approx((100 + 0.5 * 2176) / est["dsp"]["used"])
-    assert rep["fits_board"] and rep["ltp"]["4x8"]["lut_levels"] == 9
-    assert rep["core"]["core"] == "units-x-lanes" and "core: units-x-lanes (not docs/UARCH.md" in out.out
+    assert rep["fits_board"] and rep["ltp"]["2x64"]["lut_levels"] == 9
+    assert rep["core"]["core"] == "uarch" and "core: uarch (docs/UARCH.md" in out.out
+
+
+def test_each_size_is_set_next_to_the_resource_model_of_its_uarch(project, monkeypatch, capsys):
+    """The core of every size is the project's Uarch with only P and Q changed, and its model is
+    uarch.resource_use of that Uarch."""
+    import dataclasses
+
+    from codesign.boards import load_board
+
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == 0
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    man = json.loads((project / "data" / "manifest.json").read_text())
+    board = load_board("zcu104")
+    u = synth_flow.project_uarch(project, man, board, (17, 128))
+    assert (u.P, u.Q, u.weight_ports) == (17, 128, 4)
+    for size, (p, q) in zip(rep["sizes"], [(1, 32), (2, 32)]):
+        assert size["model"] == synth_flow.model_resources(dataclasses.replace(u, P=p, Q=q), board)
+        assert size["model_ratio"]["DSP48E2"] == size["measured"]["DSP48E2"] / size["model"]["DSP48E2"]
+    assert "yosys / resource model at each size" in capsys.readouterr().out
 
 
 def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
-    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == cli.EXIT_DOES_NOT_FIT == 3
+    assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == cli.EXIT_DOES_NOT_FIT == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("codesign synth: error: the design does not fit the board (extrapolated): "
                    "DSP48E2 2,276 > 1,728 on zcu104")
@@ -235,33 +256,58 @@ def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatc
 
 def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (4, 8))   # 32 MACs <= DIRECT_MAX_MACS
+    monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (2, 32))   # 64 MACs <= DIRECT_MAX_MACS
     assert main(["synth", str(project)]) == 0
-    assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 4x8 array: the figures "
+    assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 2x32 array: the figures "
                                               "are measured, not extrapolated")
     rep = json.loads((project / "reports" / "synth.json").read_text())
-    assert rep["method"] == "direct" and [s["array"] for s in rep["sizes"]] == [{"P": 4, "Q": 8}]
-    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 32 and rep["fit"] == {}
+    assert rep["method"] == "direct" and [s["array"] for s in rep["sizes"]] == [{"P": 2, "Q": 32}]
+    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 64 and rep["fit"] == {}
 
 
-def test_direct_mode_refuses_a_core_that_cannot_take_the_board_array(project, monkeypatch, capsys):
+def test_an_array_the_core_cannot_take_is_a_one_line_error(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    assert main(["synth", str(project), "--sizes", "board"]) == 2
+    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == 2
     err = capsys.readouterr().err.strip()
-    # today's core takes only P = 2^n units (a core that renders another array is refused the same way)
-    assert err == ("codesign synth: error: the core cannot be rendered at 17x128: "
-                   "RTL MAC units P must be a power of two, got 17")
+    assert err == ("codesign synth: error: the core cannot be rendered at 1x8: "
+                   "the 1x8 array: Q must be a multiple of 2*EPB=32")
 
 
 def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    mine = project / "synth" / "1x8" / "notes.txt"
+    mine = project / "synth" / "1x32" / "notes.txt"
     mine.parent.mkdir(parents=True, exist_ok=True)
     mine.write_text("mine")
-    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == 2
+    assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == 2
     assert "did not write (notes.txt)" in capsys.readouterr().err
     assert mine.read_text() == "mine"
     mine.unlink()
+
+
+def test_a_second_run_of_the_same_verilog_reuses_the_yosys_result(tmp_path, monkeypatch):
+    """yosys takes minutes per size: synth_rtl keeps its result beside its outputs, keyed by the
+    Verilog, the family, the mode, the top and the parameters."""
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    runs = []
+
+    def fake_run(cmd, log, timeout_s, progress, label):
+        runs.append(label)
+        out = log.parent
+        shutil.copy(DATA / "stat_flat.txt", out / "stat.txt")
+        for name in ("ltp", "ltp_luts", "ltp_carry"):
+            shutil.copy(DATA / f"{name}.txt", out / f"{name.replace('ltp_', '')}.txt")
+        return 1.0
+
+    monkeypatch.setattr(synth, "find_yosys", lambda: "yosys")
+    monkeypatch.setattr(synth, "run_yosys", fake_run)
+    first = synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log")
+    again = synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log")
+    assert len(runs) == 1 and again == first and first.cells["DSP48E2"] == 122
+    synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log", mode="per-module")
+    (rtl / "axi_master.v").write_text((rtl / "axi_master.v").read_text() + "// changed\n")
+    synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log", mode="per-module")
+    assert len(runs) == 3
 
 
 # ---------------------------------------------------------------- real yosys

@@ -236,6 +236,25 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
     return _fitted(board, board_array, runs)
 
 
+def _fitted(board, board_array, runs: list[SizeRun]) -> SynthReport:
+    shapes = [r.shape for r in runs]
+    target, why = fit_target(board_array, shapes)
+    fits, figures = {}, {}
+    try:
+        for label, key, _ in RESOURCES:
+            f = fit([(p, q, r.result.resources[key]) for (p, q), r in zip(shapes, runs)])
+            fits[label] = {**f.to_json(), "formula": f.formula()}
+            figures[label] = round(float(f.at(*target)), 1)
+    except FitError as exc:
+        raise SynthError(f"{exc} (the core rendered {', '.join(_array_txt(s) for s in shapes)})") from exc
+    model = next(iter(fits.values()))
+    statement = (f"EXTRAPOLATED, not synthesized at the board's size: yosys synthesized the core at "
+                 f"{', '.join(_array_txt(s) for s in sorted(shapes, key=lambda s: s[0] * s[1]))}, and the "
+                 f"figures at {_array_txt(target)} are a least-squares fit per resource, {model['model']} "
+                 f"({model['why']})")
+    return SynthReport(board.name, "fit", statement, board_array, target, why, runs, figures, fits)
+
+
 def project_uarch(project_dir: Path, man: dict, board, board_array: tuple[int, int]):
     """The project's Uarch: its program decoded, the tiling the estimate picked at its array
     (codesign.schedule.tiling.fixed_tiling: the same bank and MoE accumulator placement)."""
