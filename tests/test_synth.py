@@ -2,6 +2,7 @@
 and real yosys runs (the AXI shell in CI, the core at reduced arrays as slow tests)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -107,6 +108,8 @@ def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
 def test_a_unit_on_its_own_gets_its_parameters_and_top(tmp_path):
     script = synth.synth_script([Path("a.v")], "xcup", tmp_path, top="cs_vec", params={"EPB": 16, "EB": 1})
     assert "chparam -set EPB 16 -set EB 1 cs_vec; synth_xilinx -family xcup -top cs_vec -flatten;" in script
+    # URAM288 only when asked (the flow asks on a board with URAM): yosys never infers it otherwise
+    assert "-flatten -uram;" in synth.synth_script([Path("a.v")], "xcup", tmp_path, uram=True)
     assert "stat -top cs_vec;" in script
 
 
@@ -192,7 +195,7 @@ def project(tmp_path_factory) -> Path:
 
 def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
     """synth_rtl stand-in: counts linear in the array the rendered core has."""
-    def fake(rtl_dir, family="xcup", log=None, timeout_s=0, mode="flat", progress=None, label=""):
+    def fake(rtl_dir, family="xcup", log=None, timeout_s=0, mode="flat", progress=None, label="", uram=None):
         p, q = synth.rtl_core_shape(rtl_dir)
         macs = p * q
         cells = {"DSP48E2": int(base_dsp + dsp_per_mac * macs), "LUT6": 1000 + 50 * macs, "FDRE": 2000 + 40 * macs,
@@ -227,7 +230,6 @@ def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
 def test_each_size_is_set_next_to_the_resource_model_of_its_uarch(project, monkeypatch, capsys):
     """The core of every size is the project's Uarch with only P and Q changed, and its model is
     uarch.resource_use of that Uarch."""
-    import dataclasses
 
     from codesign.boards import load_board
 
@@ -358,6 +360,30 @@ def test_an_interrupt_ends_yosys_and_its_abc_processes(tmp_path, monkeypatch):
         os.killpg(started[0].pid, 0)
 
 
+@needs_yosys
+def test_the_mac_array_is_one_dsp48e2_per_packed_pair_and_what_the_model_counts(tmp_path):
+    """cs_mac on its own (~20 s): P*Q/2 DSP48E2 exactly, and its FF and LUT within the +-15% of the
+    resource model's mac_pair part (codesign.schedule.uarch.logic_parts)."""
+    from types import SimpleNamespace
+
+    from codesign.rtl.render import _environment, uarch_core_params
+    from codesign.schedule.uarch import derive_uarch, logic_parts
+
+    prog = SimpleNamespace(instrs=[], elem_bytes=1, wbits=8, abits=8)
+    u = dataclasses.replace(derive_uarch(prog, 2, 32, 16, 1), acc_w=25)   # int8 sums of k = 768
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    (rtl / "cs_mac.v").write_text(_environment().get_template("uarch/cs_mac.v.j2").render())
+    acc_w = uarch_core_params(u)["ACC_W"]
+    res = synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "y.log", top="cs_mac",
+                          params={"P": u.P, "Q": u.Q, "ACC_W": acc_w, "TW": 8})
+    cell = next(p for p in logic_parts(u) if p.name == "mac_pair")
+    assert res.resources["dsp"] == u.dsps_array == cell.count
+    for key in ("ff", "lut"):
+        model = cell.count * getattr(cell, key)
+        assert abs(res.resources[key] / model - 1) <= synth_flow.TOLERANCE, (key, res.resources[key], model)
+
+
 @pytest.mark.slow
 @needs_yosys
 def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
@@ -377,10 +403,15 @@ def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
 @pytest.mark.slow
 @needs_yosys
 def test_per_module_counts_match_the_flat_run(project, tmp_path):
-    """Per-module synthesis (no -flatten) of the core at 1x8 against the flat run: within
-    PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
+    """Per-module synthesis (no -flatten) of the older units-x-lanes core at 1x8 against the flat
+    run: within PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
+    from codesign.sim.cosim import render_project_rtl
+
     man = json.loads((project / "data" / "manifest.json").read_text())
-    rtl = synth_flow._rendered_at(project, tmp_path / "1x8", (1, 8), 4, man)
+    stage = tmp_path / "1x8"
+    shutil.copytree(project / "data", stage / "data")
+    render_project_rtl(stage, man, tile={"P": 1, "Q": 8, "rtl_P": 1, "rtl_Q": 8}, trace=False, weight_ports=4)
+    rtl = stage / "rtl"
     flat = synth.synth_rtl(rtl, log=tmp_path / "flat" / "y.log", mode="flat").resources
     hier = synth.synth_rtl(rtl, log=tmp_path / "hier" / "y.log", mode="per-module").resources
     for key in ("dsp", "bram36_equiv", "uram"):

@@ -167,7 +167,7 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     board_array = _board_array(estimate)
     totals = {label: getattr(board.resources, key) for label, _, key in RESOURCES}
     work = project_dir / WORK_DIR
-    run = _runner(family, mode, timeout_s, progress)
+    run = _runner(family, mode, timeout_s, progress, uram=board.resources.uram > 0)
     if rtl_dir is not None:
         report = _synth_folder(Path(rtl_dir), work, run, board.name, board_array)
     else:
@@ -185,12 +185,12 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     return report
 
 
-def _runner(family: str, mode: str, timeout_s: float, progress) -> Callable[[Path, Path, str], SynthResult]:
+def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool) -> Callable[[Path, Path, str], SynthResult]:
     def run(rtl: Path, out: Path, label: str) -> SynthResult:
         if progress:
             progress(f"synth {label}: yosys synth_xilinx -family {family} ({mode}), up to {timeout_s:.0f} s")
         result = synth_rtl(rtl, family, log=out / "yosys.log", timeout_s=timeout_s, mode=mode,
-                           progress=progress, label=label)
+                           progress=progress, label=label, uram=uram)
         if progress:
             progress(f"synth {label}: done in {result.seconds:.0f} s")
         return result
