@@ -60,9 +60,9 @@ class Builder:
         _put(self.act if space == "act" else self.wgt, addr, self.rng.integers(lo, hi, count), dtype)
         return addr
 
-    def matmul(self, m, k, n, flags=0, a_stride=None, out_stride=None, rows=None, count=None, shift=18):
+    def matmul(self, m, k, n, flags=0, a_stride=None, out_stride=None, rows=None, count=None, shift=18, obits=8):
         """One MATMUL on fresh random operands. rows: the token list (GATHER / SCATTER);
-        count: the DYNM count stored at count_addr."""
+        count: the DYNM count stored at count_addr; obits: the output width (word 0 bits 20:16)."""
         i8, i32 = np.int8, np.int32
         a_stride = a_stride or k
         src_rows = m if rows is None else int(max(rows)) + 1
@@ -73,7 +73,7 @@ class Builder:
         args = dict(a_addr=a, a_stride=a_stride, w_addr=w, bias_addr=bias, mult_addr=mult, shift=shift,
                     m=m, k=k, n=n)
         if flags & Flag.GELU:
-            args["lut_addr"] = self.rand("wgt", 256, -128, 128, i8)
+            args["lut_addr"] = self.rand("wgt", 1 << obits, -128, 128, i8)
         if rows is not None:
             args["idx_addr"] = self.alloc("act", 4 * len(rows))
             _put(self.act, args["idx_addr"], rows, i32)
@@ -89,29 +89,29 @@ class Builder:
             out_stride = out_stride or n
             args["out_addr"] = self.alloc("act", m * out_stride)
         args["out_stride"] = out_stride
-        self.instrs.append(Instr(Op.MATMUL, flags, args, obits=8))
+        self.instrs.append(Instr(Op.MATMUL, flags, args, obits=obits))
         return args
 
-    def layernorm(self, rows, dim, shift=21, eps=5):
+    def layernorm(self, rows, dim, shift=21, eps=5, obits=8):
         x = self.rand("act", rows * dim, -128, 128, np.int8)
         gamma = self.rand("wgt", dim, -40000, 40000, np.int32)
         beta = self.rand("wgt", dim, -50, 50, np.int32)
         out = self.alloc("act", rows * dim)
         self.instrs.append(Instr(Op.LAYERNORM, 0, dict(x_addr=x, out_addr=out, rows=rows, dim=dim,
-                                                       gamma_addr=gamma, beta_addr=beta, eps=eps, shift=shift), obits=8))
+                                                       gamma_addr=gamma, beta_addr=beta, eps=eps, shift=shift), obits=obits))
 
-    def add(self, count, b_wgt=False, ma=23000, mb=9000, shift=15):
+    def add(self, count, b_wgt=False, ma=23000, mb=9000, shift=15, obits=8):
         a = self.rand("act", count, -128, 128, np.int8)
         b = self.rand("wgt" if b_wgt else "act", count, -128, 128, np.int8)
         out = self.alloc("act", count)
         self.instrs.append(Instr(Op.ADD, Flag.B_WGT if b_wgt else 0,
-                                 dict(a_addr=a, b_addr=b, out_addr=out, count=count, ma=ma, mb=mb, shift=shift), obits=8))
+                                 dict(a_addr=a, b_addr=b, out_addr=out, count=count, ma=ma, mb=mb, shift=shift), obits=obits))
 
-    def requant32(self, count, mult=16000, shift=20):
+    def requant32(self, count, mult=16000, shift=20, obits=8):
         src = self.rand("act", count, -10**6, 10**6, np.int32)
         out = self.alloc("act", count)
         self.instrs.append(Instr(Op.REQUANT32, 0, dict(src_addr=src, out_addr=out, count=count, mult=mult,
-                                                       shift=shift), obits=8))
+                                                       shift=shift), obits=obits))
 
 
 def matmul_program(rng) -> Builder:
@@ -137,6 +137,21 @@ def vector_program(rng) -> Builder:
     b.add(48, b_wgt=True)
     b.requant32(7 * 32)
     b.matmul(3, 16, 32, shift=20)
+    return b
+
+
+def mixed_precision_program(rng) -> Builder:
+    """Every op this core runs at its own output width (word 0 bits 20:16, 3..8 bits) under an
+    8-bit program, as per-layer precision emits them: shifts such that part of every result saturates."""
+    b = Builder(rng)
+    b.matmul(5, 32, 32, shift=24, obits=5)
+    b.matmul(6, 32, 48, Flag.GELU, shift=21, obits=6)   # a table of 2^6 entries
+    tokens = [4, 1, 6, 0, 3]
+    b.matmul(5, 16, 32, Flag.SCATTER, rows=tokens, shift=17, obits=4)
+    b.layernorm(3, 32, shift=28, obits=7)
+    b.add(4 * 16, ma=30000, mb=20000, shift=19, obits=3)
+    b.requant32(3 * 32, mult=20000, shift=26, obits=6)
+    b.matmul(3, 16, 32, Flag.GELU, shift=19, obits=8)
     return b
 
 
@@ -173,7 +188,8 @@ def core_2x32_w1(tmp_path_factory):
     vector_program (the sizes depend on the shapes only, not on the random data)."""
     work = tmp_path_factory.mktemp("uarch_2x32_w1")
     instrs = (matmul_program(np.random.default_rng(0)).instrs + vector_program(np.random.default_rng(0)).instrs
-              + default_model_matmuls(np.random.default_rng(0)).instrs)
+              + default_model_matmuls(np.random.default_rng(0)).instrs
+              + mixed_precision_program(np.random.default_rng(0)).instrs)
     _, rtl = build(work, instrs, 2, 32, 1)
     return work, rtl
 
@@ -254,6 +270,17 @@ def test_vector_ops_bit_exact(core_2x32_w1):
     work, rtl = core_2x32_w1
     u, out = run_and_compare(work, vector_program(np.random.default_rng(5)), 2, 32, 1, rtl=rtl)
     assert out.instr_cycles[3] <= 20 + 45
+
+
+def test_mixed_output_widths_bit_exact(core_2x32_w1):
+    """Each instruction saturates at its own word 0 output width (drain and cs_vec), GELU indexes a
+    2^obits table: bit-exact against isa.execute, and the widths do bite (outputs at their limits)."""
+    work, rtl = core_2x32_w1
+    b = mixed_precision_program(np.random.default_rng(11))
+    run_and_compare(work, b, 2, 32, 1, rtl=rtl)
+    expected = reference_image(encode_program(b.instrs), bytes(b.wgt), bytes(b.act), 0, 8, 1)
+    first = np.frombuffer(expected, np.int8)[b.instrs[0].args["out_addr"]:][:5 * 32]
+    assert first.max() == 15 and first.min() == -16      # 5 bits
 
 
 def estimate_of(b: Builder, u):

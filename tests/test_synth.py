@@ -2,6 +2,7 @@
 and real yosys runs (the AXI shell in CI, the core at reduced arrays as slow tests)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -107,6 +108,8 @@ def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
 def test_a_unit_on_its_own_gets_its_parameters_and_top(tmp_path):
     script = synth.synth_script([Path("a.v")], "xcup", tmp_path, top="cs_vec", params={"EPB": 16, "EB": 1})
     assert "chparam -set EPB 16 -set EB 1 cs_vec; synth_xilinx -family xcup -top cs_vec -flatten;" in script
+    # URAM288 only when asked (the flow asks on a board with URAM): yosys never infers it otherwise
+    assert "-flatten -uram;" in synth.synth_script([Path("a.v")], "xcup", tmp_path, uram=True)
     assert "stat -top cs_vec;" in script
 
 
@@ -192,7 +195,7 @@ def project(tmp_path_factory) -> Path:
 
 def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
     """synth_rtl stand-in: counts linear in the array the rendered core has."""
-    def fake(rtl_dir, family="xcup", log=None, timeout_s=0, mode="flat", progress=None, label=""):
+    def fake(rtl_dir, family="xcup", log=None, timeout_s=0, mode="flat", progress=None, label="", uram=None):
         p, q = synth.rtl_core_shape(rtl_dir)
         macs = p * q
         cells = {"DSP48E2": int(base_dsp + dsp_per_mac * macs), "LUT6": 1000 + 50 * macs, "FDRE": 2000 + 40 * macs,
@@ -206,26 +209,46 @@ def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
 
 def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    assert main(["synth", str(project), "--sizes", "1x8,2x8,4x8"]) == 0
+    assert main(["synth", str(project), "--sizes", "1x32,2x32,2x64"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("EXTRAPOLATED, not synthesized at the board's size")
-    assert "synth 2x8 (2/3): 30 s, ABC pass" in out.err
+    assert "synth 2x32 (2/3): 30 s, ABC pass" in out.err
     rep = json.loads((project / "reports" / "synth.json").read_text())
-    assert rep["method"] == "fit" and rep["target_array"] == {"P": 272, "Q": 8}
-    assert [s["array"] for s in rep["sizes"]] == [{"P": p, "Q": 8} for p in (1, 2, 4)]
+    # the docs/UARCH.md core renders the asked array: the fit is evaluated at the board's own
+    assert rep["method"] == "fit" and rep["target_array"] == {"P": 17, "Q": 128}
+    assert [s["array"] for s in rep["sizes"]] == [{"P": 1, "Q": 32}, {"P": 2, "Q": 32}, {"P": 2, "Q": 64}]
     assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 2176
     assert rep["board_figure"]["LUT"] == 1000 + 50 * 2176
-    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q"
+    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q + c*(P+Q)"
     est = json.loads((project / "reports" / "estimate.json").read_text())["resources"]
     assert rep["estimate"]["DSP48E2"] == est["dsp"]["used"]
     assert rep["ratio"]["DSP48E2"] == pytest.approx((100 + 0.5 * 2176) / est["dsp"]["used"])
-    assert rep["fits_board"] and rep["ltp"]["4x8"]["lut_levels"] == 9
-    assert rep["core"]["core"] == "units-x-lanes" and "core: units-x-lanes (not docs/UARCH.md" in out.out
+    assert rep["fits_board"] and rep["ltp"]["2x64"]["lut_levels"] == 9
+    assert rep["core"]["core"] == "uarch" and "core: uarch (docs/UARCH.md" in out.out
+
+
+def test_each_size_is_set_next_to_the_resource_model_of_its_uarch(project, monkeypatch, capsys):
+    """The core of every size is the project's Uarch with only P and Q changed, and its model is
+    uarch.resource_use of that Uarch."""
+
+    from codesign.boards import load_board
+
+    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == 0
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    man = json.loads((project / "data" / "manifest.json").read_text())
+    board = load_board("zcu104")
+    u = synth_flow.project_uarch(project, man, board, (17, 128))
+    assert (u.P, u.Q, u.weight_ports) == (17, 128, 4)
+    for size, (p, q) in zip(rep["sizes"], [(1, 32), (2, 32)]):
+        assert size["model"] == synth_flow.model_resources(dataclasses.replace(u, P=p, Q=q), board)
+        assert size["model_ratio"]["DSP48E2"] == size["measured"]["DSP48E2"] / size["model"]["DSP48E2"]
+    assert "yosys / resource model at each size" in capsys.readouterr().out
 
 
 def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
-    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == cli.EXIT_DOES_NOT_FIT == 3
+    assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == cli.EXIT_DOES_NOT_FIT == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("codesign synth: error: the design does not fit the board (extrapolated): "
                    "DSP48E2 2,276 > 1,728 on zcu104")
@@ -235,33 +258,58 @@ def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatc
 
 def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (4, 8))   # 32 MACs <= DIRECT_MAX_MACS
+    monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (2, 32))   # 64 MACs <= DIRECT_MAX_MACS
     assert main(["synth", str(project)]) == 0
-    assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 4x8 array: the figures "
+    assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 2x32 array: the figures "
                                               "are measured, not extrapolated")
     rep = json.loads((project / "reports" / "synth.json").read_text())
-    assert rep["method"] == "direct" and [s["array"] for s in rep["sizes"]] == [{"P": 4, "Q": 8}]
-    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 32 and rep["fit"] == {}
+    assert rep["method"] == "direct" and [s["array"] for s in rep["sizes"]] == [{"P": 2, "Q": 32}]
+    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 64 and rep["fit"] == {}
 
 
-def test_direct_mode_refuses_a_core_that_cannot_take_the_board_array(project, monkeypatch, capsys):
+def test_an_array_the_core_cannot_take_is_a_one_line_error(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    assert main(["synth", str(project), "--sizes", "board"]) == 2
+    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == 2
     err = capsys.readouterr().err.strip()
-    # today's core takes only P = 2^n units (a core that renders another array is refused the same way)
-    assert err == ("codesign synth: error: the core cannot be rendered at 17x128: "
-                   "RTL MAC units P must be a power of two, got 17")
+    assert err == ("codesign synth: error: the core cannot be rendered at 1x8: "
+                   "the 1x8 array: Q must be a multiple of 2*EPB=32")
 
 
 def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys):
     monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
-    mine = project / "synth" / "1x8" / "notes.txt"
+    mine = project / "synth" / "1x32" / "notes.txt"
     mine.parent.mkdir(parents=True, exist_ok=True)
     mine.write_text("mine")
-    assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == 2
+    assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == 2
     assert "did not write (notes.txt)" in capsys.readouterr().err
     assert mine.read_text() == "mine"
     mine.unlink()
+
+
+def test_a_second_run_of_the_same_verilog_reuses_the_yosys_result(tmp_path, monkeypatch):
+    """yosys takes minutes per size: synth_rtl keeps its result beside its outputs, keyed by the
+    Verilog, the family, the mode, the top and the parameters."""
+    rtl = tmp_path / "rtl"
+    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    runs = []
+
+    def fake_run(cmd, log, timeout_s, progress, label):
+        runs.append(label)
+        out = log.parent
+        shutil.copy(DATA / "stat_flat.txt", out / "stat.txt")
+        for name in ("ltp", "ltp_luts", "ltp_carry"):
+            shutil.copy(DATA / f"{name}.txt", out / f"{name.replace('ltp_', '')}.txt")
+        return 1.0
+
+    monkeypatch.setattr(synth, "find_yosys", lambda: "yosys")
+    monkeypatch.setattr(synth, "run_yosys", fake_run)
+    first = synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log")
+    again = synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log")
+    assert len(runs) == 1 and again == first and first.cells["DSP48E2"] == 122
+    synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log", mode="per-module")
+    (rtl / "axi_master.v").write_text((rtl / "axi_master.v").read_text() + "// changed\n")
+    synth.synth_rtl(rtl, log=tmp_path / "out" / "y.log", mode="per-module")
+    assert len(runs) == 3
 
 
 # ---------------------------------------------------------------- real yosys
@@ -312,6 +360,30 @@ def test_an_interrupt_ends_yosys_and_its_abc_processes(tmp_path, monkeypatch):
         os.killpg(started[0].pid, 0)
 
 
+@needs_yosys
+def test_the_mac_array_is_one_dsp48e2_per_packed_pair_and_what_the_model_counts(tmp_path):
+    """cs_mac on its own (~20 s): P*Q/2 DSP48E2 exactly, and its FF and LUT within the +-15% of the
+    resource model's mac_pair part (codesign.schedule.uarch.logic_parts)."""
+    from types import SimpleNamespace
+
+    from codesign.rtl.render import _environment, uarch_core_params
+    from codesign.schedule.uarch import derive_uarch, logic_parts
+
+    prog = SimpleNamespace(instrs=[], elem_bytes=1, wbits=8, abits=8)
+    u = dataclasses.replace(derive_uarch(prog, 2, 32, 16, 1), acc_w=25)   # int8 sums of k = 768
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    (rtl / "cs_mac.v").write_text(_environment().get_template("uarch/cs_mac.v.j2").render())
+    acc_w = uarch_core_params(u)["ACC_W"]
+    res = synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "y.log", top="cs_mac",
+                          params={"P": u.P, "Q": u.Q, "ACC_W": acc_w, "TW": 8})
+    cell = next(p for p in logic_parts(u) if p.name == "mac_pair")
+    assert res.resources["dsp"] == u.dsps_array == cell.count
+    for key in ("ff", "lut"):
+        model = cell.count * getattr(cell, key)
+        assert abs(res.resources[key] / model - 1) <= synth_flow.TOLERANCE, (key, res.resources[key], model)
+
+
 @pytest.mark.slow
 @needs_yosys
 def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
@@ -331,10 +403,15 @@ def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
 @pytest.mark.slow
 @needs_yosys
 def test_per_module_counts_match_the_flat_run(project, tmp_path):
-    """Per-module synthesis (no -flatten) of the core at 1x8 against the flat run: within
-    PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
+    """Per-module synthesis (no -flatten) of the older units-x-lanes core at 1x8 against the flat
+    run: within PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
+    from codesign.sim.cosim import render_project_rtl
+
     man = json.loads((project / "data" / "manifest.json").read_text())
-    rtl = synth_flow._rendered_at(project, tmp_path / "1x8", (1, 8), 4, man)
+    stage = tmp_path / "1x8"
+    shutil.copytree(project / "data", stage / "data")
+    render_project_rtl(stage, man, tile={"P": 1, "Q": 8, "rtl_P": 1, "rtl_Q": 8}, trace=False, weight_ports=4)
+    rtl = stage / "rtl"
     flat = synth.synth_rtl(rtl, log=tmp_path / "flat" / "y.log", mode="flat").resources
     hier = synth.synth_rtl(rtl, log=tmp_path / "hier" / "y.log", mode="per-module").resources
     for key in ("dsp", "bram36_equiv", "uram"):

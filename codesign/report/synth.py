@@ -4,19 +4,20 @@ yosys time grows with the MAC array, so above DIRECT_MAX_MACS (or with --sizes P
 the core is rendered and synthesized at two or three reduced arrays and each resource is fitted
 (codesign.rtl.synth_fit) and evaluated at the board's array. The output says which it did.
 
-Core-agnostic: the core is rendered through the project's own renderer
-(codesign.sim.cosim.render_project_rtl, asked for the array as the tiling's P, Q and as rtl_P,
-rtl_Q), and the array it got is read back from what was rendered (rtl/rtl.json, else the
-Verilog's parameters: codesign.rtl.synth.rtl_core_shape). A core that keeps Q fixed
-(the current one: Q = 8 lanes of a 64-bit word) is extrapolated to the board's MAC count at its
-own Q, and the output says so.
+The core is the docs/UARCH.md one (codesign.rtl.render.render_uarch_rtl), rendered from the
+project's own Uarch (its tiling, rebuilt from the program: project_uarch) with only P and Q
+changed, so every size has the board's memories, bus and weight masters. The array it got is read
+back from what was rendered (rtl/rtl.json: codesign.rtl.synth.rtl_core_shape); a core whose Q
+stayed fixed would be extrapolated to the board's MAC count at its own Q, and the output says so.
 
-The figures are set next to the estimate's resource model (reports/estimate.json `resources`,
-codesign.schedule.uarch.resource_use) with their ratio, and checked against the board: a design
-that does not fit is reported (the CLI exits 3, see codesign.cli).
+The figures are set next to the resource model, codesign.schedule.uarch.resource_use: at each
+synthesized size for the Uarch rendered there (`model`), and at the board's array as the estimate
+has it (reports/estimate.json `resources`), with their ratio, and checked against the board: a
+design that does not fit is reported (the CLI exits 3, see codesign.cli).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -45,6 +46,7 @@ class SizeRun:
     shape: tuple[int, int]       # the array the core was rendered at (read back: rtl_core_shape)
     rtl_dir: Path
     result: SynthResult
+    model: dict[str, float] = field(default_factory=dict)   # resource_use of the Uarch rendered here
 
 
 @dataclass
@@ -85,7 +87,8 @@ class SynthReport:
             "board_array": _shape_json(self.board_array), "target_array": _shape_json(self.target),
             "target_why": self.target_why,
             "sizes": [{"requested": _shape_json(r.requested), "array": _shape_json(r.shape),
-                       "rtl_dir": str(r.rtl_dir), "measured": _measured(r.result), **r.result.to_json()}
+                       "rtl_dir": str(r.rtl_dir), "measured": _measured(r.result), "model": r.model,
+                       "model_ratio": _ratios(_measured(r.result), r.model), **r.result.to_json()}
                       for r in self.runs],
             "fit": self.fits, "board_figure": self.figures, "estimate": self.estimate,
             "ratio": ratios, "within_tolerance": {k: _within(v, self.figures[k], (self.estimate or {}).get(k))
@@ -164,7 +167,7 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     board_array = _board_array(estimate)
     totals = {label: getattr(board.resources, key) for label, _, key in RESOURCES}
     work = project_dir / WORK_DIR
-    run = _runner(family, mode, timeout_s, progress)
+    run = _runner(family, mode, timeout_s, progress, uram=board.resources.uram > 0)
     if rtl_dir is not None:
         report = _synth_folder(Path(rtl_dir), work, run, board.name, board_array)
     else:
@@ -182,12 +185,12 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     return report
 
 
-def _runner(family: str, mode: str, timeout_s: float, progress) -> Callable[[Path, Path, str], SynthResult]:
+def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool) -> Callable[[Path, Path, str], SynthResult]:
     def run(rtl: Path, out: Path, label: str) -> SynthResult:
         if progress:
             progress(f"synth {label}: yosys synth_xilinx -family {family} ({mode}), up to {timeout_s:.0f} s")
         result = synth_rtl(rtl, family, log=out / "yosys.log", timeout_s=timeout_s, mode=mode,
-                           progress=progress, label=label)
+                           progress=progress, label=label, uram=uram)
         if progress:
             progress(f"synth {label}: done in {result.seconds:.0f} s")
         return result
@@ -207,12 +210,14 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
     from ..schedule.tiling import q_step
 
     man = _read_json(project_dir / "data" / "manifest.json", "the project's data manifest")
-    step = q_step(board.memory.axi_data_bits // 8 // int(man["elem_bytes"]))
+    u = project_uarch(project_dir, man, board, board_array)
+    step = q_step(u.epb)
     method, wanted = plan(sizes, board_array, step)
     runs = []
     for i, req in enumerate(wanted, 1):
         out = work / _shape_key(req)
-        rtl = _rendered_at(project_dir, out, req, board.memory.weight_ports, man)
+        at = dataclasses.replace(u, P=req[0], Q=req[1])
+        rtl = _rendered_at(out, at)
         shape = rtl_core_shape(rtl)
         if shape is None:
             raise SynthError(f"cannot read the MAC array of the core rendered in {rtl} (rtl.json, or the "
@@ -221,7 +226,7 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
             raise SynthError(f"the core rendered {_array_txt(shape)} when asked for the board's "
                              f"{_array_txt(board_array)}: give the reduced arrays to fit (--sizes PxQ,PxQ,PxQ)")
         label = f"{_array_txt(shape)} ({i}/{len(wanted)})"
-        runs.append(SizeRun(req, shape, rtl, run(rtl, out, label)))
+        runs.append(SizeRun(req, shape, rtl, run(rtl, out, label), model_resources(at, board)))
     if method == "direct":
         res = runs[0].result
         figures = {label: res.resources[key] for label, key, _ in RESOURCES}
@@ -250,39 +255,63 @@ def _fitted(board, board_array, runs: list[SizeRun]) -> SynthReport:
     return SynthReport(board.name, "fit", statement, board_array, target, why, runs, figures, fits)
 
 
-def _rendered_at(project_dir: Path, out: Path, shape: tuple[int, int], weight_ports: int, man: dict) -> Path:
-    """Render the project's core at P x Q into out/rtl (through a staging copy of its program)."""
-    from ..sim.cosim import render_project_rtl
+def project_uarch(project_dir: Path, man: dict, board, board_array: tuple[int, int]):
+    """The project's Uarch: its program decoded, the tiling the estimate picked at its array
+    (codesign.schedule.tiling.fixed_tiling: the same bank and MoE accumulator placement)."""
+    from types import SimpleNamespace
 
-    p, q = shape
-    stage = out / "stage"
-    _clear_scratch(out)
-    (stage / "data").mkdir(parents=True)
-    for name in ("manifest.json", man.get("program_file", "program.bin")):
-        shutil.copy2(project_dir / "data" / name, stage / "data" / name)
-    tile = {"P": p, "Q": q, "rtl_P": p, "rtl_Q": q}
+    from ..schedule.isa import decode_program
+    from ..schedule.tiling import fixed_tiling
+
+    code = (project_dir / "data" / man.get("program_file", "program.bin")).read_bytes()
+    prog = SimpleNamespace(instrs=decode_program(code), elem_bytes=int(man["elem_bytes"]),
+                           wbits=int(man["wbits"]), abits=int(man["abits"]))
     try:
-        render_project_rtl(stage, man, tile=tile, trace=False, weight_ports=weight_ports)
+        return fixed_tiling(prog, board, *board_array).uarch
     except ValueError as exc:
-        raise SynthError(f"the core cannot be rendered at {p}x{q}: {exc}") from exc
-    (stage / "rtl").rename(out / "rtl")
-    shutil.rmtree(stage)
+        raise SynthError(f"the project's {_array_txt(board_array)} tiling cannot be rebuilt: {exc}") from exc
+
+
+def model_resources(u, board) -> dict[str, float]:
+    """codesign.schedule.uarch.resource_use of `u` on `board`, by report label."""
+    from ..schedule.tiling import Budget
+    from ..schedule.uarch import resource_use
+
+    used = resource_use(u, Budget(board).limit("uram")).used
+    return {label: used[key] for label, _, key in RESOURCES}
+
+
+def _rendered_at(out: Path, u) -> Path:
+    """Render the docs/UARCH.md core of `u` into out/rtl; a previous size's yosys results stay
+    (synth_rtl's cache) when the Verilog is the same."""
+    from ..rtl.render import render_uarch_rtl
+
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_scratch(out, keep_results=True)
+    try:
+        render_uarch_rtl(out / "rtl", u)
+    except ValueError as exc:
+        raise SynthError(f"the core cannot be rendered at {u.P}x{u.Q}: {exc}") from exc
     return out / "rtl"
 
 
 # What a size's folder holds (synth_rtl's outputs and the rendered RTL): nothing else is removed.
-_SCRATCH = {"rtl", "stage", "yosys.log", "stat.txt", "ltp.txt", "luts.txt", "carry.txt"}
+_RESULTS = {"yosys.log", "stat.txt", "ltp.txt", "luts.txt", "carry.txt", "result.json"}
+_SCRATCH = {"rtl", "stage"} | _RESULTS
 
 
-def _clear_scratch(out: Path) -> None:
-    """Empty PROJECT/synth/<PxQ> of a previous run, refusing when it holds anything codesign did not write."""
+def _clear_scratch(out: Path, keep_results: bool = False) -> None:
+    """Empty PROJECT/synth/<PxQ> of a previous run (but yosys's results with keep_results),
+    refusing when it holds anything codesign did not write."""
     if not out.exists():
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _SCRATCH)
     if foreign or not out.is_dir():
         raise SynthError(f"{out} holds files codesign synth did not write ({', '.join(foreign) or out.name}): "
                          "move them away")
-    shutil.rmtree(out)
+    for p in out.iterdir():
+        if not (keep_results and p.name in _RESULTS):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 # ---------------------------------------------------------------- the table
@@ -313,6 +342,9 @@ def synth_text(rep: SynthReport) -> str:
         lines += [f"fit {k}: {v['formula']} (largest residual at the sizes: {v['max_abs_residual']:.1f})"
                   for k, v in rep.fits.items()]
         lines.append(f"target: {rep.target_why}")
+    if any(r.model for r in runs):
+        lines.append("yosys / resource model at each size (codesign.schedule.uarch.resource_use of the Uarch "
+                     "rendered there): " + "; ".join(_model_txt(r) for r in runs if r.model))
     lines.append("longest combinational path (yosys ltp on the mapped netlist, LUT/MUXF/CARRY cells; FFs, DSPs, "
                  "block and LUT RAMs end a path): " + "; ".join(_ltp_txt(r) for r in runs))
     lines.append(f"yosys ({runs[0].result.mode}), wall / CPU seconds: " + ", ".join(
@@ -350,6 +382,17 @@ def _core_record(rtl_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return rec if isinstance(rec, dict) else {}
+
+
+def _ratios(measured: dict, model: dict) -> dict[str, float | None]:
+    return {k: (measured[k] / model[k] if model.get(k) else None) for k in measured if k in model}
+
+
+def _model_txt(run: SizeRun) -> str:
+    measured = _measured(run.result)
+    parts = [f"{k} {measured[k]:,.1f} / {run.model[k]:,}" + (f" ({measured[k] / run.model[k]:.2f})" if run.model[k] else "")
+             for k in measured if k in run.model]
+    return f"{_array_txt(run.shape)}: " + ", ".join(p.replace(".0 ", " ") for p in parts)
 
 
 def _measured(res: SynthResult) -> dict:

@@ -14,6 +14,7 @@ This module only runs yosys and reads its output; codesign.report.synth decides 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -159,13 +160,14 @@ def parse_select_list(text: str) -> set[str]:
 # ---------------------------------------------------------------- running yosys
 
 def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat", top: str = TOP,
-                 params: dict | None = None) -> str:
+                 params: dict | None = None, uram: bool = False) -> str:
     """The yosys script: synth_xilinx, then stat (text), ltp and the LUT / carry cell names into out/.
-    `params`: Verilog parameters of `top` (chparam), for a unit synthesized on its own."""
+    `params`: Verilog parameters of `top` (chparam), for a unit synthesized on its own; `uram`: let
+    yosys map large memories to URAM288 (-uram, xcup only; without it yosys never does)."""
     if mode not in MODES:
         raise ValueError(f"synthesis mode must be one of {', '.join(MODES)}, got {mode!r}")
     files = " ".join(str(s) for s in sources)
-    flatten = " -flatten" if mode == "flat" else ""
+    flatten = (" -flatten" if mode == "flat" else "") + (" -uram" if uram else "")
     chparam = f"chparam {' '.join(f'-set {k} {int(v)}' for k, v in params.items())} {top}; " if params else ""
     # SYNTHESIS drops the simulation-only trace code; the mapped netlist is flattened (cheap)
     # only after stat, so that ltp sees paths across module boundaries.
@@ -177,11 +179,12 @@ def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat"
 
 def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: float = 1800,
               mode: str = "flat", progress: Callable[[str], None] | None = None, label: str = "",
-              top: str = TOP, params: dict | None = None) -> SynthResult:
+              top: str = TOP, params: dict | None = None, uram: bool | None = None) -> SynthResult:
     """Run yosys synth_xilinx on every *.v in rtl_dir; return the primitive counts and longest path.
 
     `top` and `params` (Verilog parameters of `top`) synthesize one unit on its own, e.g. the
-    vector unit cs_vec of codesign.rtl.render.render_units.
+    vector unit cs_vec of codesign.rtl.render.render_units. `uram` (default: on for xcup) lets
+    yosys infer URAM288 for large memories, as the resource model binds them.
     `log`: yosys's log file (its folder also gets stat.txt, ltp.txt, luts.txt, carry.txt); `progress`
     gets a line every PROGRESS_EVERY_S seconds (elapsed, `label`, the pass yosys is in)."""
     yosys = find_yosys()
@@ -192,14 +195,41 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
     log = Path(log) if log else rtl_dir.parent / "synth_yosys.log"
     out = log.parent
     out.mkdir(parents=True, exist_ok=True)
+    uram = family == "xcup" if uram is None else uram and family == "xcup"
+    key = _cache_key(sources, family, mode, top, params, uram)
+    cached = _cached(out / CACHE_FILE, key)
+    if cached is not None:
+        return cached
     cpu_before = _children_cpu()
-    seconds = run_yosys([yosys, "-q", "-l", str(log), "-p", synth_script(sources, family, out, mode, top, params)],
+    seconds = run_yosys([yosys, "-q", "-l", str(log), "-p", synth_script(sources, family, out, mode, top, params, uram)],
                         log, timeout_s, progress, label or rtl_dir.name)
     cpu = round(_children_cpu() - cpu_before, 1)
     cells = parse_stat_text((out / "stat.txt").read_text(), top)
     ltp = parse_ltp((out / "ltp.txt").read_text(), parse_select_list((out / "luts.txt").read_text()),
                     parse_select_list((out / "carry.txt").read_text()))
-    return SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)
+    result = SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)
+    (out / CACHE_FILE).write_text(json.dumps({"key": key, "result": result.to_json()}, indent=1))
+    return result
+
+
+# Beside yosys's outputs: the result and what it was computed from (a later run of the same
+# Verilog, family, mode, top and parameters reuses it: yosys takes minutes per size).
+CACHE_FILE = "result.json"
+
+
+def _cache_key(sources: list[Path], family: str, mode: str, top: str, params: dict | None, uram: bool) -> str:
+    h = hashlib.sha256(json.dumps([family, mode, top, params or {}, uram], sort_keys=True).encode())
+    for src in sources:
+        h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _cached(path: Path, key: str) -> SynthResult | None:
+    try:
+        rec = json.loads(path.read_text())
+        return SynthResult(**rec["result"]) if rec.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _children_cpu() -> float:

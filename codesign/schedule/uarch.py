@@ -452,8 +452,9 @@ def _bound(m: Memory, binding: str, count: float) -> Memory:
 # ---------------------------------------------------------------- logic
 
 # Per-unit fabric coefficients: what each instantiated piece costs. They are a model of the
-# generated RTL, checked against yosys synth_xilinx (codesign synth), not a substitute for it.
-LANE_DSPS = 4  # per drain lane: 32x15 requant product (2), LayerNorm / attention normalisation (2)
+# generated RTL, checked against yosys 0.23 synth_xilinx of it (codesign synth, docs/SYNTH.md), not
+# a substitute for it.
+LANE_DSPS = 4  # per drain lane: (acc + bias) x mult, a 33 x 32 product in 27x18 tiles
 ROUTER_DSPS = 4  # softmax score of the chosen experts: e * QP * RECIP
 SCALAR_DSPS = 4  # LayerNorm variance, attention / router reciprocal scaling
 LUTS_PER_LANE = 900  # rounding, saturation, shifters, table addressing of one drain lane
@@ -462,6 +463,9 @@ LUTS_PER_MASTER = 1500  # one AXI4 master: burst splitter, queues
 FF_PER_LANE = 400
 FF_CONTROL = 8000
 FF_PER_MASTER = 1200
+# The packed product register of a column pair (two 18-bit halves): yosys keeps it in fabric, not
+# in the DSP48E2's M register (cs_mac alone, tests/test_synth.py).
+PROD_FF = 36
 
 
 @dataclass(frozen=True)
@@ -478,9 +482,10 @@ def logic_parts(u: Uarch) -> list[Part]:
     """The datapath as instantiated: array cells, operand feed, drain lanes, control, masters."""
     pairs, beat = u.dsps_array, 8 * u.beat_bytes
     acc = u.acc_w
-    # A column pair: one DSP, two ACC_W accumulators (+ their shadow), the packed hi extraction
-    # (an 18-bit incrementer) and the accumulator input select (packed half or whole product).
-    cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc, lut=2 * acc + 18 + acc)
+    # A column pair: one DSP, two ACC_W accumulators (+ their shadow) and the product register;
+    # the packed hi half's borrow and the restart select fold into the two adders (cs_mac alone:
+    # 2 * ACC_W + 1 LUT a pair).
+    cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2)
     # The drain's row select: a P-to-1 choice of Q accumulator values, then EPB of them.
     shadow_select = Part("shadow_select", u.Q * acc, lut=math.ceil(u.P / 4) + 1)
     feed = Part("operand_row", u.P + u.Q, ff=2 * beat, lut=8 * u.elem_bytes * 4)
