@@ -233,6 +233,7 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
         # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
         "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
+        "NE": max(1, u.max_experts),      # the router's lanes
     }
 
 
