@@ -54,7 +54,7 @@ def moe_block(rng, tokens=13, dim=32, hidden=48, experts=4, top_k=2, num_tasks=1
 
 def shapes(rng):
     """The programs of the tests below (one core build fits them all: sizes depend on shapes only)."""
-    return [moe_block(rng, top_k=2), moe_block(rng, experts=5, top_k=4, dead=3, num_tasks=3)]
+    return [moe_block(rng, top_k=2), moe_block(rng, experts=8, top_k=4, dead=3, num_tasks=3)]
 
 
 @pytest.fixture(scope="module")
