@@ -163,7 +163,7 @@ def build(tmp_path, instrs, P, Q, W, beat=BEAT):
     return u, rtl
 
 
-def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=None, rtl=None):
+def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=None, rtl=None, task=0):
     """Run b's program on the core (rendered for it unless `rtl` is given) and compare."""
     require_verilator()
     if rtl is None:
@@ -171,11 +171,11 @@ def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=No
     else:
         u = None
     code = encode_program(b.instrs)
-    runs = [("r0", 0, bytes(b.act))]
+    runs = [("r0", task, bytes(b.act))]
     out, = run_images(rtl, tmp_path, code, bytes(b.wgt), runs, "verilator", timeout_cycles=2_000_000,
                       backpressure=backpressure, memory=memory)
     assert out.status == "ok", out.status
-    expected = reference_image(code, bytes(b.wgt), bytes(b.act), 0, 8, 1)
+    expected = reference_image(code, bytes(b.wgt), bytes(b.act), task, 8, 1)
     diff = first_difference(out.act, expected)
     assert diff is None, f"first differing act byte {diff}"
     assert len(out.instr_cycles) == len(b.instrs)

@@ -233,6 +233,7 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
         # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
         "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
+        "NE": max(1, u.max_experts),      # the router's lanes
     }
 
 
@@ -262,5 +263,6 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
 def uarch_record(u) -> dict:
     """`uarch`: the whole Uarch, so that cosim and reports can run the estimate at the core's own."""
     return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
-            "microarchitecture": "docs/UARCH.md (so far MATMUL, LAYERNORM, ADD, REQUANT32; ATTN and GATE "
-                                 "retire without effect)", "uarch": dataclasses.asdict(u)}
+            "microarchitecture": "docs/UARCH.md (so far MATMUL, LAYERNORM, ADD, REQUANT32, GATE with lists "
+                                 "read back from DDR and no moe_acc; ATTN retires without effect)",
+            "uarch": dataclasses.asdict(u)}

@@ -1,0 +1,71 @@
+"""The MoE path of the docs/UARCH.md core (GATE on the array + cs_router, the expert MATMULs on
+its lists, REQUANT32 of the accumulator) under cocotb + Verilator, bit-exact against
+codesign.schedule.isa.execute (the whole act image)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codesign.schedule.isa import Flag, Instr, Op
+from test_rtl_uarch import Builder, board_model, build, run_and_compare
+
+I8, I32 = np.int8, np.int32
+
+
+def moe_block(rng, tokens=13, dim=32, hidden=48, experts=4, top_k=2, num_tasks=1, dead=None) -> Builder:
+    """GATE, then per expert fc1 (GATHER|DYNM|GELU) and fc2 (DYNM|SCATTER), then REQUANT32 of the
+    accumulator. dead: an expert whose gate bias is so low that no token picks it (every task)."""
+    b = Builder(rng)
+    x = b.rand("act", tokens * dim, -128, 128, I8)
+    wg = b.rand("wgt", num_tasks * experts * dim, -128, 128, I8)
+    bias = rng.integers(-20000, 20000, num_tasks * experts)
+    if dead is not None:
+        bias[dead::experts] = -10**8
+    bg = b.alloc("wgt", 4 * bias.size)
+    b.wgt[bg: bg + 4 * bias.size] = bias.astype(I32).tobytes()
+    b.alloc("wgt", 64 * 16)                  # the weight engine reads a whole group of EPB rows
+    stride = -(-tokens // 16) * 16           # each list on its own 64-byte line
+    counts = b.alloc("act", 64)
+    idx = b.alloc("act", 4 * experts * stride)
+    score = b.alloc("act", 4 * experts * stride)
+    acc = b.rand("act", tokens * dim, -10**6, 10**6, I32)   # the GATE clears it
+    b.instrs.append(Instr(Op.GATE, 0, dict(x_addr=x, tokens=tokens, dim=dim, experts=experts, top_k=top_k,
+                                           wg_addr=wg, bg_addr=bg, score_mult=3, score_shift=7,
+                                           counts_addr=counts, idx_addr=idx, score_addr=score,
+                                           list_stride=stride, acc_addr=acc, num_tasks=num_tasks), obits=8))
+    for e in range(experts):
+        h = b.alloc("act", tokens * hidden)
+        lists = dict(idx_addr=idx + 4 * stride * e, count_addr=counts + 4 * e)
+        b.instrs.append(Instr(Op.MATMUL, Flag.GATHER | Flag.DYNM | Flag.GELU, dict(
+            a_addr=x, a_stride=dim, w_addr=b.rand("wgt", hidden * dim, -128, 128, I8),
+            bias_addr=b.rand("wgt", hidden, -6000, 6000, I32), mult_addr=b.rand("wgt", hidden, 1000, 30000, I32),
+            shift=22, m=tokens, k=dim, n=hidden, out_addr=h, out_stride=hidden,
+            lut_addr=b.rand("wgt", 256, -128, 128, I8), **lists), obits=8))
+        b.instrs.append(Instr(Op.MATMUL, Flag.DYNM | Flag.SCATTER, dict(
+            a_addr=h, a_stride=hidden, w_addr=b.rand("wgt", dim * hidden, -128, 128, I8),
+            bias_addr=b.rand("wgt", dim, -6000, 6000, I32), mult_addr=b.rand("wgt", dim, 1000, 30000, I32),
+            shift=22, m=tokens, k=hidden, n=dim, out_addr=acc, out_stride=dim,
+            score_addr=score + 4 * stride * e, **lists), obits=8))
+    out = b.alloc("act", tokens * dim)
+    b.instrs.append(Instr(Op.REQUANT32, 0, dict(src_addr=acc, out_addr=out, count=tokens * dim, mult=9000,
+                                                shift=20), obits=8))
+    return b
+
+
+def shapes(rng):
+    """The programs of the tests below (one core build fits them all: sizes depend on shapes only)."""
+    return [moe_block(rng, top_k=2), moe_block(rng, experts=8, top_k=4, dead=3, num_tasks=3)]
+
+
+@pytest.fixture(scope="module")
+def core_2x32(tmp_path_factory):
+    work = tmp_path_factory.mktemp("moe_2x32")
+    _, rtl = build(work, sum((p.instrs for p in shapes(np.random.default_rng(0))), []), 2, 32, 1)
+    return work, rtl
+
+
+@pytest.mark.parametrize("which, task", [(0, 0), (1, 2), (1, 7)])
+def test_moe_block_bit_exact_2x32(core_2x32, which, task):
+    work, rtl = core_2x32
+    b = shapes(np.random.default_rng(11 + which))[which]
+    run_and_compare(work, b, 2, 32, 1, rtl=rtl, task=task)
