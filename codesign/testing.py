@@ -1,6 +1,8 @@
 """Small designs for tests and development: a random-weight model, quantised and compiled."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +133,18 @@ def alias_bomb(field: str, levels: int = 9) -> str:
     rows = ['  - &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     rows += [f"  - &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
     return "anchors:\n" + "\n".join(rows) + f"\n{field}: *l{levels - 1}\n"
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(filename: str):
+    """A benchmarks/ script as a module (it is not a package). Loaded once per name: the module
+    must be in sys.modules while it runs, since dataclasses look their module up as the class is built."""
+    name = "codesign_benchmark_" + Path(filename).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS_DIR / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

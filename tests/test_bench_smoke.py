@@ -1,15 +1,13 @@
 """benchmarks/bench.py on the default config, estimate only (no project, csim or cosim): keys and ratios."""
 from __future__ import annotations
 
-import importlib.util
+from codesign.testing import load_benchmark
+
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 ACCELERATOR_KEYS = {"board", "clock_mhz", "P", "Q", "macs_per_cycle", "board_peak_macs_per_cycle", "resources", "tasks",
                     "macs_per_image", "cycles_per_image", "cycles_per_task", "latency_ms_per_image",
@@ -20,11 +18,7 @@ RATIO_KEYS = {"convert_s_per_mparam", "generate_s_per_mparam", "csim_run_s_per_g
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("codesign_bench", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench.py")
 
 
 @pytest.fixture(scope="module")

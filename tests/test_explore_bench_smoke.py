@@ -1,20 +1,14 @@
 """benchmarks/explore_bench.py on the default config, quick sweep: the figures are there and consistent."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
-from pathlib import Path
+from codesign.testing import load_benchmark
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "explore_bench.py"
+import json
+
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("codesign_explore_bench", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("explore_bench.py")
 
 
 def test_quick_explore_benchmark_reports_points_per_minute():

@@ -6,10 +6,10 @@ RTL's own Uarch; the legacy core's --rtl-array and records; the bench's reading 
 """
 from __future__ import annotations
 
+from codesign.testing import load_benchmark
+
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,12 +189,7 @@ def test_default_model_through_generate_and_cosim_on_the_uarch_core_is_bit_exact
 # ---------------------------------------------------------------- the bench
 
 def load_bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-    spec = importlib.util.spec_from_file_location("codesign_bench_rtl_default", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench.py")
 
 
 def test_bench_sums_cycles_json_per_layer_kind():
