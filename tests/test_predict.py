@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,10 @@ def test_design_predict_without_a_project_builds_one_once_in_a_temporary_folder(
         design.predict(images, 0, backend="fpga")
 
 
-def test_default_results_folder_is_under_predict_with_a_timestamp(project, tmp_path):
+def test_default_results_folder_is_under_predict_with_a_timestamp(project, tmp_path, monkeypatch):
+    # one fixed second, so that a loaded machine crossing a second boundary cannot dodge the "-2"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    monkeypatch.setattr(predict_module.time, "strftime", lambda fmt: stamp)
     first = predict_module.checked_predict_dir(project, None)
     assert first.parent == project / "predict" and first.name[:8].isdigit()
     first.mkdir(parents=True)
