@@ -4,15 +4,13 @@ normalising drain) under cocotb + Verilator, bit-exact against codesign.schedule
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from codesign.quant import arith
 from codesign.schedule.isa import Instr, Op
-from codesign.schedule.uarch import derive_uarch
-from test_rtl_uarch import BEAT, Builder, board_model, build, estimate_of, run_and_compare
+from test_rtl_uarch import Builder, board_model, build, estimate_of, instr_estimates, run_and_compare
 
 I8 = np.int8
 
@@ -126,26 +124,28 @@ def test_m3vit_tiny_attention_bit_exact_with_stalls_and_ddr_latency(tmp_path, P,
 @pytest.mark.slow
 def test_m3vit_tiny_attention_cycles_against_the_estimate(tmp_path):
     """M3ViT-tiny's ATTN at 2x32 on zcu104's memory model: RTL cycles against the estimate at the
-    RTL's own Uarch (codesign.schedule.estimate, as reports/cycles.json sets them)."""
+    RTL's own Uarch (codesign.schedule.estimate, as reports/cycles.json sets them): 0.914 measured
+    (170,373 against 186,449; heads 1 and 2 load behind the head before)."""
     b, u, out = tiny_cycles(tmp_path, 2, 1)
     est = estimate_of(b, u).instrs[0].cycles
     ratio = out.instr_cycles[0] / est
     (tmp_path / "attn_cycles.json").write_text(json.dumps({"rtl": out.instr_cycles[0], "est": est, "ratio": ratio}))
     print(f"M3ViT-tiny ATTN at 2x32: {out.instr_cycles[0]} RTL cycles, {est} estimated, {ratio:.3f}")
-    assert 0.85 <= ratio <= 1.15, (out.instr_cycles[0], est)
+    assert 0.88 <= ratio <= 0.96, (out.instr_cycles[0], est)
 
 
 def test_default_model_attention_cycles_against_the_estimate(core_2x32):
     """The default model's ATTN (17 tokens, 4 heads of 16) at 2x32 on zcu104's memory model: RTL
     cycles against the estimate at the RTL's own Uarch. The RTL loads every head's q, k, v rows
-    from DDR (48 requests of one beat each), where the estimate's plan forwards them from a bank."""
+    from DDR (51 requests of one beat each; the first head's exposed, the others behind the head
+    before), where the estimate's plan forwards them from a bank: 1.46 measured (3,181 against
+    2,176; 1.92 with every head's load exposed)."""
     _, memory = board_model()
     work, rtl = core_2x32
     b = default_attention(np.random.default_rng(2))
     _, out = run_and_compare(work, b, 2, 32, 1, memory=memory, rtl=rtl)
-    u = derive_uarch(SimpleNamespace(instrs=b.instrs, elem_bytes=1, wbits=8, abits=8), 2, 32, BEAT, 1)
-    est = [c.cycles for c in estimate_of(b, u).instrs]
+    est = instr_estimates(b, 2, 32, 1)
     ratio = out.instr_cycles[1] / est[1]
     (work / "attn_default_cycles.json").write_text(json.dumps({"rtl": out.instr_cycles, "est": est}))
     print(f"default ATTN at 2x32: {out.instr_cycles[1]} RTL cycles, {est[1]} estimated, {ratio:.3f}")
-    assert 1.0 <= ratio <= 2.0, (out.instr_cycles[1], est[1])
+    assert 1.35 <= ratio <= 1.6, (out.instr_cycles[1], est[1])
