@@ -176,9 +176,9 @@ def at_rtl_uarch(proj: Path):
     return record_uarch(read_record(proj / "rtl"))
 
 
-@pytest.mark.xfail(strict=True, reason="the uarch core retires GATE and ATTN without effect until rtl-moe and "
-                                        "rtl-attn land; then this passes and the marker must go")
 def test_default_model_through_generate_and_cosim_on_the_uarch_core_is_bit_exact(uarch_core, tmp_path):
+    """The whole default model (its MoE blocks' GATE on cs_router, its attention on cs_attn) at
+    2x32 through `generate` and `cosim`: bit-exact."""
     require_verilator()
     out = tmp_path / "default"
     assert main(["generate", "default", "-o", str(out), "--images", "1", "--rtl-array", "2x32"]) == 0

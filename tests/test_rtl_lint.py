@@ -123,7 +123,20 @@ def uarch_rtl_8x32_w3(tmp_path_factory) -> Path:
     return _uarch_rtl(tmp_path_factory, 8, 32, 3)
 
 
-@pytest.fixture(params=["generated_rtl", "one_port_rtl", "uarch_rtl_2x32", "uarch_rtl_8x32_w3"])
+@pytest.fixture(scope="module")
+def uarch_rtl_attn_3x32(tmp_path_factory) -> Path:
+    """Sized for attention (M3ViT-tiny's 129 tokens x 3 heads of 64 and the default model's), on an
+    odd P: the EXP ROM copy with one idle port."""
+    from test_rtl_uarch import build
+    from test_rtl_uarch_attn import default_attention, tiny_attention
+
+    rng = np.random.default_rng(0)
+    instrs = tiny_attention(rng).instrs + default_attention(rng).instrs
+    _, rtl = build(tmp_path_factory.mktemp("lint_uarch_attn"), instrs, 3, 32, 2)
+    return rtl
+
+
+@pytest.fixture(params=["generated_rtl", "one_port_rtl", "uarch_rtl_2x32", "uarch_rtl_8x32_w3", "uarch_rtl_attn_3x32"])
 def rtl_dir(request) -> Path:
     return request.getfixturevalue(request.param)
 

@@ -293,6 +293,12 @@ def estimate_of(b: Builder, u):
     return estimate(prog, u, board)
 
 
+def instr_estimates(b: Builder, P, Q, W) -> list[int]:
+    """Estimated cycles of each of b's instructions at the core's own Uarch (P x Q, W masters)."""
+    u = derive_uarch(SimpleNamespace(instrs=b.instrs, elem_bytes=1, wbits=8, abits=8), P, Q, BEAT, W)
+    return [c.cycles for c in estimate_of(b, u).instrs]
+
+
 def test_dense_matmul_cycles_match_the_estimate(core_2x32_w1):
     """The default model's dense MATMULs at 2x32 on zcu104's memory model: RTL cycles within
     0.85-1.15 of the estimate run at the RTL's own uarch, per instruction (1.00-1.04 measured);
@@ -301,8 +307,7 @@ def test_dense_matmul_cycles_match_the_estimate(core_2x32_w1):
     work, rtl = core_2x32_w1
     b = default_model_matmuls(np.random.default_rng(17))
     _, out = run_and_compare(work, b, 2, 32, 1, memory=memory, rtl=rtl)
-    u = derive_uarch(SimpleNamespace(instrs=b.instrs, elem_bytes=1, wbits=8, abits=8), 2, 32, BEAT, 1)
-    est = [c.cycles for c in estimate_of(b, u).instrs]
+    est = instr_estimates(b, 2, 32, 1)
     ratios = [r / e for r, e in zip(out.instr_cycles, est)]
     (work / "rtl_vs_estimate.json").write_text(json.dumps({"rtl": out.instr_cycles, "est": est, "ratio": ratios}))
     for pc, ratio in enumerate(ratios[:4]):

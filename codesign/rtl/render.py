@@ -219,7 +219,15 @@ def uarch_core_params(u, trace: bool = False) -> dict:
     if max(u.max_tokens, u.max_n, u.max_k) >= 1 << _TAG_BITS:
         raise ValueError(f"the uarch RTL core counts rows and columns in {_TAG_BITS} bits")
     beat_bits = 8 * u.beat_bytes
-    slot_depth = 2 * u.epb * u.slot_row_beats
+    dhb = -(-u.max_dh // u.epb)
+    if u.max_dh and 3 * u.max_tokens * dhb > u.bank_beats:
+        raise ValueError(f"the uarch RTL core loads ATTN per head into the bank: {u.max_tokens} tokens x 3 x "
+                         f"{dhb} beats exceed its {u.bank_beats} beats (no key tiles yet)")
+    if u.max_dim >= 1 << _TAG_BITS:
+        raise ValueError(f"the uarch RTL core counts output columns in {_TAG_BITS} bits")
+    # a weight slot's row, and qbuf's (a query block is read through the feed's slot addresses)
+    kbm = max(u.slot_row_beats, dhb)
+    slot_depth = 2 * u.epb * kbm
     bank = max(2, u.bank_beats)
     prog_beats = u.instrs * 64 // u.beat_bytes
     tok = max(2, u.max_tokens)
@@ -227,13 +235,15 @@ def uarch_core_params(u, trace: bool = False) -> dict:
     old_beats = 2 * u.P * u.Q * 4 // u.beat_bytes
     return {
         "P": u.P, "Q": u.Q, "EPB": u.epb, "EB": u.elem_bytes, "G": u.G, "GW": u.GW, "W": u.weight_ports,
-        "DW": beat_bits, "ACC_W": max(19, u.acc_w), "ABITS": u.abits, "KBM": u.slot_row_beats,
+        "DW": beat_bits, "ACC_W": max(19, u.acc_w), "ABITS": u.abits, "KBM": kbm,
         "BANK": bank, "BAW": _addr_bits(bank), "SAW": _addr_bits(slot_depth),
         "TOK": tok, "TOKW": _addr_bits(tok), "PROG_BEATS": prog_beats, "PAW": _addr_bits(prog_beats),
         "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
         # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
         "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
         "NE": max(1, u.max_experts),      # the router's lanes
+        # ATTN: sbuf rows (one per key), e.v output columns a pass
+        "SBD": tok, "SBAW": _addr_bits(tok), "EVC": u.ev_cols,
     }
 
 
@@ -263,6 +273,6 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
 def uarch_record(u) -> dict:
     """`uarch`: the whole Uarch, so that cosim and reports can run the estimate at the core's own."""
     return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
-            "microarchitecture": "docs/UARCH.md (so far MATMUL, LAYERNORM, ADD, REQUANT32, GATE with lists "
-                                 "read back from DDR and no moe_acc; ATTN retires without effect)",
+            "microarchitecture": "docs/UARCH.md (MATMUL, LAYERNORM, ADD, REQUANT32, GATE with lists "
+                                 "read back from DDR and no moe_acc, ATTN loaded per head from DDR)",
             "uarch": dataclasses.asdict(u)}
