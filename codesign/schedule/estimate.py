@@ -567,7 +567,8 @@ class Machine:
             cost.act_read_bytes += ins_io[0].rows * ins_io[0].row_bytes
         for j in self.job_index.get(pc, []):
             t = max(t, self.job_ready(j))
-        end = t + loop("LAYERNORM", "rows").trip(Ctx(ins, rows, u)) + LATENCY["layernorm"]
+        # + the last row's normalised beats, which leave after its input (SCHEDULE.md)
+        end = t + loop("LAYERNORM", "rows").trip(Ctx(ins, rows, u)) + LATENCY["layernorm"] + u.beats(ins.args["dim"])
         for j in self.job_index.get(pc, []):
             self.release[j] = end
         return end
