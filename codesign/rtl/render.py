@@ -244,7 +244,18 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "NE": max(1, u.max_experts),      # the router's lanes
         # ATTN: sbuf rows (one per key), e.v output columns a pass
         "SBD": tok, "SBAW": _addr_bits(tok), "EVC": u.ev_cols,
+        "LN_NBUF": ln_row_buffers(max(2, -(-u.max_dim // u.epb))),
     }
+
+
+def ln_row_buffers(row_beats: int) -> int:
+    """cs_vec's LayerNorm row buffers for one beat a cycle on rows of `row_beats`: a row's beat is
+    read about 12 cycles after its row's last beat came in (statistics, RSQRT), so the buffer ring
+    must hold row_beats + 12 beats (the two-buffer unit needs rows of 10 beats or more)."""
+    n = 2
+    while n * row_beats < row_beats + 12:
+        n *= 2
+    return n
 
 
 def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:

@@ -140,11 +140,13 @@ class Rect:
         return self.addr + (self.rows - 1) * self.stride + self.row_bytes if self.rows else self.addr
 
     def inside(self, tag: "Rect") -> bool:
+        """Both contiguous: a byte range inside the other. Else the same stride, starting in the
+        tag's first row (a column slice of its rows): the RTL's tag lookup divides by no stride."""
         if self.contiguous and tag.contiguous:
             return tag.addr <= self.addr and self.end <= tag.end
         off = self.addr - tag.addr
-        return (self.stride == tag.stride and off >= 0 and off % self.stride + self.row_bytes <= tag.row_bytes
-                and off // self.stride + self.rows <= tag.rows)
+        return (self.stride == tag.stride and 0 <= off < self.stride and off + self.row_bytes <= tag.row_bytes
+                and self.rows <= tag.rows)
 
     def overlaps(self, other: "Rect") -> bool:
         return self.addr < other.end and other.addr < self.end
@@ -170,6 +172,15 @@ class Banks:
 
     def find(self, r: Rect) -> int | None:
         return next((i for i, t in enumerate(self.tags) if t is not None and r.inside(t)), None)
+
+    def find_all(self, rects: list[Rect]) -> list[int | None]:
+        """The bank of each input of an instruction, None for DDR: a bank serves one input (its
+        read port), so a second input in the same bank comes from DDR."""
+        sources: list[int | None] = []
+        for r in rects:
+            b = self.find(r)
+            sources.append(None if b in sources else b)
+        return sources
 
     def write(self, out: Rect, busy: set[int]) -> None:
         """An instruction writes `out` to DDR, and to a bank its inputs (`busy`) do not use."""
@@ -380,7 +391,7 @@ class Machine:
             self.t = start
             cost.end = start
             return cost
-        sources = [self.banks.find(r) for r in ins_io]
+        sources = self.banks.find_all(ins_io)
         cost.forwarded = all(s is not None for s in sources) and bool(sources)
         busy = {s for s in sources if s is not None}
         handler = getattr(self, "op_" + ins.op.name.lower())
@@ -556,7 +567,8 @@ class Machine:
             cost.act_read_bytes += ins_io[0].rows * ins_io[0].row_bytes
         for j in self.job_index.get(pc, []):
             t = max(t, self.job_ready(j))
-        end = t + loop("LAYERNORM", "rows").trip(Ctx(ins, rows, u)) + LATENCY["layernorm"]
+        # + the last row's normalised beats, which leave after its input (SCHEDULE.md)
+        end = t + loop("LAYERNORM", "rows").trip(Ctx(ins, rows, u)) + LATENCY["layernorm"] + u.beats(ins.args["dim"])
         for j in self.job_index.get(pc, []):
             self.release[j] = end
         return end

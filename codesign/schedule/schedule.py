@@ -174,7 +174,8 @@ SCHEDULE: tuple[Loop, ...] = (
          "KT * head_dim/EPB", "heads * query groups * ceil(passes/2) * ceil(T/KT) with key tiles", "DDR latency",
          "V per key tile for each query group and pass pair; e.v sums carried across the tiles"),
     Loop("LAYERNORM", "rows", 1, lambda c: c.a["rows"] * c.a["dim"] // c.u.epb, _one, "rows * dim/EPB", "1",
-         "layernorm (12)", "stats while a row streams in, normalise it while the next does"),
+         "layernorm (12) + dim/EPB", "stats while a row streams in, normalise it while the next does; "
+         "the last row's beats go out after its input"),
     Loop("ADD", "elems", 1, lambda c: c.a["count"] // c.u.epb, _one, "count/EPB (x2 with both operands in DDR)",
          "1", "vector (4); + fence + DDR latency for a DDR operand", ""),
     Loop("REQUANT32", "elems", 1, lambda c: c.a["count"] // c.u.epb, _one, "count/EPB", "1", "vector (4)",
