@@ -218,6 +218,8 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         raise ValueError(f"the {u.P}x{u.Q} array: Q must be a multiple of 2*EPB={2 * u.epb}")
     if max(u.max_tokens, u.max_n, u.max_k) >= 1 << _TAG_BITS:
         raise ValueError(f"the uarch RTL core counts rows and columns in {_TAG_BITS} bits")
+    from ..quant import arith
+
     beat_bits = 8 * u.beat_bytes
     slot_depth = 2 * u.epb * u.slot_row_beats
     bank = max(2, u.bank_beats)
@@ -234,6 +236,7 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
         "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
         "NE": max(1, u.max_experts),      # the router's lanes
+        "MULT_W": arith.REQUANT_MULT_BITS,   # the drain's and cs_vecop's requant multipliers
     }
 
 
