@@ -431,7 +431,7 @@ def cycles_report(project_dir: str | Path, cosim_result, rtl_dir: str | Path | N
     return report(Path(project_dir), cosim_result, None if rtl_dir is None else Path(rtl_dir))
 
 
-def synth(project_dir: str | Path, rtl_dir: str | Path | None = None, sizes="auto", mode: str = "flat",
+def synth(project_dir: str | Path, rtl_dir: str | Path | None = None, sizes="auto", mode: str = "per-unit",
           timeout: float = 1800.0, progress: bool = False):
     """yosys synth_xilinx of the project's core at the board's array, or fitted to it from reduced
     arrays (codesign.report.synth); writes reports/synth.{json,txt}; returns the SynthReport

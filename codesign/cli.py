@@ -140,9 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--sizes", default="auto", metavar="auto|board|PxQ,PxQ[,PxQ]",
                    help="'board': one run at the board's array; PxQ list: fit these reduced arrays; 'auto' "
                         f"(default): 'board' up to {SYNTH_DIRECT_MAX_MACS} MACs, else three reduced arrays")
-    y.add_argument("--per-module", action="store_true",
-                   help="synthesize every module on its own (no -flatten), summed over the hierarchy: about 10%% "
-                        "more LUT and FF than flat, the same DSP and block RAM (docs/SYNTH.md)")
+    y.add_argument("--mode", choices=("per-unit", "flat", "per-module"), default="per-unit",
+                   help="'per-unit' (default): one yosys run per unit of the core (cs_mac, cs_drain, ...; each "
+                        "bounded by --timeout and cached), summed over the instances and set next to the "
+                        "resource model's parts: a whole-core run does not finish in CI time; 'flat': the whole "
+                        "core flattened; 'per-module': the whole core, no -flatten, summed over the hierarchy")
+    y.add_argument("--per-module", action="store_true", help="the same as --mode per-module")
     y.add_argument("--timeout", type=_positive_seconds, default=1800.0, metavar="SECONDS",
                    help="give up on one yosys run after SECONDS (default 1800)")
 
@@ -391,7 +394,7 @@ def cmd_synth(args) -> int:
     from .report.synth import parse_sizes, synth_text
 
     report = api.synth(args.project, args.rtl, sizes=parse_sizes(args.sizes),
-                       mode="per-module" if args.per_module else "flat", timeout=args.timeout, progress=True)
+                       mode="per-module" if args.per_module else args.mode, timeout=args.timeout, progress=True)
     print(synth_text(report))
     if not report.fits_board:  # a result, not bad input: its own exit status
         print(f"codesign synth: error: {report.over_line()}", file=sys.stderr)

@@ -126,3 +126,15 @@ def test_exact_matmul_equals_int64_matmul(bound, k):
     a[1, 0] = bound - 2  # an odd total above 2**24 (int8): float32 cannot hold it, so a rounding would show
     assert np.array_equal(A.exact_matmul(a, b), a @ b)
     assert np.array_equal(A.exact_matmul(a[:0], b), np.zeros((0, 17), np.int64))
+
+
+def test_requant_multipliers_are_checked_against_the_hardware_width():
+    """The RTL lanes multiply by REQUANT_MULT_BITS unsigned bits: quantize_multipliers' results
+    (which rounding can take to 2**MULT_BITS) pass, a wider or negative multiplier is refused."""
+    top = 2 ** A.REQUANT_MULT_BITS - 1
+    A.check_requant_mult([0, 1, 2 ** A.MULT_BITS, top], "MATMUL")
+    m, _ = A.quantize_multipliers([0.9999999, 0.25])
+    A.check_requant_mult(m, "MATMUL")
+    for bad in (top + 1, -1):
+        with pytest.raises(ValueError, match=r"^ADD: requantisation multiplier -?\d+ is not in 0\.\.2\^16-1"):
+            A.check_requant_mult([3, bad], "ADD")

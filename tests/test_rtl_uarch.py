@@ -155,6 +155,21 @@ def mixed_precision_program(rng) -> Builder:
     return b
 
 
+def extreme_requant_program(rng) -> Builder:
+    """The requant products at the widths the lanes are built for (cs_drain, cs_vec): int32 biases
+    over their whole range, multipliers up to 2^16 - 1 (arith.REQUANT_MULT_BITS), int32 REQUANT32
+    sources, shifts that keep the results off the rails. A lane narrower than (acc + bias) x mult
+    needs, or a multiplier taken as signed, differs."""
+    b = Builder(rng)
+    args = b.matmul(6, 64, 32, shift=40)
+    _put(b.wgt, args["bias_addr"], rng.integers(-2**31, 2**31, 32), np.int32)
+    _put(b.wgt, args["mult_addr"], rng.integers(2**15, 2**16, 32), np.int32)
+    b.requant32(2 * 32, mult=2**16 - 1, shift=40)
+    _put(b.act, b.instrs[-1].args["src_addr"], rng.integers(-2**31, 2**31, 64), np.int32)
+    b.add(2 * 16, ma=2**16 - 1, mb=2**16 - 2, shift=17)
+    return b
+
+
 def build(tmp_path, instrs, P, Q, W, beat=BEAT):
     prog = SimpleNamespace(instrs=instrs, elem_bytes=1, wbits=8, abits=8)
     u = derive_uarch(prog, P, Q, beat, W)
@@ -189,7 +204,8 @@ def core_2x32_w1(tmp_path_factory):
     work = tmp_path_factory.mktemp("uarch_2x32_w1")
     instrs = (matmul_program(np.random.default_rng(0)).instrs + vector_program(np.random.default_rng(0)).instrs
               + default_model_matmuls(np.random.default_rng(0)).instrs
-              + mixed_precision_program(np.random.default_rng(0)).instrs)
+              + mixed_precision_program(np.random.default_rng(0)).instrs
+              + extreme_requant_program(np.random.default_rng(0)).instrs)
     _, rtl = build(work, instrs, 2, 32, 1)
     return work, rtl
 
@@ -281,6 +297,18 @@ def test_mixed_output_widths_bit_exact(core_2x32_w1):
     expected = reference_image(encode_program(b.instrs), bytes(b.wgt), bytes(b.act), 0, 8, 1)
     first = np.frombuffer(expected, np.int8)[b.instrs[0].args["out_addr"]:][:5 * 32]
     assert first.max() == 15 and first.min() == -16      # 5 bits
+
+
+def test_requant_at_the_operand_extremes_bit_exact(core_2x32_w1):
+    """Full-range int32 biases and 16-bit multipliers through the drain's lanes, and 16-bit
+    multipliers through cs_vec (REQUANT32, ADD): bit-exact, and the outputs are not all saturated."""
+    work, rtl = core_2x32_w1
+    b = extreme_requant_program(np.random.default_rng(13))
+    run_and_compare(work, b, 2, 32, 1, rtl=rtl)
+    expected = np.frombuffer(reference_image(encode_program(b.instrs), bytes(b.wgt), bytes(b.act), 0, 8, 1), np.int8)
+    for ins, count in zip(b.instrs, (6 * 32, 2 * 32, 2 * 16)):
+        out = expected[ins.args["out_addr"]:][:count]
+        assert ((out > -128) & (out < 127)).mean() > 0.5, ins.op
 
 
 def estimate_of(b: Builder, u):

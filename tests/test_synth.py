@@ -207,8 +207,18 @@ def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
     return fake
 
 
+def _fake_flow(monkeypatch, fake) -> None:
+    """Both yosys paths of the flow faked: a whole-core run, and per-unit runs (the default mode),
+    whose one unit is the whole core."""
+    def units(rtl_dir, family="xcup", out=None, timeout_s=0, progress=None, uram=None, label=""):
+        res = fake(rtl_dir, family, progress=progress, label=label, mode="per-unit")
+        return synth.UnitsResult(family, {"cs_mac": res}, {"cs_mac": 1}, res)
+    monkeypatch.setattr(synth_flow, "synth_rtl", fake)
+    monkeypatch.setattr(synth_flow, "synth_units", units)
+
+
 def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
-    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    _fake_flow(monkeypatch, _fake_yosys(0.5))
     assert main(["synth", str(project), "--sizes", "1x32,2x32,2x64"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("EXTRAPOLATED, not synthesized at the board's size")
@@ -233,7 +243,7 @@ def test_each_size_is_set_next_to_the_resource_model_of_its_uarch(project, monke
 
     from codesign.boards import load_board
 
-    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    _fake_flow(monkeypatch, _fake_yosys(0.5))
     assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == 0
     rep = json.loads((project / "reports" / "synth.json").read_text())
     man = json.loads((project / "data" / "manifest.json").read_text())
@@ -247,7 +257,7 @@ def test_each_size_is_set_next_to_the_resource_model_of_its_uarch(project, monke
 
 
 def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatch, capsys):
-    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
+    _fake_flow(monkeypatch, _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
     assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == cli.EXIT_DOES_NOT_FIT == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("codesign synth: error: the design does not fit the board (extrapolated): "
@@ -257,7 +267,7 @@ def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatc
 
 
 def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsys):
-    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    _fake_flow(monkeypatch, _fake_yosys(0.5))
     monkeypatch.setattr(synth_flow, "_board_array", lambda estimate: (2, 32))   # 64 MACs <= DIRECT_MAX_MACS
     assert main(["synth", str(project)]) == 0
     assert capsys.readouterr().out.startswith("yosys synthesized the core at the board's 2x32 array: the figures "
@@ -268,7 +278,7 @@ def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsy
 
 
 def test_an_array_the_core_cannot_take_is_a_one_line_error(project, monkeypatch, capsys):
-    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    _fake_flow(monkeypatch, _fake_yosys(0.5))
     assert main(["synth", str(project), "--sizes", "1x8,2x8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("codesign synth: error: the core cannot be rendered at 1x8: "
@@ -276,7 +286,7 @@ def test_an_array_the_core_cannot_take_is_a_one_line_error(project, monkeypatch,
 
 
 def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys):
-    monkeypatch.setattr(synth_flow, "synth_rtl", _fake_yosys(0.5))
+    _fake_flow(monkeypatch, _fake_yosys(0.5))
     mine = project / "synth" / "1x32" / "notes.txt"
     mine.parent.mkdir(parents=True, exist_ok=True)
     mine.write_text("mine")

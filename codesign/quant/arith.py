@@ -34,6 +34,10 @@ RSQRT_FRAC = 24
 ATTN_FRAC = 15
 # Requantisation multipliers are positive and below 2**MULT_BITS.
 MULT_BITS = 15
+# The unsigned width of a requantisation multiplier the hardware multiplies by (the RTL drain's and
+# vector unit's lanes, docs/ISA.md): quantize_multipliers' rounding can reach 2**MULT_BITS itself,
+# and a program whose multipliers are wider is refused by the ISA interpreter (check_requant_mult).
+REQUANT_MULT_BITS = MULT_BITS + 1
 MAX_SHIFT = 62
 
 
@@ -85,6 +89,15 @@ def rshift_round(x, shift) -> np.ndarray:
 def requant(acc, mult, shift: int, bits: int) -> np.ndarray:
     """int accumulator -> `bits`-wide integer: saturate(rshift_round(acc * mult, shift))."""
     return saturate(rshift_round(np.asarray(acc, np.int64) * np.asarray(mult, np.int64), shift), bits)
+
+
+def check_requant_mult(mult, what: str) -> None:
+    """A requantisation multiplier outside [0, 2**REQUANT_MULT_BITS) is refused (one line)."""
+    m = np.asarray(mult, np.int64)
+    if m.size and (m.min() < 0 or m.max() >= 1 << REQUANT_MULT_BITS):
+        bad = int(m.min()) if m.min() < 0 else int(m.max())
+        raise ValueError(f"{what}: requantisation multiplier {bad} is not in 0..2^{REQUANT_MULT_BITS}-1 "
+                         f"(the hardware's {REQUANT_MULT_BITS}-bit multiplier)")
 
 
 def quantize_multipliers(reals, mult_bits: int = MULT_BITS) -> tuple[np.ndarray, int]:

@@ -25,13 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..rtl.synth import MODES, RTL_RECORD, YOSYS_FAMILY, SynthError, SynthResult, rtl_core_shape, synth_rtl
+from ..rtl.synth import (GLUE, MODES, RTL_RECORD, YOSYS_FAMILY, SynthError, SynthResult, UnitsResult,
+                         rtl_core_shape, synth_rtl, synth_units)
 from ..rtl.synth_fit import FitError, fit
 
 # A direct run up to 64 MACs: the default model's core at 8x8 took 259 s of yosys CPU (its log),
 # ~5 min; yosys time vs array size in docs/SYNTH.md.
 DIRECT_MAX_MACS = 64
-DEFAULT_MODE = "flat"
+# One yosys run per unit: a whole-core run of the docs/UARCH.md core at 1x32 (and 2x64) did not
+# finish in 50 min; its units, one at a time, do (codesign.rtl.synth.synth_units).
+DEFAULT_MODE = "per-unit"
+PER_UNIT_WHY = ("one yosys run per unit (hierarchy kept, each bounded by --timeout, summed over the instances): "
+                "a whole-core run does not finish in CI time (1x32: over 50 min)")
 DEFAULT_TIMEOUT_S = 1800.0
 WORK_DIR = "synth"  # PROJECT/synth/<PxQ>/: rendered RTL, yosys log and outputs per size
 # Report key -> (label, SynthResult.resources key, board / estimate key)
@@ -47,6 +52,8 @@ class SizeRun:
     rtl_dir: Path
     result: SynthResult
     model: dict[str, float] = field(default_factory=dict)   # resource_use of the Uarch rendered here
+    units: UnitsResult | None = None                          # per-unit mode: each unit's counts
+    unit_model: dict[str, dict[str, float]] = field(default_factory=dict)   # unit group -> model figures
 
 
 @dataclass
@@ -88,7 +95,9 @@ class SynthReport:
             "target_why": self.target_why,
             "sizes": [{"requested": _shape_json(r.requested), "array": _shape_json(r.shape),
                        "rtl_dir": str(r.rtl_dir), "measured": _measured(r.result), "model": r.model,
-                       "model_ratio": _ratios(_measured(r.result), r.model), **r.result.to_json()}
+                       "model_ratio": _ratios(_measured(r.result), r.model), **r.result.to_json(),
+                       **({"units": r.units.to_json(), "unit_groups": unit_groups(r.units),
+                           "unit_model": r.unit_model} if r.units else {})}
                       for r in self.runs],
             "fit": self.fits, "board_figure": self.figures, "estimate": self.estimate,
             "ratio": ratios, "within_tolerance": {k: _within(v, self.figures[k], (self.estimate or {}).get(k))
@@ -185,25 +194,32 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     return report
 
 
-def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool) -> Callable[[Path, Path, str], SynthResult]:
-    def run(rtl: Path, out: Path, label: str) -> SynthResult:
+def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool):
+    """run(rtl, out, label) -> (the core's counts, its per-unit counts or None)."""
+    def run(rtl: Path, out: Path, label: str) -> tuple[SynthResult, UnitsResult | None]:
         if progress:
-            progress(f"synth {label}: yosys synth_xilinx -family {family} ({mode}), up to {timeout_s:.0f} s")
-        result = synth_rtl(rtl, family, log=out / "yosys.log", timeout_s=timeout_s, mode=mode,
-                           progress=progress, label=label, uram=uram)
+            progress(f"synth {label}: yosys synth_xilinx -family {family} ({mode}), up to {timeout_s:.0f} s"
+                     + (" a unit" if mode == "per-unit" else ""))
+        units = None
+        if mode == "per-unit":
+            units = synth_units(rtl, family, out / UNITS_DIR, timeout_s, progress, uram, label)
+            result = units.total
+        else:
+            result = synth_rtl(rtl, family, log=out / "yosys.log", timeout_s=timeout_s, mode=mode,
+                               progress=progress, label=label, uram=uram)
         if progress:
             progress(f"synth {label}: done in {result.seconds:.0f} s")
-        return result
+        return result, units
     return run
 
 
 def _synth_folder(rtl: Path, work: Path, run, board_name: str, board_array) -> SynthReport:
     shape = rtl_core_shape(rtl) or (0, 0)
-    result = run(rtl, work / "given", f"{rtl}")
+    result, units = run(rtl, work / "given", f"{rtl}")
     figures = {label: result.resources[key] for label, key, _ in RESOURCES}
     return SynthReport(board_name, "rtl-folder", f"yosys synthesized the RTL folder {rtl} as given "
                        f"({_array_txt(shape)}); not extrapolated to the board's array", board_array, None,
-                       "the RTL folder as given", [SizeRun(shape, shape, rtl, result)], figures)
+                       "the RTL folder as given", [SizeRun(shape, shape, rtl, result, units=units)], figures)
 
 
 def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) -> SynthReport:
@@ -226,7 +242,9 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
             raise SynthError(f"the core rendered {_array_txt(shape)} when asked for the board's "
                              f"{_array_txt(board_array)}: give the reduced arrays to fit (--sizes PxQ,PxQ,PxQ)")
         label = f"{_array_txt(shape)} ({i}/{len(wanted)})"
-        runs.append(SizeRun(req, shape, rtl, run(rtl, out, label), model_resources(at, board)))
+        result, units = run(rtl, out, label)
+        runs.append(SizeRun(req, shape, rtl, result, model_resources(at, board), units,
+                            unit_model(at, board) if units else {}))
     if method == "direct":
         res = runs[0].result
         figures = {label: res.resources[key] for label, key, _ in RESOURCES}
@@ -281,6 +299,44 @@ def model_resources(u, board) -> dict[str, float]:
     return {label: used[key] for label, _, key in RESOURCES}
 
 
+# Units of the core -> the resource model's parts and memories that stand for them
+# (codesign.schedule.uarch.resource_use's breakdown); what no group names is "control".
+UNIT_GROUPS = (
+    ("array", ("cs_mac",), ("mac_pair",)),
+    ("feed", ("cs_feed",), ("operand_row",)),
+    ("drain", ("cs_drain",), ("drain_lane", "shadow_select", "acc_old")),
+    ("vector", ("cs_vecop",), ("vector_lane", "pring", "rsqrt_rom")),
+    ("banks", ("cs_ram",), ("abank",)),
+    ("masters", ("axi_master",), ("axi_master",)),
+    ("control", ("cs_seq", "cs_wgt", "cs_router", "cs_rdarb", "axi_lite_control", GLUE), ()),
+)
+UNITS_DIR = "units"
+
+
+def unit_model(u, board) -> dict[str, dict[str, float]]:
+    """resource_use of `u` by unit group: group -> {label: figure}."""
+    from ..schedule.tiling import Budget
+    from ..schedule.uarch import resource_use
+
+    breakdown = resource_use(u, Budget(board).limit("uram")).breakdown()
+    named = {n for _, _, names in UNIT_GROUPS for n in names}
+    out = {}
+    for group, _, names in UNIT_GROUPS:
+        out[group] = {label: sum(v for n, v in breakdown[key].items() if (n in names if names else n not in named))
+                      for label, _, key in RESOURCES}
+    return out
+
+
+def unit_groups(units: UnitsResult) -> dict[str, dict[str, float]]:
+    """The measured counts (every instance) by unit group."""
+    out = {}
+    for group, members, _ in UNIT_GROUPS:
+        keys = [k for k in units.units if k.split(".")[0] in members]
+        out[group] = {label: sum(units.units[k].resources[key] * units.instances[k] for k in keys)
+                      for label, key, _ in RESOURCES}
+    return out
+
+
 def _rendered_at(out: Path, u) -> Path:
     """Render the docs/UARCH.md core of `u` into out/rtl; a previous size's yosys results stay
     (synth_rtl's cache) when the Verilog is the same."""
@@ -296,7 +352,7 @@ def _rendered_at(out: Path, u) -> Path:
 
 
 # What a size's folder holds (synth_rtl's outputs and the rendered RTL): nothing else is removed.
-_RESULTS = {"yosys.log", "stat.txt", "ltp.txt", "luts.txt", "carry.txt", "result.json"}
+_RESULTS = {"yosys.log", "stat.txt", "ltp.txt", "luts.txt", "carry.txt", "result.json", UNITS_DIR}
 _SCRATCH = {"rtl", "stage"} | _RESULTS
 
 
@@ -342,6 +398,9 @@ def synth_text(rep: SynthReport) -> str:
         lines += [f"fit {k}: {v['formula']} (largest residual at the sizes: {v['max_abs_residual']:.1f})"
                   for k, v in rep.fits.items()]
         lines.append(f"target: {rep.target_why}")
+    for r in runs:
+        if r.units:
+            lines += _units_txt(r)
     if any(r.model for r in runs):
         lines.append("yosys / resource model at each size (codesign.schedule.uarch.resource_use of the Uarch "
                      "rendered there): " + "; ".join(_model_txt(r) for r in runs if r.model))
@@ -359,8 +418,24 @@ def synth_text(rep: SynthReport) -> str:
     return "\n".join(lines)
 
 
+def _units_txt(run: SizeRun) -> list[str]:
+    """Per unit group at one size: yosys (every instance) / the resource model's parts."""
+    labels = [label for label, _, _ in RESOURCES]
+    measured = unit_groups(run.units)
+    lines = [f"{_array_txt(run.shape)} by unit, yosys / model ({PER_UNIT_WHY}):",
+             f"  {'unit':<9}" + "".join(f"{lab:>20}" for lab in labels)]
+    for group, members, _ in UNIT_GROUPS:
+        cells = [f"{measured[group][lab]:>9,.0f} / {run.unit_model.get(group, {}).get(lab, 0):<8,.0f}" for lab in labels]
+        lines.append(f"  {group:<9}" + "".join(f"{c:>20}" for c in cells))
+    lines.append("  units: " + ", ".join(f"{k} x{n} {v.seconds:.0f} s" for k, (v, n) in
+                                       ((k, (v, run.units.instances[k])) for k, v in run.units.units.items())))
+    return lines
+
+
 def _ltp_txt(run: SizeRun) -> str:
     lt = run.result.ltp
+    if not lt:
+        return f"{_array_txt(run.shape)}: not measured (per-unit runs)"
     return (f"{_array_txt(run.shape)}: {lt.get('cells')} cells ({lt.get('lut_levels')} LUT levels, "
             f"{lt.get('carry_cells')} carry blocks) from {lt.get('from')}")
 

@@ -218,6 +218,8 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         raise ValueError(f"the {u.P}x{u.Q} array: Q must be a multiple of 2*EPB={2 * u.epb}")
     if max(u.max_tokens, u.max_n, u.max_k) >= 1 << _TAG_BITS:
         raise ValueError(f"the uarch RTL core counts rows and columns in {_TAG_BITS} bits")
+    from ..quant import arith
+
     beat_bits = 8 * u.beat_bytes
     dhb = -(-u.max_dh // u.epb)
     if u.max_dh and 3 * u.max_tokens * dhb > u.bank_beats:
@@ -245,6 +247,7 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         # ATTN: sbuf rows (one per key), e.v output columns a pass
         "SBD": tok, "SBAW": _addr_bits(tok), "EVC": u.ev_cols,
         "LN_NBUF": ln_row_buffers(max(2, -(-u.max_dim // u.epb))),
+        "MULT_W": arith.REQUANT_MULT_BITS,   # the drain's and cs_vecop's requant multipliers
     }
 
 

@@ -5,10 +5,12 @@ of what the generated RTL costs in Xilinx primitives (LUT, FF, DSP48, block RAM,
 figures are yosys's mapping, not Vivado's: expect the same order of magnitude, not the same
 numbers (yosys does not pack LUTs as tightly, and infers memories by its own rules).
 
-Two modes: `flat` (synth_xilinx -flatten: one netlist, cross-module optimisation) and
+Three modes: `flat` (synth_xilinx -flatten: one netlist, cross-module optimisation) and
 `per-module` (no -flatten: every module synthesized on its own, the counts summed over the
-hierarchy by `stat -top`; faster on a large core, slightly more cells). Both flatten the mapped
-netlist afterwards for `ltp`, the longest combinational path, which is the clock proxy.
+hierarchy by `stat -top`; faster on a large core, slightly more cells) run one yosys over the
+whole core, and flatten the mapped netlist afterwards for `ltp`, the longest combinational path,
+which is the clock proxy. `per-unit` (synth_units) runs one yosys per unit of the docs/UARCH.md
+core, each bounded by the timeout and cached: the whole core at 1x32 does not finish in 50 min.
 
 This module only runs yosys and reads its output; codesign.report.synth decides the sizes.
 """
@@ -31,7 +33,8 @@ from .render import RTL_RECORD, TOP_MODULE as TOP
 
 # synth_xilinx -family per board family (codesign/boards.py PS_TYPE_BY_FAMILY keys).
 YOSYS_FAMILY = {"zynquplus": "xcup", "zynq": "xc7", "versal": "xcup"}
-MODES = ("flat", "per-module")
+# flat / per-module: one yosys process over the whole core; per-unit: one per unit (synth_units)
+MODES = ("flat", "per-module", "per-unit")
 
 # Primitive name patterns -> the resource class a Vivado utilisation report would put them in.
 _CLASSES = (
@@ -164,8 +167,8 @@ def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat"
     """The yosys script: synth_xilinx, then stat (text), ltp and the LUT / carry cell names into out/.
     `params`: Verilog parameters of `top` (chparam), for a unit synthesized on its own; `uram`: let
     yosys map large memories to URAM288 (-uram, xcup only; without it yosys never does)."""
-    if mode not in MODES:
-        raise ValueError(f"synthesis mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in MODES[:2]:
+        raise ValueError(f"synthesis mode must be one of {', '.join(MODES[:2])}, got {mode!r}")
     files = " ".join(str(s) for s in sources)
     flatten = (" -flatten" if mode == "flat" else "") + (" -uram" if uram else "")
     chparam = f"chparam {' '.join(f'-set {k} {int(v)}' for k, v in params.items())} {top}; " if params else ""
@@ -332,3 +335,161 @@ def rtl_array(rtl_dir: Path) -> str:
     """'PxQ' of a generated core, or 'RTL' for foreign RTL."""
     shape = rtl_core_shape(rtl_dir)
     return f"{shape[0]}x{shape[1]}" if shape else "RTL"
+
+
+# ---------------------------------------------------------------- one yosys run per unit
+
+# The docs/UARCH.md core's units (rtl_templates/uarch/, the modules cs_core and codesign_top
+# instantiate), each synthesized on its own as the hierarchy derives it (its parameters, its
+# submodules); the rest -- codesign_top and cs_core themselves, their glue -- is one more run with
+# the units as black boxes, whose cell list also says how many instances of each unit there are.
+# A whole-core run at 1x32 did not finish in 50 minutes; the units of it do, one at a time.
+UNIT_MODULES = ("cs_seq", "cs_wgt", "cs_feed", "cs_mac", "cs_drain", "cs_router", "cs_vecop", "cs_rdarb",
+                "cs_ram", "cs_attn", "axi_master", "axi_lite_control")
+GLUE = "glue"
+_MODULE_LINE = re.compile(r"^\s+(\S+)\s*$", re.M)
+
+
+@dataclass
+class UnitsResult:
+    """Per-unit synthesis: each unit's result (one instance), its instance count, and the sum."""
+    family: str
+    units: dict[str, SynthResult]        # unit name ('cs_drain', ..., 'glue') -> one instance's result
+    instances: dict[str, int]            # unit name -> instances in the core
+    total: SynthResult                   # the counts summed over every instance (ltp: the longest unit's)
+
+    def to_json(self) -> dict:
+        return {"family": self.family, "instances": self.instances,
+                "units": {k: v.to_json() for k, v in self.units.items()}, "total": self.total.to_json()}
+
+
+def unit_modules(module_list: str) -> dict[str, list[str]]:
+    """Unit name -> the hierarchy's derived module names of it (yosys `ls` after `hierarchy`:
+    '$paramod$<hash>\\cs_ram', or the plain name of a module without parameters)."""
+    out: dict[str, list[str]] = {}
+    for name in _MODULE_LINE.findall(module_list):
+        base = name.rsplit("\\", 1)[-1]
+        if base in UNIT_MODULES:
+            out.setdefault(base, []).append(name)
+    return out
+
+
+def synth_units(rtl_dir: Path, family: str = "xcup", out: Path | None = None, timeout_s: float = 1800,
+                progress: Callable[[str], None] | None = None, uram: bool | None = None,
+                label: str = "") -> UnitsResult:
+    """Synthesize the core in rtl_dir one unit at a time (UNIT_MODULES, then the glue with the
+    units as black boxes); each run is bounded by timeout_s and cached in out/<unit>/."""
+    yosys = find_yosys()
+    rtl_dir = Path(rtl_dir)
+    sources = sorted(rtl_dir.glob("*.v"))
+    if not sources:
+        raise SynthError(f"no Verilog (*.v) in {rtl_dir}")
+    out = Path(out) if out else rtl_dir.parent / "units"
+    out.mkdir(parents=True, exist_ok=True)
+    uram = family == "xcup" if uram is None else uram and family == "xcup"
+    design, modules = _prepare(yosys, sources, out, timeout_s, progress, label or rtl_dir.name)
+    units = unit_modules(modules)
+    flag = " -uram" if uram else ""
+    boxes = " ".join(n for names in units.values() for n in names)
+    keys = _unit_keys(units)
+    # every unit's own netlist (and the glue's, the units black boxes), so that a run is redone only
+    # when its unit changed (the cache key is that netlist)
+    _split(yosys, design, out, keys, boxes, timeout_s, progress, label)
+    # the glue first: its black boxes say which units the core instantiates directly, and how often
+    # (a unit inside another unit, e.g. a cs_ram in cs_vecop, is part of that unit's run)
+    glue = _unit_run(yosys, out / GLUE / "unit.il", f"synth_xilinx -family {family} -top {TOP} -flatten{flag}",
+                     TOP, out / GLUE, family, timeout_s, progress, f"{label} glue".strip(), own_section=True)
+    counts = _instance_counts(glue.cells, units)
+    glue.cells = {c: n for c, n in glue.cells.items() if c.rsplit("\\", 1)[-1] not in UNIT_MODULES}
+    glue.resources = classify(glue.cells)
+    results: dict[str, SynthResult] = {GLUE: glue}
+    for key, name in ((k, n) for k, n in keys if counts.get(k)):
+        results[key] = _unit_run(yosys, out / key / "unit.il", f"synth_xilinx -family {family} -top {name}{flag}",
+                                 name, out / key, family, timeout_s, progress, f"{label} {key}".strip())
+    instances = {k: counts.get(k, 1) for k in results}
+    return UnitsResult(family, results, instances, _summed(family, results, instances))
+
+
+def _split(yosys: str, design: Path, out: Path, keys: list[tuple[str, str]], boxes: str, timeout_s: float,
+           progress, label: str) -> None:
+    """out/<unit>/unit.il: each unit's subtree of the hierarchy; out/glue/unit.il: the rest."""
+    stamp = out / "split.key"
+    key = hashlib.sha256(design.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == key:
+        return
+    steps = [f"read_rtlil {design}", "design -save all"]
+    for k, name in keys:
+        (out / k).mkdir(parents=True, exist_ok=True)
+        steps += ["design -load all", f"hierarchy -top {name}", f"write_rtlil {out / k / 'unit.il'}"]
+    (out / GLUE).mkdir(parents=True, exist_ok=True)
+    steps += ["design -load all", f"blackbox {boxes}", f"hierarchy -top {TOP}", f"write_rtlil {out / GLUE / 'unit.il'}"]
+    run_yosys([yosys, "-q", "-l", str(out / "split.log"), "-p", "; ".join(steps)], out / "split.log", timeout_s,
+              progress, f"{label} units".strip())
+    stamp.write_text(key)
+
+
+def _unit_keys(units: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(key, derived module name) per derived module: the unit's name, numbered when it has several."""
+    return [(base if len(names) == 1 else f"{base}.{i}", name)
+            for base, names in units.items() for i, name in enumerate(names)]
+
+
+def _prepare(yosys: str, sources: list[Path], out: Path, timeout_s: float, progress, label: str) -> tuple[Path, str]:
+    """The elaborated hierarchy as RTLIL (every unit run reads it) and its module list."""
+    design, listing = out / "design.il", out / "modules.txt"
+    key = _cache_key(sources, "prepare", "", TOP, None, False)
+    stamp = out / "prepare.key"
+    if not (design.exists() and listing.exists() and stamp.exists() and stamp.read_text() == key):
+        files = " ".join(str(s) for s in sources)
+        run_yosys([yosys, "-q", "-l", str(out / "prepare.log"), "-p",
+                   f"read_verilog -DSYNTHESIS {files}; hierarchy -top {TOP}; tee -q -o {listing} ls; "
+                   f"write_rtlil {design}"], out / "prepare.log", timeout_s, progress, f"{label} hierarchy")
+        stamp.write_text(key)
+    return design, listing.read_text()
+
+
+def _unit_run(yosys: str, design: Path, script: str, top: str, out: Path, family: str, timeout_s: float,
+              progress, label: str, own_section: bool = False) -> SynthResult:
+    """One unit: yosys on the RTLIL hierarchy, cached by the design and the script."""
+    out.mkdir(parents=True, exist_ok=True)
+    # the netlist's own name in it is its path: hash the text without the paths of `src` attributes
+    h = hashlib.sha256((script + "\0").encode() + re.sub(rb'attribute \\src "[^"]*"', b"", design.read_bytes())).hexdigest()
+    cached = _cached(out / CACHE_FILE, h)
+    if cached is not None:
+        return cached
+    cpu_before = _children_cpu()
+    stat = out / "stat.txt"
+    full = f"read_rtlil {design}; {script}; tee -q -o {stat} stat{'' if own_section else f' -top {top}'}"
+    seconds = run_yosys([yosys, "-q", "-l", str(out / "yosys.log"), "-p", full], out / "yosys.log", timeout_s,
+                        progress, label)
+    text = stat.read_text()
+    cells = _own_cells(text, top) if own_section else parse_stat_text(text, top)
+    result = SynthResult(family, round(seconds, 1), cells, classify(cells), {}, "per-unit",
+                         round(_children_cpu() - cpu_before, 1))
+    (out / CACHE_FILE).write_text(json.dumps({"key": h, "result": result.to_json()}, indent=1))
+    return result
+
+
+def _own_cells(text: str, top: str) -> dict[str, int]:
+    """The cell list of module `top`'s own section of `stat` (black boxes listed as cells)."""
+    for m in _SECTION.finditer(text):
+        if m.group(1).strip() == top:
+            body = text[m.end():]
+            nxt = _SECTION.search(body)
+            return parse_stat_text(f"=== {top} ===\n" + (body[:nxt.start()] if nxt else body), top)
+    raise SynthError(f"yosys stat output has no section for {top}")
+
+
+def _instance_counts(glue_cells: dict[str, int], units: dict[str, list[str]]) -> dict[str, int]:
+    """Instances of each unit in the glue (its black-box cells)."""
+    return {key: glue_cells.get(name, 0) for key, name in _unit_keys(units)}
+
+
+def _summed(family: str, results: dict[str, SynthResult], instances: dict[str, int]) -> SynthResult:
+    cells: dict[str, int] = {}
+    for key, res in results.items():
+        for c, n in res.cells.items():
+            cells[c] = cells.get(c, 0) + n * instances[key]
+    seconds = sum(r.seconds for r in results.values())
+    cpu = sum(r.cpu_seconds or 0 for r in results.values())
+    return SynthResult(family, round(seconds, 1), cells, classify(cells), {}, "per-unit", round(cpu, 1))

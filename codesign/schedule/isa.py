@@ -235,6 +235,7 @@ def _matmul(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     w = mem.elems(a["w_addr"], a["n"] * a["k"], wgt=True).reshape(a["n"], a["k"])
     bias = mem.i32(a["bias_addr"], a["n"], wgt=True)
     mult = mem.i32(a["mult_addr"], a["n"], wgt=True)
+    A.check_requant_mult(mult, "MATMUL")
     if mem.acc_bits is not None:
         mem.check_acc(x @ w.T, "MATMUL")
     y = A.linear(x, w, bias, mult, a["shift"], obits)
@@ -278,6 +279,7 @@ def _layernorm(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
 def _add(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     x = mem.elems(a["a_addr"], a["count"])
     y = mem.elems(a["b_addr"], a["count"], wgt=bool(f & Flag.B_WGT))
+    A.check_requant_mult([a["ma"], a["mb"]], "ADD")
     mem.store_elems(a["out_addr"], A.add(x, y, a["ma"], a["mb"], a["shift"], obits))
 
 
@@ -304,6 +306,7 @@ def _gate(mem: Memory, f: int, a: dict, obits: int, eb: int, task: int) -> None:
 
 def _requant32(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     acc = mem.i32(a["src_addr"], a["count"])
+    A.check_requant_mult(a["mult"], "REQUANT32")
     mem.store_elems(a["out_addr"], A.requant(acc, a["mult"], a["shift"], obits))
 
 
