@@ -483,9 +483,10 @@ def logic_parts(u: Uarch) -> list[Part]:
     pairs, beat = u.dsps_array, 8 * u.beat_bytes
     acc = u.acc_w
     # A column pair: one DSP, two ACC_W accumulators (+ their shadow) and the product register;
-    # the packed hi half's borrow and the restart select fold into the two adders (cs_mac alone:
-    # 2 * ACC_W + 1 LUT a pair).
-    cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2)
+    # the packed hi half's borrow and the restart select fold into the two adders, and attention's
+    # unpacked mode (the whole product into acc0) is a 2:1 select on acc0's addend, two bits a LUT6
+    # (cs_mac alone at 2x32, ACC_W 25: 2,038 LUT, 63.7 a pair).
+    cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2 + math.ceil(acc / 2))
     # The drain's row select: a P-to-1 choice of Q accumulator values, then EPB of them.
     shadow_select = Part("shadow_select", u.Q * acc, lut=math.ceil(u.P / 4) + 1)
     feed = Part("operand_row", u.P + u.Q, ff=2 * beat, lut=8 * u.elem_bytes * 4)
