@@ -180,6 +180,13 @@ def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat"
             f"tee -q -o {out / 'luts.txt'} select -list t:LUT*; tee -q -o {out / 'carry.txt'} select -list t:CARRY*")
 
 
+def _verilog_sources(rtl_dir: Path) -> list[Path]:
+    sources = sorted(rtl_dir.glob("*.v"))
+    if not sources:
+        raise SynthError(f"no Verilog (*.v) in {rtl_dir}")
+    return sources
+
+
 def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, timeout_s: float = 1800,
               mode: str = "flat", progress: Callable[[str], None] | None = None, label: str = "",
               top: str = TOP, params: dict | None = None, uram: bool | None = None) -> SynthResult:
@@ -192,9 +199,7 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
     gets a line every PROGRESS_EVERY_S seconds (elapsed, `label`, the pass yosys is in)."""
     yosys = find_yosys()
     rtl_dir = Path(rtl_dir)
-    sources = sorted(rtl_dir.glob("*.v"))
-    if not sources:
-        raise SynthError(f"no Verilog (*.v) in {rtl_dir}")
+    sources = _verilog_sources(rtl_dir)
     log = Path(log) if log else rtl_dir.parent / "synth_yosys.log"
     out = log.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -381,9 +386,7 @@ def synth_units(rtl_dir: Path, family: str = "xcup", out: Path | None = None, ti
     units as black boxes); each run is bounded by timeout_s and cached in out/<unit>/."""
     yosys = find_yosys()
     rtl_dir = Path(rtl_dir)
-    sources = sorted(rtl_dir.glob("*.v"))
-    if not sources:
-        raise SynthError(f"no Verilog (*.v) in {rtl_dir}")
+    sources = _verilog_sources(rtl_dir)
     out = Path(out) if out else rtl_dir.parent / "units"
     out.mkdir(parents=True, exist_ok=True)
     uram = family == "xcup" if uram is None else uram and family == "xcup"
