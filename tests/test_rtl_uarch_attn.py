@@ -40,6 +40,23 @@ def default_attention(rng) -> Builder:
     return b
 
 
+def attention_between_forwarded_tensors(rng) -> Builder:
+    """y and z forwarded in the two banks (z in bank 0, where x was loaded), then an ATTN whose head
+    rows overwrite bank 0, then MATMULs reading z (first: the one after it writes bank 0) and y:
+    correct only if the ATTN drops bank 0's tag."""
+    b = Builder(rng)
+    b.matmul(17, 64, 64, shift=22)
+    y = b.instrs[-1].args["out_addr"]
+    b.matmul(17, 64, 64, shift=22)
+    b.instrs[-1].args["a_addr"] = y
+    z = b.instrs[-1].args["out_addr"]
+    attn(b, 17, 4, 16)
+    for src in (z, y):
+        b.matmul(17, 64, 32, shift=22)
+        b.instrs[-1].args["a_addr"] = src
+    return b
+
+
 def tiny_attention(rng) -> Builder:
     """M3ViT-tiny's attention: 129 tokens, dim 192, 3 heads of 64 (5 query blocks at Q=32, the last
     of one query; 4 e.v passes of 16 columns at 2x32)."""
@@ -72,7 +89,8 @@ def distances(b: Builder, ins: Instr) -> np.ndarray:
 
 def programs():
     rng = np.random.default_rng(0)
-    return default_attention(rng).instrs + past_the_table(rng).instrs
+    return (default_attention(rng).instrs + past_the_table(rng).instrs
+            + attention_between_forwarded_tensors(rng).instrs)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +124,11 @@ def test_scores_past_the_exp_table_are_clamped(request, P, W):
     z = distances(b, b.instrs[0])
     assert (z > 1023).mean() > 0.5 and ((z > 1023) & (z % 1024 < 1000)).any()
     run_and_compare(work, b, P, 32, W, rtl=rtl)
+
+
+def test_an_attn_drops_the_bank_tags_its_head_rows_overwrite(core_2x32):
+    work, rtl = core_2x32
+    run_and_compare(work, attention_between_forwarded_tensors(np.random.default_rng(9)), 2, 32, 1, rtl=rtl)
 
 
 def tiny_cycles(tmp_path, P, W, backpressure=False):
