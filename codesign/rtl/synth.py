@@ -33,8 +33,9 @@ from .render import RTL_RECORD, TOP_MODULE as TOP
 
 # synth_xilinx -family per board family (codesign/boards.py PS_TYPE_BY_FAMILY keys).
 YOSYS_FAMILY = {"zynquplus": "xcup", "zynq": "xc7", "versal": "xcup"}
-# flat / per-module: one yosys process over the whole core; per-unit: one per unit (synth_units)
-MODES = ("flat", "per-module", "per-unit")
+# flat / per-module: one yosys process over the whole core (synth_script); per-unit: one per unit (synth_units)
+WHOLE_CORE_MODES = ("flat", "per-module")
+MODES = WHOLE_CORE_MODES + ("per-unit",)
 
 # Primitive name patterns -> the resource class a Vivado utilisation report would put them in.
 _CLASSES = (
@@ -167,8 +168,8 @@ def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat"
     """The yosys script: synth_xilinx, then stat (text), ltp and the LUT / carry cell names into out/.
     `params`: Verilog parameters of `top` (chparam), for a unit synthesized on its own; `uram`: let
     yosys map large memories to URAM288 (-uram, xcup only; without it yosys never does)."""
-    if mode not in MODES[:2]:
-        raise ValueError(f"synthesis mode must be one of {', '.join(MODES[:2])}, got {mode!r}")
+    if mode not in WHOLE_CORE_MODES:
+        raise ValueError(f"synthesis mode must be one of {', '.join(WHOLE_CORE_MODES)}, got {mode!r}")
     files = " ".join(str(s) for s in sources)
     flatten = (" -flatten" if mode == "flat" else "") + (" -uram" if uram else "")
     chparam = f"chparam {' '.join(f'-set {k} {int(v)}' for k, v in params.items())} {top}; " if params else ""
