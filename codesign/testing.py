@@ -18,6 +18,13 @@ from .schedule.isa import execute
 from .schedule.program import Program, compile_program, load_input
 
 
+# The uarch core's smallest array at a 128-bit bus (Q a multiple of 2*EPB): tests that cosim a
+# generated project build this twin (`--rtl-array 2x32`), not the board's array (the default
+# model's 17x128 on zcu104 takes minutes to build in Verilator).
+RTL_TWIN = (2, 32)
+RTL_TWIN_ARG = f"{RTL_TWIN[0]}x{RTL_TWIN[1]}"
+
+
 @dataclass
 class TestDesign:
     model: M3ViT

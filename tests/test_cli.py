@@ -18,6 +18,7 @@ from codesign.cli import main
 from codesign.fsutil import PROJECT_MARKER, atomic_dir, mark_project
 from codesign.model.config import ModelConfig
 from codesign.model.zoo import default_model_dir, load_default_model
+from codesign.testing import RTL_TWIN_ARG
 
 SUBCOMMANDS = ["generate", "csim", "cosim", "compare", "report", "estimate", "explore", "demo"]
 KNOWN_BOARDS = "kv260, pynq-z2, ultra96v2, zcu102, zcu104"
@@ -52,7 +53,8 @@ def project(tmp_path_factory) -> Path:
     (proj / "stale").mkdir(parents=True)
     (proj / "stale" / "old.txt").write_text("old")
     mark_project(proj)
-    argv = ["generate", "default", "-o", str(proj), "--images", "1", "--calib", str(root / "calib.npy"), "--force"]
+    argv = ["generate", "default", "-o", str(proj), "--images", "1", "--calib", str(root / "calib.npy"), "--force",
+            "--rtl-array", RTL_TWIN_ARG]
     assert main(argv) == 0
     return proj
 
@@ -447,12 +449,12 @@ def test_csim_names_the_first_diverging_layer(project, capsys):
 def test_cosim_timeout_reports_limit_cycle_and_last_instruction(project, capsys):
     if shutil.which("iverilog") is None:
         pytest.skip("icarus verilog not installed")
-    rc = main(["cosim", str(project), "--simulator", "icarus", "--timeout-cycles", "5000",
+    rc = main(["cosim", str(project), "--simulator", "icarus", "--timeout-cycles", "500",
                "--vectors", "img0_task0"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 1
-    assert lines[0] == "FAIL first mismatch at <timeout> img0_task0 (task 0): 5002 cycles"
-    assert lines[-1] == ("TIMEOUT img0_task0 timed out: limit 5000 cycles, reached 5002; "
+    assert lines[0] == "FAIL first mismatch at <timeout> img0_task0 (task 0): 502 cycles"
+    assert lines[-1] == ("TIMEOUT img0_task0 timed out: limit 500 cycles, reached 502; "
                          "last retired: none (the first instruction did not finish)")
 
 

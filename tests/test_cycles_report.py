@@ -16,6 +16,7 @@ import pytest
 from codesign.cli import main
 from codesign.report import cycles
 from codesign.sim.cocotb_runner import SimulatorMissing, find_verilator
+from codesign.testing import RTL_TWIN_ARG
 
 
 def test_moe_parts_group_into_the_estimates_moe_layer():
@@ -46,7 +47,8 @@ def project(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     np.save(root / "calib.npy", rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
     proj = root / "proj"
-    assert main(["generate", "default", "-o", str(proj), "--images", "1", "--calib", str(root / "calib.npy")]) == 0
+    assert main(["generate", "default", "-o", str(proj), "--images", "1", "--calib", str(root / "calib.npy"),
+                 "--rtl-array", RTL_TWIN_ARG]) == 0
     return proj
 
 
@@ -73,7 +75,7 @@ def test_embedded_model_cosim_of_foreign_rtl_dir_is_bit_exact_with_layer_table(p
     rows = {r["layer"]: r for r in report["rows"]}
     for layer in ("b0.attn", "b1.moe", "b0.qkv"):
         assert rows[layer]["rtl_cycles"] >= rows[layer]["rtl_roofline"] > 0
-    # the dense MATMULs run the 2x8 array near its peak
+    # the dense MATMULs run the 2x32 twin near its peak
     assert rows["b0.qkv"]["rtl_ratio"] > 0.85
 
 

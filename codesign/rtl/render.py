@@ -20,10 +20,10 @@ TEMPLATE_DIR = resource_dir("rtl_templates")
 # The kernel's top module, the name a Vitis HLS export of the kernel has too.
 TOP_MODULE = "codesign_top"
 RTL_RECORD = "rtl.json"  # beside the rendered Verilog: what the core is (its array, ports, bus)
-# The core `codesign generate` renders (codesign.rtl.project): "legacy" (codesign_core, render_rtl)
-# until GATE and ATTN run on "uarch" (rtl_templates/uarch/, render_uarch_rtl); the flip is this line.
+# The core `codesign generate` renders (codesign.rtl.project): "uarch" (rtl_templates/uarch/,
+# render_uarch_rtl); "legacy" (codesign_core, render_rtl) is the older core, on its way out.
 RTL_CORES = ("legacy", "uarch")
-DEFAULT_RTL_CORE = "legacy"
+DEFAULT_RTL_CORE = "uarch"
 TEMPLATE_SUFFIX = ".v.j2"
 # The placeholder core (for shell-only tests) lives outside the default glob.
 PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"
