@@ -1,11 +1,13 @@
 """Benchmark of the codesign flow on M3ViT models: accelerator figures and tool cost.
 
-    python benchmarks/bench.py [--out DIR] [--quick] [--board zcu104] [--cosim [--rtl-array PxQ]] [--keep-projects]
+    python benchmarks/bench.py [--out DIR] [--quick | --configs A,B] [--board zcu104]
+                               [--cosim [--cosim-configs A,B] [--rtl-array PxQ]] [--keep-projects]
 
 Per config (random weights, calibrated on a few random images):
 * accelerator (analytical estimate, codesign.schedule.estimate): cycles, latency, MAC-array
   utilisation and DDR bytes per image, the board roofline (compute and bandwidth bounds) and
-  roofline / estimate; with --cosim, for the default config, RTL cycles measured by cocotb, as ms
+  roofline / estimate; with --cosim, for the --cosim-configs (default: the default config; e.g.
+  edge-moe-tiny for the peers' model at the board's array), RTL cycles measured by cocotb, as ms
   per task at the board clock and, per layer kind, over the estimate at the RTL's own Uarch
   (reports/cycles.json; the docs/UARCH.md core only).
 * tool: wall time of convert (quantise + compile + tile), generate (project writing), csim
@@ -416,9 +418,10 @@ def references(tiny_design: api.Design | None) -> dict:
 
 def run_benchmark(names: list[str], board: str = "zcu104", csim_for: tuple[str, ...] = ("default", "m3vit-tiny"),
                   cosim: bool = False, simulator: str = "verilator", generate: bool = True,
-                  work_dir: Path | None = None, rtl_array: tuple[int, int] | None = None) -> dict:
+                  work_dir: Path | None = None, rtl_array: tuple[int, int] | None = None,
+                  cosim_for: tuple[str, ...] = ("default",)) -> dict:
     """Benchmark each named config: estimate always; project writing when `generate`; csim for the
-    configs in csim_for; cosim (default config only) when `cosim`."""
+    configs in csim_for; cosim of the configs in cosim_for when `cosim` (at `rtl_array` if given)."""
     target = load_board(board)
     configs, tiny = [], None
     with tempfile.TemporaryDirectory(prefix="codesign_bench_") as tmp:
@@ -426,8 +429,8 @@ def run_benchmark(names: list[str], board: str = "zcu104", csim_for: tuple[str, 
         for name in names:
             design, seconds = convert_design(CONFIGS[name], target)
             stages = Stages(generate=generate, csim=generate and name in csim_for,
-                            cosim=generate and cosim and name == "default", simulator=simulator,
-                            rtl_array=rtl_array if name == "default" else None)
+                            cosim=generate and cosim and name in cosim_for, simulator=simulator,
+                            rtl_array=rtl_array if name in cosim_for else None)
             configs.append(bench_config(name, design, seconds, stages, projects))
             tiny = design if name == REFERENCE_CONFIG else tiny
     return {"meta": run_metadata(board), "configs": configs, "references": references(tiny)}
@@ -600,15 +603,26 @@ def plot_tools(ax, report: dict) -> None:
 
 # ---------------------------------------------------------------- command line
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown config(s) {', '.join(unknown) or text!r}; known: {', '.join(CONFIGS)}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/bench", help="folder for bench.json and bench.png (default out/bench)")
     p.add_argument("--quick", action="store_true", help="default, m3vit-tiny and edge-moe-tiny only, csim of the "
                    "default only (the full run: every config, csim of default and m3vit-tiny)")
+    p.add_argument("--configs", type=_names, help=f"only these configs, comma-separated (of {', '.join(CONFIGS)})")
     p.add_argument("--board", default="zcu104")
-    p.add_argument("--cosim", action="store_true", help="RTL cosim of the default config (measured cycles)")
+    p.add_argument("--cosim", action="store_true", help="RTL cosim (measured cycles) of the --cosim-configs")
+    p.add_argument("--cosim-configs", type=_names, default=("default",), metavar="A,B",
+                   help="the configs --cosim simulates (default: default; edge-moe-tiny is the peers' model)")
     p.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
-    p.add_argument("--rtl-array", metavar="PxQ", help="with --cosim: the default config's RTL at this smaller array "
+    p.add_argument("--rtl-array", metavar="PxQ", help="with --cosim: the simulated configs' RTL at this smaller array "
                    "(generate --rtl-array; default: the board tiling's)")
     p.add_argument("--keep-projects", action="store_true", help="keep the generated projects in OUT/projects")
     return p.parse_args(argv)
@@ -617,13 +631,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # index_add_ in the MoE forward is erratic with 2 threads on a busy 2-core box
-    names = list(QUICK_CONFIGS) if args.quick else list(CONFIGS)
+    names = list(args.configs) if args.configs else list(QUICK_CONFIGS) if args.quick else list(CONFIGS)
+    names += [n for n in (args.cosim_configs if args.cosim else ()) if n not in names]
     csim_for = ("default",) if args.quick else ("default", "m3vit-tiny")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rtl_array = tuple(int(n) for n in args.rtl_array.lower().split("x")) if args.rtl_array else None
     report = run_benchmark(names, args.board, csim_for, args.cosim, args.simulator,
-                           work_dir=out / "projects" if args.keep_projects else None, rtl_array=rtl_array)
+                           work_dir=out / "projects" if args.keep_projects else None, rtl_array=rtl_array,
+                           cosim_for=args.cosim_configs)
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     plot(report, out / "bench.png")
     print(report_text(report))

@@ -77,3 +77,11 @@ def test_cosim_cycles_are_read_from_dict_or_records(bench):
     assert bench.cosim_vector_cycles(SimpleNamespace()) == {}
     timed_out = SimpleNamespace(runs=[{"name": "img0_task0", "cycles": 99, "status": "timeout"}])
     assert bench.cosim_vector_cycles(timed_out) == {}
+
+
+def test_configs_and_cosim_configs_are_parsed_and_checked(bench):
+    args = bench.parse_args(["--configs", "default", "--cosim", "--cosim-configs", "edge-moe-tiny"])
+    assert args.configs == ("default",) and args.cosim_configs == ("edge-moe-tiny",)
+    assert bench.parse_args([]).cosim_configs == ("default",)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cosim-configs", "edge-moe-huge"])
