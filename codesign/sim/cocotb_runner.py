@@ -52,6 +52,13 @@ ICARUS_HINT = "apt-get install iverilog"
 # properly, so X-pessimism buys nothing and costs simulation speed.
 VERILATOR_BUILD_ARGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast",
                         "-Wno-fatal"]
+# x_seed: every register and memory starts random (seeded), not zero, to show that the outputs
+# do not depend on the initial state (a read before a write would change them).
+VERILATOR_XRAND_ARGS = ["--x-assign", "unique", "--x-initial", "unique"]
+
+
+def xrand_plusargs(x_seed: int) -> list[str]:
+    return ["+verilator+rand+reset+2", f"+verilator+seed+{int(x_seed)}"]
 
 
 class SimulatorMissing(RuntimeError):
@@ -153,17 +160,18 @@ def _have_lz4_header() -> bool:
     return probe.returncode == 0
 
 
-def _build_args(simulator: str, waves: bool) -> list[str]:
+def _build_args(simulator: str, waves: bool, x_seed: int | None = None) -> list[str]:
     if simulator != "verilator":
         return []
+    base = VERILATOR_BUILD_ARGS + (VERILATOR_XRAND_ARGS if x_seed is not None else [])  # later wins
     if not waves:
-        return list(VERILATOR_BUILD_ARGS)
+        return list(base)
     if _have_lz4_header():
-        return VERILATOR_BUILD_ARGS + ["--trace-fst"]   # dump.fst, much smaller
+        return base + ["--trace-fst"]   # dump.fst, much smaller
     # Without lz4 the runner's plain --trace gives dump.vcd instead.
     logging.getLogger(__name__).warning(
         "lz4.h not found (apt-get install liblz4-dev): writing VCD, not FST")
-    return list(VERILATOR_BUILD_ARGS)
+    return list(base)
 
 
 def _stage_memory_inits(rtl_dir: Path, build_dir: Path) -> None:
@@ -217,9 +225,9 @@ def _build_inputs(rtl_dir: Path, build_dir: Path, mem_bytes: int) -> tuple[list[
 
 
 def _build(runner, sources: list[Path], include_dir: Path, obj_dir: Path, log_dir: Path,
-           simulator: str, waves: bool) -> None:
+           simulator: str, waves: bool, x_seed: int | None = None) -> None:
     runner.build(sources=sources, includes=[include_dir], hdl_toplevel=TOPLEVEL,
-                 build_dir=obj_dir, build_args=_build_args(simulator, waves),
+                 build_dir=obj_dir, build_args=_build_args(simulator, waves, x_seed),
                  waves=waves, timescale=("1ns", "1ps"),
                  log_file=log_dir / "build.log",
                  # iverilog only skips on source mtimes, which would ignore a
@@ -227,11 +235,12 @@ def _build(runner, sources: list[Path], include_dir: Path, obj_dir: Path, log_di
                  always=(simulator == "icarus"))
 
 
-def _simulate(runner, job_dir: Path, obj_dir: Path, run_dir: Path, waves: bool) -> None:
+def _simulate(runner, job_dir: Path, obj_dir: Path, run_dir: Path, waves: bool,
+              plusargs: list[str]) -> None:
     from cocotb_tools.check_results import get_results
 
     results_xml = runner.test(test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL,
-                              build_dir=obj_dir, test_dir=run_dir, waves=waves,
+                              build_dir=obj_dir, test_dir=run_dir, waves=waves, plusargs=plusargs,
                               extra_env={"CODESIGN_COSIM_JOB": str(job_dir)},
                               log_file=run_dir / "sim.log")
     # Outside pytest the runner does not check the outcome itself; a testbench
@@ -308,13 +317,15 @@ def _failure_reason(job_dir: Path, build_dir: Path) -> str:
 
 def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
                waves: bool = False, build_dir: Path | None = None,
-               progress: Progress | None = None) -> dict:
+               progress: Progress | None = None, x_seed: int | None = None) -> dict:
     """Build every *.v in rtl_dir inside the harness tb_top, run sim/tb_codesign.py on job_dir.
 
     The build directory defaults to ``<rtl_dir>_sim_build_<simulator>`` (next
     to rtl_dir) so repeated runs on the same RTL only re-run the simulation.
     `progress` gets one-line messages: build start and end, every finished run,
     long runs while they go.  Returns the parsed ``<job_dir>/result.json``.
+    `x_seed` (Verilator only): start every register and memory from random values of this
+    seed instead of zero (give it its own build_dir: the build differs).
     Raises SimulatorMissing if the simulator is unusable, RuntimeError if the
     build or testbench fails.
     """
@@ -324,6 +335,8 @@ def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
     rtl_dir, job_dir = Path(rtl_dir).resolve(), Path(job_dir).resolve()
     if not any(rtl_dir.glob("*.v")):
         raise FileNotFoundError(f"no *.v files in {rtl_dir}")
+    if x_seed is not None and simulator != "verilator":
+        raise ValueError("x_seed needs Verilator (Icarus starts from X, not from a random value)")
     build_dir = Path(build_dir or _default_build_dir(rtl_dir, simulator)).resolve()
     for stale in ("result.json", "progress.json"):
         (job_dir / stale).unlink(missing_ok=True)
@@ -337,10 +350,11 @@ def run_cocotb(rtl_dir: Path, job_dir: Path, simulator: str = "verilator",
         try:
             report(f"cosim: building the {simulator} model of {rtl_dir} ({len(sources)} sources)")
             t0 = time.monotonic()
-            _build(runner, sources, include_dir, obj_dir, build_dir, simulator, waves)
+            _build(runner, sources, include_dir, obj_dir, build_dir, simulator, waves, x_seed)
             report(f"cosim: {simulator} build done in {time.monotonic() - t0:.1f} s")
             with _ProgressWatch(job_dir, report):
-                _simulate(runner, job_dir, obj_dir, build_dir, waves)
+                _simulate(runner, job_dir, obj_dir, build_dir, waves,
+                          xrand_plusargs(x_seed) if x_seed is not None else [])
         except (SystemExit, RuntimeError) as exc:
             # cocotb reports failures via sys.exit(); turn them into an error
             # that points at the logs instead of killing the caller.

@@ -258,19 +258,21 @@ def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
 def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
                runs: list[tuple[str, int, bytes]], simulator: str = "verilator", waves: bool = False,
                timeout_cycles: int = 10_000_000, backpressure: bool = False,
-               memory: MemoryModel | None = None, progress: Progress | None = None) -> list[RunOutcome]:
+               memory: MemoryModel | None = None, progress: Progress | None = None,
+               x_seed: int | None = None) -> list[RunOutcome]:
     """Run `program` on each (name, task, start act image) in one simulation; final act images.
 
     `memory`: the latency and bandwidth of the memory model (default: ideal); with backpressure it
     also stalls every AXI channel at random (sim/tb_codesign.py).  `progress` gets one-line messages
-    (build, finished runs).
+    (build, finished runs).  `x_seed`: Verilator starts every register from random values of this
+    seed (cocotb_runner.run_cocotb), in a build folder of its own.
     """
     work_dir = Path(work_dir).resolve()
     job_dir = work_dir / "job"
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job_dir.mkdir(parents=True)
-    build_dir = work_dir / f"sim_build_{simulator}"
+    build_dir = work_dir / (f"sim_build_{simulator}" + ("_xrand" if x_seed is not None else ""))
     (job_dir / "program.bin").write_bytes(program)
     (job_dir / "weights.bin").write_bytes(wgt)
     wgt_addr = _align(PROG_ADDR + len(program))
@@ -296,7 +298,7 @@ def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
     (build_dir / TRACE_FILE).unlink(missing_ok=True)
     with _verilator_pch_fix(simulator):
         result = run_cocotb(rtl_dir, job_dir, simulator=simulator, waves=waves, build_dir=build_dir,
-                            progress=progress)
+                            progress=progress, x_seed=x_seed)
     traces = _read_trace(build_dir / TRACE_FILE)
     outcomes = []
     by_name = {r["name"]: r for r in result.get("runs", [])}
@@ -445,7 +447,7 @@ class CosimResult:
 def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = False,
               vectors: list[str] | None = None, timeout_cycles: int | None = None,
               rtl_dir: Path | None = None, memory=None, progress: Progress | None = stderr_progress,
-              data_dir: Path | None = None) -> CosimResult:
+              data_dir: Path | None = None, x_seed: int | None = None) -> CosimResult:
     """Co-simulate rtl/ on data/: all (selected) vectors in one simulation, compared bit-exactly.
 
     `rtl_dir` replaces the project's rtl/, e.g. the verilog/ folder of a Vitis HLS export of the
@@ -454,7 +456,8 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     project.json, else ideal; "ideal"; a board).  `progress` gets the build and per-vector
     messages (default: stderr).  `data_dir`: vectors of the same program in another folder laid
     out as data/ (the user's own images); their results and cosim.json go to <data_dir>/../cosim,
-    the project's own stay.
+    the project's own stay.  `x_seed`: Verilator starts from random register and memory values
+    of this seed (not zero), so a read of state the core never wrote shows as a mismatch.
     """
     project_dir = Path(project_dir).resolve()
     own_data = data_dir is None
@@ -488,7 +491,7 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     start = time.monotonic()
     try:
         outcomes = run_images(rtl_dir, work, program, wgt, runs, simulator, waves, timeout_cycles,
-                              memory=model, progress=progress)
+                              memory=model, progress=progress, x_seed=x_seed)
     except RuntimeError as exc:
         if isinstance(exc, CosimError):
             raise
