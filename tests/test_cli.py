@@ -447,9 +447,7 @@ def test_csim_names_the_first_diverging_layer(project, capsys):
 
 
 def test_cosim_timeout_reports_limit_cycle_and_last_instruction(project, capsys):
-    if shutil.which("iverilog") is None:
-        pytest.skip("icarus verilog not installed")
-    rc = main(["cosim", str(project), "--simulator", "icarus", "--timeout-cycles", "500",
+    rc = main(["cosim", str(project), "--timeout-cycles", "500",
                "--vectors", "img0_task0"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 1
@@ -460,14 +458,12 @@ def test_cosim_timeout_reports_limit_cycle_and_last_instruction(project, capsys)
 
 def test_a_cosim_run_leaves_none_of_an_earlier_runs_reports(project, capsys):
     """Issue 14: `cosim --timeout-cycles 10` emptied cosim/results/ but kept the old cycles.txt."""
-    if shutil.which("iverilog") is None:
-        pytest.skip("icarus verilog not installed")
     stale = [project / "reports" / "cycles.txt", project / "reports" / "cycles.json",
              project / "cosim" / "results" / "img0_task0.act.bin", project / "cosim" / "cosim.json"]
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("from an earlier run")
-    assert main(["cosim", str(project), "--simulator", "icarus", "--timeout-cycles", "10",
+    assert main(["cosim", str(project), "--timeout-cycles", "10",
                  "--vectors", "img0_task0"]) == 1
     assert "cycles per layer" not in capsys.readouterr().out
     assert [p for p in stale if p.exists() and p.read_text() == "from an earlier run"] == []
@@ -487,9 +483,18 @@ def test_a_cosim_run_that_fails_leaves_no_earlier_results(project, capsys, monke
         raise RuntimeError("the simulator crashed")
 
     monkeypatch.setattr(cosim, "run_images", crash)
-    assert main(["cosim", str(project), "--simulator", "icarus"]) == 2
+    assert main(["cosim", str(project)]) == 2
     assert one_line_error(capsys, "cosim") == "the simulator crashed"
     assert [p for p in stale if p.exists()] == []
+
+
+def test_icarus_is_refused_on_the_uarch_core_in_one_line_before_any_work(project, capsys):
+    before = sorted(p.name for p in (project / "cosim").iterdir()) if (project / "cosim").is_dir() else []
+    assert main(["cosim", str(project), "--simulator", "icarus"]) == 2
+    assert one_line_error(capsys, "cosim") == ("Icarus does not run the docs/UARCH.md core yet (its MATMUL outputs "
+                                               "stay unwritten under Icarus 11): use --simulator verilator")
+    after = sorted(p.name for p in (project / "cosim").iterdir()) if (project / "cosim").is_dir() else []
+    assert "sim_build_icarus" not in set(after) - set(before)
 
 
 def test_last_retired_instruction_comes_from_the_trace_after_the_last_finished_run(project):
