@@ -5,7 +5,8 @@
   (so every file is elaborated under it);
 * `verilator --lint-only -Wall` on the same files: no warning, and every `lint_off` in them
   names one rule, is closed by its `lint_on` and says why;
-* cs_attn's rshift_round64 function, cut out of the rendered RTL into a small testbench, gives
+* the core's rshift_round64 functions (cs_attn's, cs_router's), cut out of the rendered RTL into a
+  small testbench, give
   arith.rshift_round's values for negative and positive inputs and every 7-bit shift, under
   Icarus and Verilator.
 """
@@ -200,15 +201,17 @@ def test_verilator_wall_is_clean_with_named_waivers_only(rtl_dir):
 
 # ------------------------------------------------------------------------------- rounding shifts
 
-ROUNDING_SHIFTS = ("rshift_round64",)   # cs_attn's (the score and output requants)
+# (file, function): the int64 rounding shifts of the core (cs_attn's score / output requants, cs_router's)
+SHIFT_FUNCTIONS = (("cs_attn.v", "rshift_round64"), ("cs_router.v", "rshift_round64"))
+ROUNDING_SHIFTS = tuple(f"{name}_{file[:-2]}" for file, name in SHIFT_FUNCTIONS)   # their names in the testbench
 
 
-def function_text(rtl_dir: Path, name: str) -> str:
-    """The Verilog function `name` (returning [63:0]) from whichever rendered file defines it."""
+def function_text(rtl_dir: Path, file: str, name: str) -> str:
+    """The Verilog function `name` (returning [63:0]) of rendered `file`, renamed name_<module>."""
     pattern = re.compile(rf"^\s*function\s+\[63:0\]\s+{name}\s*;.*?^\s*endfunction\b", re.M | re.S)
-    found = [m[0] for path in sources(rtl_dir) for m in [pattern.search(path.read_text())] if m]
-    assert len(found) == 1, f"function {name} defined {len(found)} times in {rtl_dir}"
-    return found[0]
+    found = pattern.findall((rtl_dir / file).read_text())
+    assert len(found) == 1, f"function {name} defined {len(found)} times in {file}"
+    return re.sub(rf"\b{name}\b", f"{name}_{file[:-2]}", found[0])
 
 
 def shift_cases() -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +266,7 @@ def test_rounding_shifts_match_arith(uarch_rtl_attn_3x32, simulator, tmp_path):
     x, s = shift_cases()
     (tmp_path / "x.hex").write_text("".join(f"{int(v) & (2**64 - 1):016x}\n" for v in x))
     (tmp_path / "s.hex").write_text("".join(f"{int(v):02x}\n" for v in s))
-    functions = [function_text(uarch_rtl_attn_3x32, name) for name in ROUNDING_SHIFTS]
+    functions = [function_text(uarch_rtl_attn_3x32, file, name) for file, name in SHIFT_FUNCTIONS]
     (tmp_path / "tb.v").write_text(shift_testbench(functions, len(x)))
     rows = re.findall(r"^(-?\d+) (-?\d+)$", simulate(simulator, tmp_path), re.M)
     assert len(rows) == len(x)
