@@ -31,7 +31,7 @@ def test_rooflines_use_macs_and_bytes_of_each_layer():
                             "board_roofline": 50.0},
                            {"name": "b", "kind": "vector ops", "macs": 0, "ddr_bytes": 800, "cycles": 90,
                             "board_roofline": 80.0}]}
-    rows = cycles.layer_rows(estimate, {"a": 200}, rtl_mpc=16)
+    rows = cycles.layer_rows(estimate, {"a": 200}, rtl_mpc=16, rtl_bpc=8)
     assert rows[0] == {"layer": "a", "kind": "dense matmul", "rtl_cycles": 200, "rtl_roofline": 100,
                        "rtl_ratio": 0.5, "est_cycles": 70, "board_roofline": 50}
     assert rows[1]["rtl_cycles"] is None and rows[1]["rtl_roofline"] == 100 and rows[1]["board_roofline"] == 80

@@ -141,8 +141,10 @@ def test_rtl_fetches_exactly_the_interpreters_weight_words(tmp_path, monkeypatch
     masters the words come over all of them, and none over gmem."""
     from codesign.emit.data import load_manifest
     from codesign.sim.cocotb_runner import SimulatorMissing, simulator_env
-    from codesign.sim.cosim import render_project_rtl, run_cosim
-    from codesign.testing import make_test_design, write_test_data
+    from codesign.rtl.render import render_uarch_rtl
+    from codesign.schedule.uarch import derive_uarch
+    from codesign.sim.cosim import run_cosim
+    from codesign.testing import RTL_TWIN, make_test_design, write_test_data
 
     try:
         simulator_env("verilator")
@@ -150,14 +152,14 @@ def test_rtl_fetches_exactly_the_interpreters_weight_words(tmp_path, monkeypatch
         pytest.skip(str(exc))
     design = make_test_design()
     write_test_data(tmp_path / "data", design)
-    render_project_rtl(tmp_path, design.prog, weight_ports=weight_ports)
+    lanes = 16   # the twin's 128-bit beats
+    render_uarch_rtl(tmp_path / "rtl", derive_uarch(design.prog, *RTL_TWIN, lanes, weight_ports), trace=True)
     monkeypatch.setenv("CODESIGN_RECORD_READS", "1")
     res = run_cosim(tmp_path, "verilator")
     assert res.all_passed
     man = load_manifest(tmp_path)
     job = tmp_path / "cosim" / "job"
     result = json.loads((job / "result.json").read_text())
-    lanes = 8
     for vec, run in zip(man["vectors"], result["runs"]):
         reads = json.loads((job / f"out_{run['name']}_reads.json").read_text())
         want = interpreter_word_counts(tmp_path / "data", man, vec, lanes)

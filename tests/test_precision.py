@@ -293,27 +293,6 @@ def test_the_edited_default_model_is_bit_exact_in_cosim(edited_project):
     assert res.all_passed, res.summary_text()
 
 
-def test_a_small_mixed_design_is_bit_exact_under_icarus(tmp_path):
-    """CI's cosim of mixed precision: 4..12-bit layers, EB = 2, and a vector beyond the calibration
-    range that saturates every layer at its own width."""
-    from codesign.sim.cocotb_runner import SimulatorMissing, simulator_env
-    from codesign.sim.cosim import render_project_rtl, run_cosim
-    from codesign.testing import write_test_data
-
-    try:
-        simulator_env("icarus")
-    except SimulatorMissing as exc:
-        pytest.skip(str(exc))
-    design = make_test_design(SMALL, precision=MIXED)
-    design.vectors.append(_beyond_calibration(design))
-    write_test_data(tmp_path / "proj" / "data", design)
-    render_project_rtl(tmp_path / "proj", design.prog)
-    res = run_cosim(tmp_path / "proj", "icarus", memory="ideal")
-    assert [v.id for v in res.vectors] == [v.id for v in design.vectors]
-    for v in res.vectors:
-        assert v.passed, (v.id, v.status, v.first_mismatch)
-
-
 @pytest.mark.parametrize("edit, message", [
     ("  b9.qkv: {wbits: 4}\n", r"unknown layer 'b9.qkv' \(the model's layers: input, patch"),
     ("  b0.qkv: {wbits: 17}\n", r"b0.qkv.wbits: integer width must be in 2..16, got 17"),

@@ -1,8 +1,7 @@
 """The plumbing that makes the docs/UARCH.md core what `codesign generate` renders (issue 12):
-with codesign.rtl.render.DEFAULT_RTL_CORE flipped to "uarch" (monkeypatch), the RTL at the
-tiling's array or at --rtl-array, its records (rtl/rtl.json, data/manifest.json `rtl`,
-reports/estimate.json `rtl_tiling`), and a cosim's reports/cycles.json with the estimate at the
-RTL's own Uarch; the legacy core's --rtl-array and records; the bench's reading of cycles.json.
+the RTL at the tiling's array or at --rtl-array, its records (rtl/rtl.json, data/manifest.json
+`rtl`, reports/estimate.json `rtl_tiling`), and a cosim's reports/cycles.json with the estimate at
+the RTL's own Uarch; the bench's reading of cycles.json.
 """
 from __future__ import annotations
 
@@ -18,16 +17,10 @@ import torch
 
 from codesign import api
 from codesign.cli import main
-from codesign.rtl import render
 from codesign.rtl.project import memory_board, project_program, rtl_uarch
 from codesign.sim.cocotb_runner import SimulatorMissing, find_verilator
 
 TWIN = (2, 32)   # the smallest array the uarch core builds at zcu104's 128-bit bus (Q a multiple of 2*EPB)
-
-
-@pytest.fixture
-def uarch_core(monkeypatch):
-    monkeypatch.setattr(render, "DEFAULT_RTL_CORE", "uarch")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ def small_bank_design(design):
 
 
 @pytest.mark.parametrize("tiling", ["chosen", "small bank"])
-def test_generate_renders_the_uarch_core_at_the_tilings_array(uarch_core, default_design, tmp_path, tiling):
+def test_generate_renders_the_uarch_core_at_the_tilings_array(default_design, tmp_path, tiling):
     design = default_design if tiling == "chosen" else small_bank_design(default_design)
     t = design.tiling
     proj = api.generate(design, tmp_path / "p", images=1)
@@ -76,7 +69,7 @@ def test_generate_renders_the_uarch_core_at_the_tilings_array(uarch_core, defaul
     assert (proj / "rtl" / "cs_core.v").is_file() and not (proj / "rtl" / "codesign_core.v").exists()
 
 
-def test_rtl_array_gives_a_twin_with_the_same_microarchitecture(uarch_core, default_design, tmp_path, capsys):
+def test_rtl_array_gives_a_twin_with_the_same_microarchitecture(default_design, tmp_path, capsys):
     out = tmp_path / "twin"
     assert main(["generate", "default", "-o", str(out), "--images", "1", "--rtl-array", "2x32"]) == 0
     assert "RTL at 2x32" in capsys.readouterr().out
@@ -90,26 +83,13 @@ def test_rtl_array_gives_a_twin_with_the_same_microarchitecture(uarch_core, defa
     assert (est["rtl_tiling"]["P"], est["rtl_tiling"]["Q"], est["rtl_tiling"]["bank_beats"]) == (2, 32, board_u.bank_beats)
 
 
-@pytest.mark.parametrize("core, array, words", [("uarch", "2x24", ["2x24", "multiple of 2*EPB=32"]),
-                                                ("legacy", "4x32", ["Q = 8 lanes", "4x8"])])
-def test_an_rtl_array_the_core_cannot_build_is_refused_in_one_line(monkeypatch, tmp_path, capsys, core, array, words):
-    monkeypatch.setattr(render, "DEFAULT_RTL_CORE", core)
+def test_an_rtl_array_the_core_cannot_build_is_refused_in_one_line(tmp_path, capsys):
     out = tmp_path / "refused"
-    assert main(["generate", "default", "-o", str(out), "--images", "1", "--rtl-array", array]) == 2
+    assert main(["generate", "default", "-o", str(out), "--images", "1", "--rtl-array", "2x24"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("codesign generate: error:")
-    assert all(w in err for w in words), err
+    assert all(w in err for w in ["2x24", "multiple of 2*EPB=32"]), err
     assert not out.exists()
-
-
-def test_the_legacy_core_records_its_own_size_and_takes_the_rtl_arrays_P(monkeypatch, default_design, tmp_path):
-    monkeypatch.setattr(render, "DEFAULT_RTL_CORE", "legacy")
-    proj = api.generate(default_design, tmp_path / "legacy", images=1, rtl_array=(4, 8))
-    rec = read(proj, "rtl/rtl.json")
-    assert rec["core"] == "units-x-lanes" and (rec["P"], rec["Q"]) == (4, 8)
-    assert read(proj, "data/manifest.json")["rtl"] == {"P": 4, "Q": 8, "weight_ports": 4, "axi_bits": 64}
-    assert read(proj, "reports/estimate.json")["rtl_tiling"] == {"core": "units-x-lanes", "P": 4, "Q": 8,
-                                                                 "weight_ports": 4, "axi_bits": 64}
 
 
 def test_the_estimate_sees_the_cosim_memory_model():
@@ -140,7 +120,7 @@ def embed_only_design():
     return api.convert(model, calib=calib)
 
 
-def test_cycles_json_has_the_estimate_at_the_rtls_own_uarch(uarch_core, tmp_path):
+def test_cycles_json_has_the_estimate_at_the_rtls_own_uarch(tmp_path):
     """cosim of the twin (Verilator, zcu104's memory model): bit-exact; cycles.json's est_cycles is
     the estimate at the RTL's Uarch (recomputed here from the compiler's Program), its rtl_array,
     board_array and memory model; the patch MATMUL within 0.85-1.15 of it (0.99 measured)."""
@@ -176,7 +156,7 @@ def at_rtl_uarch(proj: Path):
     return record_uarch(read_record(proj / "rtl"))
 
 
-def test_default_model_through_generate_and_cosim_on_the_uarch_core_is_bit_exact(uarch_core, tmp_path):
+def test_default_model_through_generate_and_cosim_on_the_uarch_core_is_bit_exact(tmp_path):
     """The whole default model (its MoE blocks' GATE on cs_router, its attention on cs_attn) at
     2x32 through `generate` and `cosim`: bit-exact."""
     require_verilator()
@@ -233,4 +213,4 @@ def test_bench_sums_cycles_json_per_layer_kind():
     assert bench.kind_cycles(cycles) == {"dense matmul": {"rtl_cycles": 200, "est_cycles": 200, "rtl_over_est": 1.0},
                                          "vector ops": {"rtl_cycles": 300, "est_cycles": 100, "rtl_over_est": 3.0}}
     assert bench.rtl_over_estimate(cycles) == 500 / 300
-    assert bench.rtl_over_estimate({**cycles, "est_array": "17x128"}) is None   # the legacy core: the board's
+    assert bench.rtl_over_estimate({**cycles, "est_array": "17x128"}) is None   # no estimate at the RTL's array

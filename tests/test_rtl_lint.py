@@ -5,7 +5,8 @@
   (so every file is elaborated under it);
 * `verilator --lint-only -Wall` on the same files: no warning, and every `lint_off` in them
   names one rule, is closed by its `lint_on` and says why;
-* the cores' rshift_round functions, cut out of the rendered RTL into a small testbench, give
+* the core's rshift_round64 functions (cs_attn's, cs_router's), cut out of the rendered RTL into a
+  small testbench, give
   arith.rshift_round's values for negative and positive inputs and every 7-bit shift, under
   Icarus and Verilator.
 """
@@ -26,7 +27,6 @@ from pyslang.driver import Driver
 
 from codesign.cli import main
 from codesign.quant import arith
-from codesign.rtl import render_rtl
 from codesign.rtl.render import TOP_MODULE
 from codesign.sim.cocotb_runner import SimulatorMissing, find_verilator, simulator_env
 
@@ -94,14 +94,6 @@ def generated_rtl(tmp_path_factory) -> Path:
     return out / "rtl"
 
 
-@pytest.fixture(scope="module")
-def one_port_rtl(tmp_path_factory) -> Path:
-    """render_rtl's defaults: the template branches of a single weight master."""
-    out = tmp_path_factory.mktemp("lint_w1") / "rtl"
-    render_rtl(out, {})
-    return out
-
-
 def _uarch_rtl(tmp_path_factory, P: int, Q: int, W: int) -> Path:
     """The docs/UARCH.md core (rtl_templates/uarch/) on a 128-bit bus, sized for a MATMUL program
     with every flag."""
@@ -136,7 +128,7 @@ def uarch_rtl_attn_3x32(tmp_path_factory) -> Path:
     return rtl
 
 
-@pytest.fixture(params=["generated_rtl", "one_port_rtl", "uarch_rtl_2x32", "uarch_rtl_8x32_w3", "uarch_rtl_attn_3x32"])
+@pytest.fixture(params=["generated_rtl", "uarch_rtl_2x32", "uarch_rtl_8x32_w3", "uarch_rtl_attn_3x32"])
 def rtl_dir(request) -> Path:
     return request.getfixturevalue(request.param)
 
@@ -209,15 +201,17 @@ def test_verilator_wall_is_clean_with_named_waivers_only(rtl_dir):
 
 # ------------------------------------------------------------------------------- rounding shifts
 
-ROUNDING_SHIFTS = ("rshift_round64", "rshift_round")   # codesign_core's, cu_vpu's
+# (file, function): the int64 rounding shifts of the core (cs_attn's score / output requants, cs_router's)
+SHIFT_FUNCTIONS = (("cs_attn.v", "rshift_round64"), ("cs_router.v", "rshift_round64"))
+ROUNDING_SHIFTS = tuple(f"{name}_{file[:-2]}" for file, name in SHIFT_FUNCTIONS)   # their names in the testbench
 
 
-def function_text(rtl_dir: Path, name: str) -> str:
-    """The Verilog function `name` (returning [63:0]) from whichever rendered file defines it."""
+def function_text(rtl_dir: Path, file: str, name: str) -> str:
+    """The Verilog function `name` (returning [63:0]) of rendered `file`, renamed name_<module>."""
     pattern = re.compile(rf"^\s*function\s+\[63:0\]\s+{name}\s*;.*?^\s*endfunction\b", re.M | re.S)
-    found = [m[0] for path in sources(rtl_dir) for m in [pattern.search(path.read_text())] if m]
-    assert len(found) == 1, f"function {name} defined {len(found)} times in {rtl_dir}"
-    return found[0]
+    found = pattern.findall((rtl_dir / file).read_text())
+    assert len(found) == 1, f"function {name} defined {len(found)} times in {file}"
+    return re.sub(rf"\b{name}\b", f"{name}_{file[:-2]}", found[0])
 
 
 def shift_cases() -> tuple[np.ndarray, np.ndarray]:
@@ -268,11 +262,11 @@ def simulate(simulator: str, work: Path) -> str:
 
 
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
-def test_rounding_shifts_match_arith(one_port_rtl, simulator, tmp_path):
+def test_rounding_shifts_match_arith(uarch_rtl_attn_3x32, simulator, tmp_path):
     x, s = shift_cases()
     (tmp_path / "x.hex").write_text("".join(f"{int(v) & (2**64 - 1):016x}\n" for v in x))
     (tmp_path / "s.hex").write_text("".join(f"{int(v):02x}\n" for v in s))
-    functions = [function_text(one_port_rtl, name) for name in ROUNDING_SHIFTS]
+    functions = [function_text(uarch_rtl_attn_3x32, file, name) for file, name in SHIFT_FUNCTIONS]
     (tmp_path / "tb.v").write_text(shift_testbench(functions, len(x)))
     rows = re.findall(r"^(-?\d+) (-?\d+)$", simulate(simulator, tmp_path), re.M)
     assert len(rows) == len(x)

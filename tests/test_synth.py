@@ -14,15 +14,11 @@ import pytest
 
 from codesign import api, cli
 from codesign.cli import main
-from codesign.rtl import render_rtl
 from codesign.report import synth as synth_flow
 from codesign.rtl import synth, synth_fit
 
 DATA = Path(__file__).parent / "data" / "yosys"
 needs_yosys = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed (apt-get install yosys)")
-# Per-module synthesis (no -flatten) against flat, the default core at 1x8 (measured: DSP48E2, BRAM36 and
-# URAM equal; LUT +9.7% and FF +8.4% with the zcu104's 4 weight ports, +3.8% / +2.7% with one)
-PER_MODULE_MARGIN = 0.12
 HIER_TOTALS = {  # stat_hier.txt's design hierarchy section
     "BUFG": 1, "CARRY4": 1764, "DSP48E2": 122, "FDRE": 7022, "FDSE": 13, "IBUF": 131, "INV": 1562,
     "LUT1": 213, "LUT2": 6301, "LUT3": 3908, "LUT4": 1179, "LUT5": 1125, "LUT6": 3890, "MUXF7": 822,
@@ -75,28 +71,23 @@ def test_longest_path_counts_cells_lut_levels_and_carry_blocks():
     assert synth.parse_ltp((DATA / "ltp.txt").read_text())["lut_levels"] is None
 
 
-@pytest.mark.parametrize("name, text, shape", [
-    ("codesign_core.v", "  localparam EB = 1;\n  localparam Q = 8 / EB;\n  localparam P = 4;  // units\n", (4, 8)),
-    ("codesign_core.v", "  localparam EB = 2;\n  localparam P = 16;\n", (16, 4)),
-    ("cs_core.v", "module cs_core #(\n  parameter DW = 128\n);\n  localparam P = 17, Q = 128, EPB = 16, EB = 1;\n",
-     (17, 128)),
-    ("cs_core.v", "module cs_core;\n    localparam DW = 128;\n", None),
-    ("rtl.json", '{"core": "units-x-lanes", "P": 32, "Q": 8, "weight_ports": 4}', (32, 8)),
-])
-def test_the_array_is_read_from_either_core(tmp_path, name, text, shape):
-    """The current core (P units of 8 / EB lanes), the docs/UARCH.md core (rtl-core: P and Q), and
-    the rtl/rtl.json record that render_project_rtl writes beside either."""
-    (tmp_path / name).write_text(text)
-    assert synth.rtl_core_shape(tmp_path) == shape
-
-
-def test_the_rtl_record_wins_over_the_verilog(tmp_path):
-    (tmp_path / "codesign_core.v").write_text("  localparam EB = 1;\n  localparam P = 2;\n")
-    (tmp_path / "rtl.json").write_text('{"P": 8, "Q": 8}')
-    assert synth.rtl_core_shape(tmp_path) == (8, 8)
+def test_the_array_is_read_from_the_rtl_record(tmp_path):
+    """rtl/rtl.json (render_uarch_rtl's record) gives the array; RTL without one (a Vitis export) has none."""
+    (tmp_path / "cs_core.v").write_text("module cs_core;\n  localparam P = 17, Q = 128;\n")
+    assert synth.rtl_core_shape(tmp_path) is None
+    (tmp_path / "rtl.json").write_text('{"core": "uarch", "P": 8, "Q": 32, "weight_ports": 4}')
+    assert synth.rtl_core_shape(tmp_path) == (8, 32)
     (tmp_path / "rtl.json").write_text('{"P": 8}')
     with pytest.raises(synth.SynthError, match="not a codesign RTL record"):
         synth.rtl_core_shape(tmp_path)
+
+
+def shell_rtl(rtl: Path) -> Path:
+    """The AXI shell's two modules alone (axi_master, axi_lite_control), one weight master."""
+    from codesign.rtl.render import SHELL_TEMPLATES, render_units, weight_port_params
+
+    render_units(rtl, SHELL_TEMPLATES, {"wp": weight_port_params(1)})
+    return rtl
 
 
 def test_missing_yosys_names_the_install_command(monkeypatch, tmp_path):
@@ -299,8 +290,7 @@ def test_scratch_folder_with_foreign_files_is_kept(project, monkeypatch, capsys)
 def test_a_second_run_of_the_same_verilog_reuses_the_yosys_result(tmp_path, monkeypatch):
     """yosys takes minutes per size: synth_rtl keeps its result beside its outputs, keyed by the
     Verilog, the family, the mode, the top and the parameters."""
-    rtl = tmp_path / "rtl"
-    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    rtl = shell_rtl(tmp_path / "rtl")
     runs = []
 
     def fake_run(cmd, log, timeout_s, progress, label):
@@ -325,36 +315,16 @@ def test_a_second_run_of_the_same_verilog_reuses_the_yosys_result(tmp_path, monk
 # ---------------------------------------------------------------- real yosys
 
 @needs_yosys
-@pytest.mark.parametrize("weight_ports", [1, 4])
-def test_shell_synthesizes_to_xilinx_primitives(tmp_path, weight_ports):
-    rtl = tmp_path / "rtl"
-    # the AXI shell: small enough for CI (~5 s; with 4 weight masters ~15 s)
-    render_rtl(rtl, {"weight_ports": weight_ports}, placeholder_core=True)
-    result = synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log")
-    # The shell is registers and muxes: AXI-Lite register file, burst engine(s), a byte adder;
-    # W weight masters add W engines, the pointer registers and the read router
-    # (measured: 689 FF / 893 LUT with one master, 1,643 / 2,394 with 4 weight masters).
-    engines = 1 + (weight_ports if weight_ports > 1 else 0)
-    assert 300 * engines < result.resources["ff"] < 3000 * engines
-    assert 300 * engines < result.resources["lut"] < 5000 * engines
-    assert result.resources["dsp"] == 0
-    # the burst engines' address adders: a carry chain between registers (measured 28 cells with one master)
-    assert 10 < result.ltp["cells"] < 200 and 1 <= result.ltp["lut_levels"] < result.ltp["cells"]
-    assert "codesign_top" in (tmp_path / "out" / "synth.log").read_text()
-
-
-@needs_yosys
 def test_timeout_kills_yosys_with_a_one_line_error(tmp_path):
-    rtl = tmp_path / "rtl"
-    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    rtl = shell_rtl(tmp_path / "rtl")
     with pytest.raises(synth.SynthError, match=r"did not finish shell in 1 s \(--timeout\)"):
-        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", timeout_s=1, label="shell")
+        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", timeout_s=1, label="shell",
+                        top="axi_master")
 
 
 @needs_yosys
 def test_an_interrupt_ends_yosys_and_its_abc_processes(tmp_path, monkeypatch):
-    rtl = tmp_path / "rtl"
-    render_rtl(rtl, {"weight_ports": 1}, placeholder_core=True)
+    rtl = shell_rtl(tmp_path / "rtl")
     started = []
     real_popen = synth.subprocess.Popen
     monkeypatch.setattr(synth.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
@@ -364,7 +334,7 @@ def test_an_interrupt_ends_yosys_and_its_abc_processes(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", progress=ctrl_c)
+        synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "synth.log", progress=ctrl_c, top="axi_master")
     assert started[0].returncode is not None        # reaped
     with pytest.raises(ProcessLookupError):         # and nothing of its session is left
         os.killpg(started[0].pid, 0)
@@ -392,39 +362,3 @@ def test_the_mac_array_is_one_dsp48e2_per_packed_pair_and_what_the_model_counts(
     for key in ("ff", "lut"):
         model = cell.count * getattr(cell, key)
         assert abs(res.resources[key] / model - 1) <= synth_flow.TOLERANCE, (key, res.resources[key], model)
-
-
-@pytest.mark.slow
-@needs_yosys
-def test_core_at_three_arrays_fits_with_small_residuals(project, capsys):
-    """The real core at 1x8, 2x8, 4x8 (flat): ~11 CPU minutes of yosys (measured 658 s)."""
-    code = main(["synth", str(project), "--sizes", "1x8,2x8,4x8"])
-    rep = json.loads((project / "reports" / "synth.json").read_text())
-    assert code == (0 if rep["fits_board"] else 3)
-    sizes = sorted(rep["sizes"], key=lambda s: s["array"]["P"])
-    dsp = [s["measured"]["DSP48E2"] for s in sizes]
-    # one DSP48E2 per 8-bit MAC, and a few more (measured 123, 131, 148: +8, +17)
-    assert dsp[1] - dsp[0] >= 8 and dsp[2] - dsp[1] >= 16
-    assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q" and rep["fit"]["DSP48E2"]["max_abs_residual"] < 1
-    assert rep["method"] == "fit" and rep["target_array"] == {"P": 272, "Q": 8}
-    assert all(s["ltp"]["cells"] > 10 and s["ltp"]["lut_levels"] > 0 for s in sizes)
-
-
-@pytest.mark.slow
-@needs_yosys
-def test_per_module_counts_match_the_flat_run(project, tmp_path):
-    """Per-module synthesis (no -flatten) of the older units-x-lanes core at 1x8 against the flat
-    run: within PER_MODULE_MARGIN (~6 CPU minutes of yosys)."""
-    from codesign.sim.cosim import render_project_rtl
-
-    man = json.loads((project / "data" / "manifest.json").read_text())
-    stage = tmp_path / "1x8"
-    shutil.copytree(project / "data", stage / "data")
-    render_project_rtl(stage, man, tile={"P": 1, "Q": 8, "rtl_P": 1, "rtl_Q": 8}, trace=False, weight_ports=4)
-    rtl = stage / "rtl"
-    flat = synth.synth_rtl(rtl, log=tmp_path / "flat" / "y.log", mode="flat").resources
-    hier = synth.synth_rtl(rtl, log=tmp_path / "hier" / "y.log", mode="per-module").resources
-    for key in ("dsp", "bram36_equiv", "uram"):
-        assert hier[key] == flat[key], key
-    for key in ("lut_total", "ff"):
-        assert abs(hier[key] / flat[key] - 1) <= PER_MODULE_MARGIN, (key, hier[key], flat[key])

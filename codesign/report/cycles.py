@@ -4,10 +4,9 @@ The estimate (reports/estimate.json) is computed for the routing of the project'
 vector, so the comparison uses that vector's cosim cycles. Two rooflines are shown: the board's
 (the estimate's MAC array and DDR) and the simulated core's own (its P x Q array and bus).
 
-`est_cycles`: for the docs/UARCH.md core (rtl/rtl.json `core` "uarch") the estimate run at the
-core's own Uarch (its P x Q, weight masters, bus, bank) and the cosim's memory model, with the
-board's next to it (`board_est_cycles`); the legacy core follows no estimate, so there it is the
-board's. Top level: `rtl_array`, `board_array` and `est_array` (where est_cycles was computed).
+`est_cycles`: the estimate run at the core's own Uarch (rtl/rtl.json: its P x Q, weight masters,
+bus, bank) and the cosim's memory model, with the board's next to it (`board_est_cycles`); without
+a board (project.json) it is the board tiling's. Top level: `rtl_array`, `board_array` and `est_array` (where est_cycles was computed).
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ import re
 from pathlib import Path
 
 
-RTL_BYTES_PER_CYCLE = 8  # one 64-bit AXI beat per cycle
 REPORT_FILES = ("cycles.txt", "cycles.json")  # in PROJECT/reports
 _MOE_PART = re.compile(r"^(b\d+)\.(gate|mlp|e\d+\.fc[12])$")
 
@@ -48,8 +46,8 @@ def rtl_macs_per_cycle(rtl_dir: Path) -> int | None:
     return shape[0] * shape[1] if shape else None
 
 
-def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int, rtl_est: dict[str, int] | None = None,
-               rtl_bpc: float = RTL_BYTES_PER_CYCLE) -> list[dict]:
+def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int, rtl_bpc: float,
+               rtl_est: dict[str, int] | None = None) -> list[dict]:
     """One row per estimate layer: RTL cycles, the core's roofline and ratio, the board estimate and
     roofline; with `rtl_est` (layer -> cycles of the estimate at the RTL's Uarch) est_cycles is
     that, beside board_est_cycles and rtl_over_est."""
@@ -69,7 +67,7 @@ def layer_rows(estimate: dict, rtl_cycles: dict[str, int], rtl_mpc: int, rtl_est
     return rows
 
 
-def format_rows(rows: list[dict], vector: str, rtl_mpc: int, board_pq: str, rtl_bpc: float = RTL_BYTES_PER_CYCLE,
+def format_rows(rows: list[dict], vector: str, rtl_mpc: int, board_pq: str, rtl_bpc: float,
                 est_pq: str | None = None) -> str:
     """est_pq: the RTL's array when est_cycles is the estimate there (else the board's)."""
     head = (f"{'layer':<10}{'RTL cycles':>12}{'RTL roof':>10}{'roof/RTL':>9}"
@@ -104,7 +102,7 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
     rtl = Path(rtl_dir) if rtl_dir else project_dir / "rtl"
     arrays = array_names(estimate, rtl)
     rtl_est, rtl_bpc = rtl_estimate_layers(project_dir, rtl, cosim_result, estimate)
-    rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc, rtl_est, rtl_bpc)
+    rows = layer_rows(estimate, grouped_cycles(vec.layer_cycles, names), rtl_mpc, rtl_bpc, rtl_est)
     est_pq = arrays["rtl_array"] if rtl_est is not None else None
     table = "\n".join([format_rows(rows, vec.id, rtl_mpc, arrays["board_array"], rtl_bpc, est_pq),
                        kind_summary(rows), conditions_text(cosim_result)])
@@ -118,7 +116,7 @@ def cycles_report(project_dir: Path, cosim_result, rtl_dir: Path | None = None) 
 
 def array_names(estimate: dict, rtl_dir: Path) -> dict:
     """'PxQ' of the RTL (codesign.rtl.synth.rtl_array: its record, else its core file) and of the
-    board's tiling, and the RTL's core ("uarch", "units-x-lanes", or null for foreign RTL)."""
+    board's tiling, and the RTL's core ("uarch", or null for foreign RTL)."""
     from ..rtl.project import read_record
     from ..rtl.synth import rtl_array
 
@@ -128,20 +126,18 @@ def array_names(estimate: dict, rtl_dir: Path) -> dict:
 
 
 def rtl_estimate_layers(project_dir: Path, rtl_dir: Path, cosim_result, estimate: dict):
-    """(layer -> cycles of the estimate at the uarch core's own Uarch and the cosim's memory, the
-    core's AXI bytes per cycle), or (None, the legacy core's 8 B/cycle) for any other RTL."""
+    """(layer -> cycles of the estimate at the core's own Uarch and the cosim's memory, or None
+    without a board; the core's AXI bytes per cycle: its buses, capped by the memory model's)."""
     from ..rtl.project import read_record, rtl_estimate
 
     memory = getattr(cosim_result, "memory", None)
     est = rtl_estimate(project_dir, rtl_dir, memory, estimate.get("expert_counts"))
-    if est is None:
-        return None, RTL_BYTES_PER_CYCLE
     rec = read_record(rtl_dir)
     buses = 1 + rec["weight_ports"] if rec["weight_ports"] > 1 else 1   # W = 1: weights share gmem
     bpc = buses * rec["axi_bits"] / 8
     if memory is not None and memory.bytes_per_cycle is not None:
         bpc = min(bpc, memory.bytes_per_cycle)
-    return {layer.name: layer.cycles for layer in est.layers}, bpc
+    return ({layer.name: layer.cycles for layer in est.layers} if est is not None else None), bpc
 
 
 def conditions(cosim_result) -> dict:

@@ -1,5 +1,5 @@
-"""RTL generation: renders the Verilog shell (and core) from rtl_templates/."""
+"""RTL generation: renders the docs/UARCH.md core and its AXI shell from rtl_templates/."""
 
-from .render import TEMPLATE_DIR, render_rtl
+from .render import TEMPLATE_DIR, render_uarch_rtl
 
-__all__ = ["TEMPLATE_DIR", "render_rtl"]
+__all__ = ["TEMPLATE_DIR", "render_uarch_rtl"]

@@ -1,11 +1,11 @@
-"""The RTL a project gets: which core (codesign.rtl.render.DEFAULT_RTL_CORE), at which array, and
-the estimate at the core's own microarchitecture.
+"""The RTL a project gets: the docs/UARCH.md core, at which array, and the estimate at the core's
+own microarchitecture.
 
-The docs/UARCH.md core ("uarch") is rendered at the tiling's P x Q with its bank, MoE accumulator
-placement, bus and weight masters (derive_uarch on the program); `array` gives a smaller twin with
-the same microarchitecture (its own derive_uarch at that P x Q). The legacy core (P units of one
-64-bit word) takes only P. What was rendered is rtl/rtl.json (codesign.rtl.render.RTL_RECORD):
-cosim, compare, the cycles report and the bench read the core from there, never from the constant.
+The core is rendered at the tiling's P x Q with its bank, MoE accumulator placement, bus and
+weight masters (derive_uarch on the program); `array` gives a smaller twin with the same
+microarchitecture (its own derive_uarch at that P x Q). What was rendered is rtl/rtl.json
+(codesign.rtl.render.RTL_RECORD): cosim, compare, the cycles report and the bench read the core
+from there.
 """
 from __future__ import annotations
 
@@ -20,14 +20,6 @@ from .render import RTL_RECORD
 RECORD_KEYS = ("P", "Q", "weight_ports", "axi_bits")  # data/manifest.json `rtl`
 IDEAL_NS = 1e-9      # a read latency the estimate rounds to 0 cycles (0 would mean "the default")
 IDEAL_GBPS = 1e9     # bandwidth no DDR reaches: the ideal memory's "unlimited"
-
-
-def rtl_core() -> str:
-    """The core generate renders (read at call time: tests flip it with monkeypatch)."""
-    core = render.DEFAULT_RTL_CORE
-    if core not in render.RTL_CORES:
-        raise ValueError(f"DEFAULT_RTL_CORE must be one of {', '.join(render.RTL_CORES)}, not {core!r}")
-    return core
 
 
 # ---------------------------------------------------------------- the uarch core's size
@@ -55,44 +47,18 @@ def checked_rtl_uarch(prog, board_u, array: tuple[int, int] | None = None):
     return u
 
 
-def legacy_rtl_P(prog, array: tuple[int, int] | None) -> int | None:
-    """The legacy core's MAC units for `array` (None: its default): Q is fixed at one 64-bit word."""
-    if array is None:
-        return None
-    lanes = 8 // prog.elem_bytes
-    if array[1] != lanes:
-        raise ValueError(f"the legacy RTL core has Q = {lanes} lanes (one 64-bit word): ask for {array[0]}x{lanes}")
-    return array[0]
-
-
 def check_rtl_array(design, array: tuple[int, int] | None) -> None:
-    """Refuse (ValueError, one line) an `--rtl-array` the project's core cannot build, before anything is written."""
-    if array is None:
-        return
-    if rtl_core() == "uarch":
+    """Refuse (ValueError, one line) an `--rtl-array` the core cannot build, before anything is written."""
+    if array is not None:
         checked_rtl_uarch(design.prog, design.tiling.uarch, array)
-        return
-    from ..sim.cosim import core_params
-
-    core_params(design.prog.instrs, design.prog.elem_bytes, design.prog.abits, legacy_rtl_P(design.prog, array))
 
 
 def render_design_rtl(project_dir: Path, design, array: tuple[int, int] | None = None) -> dict:
-    """Render PROJECT/rtl for `design` with the default core; the record it wrote (rtl/rtl.json).
+    """Render PROJECT/rtl for `design`; the record it wrote (rtl/rtl.json).
     ValueError (one line) when the core cannot build the program at that array."""
     project_dir = Path(project_dir)
-    if rtl_core() == "uarch":
-        render.render_uarch_rtl(project_dir / "rtl", checked_rtl_uarch(design.prog, design.tiling.uarch, array),
-                                trace=True)
-    else:
-        from ..schedule.tiling import tiling_params
-        from ..sim.cosim import render_project_rtl
-
-        tile = tiling_params(design.tiling)
-        P = legacy_rtl_P(design.prog, array)
-        if P is not None:
-            tile["rtl_P"] = P
-        render_project_rtl(project_dir, design.prog, tile=tile, weight_ports=design.board.memory.weight_ports)
+    render.render_uarch_rtl(project_dir / "rtl", checked_rtl_uarch(design.prog, design.tiling.uarch, array),
+                            trace=True)
     return read_record(project_dir / "rtl")
 
 

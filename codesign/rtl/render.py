@@ -20,91 +20,16 @@ TEMPLATE_DIR = resource_dir("rtl_templates")
 # The kernel's top module, the name a Vitis HLS export of the kernel has too.
 TOP_MODULE = "codesign_top"
 RTL_RECORD = "rtl.json"  # beside the rendered Verilog: what the core is (its array, ports, bus)
-# The core `codesign generate` renders (codesign.rtl.project): "uarch" (rtl_templates/uarch/,
-# render_uarch_rtl); "legacy" (codesign_core, render_rtl) is the older core, on its way out.
-RTL_CORES = ("legacy", "uarch")
-DEFAULT_RTL_CORE = "uarch"
 TEMPLATE_SUFFIX = ".v.j2"
-# The placeholder core (for shell-only tests) lives outside the default glob.
-PLACEHOLDER_TEMPLATE = "test/core_placeholder.v.j2"
-CORE_TEMPLATES = ("codesign_core.v.j2",)  # plus every cu_*.v.j2
-# The vector unit of the new core (docs/UARCH.md, rtl_templates/README.md "Vector unit"): a
-# standalone module with its helpers, rendered by render_units() and tested on its own
-# (tests/test_rtl_vec.py). Not in a project's rtl/ until a core instantiates it (the lint gate
-# wants every module under codesign_top): the core that does removes its names from here.
+# The vector unit (docs/UARCH.md, rtl_templates/README.md "Vector unit"): a standalone module with
+# its helpers, rendered alone by render_units() (tests/test_rtl_vec.py) and with the core by
+# render_uarch_rtl.
 VEC_UNIT_TOP = "cs_vec"
 UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2")
 
 
-def _is_core_template(name: str) -> bool:
-    return name in CORE_TEMPLATES or name.startswith("cu_")
-
-
 def _addr_bits(depth: int) -> int:
     return max(1, (int(depth) - 1).bit_length())
-
-
-def tile_rows(P: int, q: int) -> int:
-    """W rows per MATMUL weight tile of the core (NT)."""
-    return max(16, P, q)
-
-
-def expert_slots(max_experts: int) -> int:
-    """The core's expert slots (EN): a power of two >= max_experts, at least 4."""
-    slots = 4
-    while slots < max_experts:
-        slots *= 2
-    return slots
-
-
-def core_sizes(elem_bytes: int = 1, abits: int = 8, P: int = 2, words: dict | None = None,
-               max_reduction: int = 1024, max_experts: int = 8, trace: bool = False,
-               max_tokens: int = 1024) -> dict:
-    """Template variables `core` of codesign_core.v.j2 from buffer needs (64-bit words).
-
-    `words` keys: x, w (per bank), whalf (per bank, one MATMUL W tile; WBUF holds two), o, p,
-    lut, lists, acc (64-bit words), s (score entries: ATTN T*T, GATE experts), t (ATTN rows).
-    The defaults fit the default ModelConfig; codesign.sim.cosim.core_params derives the
-    exact needs of a program.
-
-    ACC_W (MAC accumulator bits) is exact for both array modes: dot mode sums `max_reduction`
-    products of two EBITS-bit elements; broadcast mode (ATTN e.v) sums `max_tokens` products of
-    an unsigned 16-bit EXP weight (17 signed bits) and an EBITS-bit value.
-    """
-    if P < 1 or P & (P - 1):
-        raise ValueError(f"RTL MAC units P must be a power of two, got {P}")
-    if elem_bytes not in (1, 2):
-        raise ValueError(f"element container must be 1 or 2 bytes, got {elem_bytes}")
-    q = 8 // elem_bytes
-    need = {"x": 1024, "w": 512, "whalf": 256, "o": 1024, "p": 128, "lut": 32, "lists": 256, "acc": 128,
-            "s": 512, "t": 32}
-    need.update(words or {})
-    depth = {k: max(2, int(v)) for k, v in need.items()}
-    depth["w"] = max(depth["w"], 2 * depth["whalf"])
-    depth["x"] = max(depth["x"], 64)  # ADD / REQUANT32 chunks
-    depth["o"] = max(depth["o"], 64)
-    if depth["s"] > 1 << 16:
-        raise ValueError(f"{depth['s']} score entries (T*T of an ATTN) exceed the core's 16-bit score index")
-    ebits = 8 * elem_bytes
-    acc_w = max(2 * ebits + int(max_reduction).bit_length(),   # dot:   EBITS x EBITS, k terms
-                17 + ebits + int(max_tokens).bit_length())      # bcast: 17 x EBITS, T terms (> the product)
-    if acc_w > 64:
-        raise ValueError(f"reductions of {max_reduction} elements / {max_tokens} tokens need "
-                         f"{acc_w}-bit accumulators (> 64)")
-    experts = expert_slots(max_experts)
-    return {
-        "EB": elem_bytes, "ABITS": int(abits), "P": P, "LP": P.bit_length() - 1, "Q": q,
-        "NT": tile_rows(P, q), "WHALF": depth["whalf"], "ACC_W": acc_w,
-        "XD": depth["x"], "XAW": _addr_bits(depth["x"]), "WD": depth["w"], "WAW": _addr_bits(depth["w"]),
-        "OD": depth["o"], "OAW": _addr_bits(depth["o"]), "PD": depth["p"], "PAW": _addr_bits(depth["p"]),
-        "LD": depth["lut"], "LAW": _addr_bits(depth["lut"]), "ND": depth["lists"],
-        "NAW": _addr_bits(depth["lists"]), "AD": depth["acc"], "AAW": _addr_bits(depth["acc"]),
-        "SD": depth["s"], "SAW": _addr_bits(depth["s"]), "TD": depth["t"], "TAW": _addr_bits(depth["t"]), "EN": experts, "ENW": experts.bit_length() - 1,
-        "RLW": max(1, (P * q - 1).bit_length()),
-        "CH_ADD": min(depth["x"], depth["o"]) * q,
-        "CH_RQ": min(2 * depth["x"], depth["o"] * q) // q * q,
-        "trace": bool(trace),
-    }
 
 
 def lut_tables() -> dict:
@@ -139,11 +64,6 @@ def weight_port_params(weight_ports: int) -> dict:
             "div_m": -(-(1 << div_s) // w), "div_s": div_s}
 
 
-def default_params() -> dict:
-    """Parameters every template may use; callers' params override these."""
-    return {"core": core_sizes(), "luts": lut_tables(), "weight_ports": 1}
-
-
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
@@ -151,11 +71,6 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-
-
-def template_names() -> list[str]:
-    """Names of all RTL templates, sorted for a deterministic file order."""
-    return sorted(p.name for p in TEMPLATE_DIR.glob("*" + TEMPLATE_SUFFIX) if p.name not in UNIT_TEMPLATES)
 
 
 def render_units(out_dir: Path, names: tuple[str, ...] = UNIT_TEMPLATES, params: dict | None = None) -> list[Path]:
@@ -166,37 +81,11 @@ def render_units(out_dir: Path, names: tuple[str, ...] = UNIT_TEMPLATES, params:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = _environment()
-    params = {**default_params(), **(params or {})}
+    params = {"luts": lut_tables(), **(params or {})}
     written = []
     for name in names:
         path = out_dir / name[: -len(".j2")]
         path.write_text(env.get_template(name).render(**params))
-        written.append(path)
-    return written
-
-
-def render_rtl(out_dir: Path, params: dict, placeholder_core: bool = False) -> list[Path]:
-    """Render every rtl_templates/*.v.j2 to out_dir/*.v; return the paths written.
-
-    `params` override default_params() (core sizes for the default model, LUT tables, one weight
-    port); `weight_ports` W > 1 gives the top W extra weight masters m_axi_wgt0 .. m_axi_wgt{W-1}
-    (the Vitis HLS interface of a kernel with W weight bundles, see rtl_templates/README.md).
-    With placeholder_core the real core (codesign_core, cu_*) is replaced by
-    rtl_templates/test/core_placeholder.v.j2 (shell tests).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment()
-    params = {**default_params(), **params}
-    params["wp"] = weight_port_params(params["weight_ports"])
-    names = template_names()
-    if placeholder_core:
-        names = [n for n in names if not _is_core_template(n)] + [PLACEHOLDER_TEMPLATE]
-    written = []
-    for name in names:
-        text = env.get_template(name).render(**params)
-        path = out_dir / Path(name).name[: -len(".j2")]
-        path.write_text(text)
         written.append(path)
     return written
 
@@ -267,7 +156,7 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports), "luts": lut_tables()}
-    for old in out_dir.glob("*.v"):   # a previous render's files (another core's) would be compiled too
+    for old in out_dir.glob("*.v"):   # a previous render's files would be compiled too
         old.unlink()
     env = _environment()
     names = list(SHELL_TEMPLATES) + list(UNIT_TEMPLATES) + sorted(

@@ -310,31 +310,17 @@ def current_pass(log: Path) -> str | None:
 
 # ---------------------------------------------------------------- the array of generated RTL
 
-# The core's file: the current core's, then the docs/UARCH.md core's (branch rtl-core).
-CORE_FILES = ("codesign_core.v", "cs_core.v")
-# An integer literal given to NAME in a localparam / parameter statement (lists included).
-_INT_PARAM = r"\b(?:localparam|parameter)\b[^;]*?\b{name}\s*=\s*(\d+)\s*[;,)]"
-
-
 def rtl_core_shape(rtl_dir: Path) -> tuple[int, int] | None:
-    """(P, Q) of a generated core's MAC array: its rtl.json record (codesign.sim.cosim.rtl_record)
-    when there is one, else the integer P and Q (or EB: Q = 8 / EB, the lanes of a 64-bit word)
-    parameters of its core file; None for foreign (e.g. Vitis) RTL."""
+    """(P, Q) of a generated core's MAC array from its rtl.json record (codesign.rtl.render.
+    uarch_record); None for foreign (e.g. Vitis) RTL, which has none."""
     record = Path(rtl_dir) / RTL_RECORD
-    if record.is_file():
-        try:
-            rec = json.loads(record.read_text())
-            return int(rec["P"]), int(rec["Q"])
-        except (ValueError, KeyError, TypeError):
-            raise SynthError(f"{record} is not a codesign RTL record (P, Q): regenerate the RTL") from None
-    core = next((Path(rtl_dir) / n for n in CORE_FILES if (Path(rtl_dir) / n).exists()), None)
-    text = core.read_text() if core else ""
-    p = re.search(_INT_PARAM.format(name="P"), text)
-    q = re.search(_INT_PARAM.format(name="Q"), text)
-    eb = re.search(_INT_PARAM.format(name="EB"), text)
-    if not p or not (q or eb):
+    if not record.is_file():
         return None
-    return int(p.group(1)), int(q.group(1)) if q else 8 // int(eb.group(1))
+    try:
+        rec = json.loads(record.read_text())
+        return int(rec["P"]), int(rec["Q"])
+    except (ValueError, KeyError, TypeError):
+        raise SynthError(f"{record} is not a codesign RTL record (P, Q): regenerate the RTL") from None
 
 
 def rtl_array(rtl_dir: Path) -> str:

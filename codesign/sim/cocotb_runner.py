@@ -1,6 +1,6 @@
 """Run the data-driven cocotb testbench (sim/tb_codesign.py) on an RTL dir.
 
-The RTL directory is either our rendered shell (codesign.rtl.render_rtl) or a
+The RTL directory is either our rendered core (codesign.rtl.render_uarch_rtl) or a
 Vitis-HLS-exported ``verilog/`` directory: anything whose top is
 ``codesign_top`` with the HLS port names.  The simulated top is the harness
 ``tb_top`` (codesign.sim.harness): the DUT plus the Verilog memory model.  The

@@ -22,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..emit.data import compare_act, load_data_manifest, load_manifest, region_nbytes
-from ..rtl.render import RTL_RECORD, core_sizes, expert_slots, render_rtl, tile_rows
-from ..schedule.isa import Flag, Instr, Op, decode_program
+from ..emit.data import compare_act, load_data_manifest, region_nbytes
+from ..schedule.isa import Instr, decode_program
 from .cocotb_runner import Progress, find_verilator, run_cocotb, stderr_progress
 from .memory import MemoryModel, project_memory
 
 PAGE = 4096
 PROG_ADDR = 0
-DEFAULT_RTL_P = 2           # MAC units of the RTL core (x Q = 8/elem_bytes lanes)
 TRACE_FILE = "codesign_trace.txt"
 
 
@@ -42,173 +40,28 @@ def _align(n: int, a: int = PAGE) -> int:
     return (n + a - 1) // a * a
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
+# ---------------------------------------------------------------- limits without an estimate
+
+# The array the run-time limits assume when there is no estimate at the RTL's own Uarch (foreign
+# RTL such as a Vitis export, a project without a board): the uarch core's smallest at a 128-bit
+# bus, one weight master, the MoE accumulator in DDR, on zcu104's memory.
+LIMIT_ARRAY = (2, 32)
+LIMIT_BEAT_BYTES = 16
+LIMIT_BOARD = "zcu104"
+# ... and how far below that estimate such RTL may run before its run counts as hung.
+FOREIGN_MARGIN = 64
 
 
-# ---------------------------------------------------------------- core parameters
+def work_cycles(prog) -> int:
+    """codesign.schedule.estimate's cycles of one run of `prog` (a Program, or the view of a data/
+    folder codesign.rtl.project.project_program gives) on the LIMIT_ARRAY core: a measure of the
+    program's work for time limits, not a performance figure."""
+    from ..boards import load_board
+    from ..schedule.estimate import estimate
+    from ..schedule.uarch import derive_uarch
 
-def core_params(instrs: list[Instr], elem_bytes: int, abits: int, P: int = DEFAULT_RTL_P,
-                trace: bool = True) -> dict:
-    """Template variables of codesign_core.v.j2 sized for a program.
-
-    Checks the layout rules the core relies on (8-byte aligned buffers and rows, whole
-    64-bit words per row) and raises ValueError naming the instruction that breaks one.
-    """
-    eb = int(elem_bytes)
-    q = 8 // eb
-    nt = tile_rows(P, q)
-    need = {"x": 0, "w": 0, "whalf": 0, "o": 0, "p": 0, "lut": 0, "lists": 0, "acc": 0, "s": 0, "t": 0}
-    red = 1          # longest dot-mode reduction (elements)
-    tokens = 1       # longest broadcast-mode (ATTN e.v) reduction
-    experts = 1
-    gate_tokens = 0  # most tokens of a GATE
-
-    def grow(key: str, words: int) -> None:
-        need[key] = max(need[key], int(words))
-
-    for pc, ins in enumerate(instrs):
-        a, f = ins.args, ins.flags
-        where = f"instruction {pc} ({ins.op.name} {ins.layer})".strip()
-
-        def aligned(*names: str, to: int = 8) -> None:
-            for name in names:
-                if a.get(name, 0) % to:
-                    raise ValueError(f"{where}: {name}={a[name]} is not {to}-byte aligned")
-
-        def whole_words(what: str, elems: int) -> None:
-            if elems <= 0 or elems % q:
-                raise ValueError(f"{where}: {what}={elems} must be a positive multiple of {q} elements")
-
-        if ins.op == Op.MATMUL:
-            m, k, n = a["m"], a["k"], a["n"]
-            whole_words("k", k)
-            whole_words("n", n)
-            aligned("a_addr", "w_addr", "bias_addr", "mult_addr", "out_addr")
-            if (a["a_stride"] * eb) % 8:
-                raise ValueError(f"{where}: a_stride is not a multiple of 8 bytes")
-            if f & Flag.SCATTER:
-                if a["out_stride"] % 2:
-                    raise ValueError(f"{where}: SCATTER out_stride must be even (8-byte int32 rows)")
-            elif (a["out_stride"] * eb) % 8:
-                raise ValueError(f"{where}: out_stride is not a multiple of 8 bytes")
-            if f & Flag.GELU:
-                aligned("lut_addr")
-                grow("lut", _ceil((1 << abits) * eb, 8))
-            if f & (Flag.GATHER | Flag.SCATTER):
-                aligned("idx_addr")
-                grow("lists", _ceil(m, 2))
-            if f & Flag.SCATTER:
-                aligned("score_addr")
-                grow("acc", n)  # two int32 rows (ACCB halves, SCATTER pipeline)
-                grow("x", m * (k // q) + n)   # A rows + two int32 accumulator rows
-            if f & Flag.DYNM:
-                aligned("count_addr", to=4)
-            kw = k // q
-            grow("x", m * kw)
-            grow("whalf", _ceil(min(nt, n), P) * kw)  # WBUF holds two tiles (prefetch)
-            grow("o", m * n // q)
-            grow("p", _ceil(n, 2))
-            red = max(red, k)
-        elif ins.op == Op.ATTN:
-            t, h, dh = a["tokens"], a["heads"], a["head_dim"]
-            whole_words("head_dim", dh)
-            aligned("qkv_addr", "out_addr")
-            dw = dh // q
-            d = h * dh
-            grow("x", t * 3 * d // q)
-            # WBUF: K of every head (key j in bank j%P), then V (word c of a head in bank c%P)
-            grow("w", _ceil(t, P) * (d // q) + t * h * _ceil(dw, P))
-            grow("o", t * d // q)
-            grow("s", t * t)   # the scores of one head (all queries)
-            grow("t", t)       # per-row max / reciprocal
-            if t * t > 1 << 16:
-                raise ValueError(f"{where}: {t} tokens: T*T scores exceed the core's 16-bit score index")
-            red = max(red, dh)
-            tokens = max(tokens, t)
-        elif ins.op == Op.LAYERNORM:
-            whole_words("dim", a["dim"])
-            aligned("x_addr", "out_addr", "gamma_addr", "beta_addr")
-            grow("x", a["dim"] // q)
-            grow("o", a["dim"] // q)
-            grow("p", _ceil(a["dim"], 2))
-        elif ins.op == Op.ADD:
-            aligned("a_addr", "b_addr", "out_addr")
-        elif ins.op == Op.REQUANT32:
-            aligned("src_addr", "out_addr")
-        elif ins.op == Op.GATE:
-            t, dim, e, ls = a["tokens"], a["dim"], a["experts"], a["list_stride"]
-            whole_words("dim", dim)
-            aligned("x_addr", "wg_addr", "counts_addr", "idx_addr", "score_addr", "acc_addr")
-            aligned("bg_addr", to=4)
-            if ls % 2:
-                raise ValueError(f"{where}: list_stride must be even (8-byte aligned lists)")
-            grow("w", _ceil(e, P) * (dim // q))
-            grow("x", t * dim // q)
-            grow("p", _ceil(e, 2) + 1)
-            acc = (a["acc_addr"], a["acc_addr"] + t * dim * 4)
-            for name, lo, nbytes in (("counts", a["counts_addr"], e * 4), ("idx", a["idx_addr"], e * ls * 4),
-                                     ("score", a["score_addr"], e * ls * 4)):
-                if lo < acc[1] and acc[0] < lo + nbytes:
-                    raise ValueError(f"{where}: the accumulator (zeroed early) overlaps the {name} output")
-            gate_tokens = max(gate_tokens, t)
-            grow("t", t)       # per-token maximum logit / argmax
-            grow("lists", _ceil(e * ls, 2))
-            experts = max(experts, e)
-            red = max(red, dim)
-    if gate_tokens:
-        en = expert_slots(experts)
-        if gate_tokens * en > 1 << 16:
-            raise ValueError(f"GATE: {gate_tokens} tokens x {en} logit slots exceed the core's "
-                             "16-bit score index")
-        grow("s", gate_tokens * en)   # the logits of all tokens (one MAC run), row stride EN
-    return core_sizes(eb, abits, P, need, red, experts, trace, tokens)
-
-
-def _tile_P(tile) -> int:
-    """MAC units of the RTL core: tile["rtl_P"] when given (the HLS tiling's P x Q array has a
-    different dataflow and is sized for a board, not for simulation), else DEFAULT_RTL_P."""
-    if tile is None:
-        return DEFAULT_RTL_P
-    value = tile.get("rtl_P") if isinstance(tile, dict) else getattr(tile, "rtl_P", None)
-    return int(value) if value else DEFAULT_RTL_P
-
-
-def render_project_rtl(project_dir: Path, prog_or_manifest, tile=None, trace: bool = True,
-                       weight_ports: int = 1) -> list[Path]:
-    """Render rtl/ of a project, the core sized for its program.
-
-    `prog_or_manifest`: a codesign.schedule.program.Program, or the manifest dict (or None) of
-    a project whose data/ is already written (the program is then read from data/program.bin).
-    `weight_ports`: weight AXI masters of the top (the board's memory.weight_ports gives the same
-    interface as the project's HLS kernel).
-    """
-    project_dir = Path(project_dir)
-    if hasattr(prog_or_manifest, "instrs"):
-        prog = prog_or_manifest
-        instrs, eb, abits = prog.instrs, prog.elem_bytes, prog.abits
-    else:
-        man = prog_or_manifest if isinstance(prog_or_manifest, dict) else load_manifest(project_dir)
-        code = (project_dir / "data" / man.get("program_file", "program.bin")).read_bytes()
-        instrs, eb, abits = decode_program(code), man["elem_bytes"], man["abits"]
-    params = {"core": core_params(instrs, eb, abits, _tile_P(tile), trace), "weight_ports": weight_ports}
-    out = project_dir / "rtl"
-    for old in out.glob("*.v"):
-        old.unlink()
-    written = render_rtl(out, params)
-    (out / RTL_RECORD).write_text(json.dumps(rtl_record(params), indent=1) + "\n")
-    return written + [out / RTL_RECORD]
-
-
-
-def rtl_record(params: dict) -> dict:
-    """What the rendered core is, so that no report labels it with the board tiling's array: this
-    core has P MAC units of Q lanes (one 64-bit word), not docs/UARCH.md's P x Q array."""
-    core = params["core"]
-    return {"core": "units-x-lanes", "P": core["P"], "Q": core["Q"],
-            "weight_ports": params["weight_ports"], "axi_bits": 64,
-            "microarchitecture": "not docs/UARCH.md: attention off the array, one element per "
-                                 "cycle in the vector unit, a 64-bit bus"}
+    u = derive_uarch(prog, *LIMIT_ARRAY, LIMIT_BEAT_BYTES, 1, acc_on_chip=False)
+    return int(estimate(prog, u, load_board(LIMIT_BOARD)).cycles)
 
 
 # ---------------------------------------------------------------- running images
@@ -222,37 +75,6 @@ class RunOutcome:
     act: bytes  # final act image (empty when not ok)
     instr_cycles: list[int] = field(default_factory=list)  # from the trace, per executed instruction
     wall_seconds: float = 0.0  # simulator time spent on the run
-
-
-def estimate_cycles(instrs: list[Instr], elem_bytes: int, P: int = 1) -> int:
-    """Rough cycles of one run on the RTL core with P MAC units (first-order model of its loops:
-    MAC steps, beats moved, vector-unit passes, fixed overheads).  Every DYNM expert is counted
-    at its full `m`, so it over-estimates MoE layers (1.3-1.7x for the test designs); it is
-    meant for run_cosim's default timeout, not for performance numbers (use the trace)."""
-    q = 8 // elem_bytes
-    total = 0
-    for ins in instrs:
-        a = ins.args
-        total += 40  # fetch + decode + completion
-        if ins.op == Op.MATMUL:
-            m, k, n = a["m"], a["k"], a["n"]
-            tiles = _ceil(n, tile_rows(P, q))
-            total += m * _ceil(n, P) * (k // q + 1) + n * k // 8 + m * k // 8 + tiles * 40
-            total += (m * (n * 4 // 8 * 2 + n + 40)) if ins.flags & Flag.SCATTER else m * n // 8
-        elif ins.op == Op.ATTN:
-            t, h, dh = a["tokens"], a["heads"], a["head_dim"]
-            dw = dh // q
-            # per head: one scores run and one e.v run over all queries
-            total += h * (t * _ceil(t, P) * dw + t * t * _ceil(dw, P) + 60) + t * 3 * h * dh // 8 + t * h * dh // 8
-        elif ins.op == Op.LAYERNORM:
-            total += a["rows"] * (3 * a["dim"] + a["dim"] // 4 + 60)
-        elif ins.op in (Op.ADD, Op.REQUANT32):
-            total += a["count"] + a["count"] // 2 + 60
-        elif ins.op == Op.GATE:
-            t, d, e = a["tokens"], a["dim"], a["experts"]
-            total += t * (_ceil(e, P) * (d // q) + (a["top_k"] + 2) * (e + 12) + 60) + t * d // 2
-            total += e * d // 8 + 20 * e
-    return int(total)
 
 
 def run_images(rtl_dir: Path, work_dir: Path, program: bytes, wgt: bytes,
@@ -466,7 +288,7 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     if not (data_dir / "manifest.json").is_file():
         raise CosimError(f"{data_dir / 'manifest.json'} not found: generate the project first")
     if not any(rtl_dir.glob("*.v")):
-        raise CosimError(f"no Verilog in {rtl_dir}: render it with render_project_rtl")
+        raise CosimError(f"no Verilog in {rtl_dir}: generate the project first")
     _check_blob_sizes(project_dir, data_dir)
     man = load_data_manifest(data_dir)
     _check_simulator(simulator, rtl_dir)
@@ -534,13 +356,14 @@ def _check_simulator(simulator: str, rtl_dir: Path) -> None:
 
 def default_timeout(project_dir: Path, rtl_dir: Path, data_dir: Path, memory: MemoryModel,
                     instrs: list[Instr], man: dict) -> int:
-    """4x the run's cycles + 100k: for the uarch core (rtl/rtl.json) the estimate at its own Uarch
-    and memory model (uniform routing), else the legacy core's one-MAC-unit model."""
-    from ..rtl.project import rtl_estimate
+    """4x the run's cycles + 100k by the estimate at the core's own Uarch (rtl/rtl.json) and memory
+    model (uniform routing); without one (foreign RTL, no board) FOREIGN_MARGIN x work_cycles + 100k."""
+    from ..rtl.project import project_program, rtl_estimate
 
     est = rtl_estimate(project_dir, rtl_dir, memory, data_dir=data_dir)
-    cycles = est.cycles if est is not None else estimate_cycles(instrs, man["elem_bytes"], 1)
-    return 4 * cycles + 100_000
+    if est is not None:
+        return 4 * est.cycles + 100_000
+    return FOREIGN_MARGIN * work_cycles(project_program(data_dir)) + 100_000
 
 
 def _check_blob_sizes(project_dir: Path, data_dir: Path) -> None:
