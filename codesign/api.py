@@ -432,14 +432,16 @@ def cycles_report(project_dir: str | Path, cosim_result, rtl_dir: str | Path | N
 
 
 def synth(project_dir: str | Path, rtl_dir: str | Path | None = None, sizes="auto", mode: str = "per-unit",
-          timeout: float = 1800.0, progress: bool = False):
+          timeout: float = 1800.0, progress: bool = False, skip_units: tuple[str, ...] = ()):
     """yosys synth_xilinx of the project's core at the board's array, or fitted to it from reduced
     arrays (codesign.report.synth); writes reports/synth.{json,txt}; returns the SynthReport
-    (`fits_board`, `figures`, `statement`). `sizes`: 'auto', 'board' or a list of (P, Q)."""
+    (`fits_board`, `figures`, `statement`). `sizes`: 'auto', 'board' or a list of (P, Q);
+    `skip_units`: units the per-unit mode does not synthesize (their model figures stand in)."""
     from .report.synth import synth_project
 
     return synth_project(Path(project_dir), None if rtl_dir is None else Path(rtl_dir), sizes=sizes, mode=mode,
-                         timeout_s=timeout, progress=stderr_progress if progress else None)
+                         timeout_s=timeout, progress=stderr_progress if progress else None,
+                         skip_units=tuple(skip_units))
 
 
 def cosim_timeouts(project_dir: str | Path, result) -> list[str]:

@@ -138,3 +138,16 @@ def test_requant_multipliers_are_checked_against_the_hardware_width():
     for bad in (top + 1, -1):
         with pytest.raises(ValueError, match=r"^ADD: requantisation multiplier -?\d+ is not in 0\.\.2\^16-1"):
             A.check_requant_mult([3, bad], "ADD")
+
+
+def test_layernorm_gains_are_checked_against_the_hardware_width():
+    """cs_vec multiplies t by an (LN_GAMMA_BITS + 1)-bit signed gamma (one 27x18 DSP48E2): the
+    compiler's gains (quantize._norm scales the largest to [2^14, 2^15]) pass, a wider one is refused."""
+    top = 2 ** A.LN_GAMMA_BITS - 1
+    A.check_ln_gamma([0, -top, top, 2 ** 15, -(2 ** 15)], "LAYERNORM")
+    gain = 123.4
+    gamma = np.round(np.array([gain, -gain / 3]) * 2.0 ** (14 - math.floor(math.log2(gain))))
+    A.check_ln_gamma(gamma, "LAYERNORM")
+    for bad in (top + 1, -top - 1):
+        with pytest.raises(ValueError, match=r"^LAYERNORM: gamma -?\d+ is not within \+-\(2\^17-1\)"):
+            A.check_ln_gamma([3, bad], "LAYERNORM")

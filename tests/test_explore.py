@@ -267,7 +267,7 @@ def test_cli_explore_unreachable_dask_scheduler(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def greedy(tmp_path_factory):
     out = tmp_path_factory.mktemp("greedy") / "sweep"
-    return explore("default", out, boards=["zcu104"], wbits=[4, 6, 8], abits=[8], arrays=[(17, 128)], eval_images=8,
+    return explore("default", out, boards=["zcu104"], wbits=[4, 6, 8], abits=[8], arrays=[(9, 128)], eval_images=8,
                    per_layer=True, steps=2, min_accuracy=0.95, workers=2)
 
 
@@ -321,7 +321,7 @@ def test_verify_mismatch_exits_1(tmp_path, capsys, monkeypatch):
     from codesign import api
 
     monkeypatch.setattr(api, "csim", lambda project: SimpleNamespace(failed={"img0_task0": "b1.mlp"}))
-    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "8", "--abits", "8", "--array", "17x128",
+    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "8", "--abits", "8", "--array", "9x128",
             "--eval-images", "2", "--verify", "1", "-q"]
     assert main(argv) == 1
     assert "csim MISMATCH (img0_task0 at b1.mlp)" in capsys.readouterr().out
@@ -331,7 +331,7 @@ def test_verify_mismatch_exits_1(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_verify_runs_csim_and_cosim_on_the_best_points(tmp_path, capsys):
-    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "6,8", "--abits", "8", "--array", "17x128",
+    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "6,8", "--abits", "8", "--array", "9x128",
             "--eval-images", "2", "--verify", "1", "--verify-cosim", "-q"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -341,19 +341,21 @@ def test_verify_runs_csim_and_cosim_on_the_best_points(tmp_path, capsys):
 
 
 def test_a_point_streams_what_its_banks_cannot_hold_as_generate_does():
-    """A 1,025-token program on pynq-z2 at 4x16: banks holding the largest tensor overrun its BRAM,
-    the largest bank that fits streams the rest; the point is that tiling, as `generate --array`'s."""
+    """A 4,097-token program on kv260 at 4x32: banks holding the largest tensor overrun its BRAM,
+    the largest bank that fits streams the rest; the point is that tiling, as `generate --array`'s.
+    (pynq-z2 at 4x16 was the board: since the resource model counts the vector unit's lanes and the
+    sequencer as yosys measures them, no array fits its LUT budget.)"""
     from codesign.boards import load_board
     from codesign.explore.point import hardware_point
     from codesign.model.config import ModelConfig
     from codesign.schedule.tiling import Budget, build_tiling, first_overrun, fixed_tiling
     from codesign.testing import make_test_design
 
-    cfg = ModelConfig(img_size=(256, 256), patch_size=8, embed_dim=32, depth=2, num_heads=1, mlp_ratio=2.0,
+    cfg = ModelConfig(img_size=(512, 512), patch_size=8, embed_dim=32, depth=2, num_heads=1, mlp_ratio=2.0,
                       num_experts=4, top_k=2, moe_blocks=(1,))
-    prog, board = make_test_design(cfg, images=1).prog, load_board("pynq-z2")
-    assert first_overrun(build_tiling(prog, board, 4, 16, Budget(board)).used, Budget(board)) == "bram36"
-    point = hardware_point(prog, board, 4, 16, {})
+    prog, board = make_test_design(cfg, images=1).prog, load_board("kv260")
+    assert first_overrun(build_tiling(prog, board, 4, 32, Budget(board)).used, Budget(board)) == "bram36"
+    point = hardware_point(prog, board, 4, 32, {})
     assert point["fits"], point["why_not"]
-    used = fixed_tiling(prog, board, 4, 16).used
+    used = fixed_tiling(prog, board, 4, 32).used
     assert {r: point[r] for r in used} == used

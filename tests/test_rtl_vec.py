@@ -346,7 +346,7 @@ def test_the_int8_unit_is_bit_exact_under_verilator(unit_rtl, tmp_path):
 
 # ---------------------------------------------------------------------------------- cs_mul alone
 
-MUL_SHAPES = [(26, 33), (33, 26), (21, 52), (27, 35), (33, 33), (8, 8)]   # split a / b / b, plain
+MUL_SHAPES = [(26, 33), (33, 26), (21, 52), (27, 35), (33, 33), (8, 8), (26, 18), (18, 26)]   # split a / b / b, plain
 
 
 def test_dsp_shaped_products_are_exact(unit_rtl, tmp_path):

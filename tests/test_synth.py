@@ -184,6 +184,12 @@ def project(tmp_path_factory) -> Path:
     return out
 
 
+def _board_array(project: Path) -> tuple[int, int]:
+    """The tiling the project's estimate picked (the array `codesign synth` fits to)."""
+    tiling = json.loads((project / "reports" / "estimate.json").read_text())["tiling"]
+    return tiling["P"], tiling["Q"]
+
+
 def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
     """synth_rtl stand-in: counts linear in the array the rendered core has."""
     def fake(rtl_dir, family="xcup", log=None, timeout_s=0, mode="flat", progress=None, label="", uram=None):
@@ -201,7 +207,7 @@ def _fake_yosys(dsp_per_mac: float, base_dsp: int = 100):
 def _fake_flow(monkeypatch, fake) -> None:
     """Both yosys paths of the flow faked: a whole-core run, and per-unit runs (the default mode),
     whose one unit is the whole core."""
-    def units(rtl_dir, family="xcup", out=None, timeout_s=0, progress=None, uram=None, label=""):
+    def units(rtl_dir, family="xcup", out=None, timeout_s=0, progress=None, uram=None, label="", skip=()):
         res = fake(rtl_dir, family, progress=progress, label=label, mode="per-unit")
         return synth.UnitsResult(family, {"cs_mac": res}, {"cs_mac": 1}, res)
     monkeypatch.setattr(synth_flow, "synth_rtl", fake)
@@ -216,14 +222,15 @@ def test_fitted_report_says_it_is_extrapolated(project, monkeypatch, capsys):
     assert "synth 2x32 (2/3): 30 s, ABC pass" in out.err
     rep = json.loads((project / "reports" / "synth.json").read_text())
     # the docs/UARCH.md core renders the asked array: the fit is evaluated at the board's own
-    assert rep["method"] == "fit" and rep["target_array"] == {"P": 17, "Q": 128}
+    p, q = _board_array(project)
+    assert rep["method"] == "fit" and rep["target_array"] == {"P": p, "Q": q}
     assert [s["array"] for s in rep["sizes"]] == [{"P": 1, "Q": 32}, {"P": 2, "Q": 32}, {"P": 2, "Q": 64}]
-    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * 2176
-    assert rep["board_figure"]["LUT"] == 1000 + 50 * 2176
+    assert rep["board_figure"]["DSP48E2"] == 100 + 0.5 * p * q
+    assert rep["board_figure"]["LUT"] == 1000 + 50 * p * q
     assert rep["fit"]["DSP48E2"]["model"] == "r = a + b*P*Q + c*(P+Q)"
     est = json.loads((project / "reports" / "estimate.json").read_text())["resources"]
     assert rep["estimate"]["DSP48E2"] == est["dsp"]["used"]
-    assert rep["ratio"]["DSP48E2"] == pytest.approx((100 + 0.5 * 2176) / est["dsp"]["used"])
+    assert rep["ratio"]["DSP48E2"] == pytest.approx((100 + 0.5 * p * q) / est["dsp"]["used"])
     assert rep["fits_board"] and rep["ltp"]["2x64"]["lut_levels"] == 9
     assert rep["core"]["core"] == "uarch" and "core: uarch (docs/UARCH.md" in out.out
 
@@ -239,22 +246,50 @@ def test_each_size_is_set_next_to_the_resource_model_of_its_uarch(project, monke
     rep = json.loads((project / "reports" / "synth.json").read_text())
     man = json.loads((project / "data" / "manifest.json").read_text())
     board = load_board("zcu104")
-    u = synth_flow.project_uarch(project, man, board, (17, 128))
-    assert (u.P, u.Q, u.weight_ports) == (17, 128, 4)
+    u = synth_flow.project_uarch(project, man, board, _board_array(project))
+    assert (u.P, u.Q, u.weight_ports) == (*_board_array(project), 4)
     for size, (p, q) in zip(rep["sizes"], [(1, 32), (2, 32)]):
         assert size["model"] == synth_flow.model_resources(dataclasses.replace(u, P=p, Q=q), board)
         assert size["model_ratio"]["DSP48E2"] == size["measured"]["DSP48E2"] / size["model"]["DSP48E2"]
     assert "yosys / resource model at each size" in capsys.readouterr().out
 
 
+def test_a_skipped_unit_is_named_and_its_groups_model_figures_stand_in(project, monkeypatch, capsys):
+    """--skip-units cs_router: the unit is not synthesized, the output says so, and the total at each
+    size is yosys's sum plus the resource model's router group (so the board check still sees it)."""
+    fake = _fake_yosys(0.5)
+    seen = []
+
+    def units(rtl_dir, family="xcup", out=None, timeout_s=0, progress=None, uram=None, label="", skip=()):
+        seen.append(skip)
+        res = fake(rtl_dir, family, progress=progress, label=label, mode="per-unit")
+        return synth.UnitsResult(family, {"cs_mac": res}, {"cs_mac": 1}, res, {"cs_router": 1})
+    monkeypatch.setattr(synth_flow, "synth_units", units)
+    assert main(["synth", str(project), "--sizes", "1x32,2x32", "--skip-units", "cs_router"]) == 0
+    assert seen == [("cs_router",)] * 2
+    out = capsys.readouterr().out
+    assert "NOT synthesized (--skip-units): cs_router x1" in out and "the resource model's figures stand in" in out
+    rep = json.loads((project / "reports" / "synth.json").read_text())
+    size = rep["sizes"][0]
+    router = size["unit_model"]["router"]
+    assert router["DSP48E2"] > 0 and size["stand_in"] == {"router": router}
+    assert size["measured"]["DSP48E2"] == int(100 + 0.5 * 32) + router["DSP48E2"]
+    assert size["measured"]["LUT"] == 1000 + 50 * 32 + router["LUT"]
+    assert main(["synth", str(project), "--sizes", "1x32,2x32", "--skip-units", "cs_nothing"]) == 2
+    assert "--skip-units: cs_nothing" in capsys.readouterr().err
+
+
 def test_a_design_over_the_board_exits_3_naming_the_resource(project, monkeypatch, capsys):
-    _fake_flow(monkeypatch, _fake_yosys(1.0))   # 100 + 2,176 DSPs > zcu104's 1,728
+    p, q = _board_array(project)
+    per_mac = 2.0 if 100 + p * q <= 1728 else 1.0   # 100 + per_mac * P*Q DSPs > zcu104's 1,728
+    need = 100 + per_mac * p * q
+    _fake_flow(monkeypatch, _fake_yosys(per_mac))
     assert main(["synth", str(project), "--sizes", "1x32,2x32"]) == cli.EXIT_DOES_NOT_FIT == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("codesign synth: error: the design does not fit the board (extrapolated): "
-                   "DSP48E2 2,276 > 1,728 on zcu104")
+                   f"DSP48E2 {need:,.0f} > 1,728 on zcu104")
     rep = json.loads((project / "reports" / "synth.json").read_text())
-    assert not rep["fits_board"] and rep["over"] == [{"resource": "DSP48E2", "need": 2276.0, "board": 1728}]
+    assert not rep["fits_board"] and rep["over"] == [{"resource": "DSP48E2", "need": need, "board": 1728}]
 
 
 def test_a_small_board_array_is_synthesized_directly(project, monkeypatch, capsys):
@@ -362,3 +397,41 @@ def test_the_mac_array_is_one_dsp48e2_per_packed_pair_and_what_the_model_counts(
     for key in ("ff", "lut"):
         model = cell.count * getattr(cell, key)
         assert abs(res.resources[key] / model - 1) <= synth_flow.TOLERANCE, (key, res.resources[key], model)
+
+
+def _render_unit(rtl: Path, templates: tuple[str, ...]) -> None:
+    """Templates without variables into rtl/."""
+    from codesign.rtl.render import _environment
+
+    rtl.mkdir()
+    env = _environment()
+    for name in templates:
+        (rtl / name.split("/")[-1].replace(".j2", "")).write_text(env.get_template(name).render())
+
+
+@needs_yosys
+def test_the_drain_is_what_the_model_counts(tmp_path):
+    """cs_drain on its own at 1x32, ACC_W 31 (~15-30 s): its DSP48E2 exactly, LUT and FF within the
+    +-15% of the model's drain group (drain_lane x EPB, drain_control, shadow_select)."""
+    from types import SimpleNamespace
+
+    from codesign.rtl.render import uarch_core_params
+    from codesign.schedule.uarch import derive_uarch, logic_parts
+
+    prog = SimpleNamespace(instrs=[], elem_bytes=1, wbits=8, abits=8)
+    u = dataclasses.replace(derive_uarch(prog, 1, 32, 16, 1), acc_w=31)
+    rtl = tmp_path / "rtl"
+    _render_unit(rtl, ("uarch/cs_drain.v.j2", "uarch/cs_fifo.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2",
+                       "cs_saturate.v.j2"))
+    cs = uarch_core_params(u)
+    params = {"P": u.P, "Q": u.Q, "EPB": u.epb, "EW": 8, "ACC_W": cs["ACC_W"], "ABITS": 8, "TW": 65, "LW": 32,
+              "OLOG": cs["OLOG"], "TOKW": cs["TOKW"], "BAW": cs["BAW"], "MULT_W": cs["MULT_W"]}
+    res = synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "y.log", top="cs_drain", params=params, mode="per-module")
+    parts = {p.name: p for p in logic_parts(u)}
+    model = {k: sum(parts[n].count * getattr(parts[n], k) for n in ("drain_lane", "drain_control", "shadow_select"))
+             for k in ("dsp", "lut", "ff")}
+    # two per lane exactly; the address products follow the bank / list widths (43 at edge-moe-tiny's)
+    assert model["dsp"] == 43 and abs(res.resources["dsp"] - model["dsp"]) <= 1, res.resources["dsp"]
+    for key, got in (("lut", res.resources["lut_total"]), ("ff", res.resources["ff"])):
+        assert abs(got / model[key] - 1) <= synth_flow.TOLERANCE, (key, got, model[key])
+

@@ -39,6 +39,9 @@ MULT_BITS = 15
 # and a program whose multipliers are wider is refused by the ISA interpreter (check_requant_mult).
 REQUANT_MULT_BITS = MULT_BITS + 1
 MAX_SHIFT = 62
+# LayerNorm gains: quantize._norm scales the largest |gamma| to [2**14, 2**15]; the hardware
+# takes |gamma| < 2**LN_GAMMA_BITS (an 18-bit signed operand: t * gamma is one 27x18 multiply).
+LN_GAMMA_BITS = 17
 
 
 def qmin(bits: int) -> int:
@@ -98,6 +101,15 @@ def check_requant_mult(mult, what: str) -> None:
         bad = int(m.min()) if m.min() < 0 else int(m.max())
         raise ValueError(f"{what}: requantisation multiplier {bad} is not in 0..2^{REQUANT_MULT_BITS}-1 "
                          f"(the hardware's {REQUANT_MULT_BITS}-bit multiplier)")
+
+
+def check_ln_gamma(gamma, what: str) -> None:
+    """A LayerNorm gain outside (-2**LN_GAMMA_BITS, 2**LN_GAMMA_BITS) is refused (one line)."""
+    g = np.asarray(gamma, np.int64)
+    if g.size and np.abs(g).max() >= 1 << LN_GAMMA_BITS:
+        bad = int(g.flat[np.abs(g).argmax()])
+        raise ValueError(f"{what}: gamma {bad} is not within +-(2^{LN_GAMMA_BITS}-1) "
+                         f"(the hardware's {LN_GAMMA_BITS + 1}-bit signed gain)")
 
 
 def quantize_multipliers(reals, mult_bits: int = MULT_BITS) -> tuple[np.ndarray, int]:

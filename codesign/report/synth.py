@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..rtl.synth import (GLUE, MODES, RTL_RECORD, YOSYS_FAMILY, SynthError, SynthResult, UnitsResult,
+from ..rtl.synth import (GLUE, MODES, RTL_RECORD, UNIT_MODULES, YOSYS_FAMILY, SynthError, SynthResult, UnitsResult,
                          rtl_core_shape, synth_rtl, synth_units)
 from ..rtl.synth_fit import FitError, fit
 
@@ -54,6 +54,7 @@ class SizeRun:
     model: dict[str, float] = field(default_factory=dict)   # resource_use of the Uarch rendered here
     units: UnitsResult | None = None                          # per-unit mode: each unit's counts
     unit_model: dict[str, dict[str, float]] = field(default_factory=dict)   # unit group -> model figures
+    stand_in: dict[str, dict[str, float]] = field(default_factory=dict)     # skipped unit's group -> model figures in `result`
 
 
 @dataclass
@@ -97,7 +98,7 @@ class SynthReport:
                        "rtl_dir": str(r.rtl_dir), "measured": _measured(r.result), "model": r.model,
                        "model_ratio": _ratios(_measured(r.result), r.model), **r.result.to_json(),
                        **({"units": r.units.to_json(), "unit_groups": unit_groups(r.units),
-                           "unit_model": r.unit_model} if r.units else {})}
+                           "unit_model": r.unit_model, "stand_in": r.stand_in} if r.units else {})}
                       for r in self.runs],
             "fit": self.fits, "board_figure": self.figures, "estimate": self.estimate,
             "ratio": ratios, "within_tolerance": {k: _within(v, self.figures[k], (self.estimate or {}).get(k))
@@ -159,9 +160,11 @@ def fit_target(board_array: tuple[int, int], shapes: list[tuple[int, int]]) -> t
 # ---------------------------------------------------------------- running
 
 def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", mode: str = DEFAULT_MODE,
-                  timeout_s: float = DEFAULT_TIMEOUT_S, progress: Callable[[str], None] | None = None) -> SynthReport:
+                  timeout_s: float = DEFAULT_TIMEOUT_S, progress: Callable[[str], None] | None = None,
+                  skip_units: tuple[str, ...] = ()) -> SynthReport:
     """Synthesize a generated project's core at the board's array, or fit reduced arrays to it;
-    write reports/synth.{json,txt}. `sizes`: a parse_sizes value."""
+    write reports/synth.{json,txt}. `sizes`: a parse_sizes value; `skip_units` (per-unit mode):
+    units not synthesized, whose group's resource-model figures stand in for them."""
     from ..boards import load_board
     from ..fsutil import write_text_atomic
 
@@ -171,12 +174,16 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     family = YOSYS_FAMILY.get(board.family, "xcup")
     if mode not in MODES:
         raise ValueError(f"synthesis mode must be one of {', '.join(MODES)}, got {mode!r}")
+    unknown = [u for u in skip_units if u not in UNIT_MODULES]
+    if unknown or (skip_units and mode != "per-unit"):
+        raise ValueError(f"--skip-units: {', '.join(unknown) or 'only with --mode per-unit'} "
+                         f"(units: {', '.join(UNIT_MODULES)})")
     estimate = _read_json(project_dir / "reports" / "estimate.json", "the project's estimate") \
         if (project_dir / "reports" / "estimate.json").exists() else {}
     board_array = _board_array(estimate)
     totals = {label: getattr(board.resources, key) for label, _, key in RESOURCES}
     work = project_dir / WORK_DIR
-    run = _runner(family, mode, timeout_s, progress, uram=board.resources.uram > 0)
+    run = _runner(family, mode, timeout_s, progress, uram=board.resources.uram > 0, skip=tuple(skip_units))
     if rtl_dir is not None:
         report = _synth_folder(Path(rtl_dir), work, run, board.name, board_array)
     else:
@@ -194,7 +201,7 @@ def synth_project(project_dir: Path, rtl_dir: Path | None = None, sizes="auto", 
     return report
 
 
-def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool):
+def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool, skip: tuple[str, ...] = ()):
     """run(rtl, out, label) -> (the core's counts, its per-unit counts or None)."""
     def run(rtl: Path, out: Path, label: str) -> tuple[SynthResult, UnitsResult | None]:
         if progress:
@@ -202,7 +209,8 @@ def _runner(family: str, mode: str, timeout_s: float, progress, uram: bool):
                      + (" a unit" if mode == "per-unit" else ""))
         units = None
         if mode == "per-unit":
-            units = synth_units(rtl, family, out / UNITS_DIR, timeout_s, progress, uram, label)
+            units = synth_units(rtl, family, out / UNITS_DIR, timeout_s, progress, uram, label,
+                                **({"skip": skip} if skip else {}))
             result = units.total
         else:
             result = synth_rtl(rtl, family, log=out / "yosys.log", timeout_s=timeout_s, mode=mode,
@@ -243,8 +251,10 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
                              f"{_array_txt(board_array)}: give the reduced arrays to fit (--sizes PxQ,PxQ,PxQ)")
         label = f"{_array_txt(shape)} ({i}/{len(wanted)})"
         result, units = run(rtl, out, label)
-        runs.append(SizeRun(req, shape, rtl, result, model_resources(at, board), units,
-                            unit_model(at, board) if units else {}))
+        groups = unit_model(at, board) if units else {}
+        stand_in = _stand_in(units, groups)
+        runs.append(SizeRun(req, shape, rtl, _with_stand_in(result, stand_in), model_resources(at, board), units,
+                            groups, stand_in))
     if method == "direct":
         res = runs[0].result
         figures = {label: res.resources[key] for label, key, _ in RESOURCES}
@@ -303,13 +313,17 @@ def model_resources(u, board) -> dict[str, float]:
 # (codesign.schedule.uarch.resource_use's breakdown); what no group names is "control".
 UNIT_GROUPS = (
     ("array", ("cs_mac",), ("mac_pair",)),
-    ("feed", ("cs_feed",), ("operand_row",)),
-    ("drain", ("cs_drain",), ("drain_lane", "shadow_select", "acc_old")),
-    # the model has no part for cs_vec's own lanes yet (docs/UARCH.md counts the drain's lanes only)
-    ("vector", ("cs_vecop",), ("pring", "rsqrt_rom")),
+    ("feed", ("cs_feed",), ("operand_row", "feed_control")),
+    ("drain", ("cs_drain",), ("drain_lane", "drain_control", "shadow_select", "acc_old")),
+    ("vector", ("cs_vecop",), ("vector_lane", "vector_control", "pring", "rsqrt_rom")),
     ("banks", ("cs_ram",), ("abank",)),
     ("masters", ("axi_master",), ("axi_master",)),
-    ("control", ("cs_seq", "cs_wgt", "cs_router", "cs_rdarb", "axi_lite_control", GLUE), ()),
+    ("sequencer", ("cs_seq",), ("sequencer", "prog")),
+    ("weights", ("cs_wgt",), ("weight_engine", "wslot", "params", "lut")),
+    ("attention", ("cs_attn",), ("attention", "qbuf", "sbuf", "exp_rom", "recip_rom")),
+    # the token lists are cs_seq's idx / score memories and cs_router's; moe_acc is not in the RTL yet
+    ("router", ("cs_router",), ("router", "lists", "router_exp", "moe_acc", "acc_written")),
+    ("control", ("cs_rdarb", "axi_lite_control", GLUE), ()),
 )
 UNITS_DIR = "units"
 
@@ -336,6 +350,25 @@ def unit_groups(units: UnitsResult) -> dict[str, dict[str, float]]:
         out[group] = {label: sum(units.units[k].resources[key] * units.instances[k] for k in keys)
                       for label, key, _ in RESOURCES}
     return out
+
+
+def _stand_in(units: UnitsResult | None, groups: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The model's figures of every unit group a skipped unit belongs to (group -> figures)."""
+    if not units or not units.skipped:
+        return {}
+    skipped = {k.split(".")[0] for k in units.skipped}
+    return {g: groups[g] for g, members, _ in UNIT_GROUPS if skipped & set(members)}
+
+
+def _with_stand_in(result: SynthResult, stand_in: dict[str, dict[str, float]]) -> SynthResult:
+    """`result` with the stand-in figures added to its resources (the cells stay yosys's)."""
+    if not stand_in:
+        return result
+    res = dict(result.resources)
+    for figures in stand_in.values():
+        for label, key, _ in RESOURCES:
+            res[key] = res.get(key, 0) + figures.get(label, 0)
+    return dataclasses.replace(result, resources=res)
 
 
 def _rendered_at(out: Path, u) -> Path:
@@ -430,6 +463,11 @@ def _units_txt(run: SizeRun) -> list[str]:
         lines.append(f"  {group:<9}" + "".join(f"{c:>20}" for c in cells))
     lines.append("  units: " + ", ".join(f"{k} x{n} {v.seconds:.0f} s" for k, (v, n) in
                                        ((k, (v, run.units.instances[k])) for k, v in run.units.units.items())))
+    if run.units.skipped:
+        lines.append("  NOT synthesized (--skip-units): " + ", ".join(f"{k} x{n}" for k, n in run.units.skipped.items())
+                     + "; in the total, the resource model's figures stand in for their group ("
+                     + "; ".join(f"{g}: " + ", ".join(f"{lab} {v:,.0f}" for lab, v in fig.items() if v)
+                                 for g, fig in run.stand_in.items()) + ")")
     return lines
 
 

@@ -137,6 +137,7 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "SBD": tok, "SBAW": _addr_bits(tok), "EVC": u.ev_cols,
         "LN_NBUF": ln_row_buffers(max(2, -(-u.max_dim // u.epb))),
         "MULT_W": arith.REQUANT_MULT_BITS,   # the drain's and cs_vecop's requant multipliers
+        "GAMMA_W": arith.LN_GAMMA_BITS + 1,   # cs_vec's signed LayerNorm gamma
     }
 
 

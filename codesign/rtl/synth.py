@@ -349,9 +349,10 @@ class UnitsResult:
     units: dict[str, SynthResult]        # unit name ('cs_drain', ..., 'glue') -> one instance's result
     instances: dict[str, int]            # unit name -> instances in the core
     total: SynthResult                   # the counts summed over every instance (ltp: the longest unit's)
+    skipped: dict[str, int] = field(default_factory=dict)   # unit -> instances not synthesized (`skip`)
 
     def to_json(self) -> dict:
-        return {"family": self.family, "instances": self.instances,
+        return {"family": self.family, "instances": self.instances, "skipped": self.skipped,
                 "units": {k: v.to_json() for k, v in self.units.items()}, "total": self.total.to_json()}
 
 
@@ -368,9 +369,10 @@ def unit_modules(module_list: str) -> dict[str, list[str]]:
 
 def synth_units(rtl_dir: Path, family: str = "xcup", out: Path | None = None, timeout_s: float = 1800,
                 progress: Callable[[str], None] | None = None, uram: bool | None = None,
-                label: str = "") -> UnitsResult:
+                label: str = "", skip: tuple[str, ...] = ()) -> UnitsResult:
     """Synthesize the core in rtl_dir one unit at a time (UNIT_MODULES, then the glue with the
-    units as black boxes); each run is bounded by timeout_s and cached in out/<unit>/."""
+    units as black boxes); each run is bounded by timeout_s and cached in out/<unit>/. Units named
+    in `skip` are not synthesized: they are left out of the total and listed in `skipped`."""
     yosys = find_yosys()
     rtl_dir = Path(rtl_dir)
     sources = _verilog_sources(rtl_dir)
@@ -393,11 +395,12 @@ def synth_units(rtl_dir: Path, family: str = "xcup", out: Path | None = None, ti
     glue.cells = {c: n for c, n in glue.cells.items() if c.rsplit("\\", 1)[-1] not in UNIT_MODULES}
     glue.resources = classify(glue.cells)
     results: dict[str, SynthResult] = {GLUE: glue}
-    for key, name in ((k, n) for k, n in keys if counts.get(k)):
+    skipped = {k: counts[k] for k, _ in keys if counts.get(k) and k.split(".")[0] in skip}
+    for key, name in ((k, n) for k, n in keys if counts.get(k) and k not in skipped):
         results[key] = _unit_run(yosys, out / key / "unit.il", f"synth_xilinx -family {family} -top {name}{flag}",
                                  name, out / key, family, timeout_s, progress, f"{label} {key}".strip())
     instances = {k: counts.get(k, 1) for k in results}
-    return UnitsResult(family, results, instances, _summed(family, results, instances))
+    return UnitsResult(family, results, instances, _summed(family, results, instances), skipped)
 
 
 def _split(yosys: str, design: Path, out: Path, keys: list[tuple[str, str]], boxes: str, timeout_s: float,

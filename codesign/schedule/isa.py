@@ -273,6 +273,7 @@ def _layernorm(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     x = mem.elems(a["x_addr"], a["rows"] * a["dim"]).reshape(a["rows"], a["dim"])
     g = mem.i32(a["gamma_addr"], a["dim"], wgt=True)
     b = mem.i32(a["beta_addr"], a["dim"], wgt=True)
+    A.check_ln_gamma(g, "LAYERNORM")
     mem.store_elems(a["out_addr"], A.layernorm(x, g, b, a["eps"], a["shift"], obits))
 
 

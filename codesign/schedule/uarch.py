@@ -452,17 +452,77 @@ def _bound(m: Memory, binding: str, count: float) -> Memory:
 # ---------------------------------------------------------------- logic
 
 # Per-unit fabric coefficients: what each instantiated piece costs. They are a model of the
-# generated RTL, checked against yosys 0.23 synth_xilinx of it (codesign synth, docs/SYNTH.md), not
-# a substitute for it.
-LANE_DSPS = 4  # per drain lane: (acc + bias) x mult, a 33 x 32 product in 27x18 tiles
-ROUTER_DSPS = 4  # softmax score of the chosen experts: e * QP * RECIP
-SCALAR_DSPS = 4  # LayerNorm variance, attention / router reciprocal scaling
-LUTS_PER_LANE = 900  # rounding, saturation, shifters, table addressing of one drain lane
-LUTS_CONTROL = 12000  # sequencer, weight engine, reader, writer, router, attention control
-LUTS_PER_MASTER = 1500  # one AXI4 master: burst splitter, queues
-FF_PER_LANE = 400
-FF_CONTROL = 8000
-FF_PER_MASTER = 1200
+# generated RTL, measured by yosys 0.23 synth_xilinx -family xcup of each unit on its own
+# (codesign synth --mode per-unit, docs/SYNTH.md) at edge-moe-tiny's Uarch (EPB 16, int8, ACC_W 31,
+# 4 weight masters) at 1x32 and 2x64: a part that scales with a parameter costs what the unit grew
+# by per unit of it, the rest is the unit's fixed part. They model the RTL, not Vivado's mapping.
+# Drain lane: (acc + bias) x mult, a 33 x 17 product in two 27x18 multipliers (cs_mul), its
+# rshift_round (306 LUT) and saturate (57), and its stage registers (acc, mult, acc + bias, product,
+# result: 138 FF at ACC_W 31).
+LANE_DSPS = 2
+LUTS_PER_LANE = 396
+FF_PER_LANE = 138
+# The drain's own: the write / acc_old / bank address products (16 x 32), the three FIFOs, the
+# block walk (cs_drain at 1x32 and 2x64: 43 DSP48E2 both, the rest of its LUT one per shadow bit).
+DRAIN_DSPS = 11
+DRAIN_LUTS = 1266
+DRAIN_FFS = 362
+# The shadow's row select and the lanes' column select, AND-OR over constant part-selects:
+# log2(Q/EPB) LUTs per bit of a shadow row, Q*ACC_W, whatever P (cs_drain's own LUT, 1,004 of it
+# fixed: 1,996 at 1x32, 4,968 at 2x64, ~4,950 at 4x64, ACC_W 31; P is not seen to matter up to 4).
+# The vector unit's own lanes (cs_vecop's cs_vec: LAYERNORM, ADD, REQUANT32), EPB of them beside the
+# drain's (the two are never busy in the same cycle, but their pipelines differ: docs/UARCH.md). A
+# lane: (acc | a | d) x (mult | ma | r) in two 27x18 multipliers, (t | b) x (gamma | mb) in one
+# (gamma: arith.LN_GAMMA_BITS), x^2 and D*x in one each; cs_vec's LayerNorm statistics and scale
+# are shared out over its lanes (cs_vec alone at EPB 16: 17,134 LUT, 6,034 FF).
+VECTOR_LANE_DSPS = 5
+VECTOR_LANE_LUTS = 1071
+VECTOR_LANE_FFS = 377
+# cs_vecop's own: the two read streams and bank readers, the int32 gearbox, the param memories'
+# ports, the fields and addresses; cs_vec's var products (4 DSPs) and cs_vecop's count product (3).
+VECTOR_DSPS = 7
+VECTOR_LUTS = 7529
+VECTOR_FFS = 2635
+# The operand feed (cs_feed): per array row and per weight row (P + Q) its next / current beat
+# registers, its output register and element select (2,534 LUT at 1x32, 5,307 at 2x64: 84 a row,
+# less a little); its own: the read walk, the window metadata, the slot address product.
+FEED_ROW_LUTS = 80
+FEED_ROW_FFS = 8
+FEED_DSPS = 1
+FEED_FFS = 379
+# The attention unit (cs_attn: qbuf / sbuf walks, the score max, e.v feed, the reciprocal): yosys
+# 0.23 does not finish it in 15 min on a shared machine; its figures are PROVISIONAL.
+ATTN_DSPS = 4
+ATTN_LUTS = 6000
+ATTN_FFS = 6000
+# The sequencer (cs_seq with cs_tags: fetch, decode, the field registers, the MATMUL / GATHER / ATTN
+# walks, the bank tags): 39 DSP48E2 of address products and one more per array row (its row
+# addresses; 40, 41, 41, 43 at 1x32, 2x32, 2x64, 4x64), its LUT growing with the rows too (15,735,
+# 16,131, 16,022, 17,594), 11.1k FF.
+SEQ_DSPS = 39
+SEQ_LUTS = 15200
+SEQ_ROW_LUTS = 580
+SEQ_FFS = 11100
+# The weight engine's own (cs_wgt less what the model's wslot / params / lut memories count): its
+# address products, the slot bookkeeping, and the part of its bias / mult / GELU memories the
+# memory model does not see (yosys maps them to 2,080 LUT of LUTRAM; `params` and `lut` count 576);
+# per weight group its row memory's port logic (4,034 LUT at 1x32, GW 2; 4,405 at 2x64, GW 4).
+WGT_DSPS = 8
+WGT_LUTS = 3150
+WGT_GROUP_LUTS = 154
+WGT_FFS = 3900
+# The router (cs_router), not synthesized (yosys 0.23 does not finish it): its DSPs (the softmax
+# score e * QP * RECIP) and, per expert, its registers (logit, distance, exp, rank, count: ~250
+# bits) and as many LUTs, counted from the RTL, not measured.
+ROUTER_DSPS = 4
+ROUTER_PER_EXPERT = 250
+# The rest (cs_rdarb, axi_lite_control, cs_core / codesign_top's glue: the bank and read-client
+# muxes, which grow with Q): 4,491, 4,535, 5,223, 5,310 LUT at 1x32, 2x32, 2x64, 4x64; 481 FF.
+LUTS_CONTROL = 3780
+LUTS_CONTROL_PER_COL = 22
+FF_CONTROL = 481
+LUTS_PER_MASTER = 409  # one AXI4 master: burst splitter, queues (axi_master alone)
+FF_PER_MASTER = 241
 # The packed product register of a column pair (two 18-bit halves): yosys keeps it in fabric, not
 # in the DSP48E2's M register (cs_mac alone, tests/test_synth.py).
 PROD_FF = 36
@@ -479,7 +539,8 @@ class Part:
 
 
 def logic_parts(u: Uarch) -> list[Part]:
-    """The datapath as instantiated: array cells, operand feed, drain lanes, control, masters."""
+    """The datapath as instantiated: array cells, operand feed, drain and vector lanes, the
+    sequencer, weight engine, attention and router units, control, masters."""
     pairs, beat = u.dsps_array, 8 * u.beat_bytes
     acc = u.acc_w
     # A column pair: one DSP, two ACC_W accumulators (+ their shadow) and the product register;
@@ -488,13 +549,24 @@ def logic_parts(u: Uarch) -> list[Part]:
     # (cs_mac alone at 2x32, ACC_W 25: 2,038 LUT, 63.7 a pair).
     cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2 + math.ceil(acc / 2))
     # The drain's row select: a P-to-1 choice of Q accumulator values, then EPB of them.
-    shadow_select = Part("shadow_select", u.Q * acc, lut=math.ceil(u.P / 4) + 1)
-    feed = Part("operand_row", u.P + u.Q, ff=2 * beat, lut=8 * u.elem_bytes * 4)
+    shadow_select = Part("shadow_select", u.Q * acc, lut=max(1, _clog2(u.Q // u.epb)))
+    feed = Part("operand_row", u.P + u.Q, ff=2 * beat + FEED_ROW_FFS, lut=FEED_ROW_LUTS)
+    feed_control = Part("feed_control", 1, dsp=FEED_DSPS, ff=FEED_FFS)
     lanes = Part("drain_lane", u.epb, dsp=LANE_DSPS, ff=FF_PER_LANE, lut=LUTS_PER_LANE)
+    drain = Part("drain_control", 1, dsp=DRAIN_DSPS, ff=DRAIN_FFS, lut=DRAIN_LUTS)
+    vector = Part("vector_lane", u.epb, dsp=VECTOR_LANE_DSPS, ff=VECTOR_LANE_FFS, lut=VECTOR_LANE_LUTS)
+    vector_control = Part("vector_control", 1, dsp=VECTOR_DSPS, ff=VECTOR_FFS, lut=VECTOR_LUTS)
     masters = Part("axi_master", 1 + u.weight_ports, ff=FF_PER_MASTER, lut=LUTS_PER_MASTER)
-    control = Part("control", 1, dsp=SCALAR_DSPS + (ROUTER_DSPS if u.max_experts else 0), ff=FF_CONTROL,
-                   lut=LUTS_CONTROL)
-    return [cell, shadow_select, feed, lanes, masters, control]
+    sequencer = Part("sequencer", 1, dsp=SEQ_DSPS + u.P, ff=SEQ_FFS, lut=SEQ_LUTS + SEQ_ROW_LUTS * u.P)
+    weights = Part("weight_engine", 1, dsp=WGT_DSPS, ff=WGT_FFS, lut=WGT_LUTS + WGT_GROUP_LUTS * u.GW)
+    parts = [cell, shadow_select, feed, feed_control, lanes, drain, vector, vector_control, masters, sequencer,
+             weights]
+    if u.max_dh:
+        parts.append(Part("attention", 1, dsp=ATTN_DSPS, ff=ATTN_FFS, lut=ATTN_LUTS))
+    if u.max_experts:
+        parts.append(Part("router", 1, dsp=ROUTER_DSPS, ff=ROUTER_PER_EXPERT * u.max_experts,
+                          lut=ROUTER_PER_EXPERT * u.max_experts))
+    return parts + [Part("control", 1, ff=FF_CONTROL, lut=LUTS_CONTROL + LUTS_CONTROL_PER_COL * u.Q)]
 
 
 RESOURCES = ("dsp", "ff", "lut", "bram36", "uram")
