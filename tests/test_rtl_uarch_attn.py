@@ -4,13 +4,15 @@ normalising drain) under cocotb + Verilator, bit-exact against codesign.schedule
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from codesign.quant import arith
 from codesign.schedule.isa import Instr, Op
-from test_rtl_uarch import Builder, board_model, build, estimate_of, instr_estimates, run_and_compare
+from codesign.schedule.uarch import derive_uarch
+from test_rtl_uarch import BEAT, Builder, board_model, build, estimate_of, instr_estimates, run_and_compare
 
 I8 = np.int8
 
@@ -73,6 +75,14 @@ def past_the_table(rng) -> Builder:
     return b
 
 
+def odd_passes(rng) -> Builder:
+    """Heads of 48 at Q=32: three e.v passes of 16 columns a query group, a pair (pass 0 into acc0,
+    pass 1 into acc1, one shadow block of 32 columns) and a lone pass 0 (16 columns)."""
+    b = Builder(rng)
+    attn(b, 19, 2, 48)
+    return b
+
+
 def distances(b: Builder, ins: Instr) -> np.ndarray:
     """rshift_round((max - s) * sm, ss) of every score of ins (the EXP index before the clamp)."""
     a = ins.args
@@ -90,7 +100,7 @@ def distances(b: Builder, ins: Instr) -> np.ndarray:
 def programs():
     rng = np.random.default_rng(0)
     return (default_attention(rng).instrs + past_the_table(rng).instrs
-            + attention_between_forwarded_tensors(rng).instrs)
+            + attention_between_forwarded_tensors(rng).instrs + odd_passes(rng).instrs)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +136,26 @@ def test_scores_past_the_exp_table_are_clamped(request, P, W):
     run_and_compare(work, b, P, 32, W, rtl=rtl)
 
 
+@pytest.mark.parametrize("P, W", [(2, 1), (8, 3)])
+def test_ev_pass_pairs_on_both_accumulators_and_a_lone_last_pass(request, P, W):
+    work, rtl = request.getfixturevalue("core_2x32" if P == 2 else "core_8x32_w3")
+    run_and_compare(work, odd_passes(np.random.default_rng(11 + P)), P, 32, W, backpressure=True, rtl=rtl)
+
+
+def test_whole_plan_reads_the_forwarded_qkv_and_forwards_its_output(core_2x32):
+    """The default model's ATTN finds its qkv rows in the bank the MATMUL before it wrote (the whole
+    plan: no DDR loads) and puts its output rows in the other bank, where the next MATMUL reads
+    them; the second ATTN's qkv is in DDR (the head plan). The core's trace against the estimate's
+    rule (estimate.Banks)."""
+    from test_rtl_uarch_fwd import forwarded, rtl_forwarded
+
+    work, rtl = core_2x32
+    b = default_attention(np.random.default_rng(4))
+    u, _ = run_and_compare(work, b, 2, 32, 1, backpressure=True, rtl=rtl)
+    u = derive_uarch(SimpleNamespace(instrs=programs(), elem_bytes=1, wbits=8, abits=8), 2, 32, BEAT, 1)
+    assert forwarded(b, u) == rtl_forwarded(work, b) == [False, True, True, False]
+
+
 def test_an_attn_drops_the_bank_tags_its_head_rows_overwrite(core_2x32):
     work, rtl = core_2x32
     run_and_compare(work, attention_between_forwarded_tensors(np.random.default_rng(9)), 2, 32, 1, rtl=rtl)
@@ -147,22 +177,22 @@ def test_m3vit_tiny_attention_bit_exact_with_stalls_and_ddr_latency(tmp_path, P,
 @pytest.mark.slow
 def test_m3vit_tiny_attention_cycles_against_the_estimate(tmp_path):
     """M3ViT-tiny's ATTN at 2x32 on zcu104's memory model: RTL cycles against the estimate at the
-    RTL's own Uarch (codesign.schedule.estimate, as reports/cycles.json sets them): 0.914 measured
-    (170,373 against 186,449; heads 1 and 2 load behind the head before)."""
+    RTL's own Uarch (codesign.schedule.estimate, as reports/cycles.json sets them): 1.009 measured
+    (170,383 against 168,854; heads 1 and 2 load behind the head before; the e.v passes run back
+    to back, the estimate filling their pipeline once a query block)."""
     b, u, out = tiny_cycles(tmp_path, 2, 1)
     est = estimate_of(b, u).instrs[0].cycles
     ratio = out.instr_cycles[0] / est
     (tmp_path / "attn_cycles.json").write_text(json.dumps({"rtl": out.instr_cycles[0], "est": est, "ratio": ratio}))
     print(f"M3ViT-tiny ATTN at 2x32: {out.instr_cycles[0]} RTL cycles, {est} estimated, {ratio:.3f}")
-    assert 0.88 <= ratio <= 0.96, (out.instr_cycles[0], est)
+    assert 0.97 <= ratio <= 1.05, (out.instr_cycles[0], est)
 
 
 def test_default_model_attention_cycles_against_the_estimate(core_2x32):
     """The default model's ATTN (17 tokens, 4 heads of 16) at 2x32 on zcu104's memory model: RTL
-    cycles against the estimate at the RTL's own Uarch. The RTL loads every head's q, k, v rows
-    from DDR (51 requests of one beat each; the first head's exposed, the others behind the head
-    before), where the estimate's plan forwards them from a bank: 1.46 measured (3,181 against
-    2,176; 1.92 with every head's load exposed)."""
+    cycles against the estimate at the RTL's own Uarch. Both read the qkv rows where the MATMUL
+    before left them (the whole plan, no DDR loads): 0.950 measured (1,368 against 1,440; 3,181 =
+    1.46 with the head plan's per-head DDR loads)."""
     _, memory = board_model()
     work, rtl = core_2x32
     b = default_attention(np.random.default_rng(2))
@@ -171,4 +201,4 @@ def test_default_model_attention_cycles_against_the_estimate(core_2x32):
     ratio = out.instr_cycles[1] / est[1]
     (work / "attn_default_cycles.json").write_text(json.dumps({"rtl": out.instr_cycles, "est": est}))
     print(f"default ATTN at 2x32: {out.instr_cycles[1]} RTL cycles, {est[1]} estimated, {ratio:.3f}")
-    assert 1.35 <= ratio <= 1.6, (out.instr_cycles[1], est[1])
+    assert 0.90 <= ratio <= 1.05, (out.instr_cycles[1], est[1])

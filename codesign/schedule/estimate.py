@@ -520,7 +520,7 @@ class Machine:
         """The qkv (or, per head, its q, k, v columns) in a bank: scores and e.v per query block."""
         a, u = ctx.a, self.u
         score = loop("ATTN", "score_block").trip(ctx)
-        ev = a["tokens"] + LATENCY["exp"]
+        ev_fill = LATENCY["exp"] + feed_latency(u)
         q_first = loop("ATTN", "q_load").trip(ctx)
         for h in range(a["heads"]):
             if per_head_load:
@@ -531,7 +531,8 @@ class Machine:
                 queries = min(u.Q, a["tokens"] - qb * u.Q)
                 groups = _cdiv(queries, u.P)
                 t += feed_latency(u) + attn_key_blocks(ctx) * score
-                t += groups * attn_col_passes(ctx) * (ev + feed_latency(u))
+                # e.v: one key a cycle, the passes of every group back to back (the pipeline fills once)
+                t += groups * attn_col_passes(ctx) * a["tokens"] + ev_fill
         return t
 
     def attn_key_tiles(self, ctx, t, cost):

@@ -150,7 +150,7 @@ SCHEDULE: tuple[Loop, ...] = (
          "heads * ceil(T/Q) * ceil(T/P)", "feed at each query block", "keys on rows, queries on columns; "
          "the drain writes a key's Q scores a cycle"),
     Loop("ATTN", "ev_pass", 1, lambda c: c.a["tokens"], lambda c: c.a["heads"] * attn_query_groups(c) * attn_col_passes(c),
-         "T", "heads * (query groups of P) * ceil(head_dim/ev_cols)", "exp (4) + feed",
+         "T", "heads * (query groups of P) * ceil(head_dim/ev_cols)", "exp (4) + feed, once a query block",
          "unpacked: ev_cols = min(Q/2, G*EPB) columns a pass"),
     Loop("ATTN", "ev_drain", 1, lambda c: min(c.u.P, c.a["tokens"]) * _cdiv(min(c.u.Q, c.a["head_dim"]), c.u.epb),
          lambda c: c.a["heads"] * attn_query_groups(c) * _cdiv(c.a["head_dim"], c.u.Q),
