@@ -69,3 +69,35 @@ def test_moe_block_bit_exact_2x32(core_2x32, which, task):
     work, rtl = core_2x32
     b = shapes(np.random.default_rng(11 + which))[which]
     run_and_compare(work, b, 2, 32, 1, rtl=rtl, task=task)
+
+
+# ---------------------------------------------------------------- cycles against the estimate
+
+MOE_KIND = {Op.GATE: "gate", Op.MATMUL: "expert matmul", Op.REQUANT32: "requant32"}
+
+
+def moe_estimate(b: Builder, u, act: bytes):
+    """codesign.schedule.estimate of b's MoE block at the core's own Uarch and zcu104's memory,
+    with the expert counts the golden GATE wrote (act: the golden act image)."""
+    from types import SimpleNamespace
+
+    from codesign.schedule.estimate import estimate
+    from codesign.schedule.isa import encode_program
+
+    g = b.instrs[0].args
+    counts = np.frombuffer(act, I32, g["experts"], g["counts_addr"]).tolist()
+    prog = SimpleNamespace(instrs=b.instrs, elem_bytes=1, wbits=8, abits=8, num_tasks=g["num_tasks"],
+                           moe_layers={"b0": dict(counts_addr=g["counts_addr"], experts=g["experts"])},
+                           code=encode_program(b.instrs))
+    board, _ = board_model()
+    return estimate(prog, u, board, expert_counts={"b0": counts})
+
+
+def moe_kind_ratios(b: Builder, rtl_cycles: list[int], est_cycles: list[int]) -> dict[str, float]:
+    """RTL cycles over estimated cycles, summed per kind (GATE, expert MATMULs, REQUANT32)."""
+    rtl, est = {}, {}
+    for ins, r, e in zip(b.instrs, rtl_cycles, est_cycles):
+        k = MOE_KIND[ins.op]
+        rtl[k] = rtl.get(k, 0) + r
+        est[k] = est.get(k, 0) + e
+    return {k: rtl[k] / est[k] for k in rtl}
