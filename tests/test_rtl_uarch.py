@@ -178,6 +178,16 @@ def build(tmp_path, instrs, P, Q, W, beat=BEAT):
     return u, rtl
 
 
+
+def ratios_by_kind(kinds: list[str], rtl_cycles: list[int], est_cycles: list[int]) -> dict[str, float]:
+    """RTL cycles over estimated cycles, each summed over the instructions of one kind."""
+    rtl, est = {}, {}
+    for k, r, e in zip(kinds, rtl_cycles, est_cycles):
+        rtl[k] = rtl.get(k, 0) + r
+        est[k] = est.get(k, 0) + e
+    return {k: rtl[k] / est[k] for k in rtl}
+
+
 def run_and_compare(tmp_path, b: Builder, P, Q, W, backpressure=False, memory=None, rtl=None, task=0):
     """Run b's program on the core (rendered for it unless `rtl` is given) and compare."""
     require_verilator()

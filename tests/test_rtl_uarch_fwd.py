@@ -16,7 +16,7 @@ import pytest
 
 from codesign.schedule.isa import Flag, Instr, Op
 from codesign.sim.cosim import TRACE_FILE
-from test_rtl_uarch import BEAT, Builder, board_model, build, estimate_of, run_and_compare
+from test_rtl_uarch import BEAT, Builder, board_model, build, estimate_of, ratios_by_kind, run_and_compare
 
 I8, I32 = np.int8, np.int32
 
@@ -128,12 +128,7 @@ KIND = {Op.MATMUL: "dense matmul", Op.LAYERNORM: "layernorm", Op.ADD: "add"}
 
 def kind_ratios(b: Builder, instr_cycles: list[int], u) -> dict[str, float]:
     est = [c.cycles for c in estimate_of(b, u).instrs]
-    rtl, ests = {}, {}
-    for ins, r, e in zip(b.instrs, instr_cycles, est):
-        k = KIND[ins.op]
-        rtl[k] = rtl.get(k, 0) + r
-        ests[k] = ests.get(k, 0) + e
-    return {k: rtl[k] / ests[k] for k in rtl}
+    return ratios_by_kind([KIND[ins.op] for ins in b.instrs], instr_cycles, est)
 
 
 @pytest.mark.parametrize("P", [2, 4])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from codesign.schedule.isa import Flag, Instr, Op
-from test_rtl_uarch import Builder, board_model, build, run_and_compare
+from test_rtl_uarch import Builder, board_model, build, ratios_by_kind, run_and_compare
 
 I8, I32 = np.int8, np.int32
 
@@ -95,12 +95,7 @@ def moe_estimate(b: Builder, u, act: bytes):
 
 def moe_kind_ratios(b: Builder, rtl_cycles: list[int], est_cycles: list[int]) -> dict[str, float]:
     """RTL cycles over estimated cycles, summed per kind (GATE, expert MATMULs, REQUANT32)."""
-    rtl, est = {}, {}
-    for ins, r, e in zip(b.instrs, rtl_cycles, est_cycles):
-        k = MOE_KIND[ins.op]
-        rtl[k] = rtl.get(k, 0) + r
-        est[k] = est.get(k, 0) + e
-    return {k: rtl[k] / est[k] for k in rtl}
+    return ratios_by_kind([MOE_KIND[ins.op] for ins in b.instrs], rtl_cycles, est_cycles)
 
 
 # measured (Verilator cosim, zcu104's memory model and 4 weight masters, moe_block(rng 5), counts
