@@ -169,7 +169,7 @@ def test_default_model_through_generate_and_cosim_on_the_uarch_core_is_bit_exact
 X_SEED = 2   # any seed: Verilator's random initial values of every register and memory
 
 
-def test_default_model_on_the_uarch_core_does_not_depend_on_initial_state(uarch_core, tmp_path):
+def test_default_model_on_the_uarch_core_does_not_depend_on_initial_state(tmp_path):
     """Every register and memory starting random (Verilator --x-initial unique, seeded), not zero:
     both vectors (one simulation, the second sees the first's leftovers) stay bit-exact, so the
     core never uses state it did not write."""
