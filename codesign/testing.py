@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .emit.data import Vector, write_data_dir
+from .sim.cosim import LIMIT_ARRAY
 from .model.config import ModelConfig
 from .model.m3vit import M3ViT
 from .quant.qmodel import QuantModel
@@ -21,7 +22,7 @@ from .schedule.program import Program, compile_program, load_input
 # The uarch core's smallest array at a 128-bit bus (Q a multiple of 2*EPB): tests that cosim a
 # generated project build this twin (`--rtl-array 2x32`), not the board's array (the default
 # model's 17x128 on zcu104 takes minutes to build in Verilator).
-RTL_TWIN = (2, 32)
+RTL_TWIN = LIMIT_ARRAY
 RTL_TWIN_ARG = f"{RTL_TWIN[0]}x{RTL_TWIN[1]}"
 
 

@@ -5,7 +5,7 @@ the RTL's own Uarch; the bench's reading of cycles.json.
 """
 from __future__ import annotations
 
-from codesign.testing import load_benchmark
+from codesign.testing import RTL_TWIN, load_benchmark
 
 import dataclasses
 import json
@@ -20,7 +20,7 @@ from codesign.cli import main
 from codesign.rtl.project import memory_board, project_program, rtl_uarch
 from codesign.sim.cocotb_runner import SimulatorMissing, find_verilator
 
-TWIN = (2, 32)   # the smallest array the uarch core builds at zcu104's 128-bit bus (Q a multiple of 2*EPB)
+TWIN = RTL_TWIN
 
 
 @pytest.fixture(scope="module")
