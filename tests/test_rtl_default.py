@@ -187,8 +187,9 @@ def test_default_model_on_the_uarch_core_does_not_depend_on_initial_state(tmp_pa
 
 @pytest.mark.slow
 def test_default_model_at_the_boards_array_is_bit_exact(tmp_path):
-    """`codesign generate default` with no --rtl-array renders the tiling's 17x128 x 4 masters (zcu104)
-    and its cosim is bit-exact on both tasks (195 s with the build, Verilator, 2 cores)."""
+    """`codesign generate default` with no --rtl-array renders the tiling's array x 4 masters (zcu104)
+    and its cosim is bit-exact on both tasks (at 17x128, the tiling before the resource model counted
+    the vector unit: 195 s with the build, Verilator, 2 cores)."""
     require_verilator()
     out = tmp_path / "board"
     assert main(["generate", "default", "-o", str(out), "--images", "1"]) == 0
