@@ -146,3 +146,11 @@ def test_the_task_embedding_gate_is_folded_into_a_per_task_bias():
     design = make_test_design(ModelConfig(**M3VIT_LIKE, gate_type="task_embed", gate_task_dim=8))
     gate_b = design.qm.blocks[1].mlp.gate_b
     assert gate_b.shape == (2, 4) and not np.array_equal(gate_b[0], gate_b[1])
+
+
+@pytest.mark.parametrize("op,field", [("MATMUL", "shift"), ("ATTN", "score_shift"), ("REQUANT32", "shift")])
+def test_a_shift_past_the_hardwares_shifters_is_refused(op, field):
+    from codesign.schedule.isa import Instr, Op
+    Instr(Op[op], args={field: A.MAX_SHIFT}, obits=8).encode()
+    with pytest.raises(ValueError, match=f"{field} = {A.MAX_SHIFT + 1} exceeds {A.MAX_SHIFT}"):
+        Instr(Op[op], args={field: A.MAX_SHIFT + 1}, obits=8).encode()

@@ -86,6 +86,10 @@ class Instr:
             value = int(self.args.get(name, 0))
             if not 0 <= value < 2**32:
                 raise ValueError(f"{self.op.name}.{name} = {value} does not fit an unsigned 32-bit field")
+            # The quantizer never makes more; the hardware's shifters are 7-bit and NumPy's int64
+            # shift is undefined past 63, so a larger one would not be bit-exact anywhere.
+            if name.endswith("shift") and value > A.MAX_SHIFT:
+                raise ValueError(f"{self.op.name} {self.layer}: {name} = {value} exceeds {A.MAX_SHIFT}")
             words[i] = value
         return words
 
