@@ -284,12 +284,29 @@ def test_a_mixed_project_rebuilds_its_integer_model_for_your_images(edited_proje
     assert np.array_equal(read_region(pm.prog, act, pm.prog.output.name), golden.output)
 
 
-@pytest.mark.slow
-def test_the_edited_default_model_is_bit_exact_in_cosim(edited_project):
-    """About 2 minutes (Verilator build + 2.4 M simulated cycles per vector)."""
-    from codesign import api
+# The uarch RTL core holds int8 elements: the edit without b2.proj's 12-bit widths.
+EDITED_INT8 = EDITED.replace("  b2.proj: {wbits: 12, abits: 12}\n", "  b2.proj: {wbits: 6, abits: 8}\n")
 
-    res = api.cosim(edited_project, "verilator")
+
+def test_an_edit_wider_than_the_rtl_core_says_why_it_has_no_rtl(edited_project, capsys):
+    """A 12-bit layer gets the HLS project but no RTL; cosim says why in one line, exit 2."""
+    code, _, err = _cli(capsys, "cosim", edited_project)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "The RTL core was not generated: " in err and "needs int8 elements" in err, err
+
+
+@pytest.mark.slow
+def test_the_edited_default_model_is_bit_exact_in_cosim(tmp_path):
+    """About 2 minutes (Verilator build + 2.4 M simulated cycles per vector), on the 2x32 twin."""
+    from codesign import api
+    from codesign.cli import main
+    from codesign.testing import RTL_TWIN_ARG
+
+    assert EDITED_INT8 != EDITED
+    (tmp_path / "edited.yaml").write_text(EDITED_INT8)
+    assert main(["generate", "default", "--precision", str(tmp_path / "edited.yaml"), "-o", str(tmp_path / "p"),
+                 "--images", "1", "--rtl-array", RTL_TWIN_ARG]) == 0
+    res = api.cosim(tmp_path / "p", "verilator")
     assert res.all_passed, res.summary_text()
 
 

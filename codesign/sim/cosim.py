@@ -288,6 +288,9 @@ def run_cosim(project_dir: Path, simulator: str = "verilator", waves: bool = Fal
     if not (data_dir / "manifest.json").is_file():
         raise CosimError(f"{data_dir / 'manifest.json'} not found: generate the project first")
     if not any(rtl_dir.glob("*.v")):
+        refused = rtl_dir / "NOT_GENERATED.txt"   # api.RTL_NOT_GENERATED (api imports this module)
+        if refused.is_file():
+            raise CosimError(f"no Verilog in {rtl_dir}: {refused.read_text().strip()}")
         raise CosimError(f"no Verilog in {rtl_dir}: generate the project first")
     _check_blob_sizes(project_dir, data_dir)
     man = load_data_manifest(data_dir)
