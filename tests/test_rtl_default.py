@@ -198,6 +198,32 @@ def test_default_model_at_the_boards_array_is_bit_exact(tmp_path):
     assert main(["cosim", str(out)]) == 0
 
 
+@pytest.mark.slow
+def test_m3vit_tiny_shaped_model_at_the_boards_array_is_bit_exact(tmp_path):
+    """Edge-MoE's model (cityscapes-tiny: 128x256, 129 tokens, dim 192, 16 experts top-2) cut to one
+    dense and one MoE block, at the array zcu104's tiling gives it (no --rtl-array): the cosim is
+    bit-exact on both tasks and cycles.json has every layer kind's RTL and estimated cycles at that
+    array (the full 12 blocks: benchmarks/bench.py --cosim-configs edge-moe-tiny)."""
+    from codesign.model.m3vit import M3ViT
+    from codesign.model.zoo import M3VIT_CONFIGS
+
+    require_verilator()
+    cfg = dataclasses.replace(M3VIT_CONFIGS["cityscapes-tiny"], depth=2, moe_blocks=(1,))
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((2, 3, 128, 256)).astype(np.float32)
+    design = api.convert(M3ViT(cfg).eval(), calib=calib)
+    proj = api.generate(design, tmp_path / "p", images=1)
+    rtl = read(proj, "rtl/rtl.json")
+    assert (rtl["P"], rtl["Q"]) == (design.tiling.P, design.tiling.Q)
+    res = api.cosim(proj)
+    assert res.all_passed and len(res.vectors) == cfg.num_tasks, res.summary_text()
+    assert api.cycles_report(proj, res)
+    kinds = load_bench().kind_cycles(read(proj, "reports/cycles.json"))
+    assert set(kinds) == {"dense matmul", "vector ops", "attention", "moe"}
+    print(f"{rtl['P']}x{rtl['Q']}: {res.speed_text()};",
+          {k: round(v["rtl_over_est"], 2) for k, v in kinds.items()})
+
+
 # ---------------------------------------------------------------- the bench
 
 def load_bench():
