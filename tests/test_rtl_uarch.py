@@ -3,7 +3,8 @@ cocotb + Verilator, bit-exact against codesign.schedule.isa.execute.
 
 Stage 1: MATMUL with every flag (GELU, GATHER, SCATTER, DYNM), partial tiles and row blocks, at
 2x32 and 8x32 on a 128-bit bus (EPB 16), one and three weight masters, with random AXI stalls and a
-board-like memory latency; the 17x128 array the default model's zcu104 tiling picks is a slow test.
+board-like memory latency; a 17x128 array with 4 weight masters (the default model's zcu104 tiling
+when it was written; it picks 9x128 now) is a slow test.
 """
 from __future__ import annotations
 
@@ -272,7 +273,8 @@ def default_model_matmuls(rng) -> Builder:
 
 @pytest.mark.slow
 def test_board_array_17x128_bit_exact(tmp_path):
-    """The array zcu104's tiling gives the default model (17x128, 4 weight masters), on the
+    """A 17x128 array with 4 weight masters (zcu104's tiling of the default model when written; 9x128
+    now: 17x128 stays as the larger build), on the
     board's memory model; the Verilator build time and the simulated cycles per second go to
     board_17x128.json in the test's folder (read by the report)."""
     import time
