@@ -132,7 +132,8 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
         # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
         "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
-        "NE": max(1, u.max_experts),      # the router's lanes
+        "NE": max(1, u.max_experts),      # the router's experts
+        "KMAX": max(1, min(u.max_experts, u.max_top_k or u.max_experts)),   # its top-k list
         # ATTN: sbuf rows (one per key), e.v output columns a pass
         "SBD": tok, "SBAW": _addr_bits(tok), "EVC": u.ev_cols,
         "LN_NBUF": ln_row_buffers(max(2, -(-u.max_dim // u.epb))),

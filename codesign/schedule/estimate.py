@@ -30,7 +30,7 @@ from ..quant.qmodel import QuantModel
 from .isa import Flag, Instr, Op
 from .program import Program
 from .schedule import (LATENCY, Ctx, attn_col_passes, attn_key_blocks, attn_query_blocks, attn_query_groups,
-                       feed_latency, k_passes, list_write_beats, loop, mm_dims)
+                       feed_latency, k_passes, list_write_beats, loop, mm_dims, router_token_cycles)
 from .uarch import Uarch
 
 KINDS = ("attention", "moe", "dense matmul", "vector ops")
@@ -476,7 +476,7 @@ class Machine:
                     end = max(end_prev + kc, end_prev + drain_prev, inputs + feed_latency(u) + kc)
                 cost.weight_wait += int(max(0.0, ready_w - (end - kc)))
                 end_prev = end
-                drain_prev = rows_b if router else rows_b * _cdiv(qt, u.epb)
+                drain_prev = rows_b * router_token_cycles(N) if router else rows_b * _cdiv(qt, u.epb)
             self.release[jobs[t]] = end_prev
         tail = LATENCY["router"] if router else LATENCY["drain"]
         return end_prev + drain_prev + tail

@@ -24,10 +24,20 @@ LATENCY = {
     "drain": 6,  # drain lane: +bias, x mult (2 stages), round, saturate, GELU table
     "exp": 4,  # e.v feed: sbuf read, subtract the max, scale, EXP ROM
     "recip": 4,  # bitlen, shift, RECIP ROM, per query / token
-    "router": 8,  # GATE: max, EXP of every expert, sum, RECIP, top-k, list append
+    "router": 8,  # GATE, after the last token's EXP sum: RECIP, qmax x r, a score per chosen expert, append
     "layernorm": 12,  # LayerNorm: last beat of a row -> var -> RSQRT -> its first normalised beat
     "vector": 4,  # ADD / REQUANT32 lane pipeline
 }
+
+
+# The router takes a token one expert a cycle (docs/UARCH.md "GATE"): its EXP and sum stage issues
+# the token's experts, then waits for the last one through distance, product, EXP table and sum.
+ROUTER_EXP_DEPTH = 4
+
+
+def router_token_cycles(experts: int) -> int:
+    """Cycles the router spends on one token (its slowest stage: EXP and sum)."""
+    return experts + ROUTER_EXP_DEPTH
 
 
 def feed_latency(u: Uarch) -> int:
@@ -138,8 +148,10 @@ SCHEDULE: tuple[Loop, ...] = (
          "rows, each loaded, then its blocks over every tile (weights read again per chunk when n > Q)"),
     Loop("GATE", "mac_block", 1, lambda c: c.a["dim"] * k_passes(c), row_blocks, "dim", "ceil(tokens/P)",
          "as MATMUL", "one tile of `experts` columns"),
-    Loop("GATE", "router", 1, lambda c: min(c.u.P, c.a["tokens"]), row_blocks, "tokens of the block",
-         "ceil(tokens/P)", "router (8) after the last block", "one token per cycle beside the next block"),
+    Loop("GATE", "router", 1, lambda c: min(c.u.P, c.a["tokens"]) * router_token_cycles(c.a["experts"]), row_blocks,
+         "tokens of the block * (experts + 4)", "ceil(tokens/P)", "router (8) after the last block",
+         "the RTL's cs_router: one expert a cycle beside the next block (longer than `dim` cycles: the "
+         "next block waits); the HLS kernel's router unrolls the experts, one token a cycle"),
     Loop("GATE", "list_write", 1, lambda c: gate_list_beats(c), _one,
          "ceil(4E/B) + 2 * sum_e ceil(4 count_e / B)", "1", "-", "counts, token ids and scores to DDR"),
     Loop("ATTN", "q_load", 1, lambda c: min(c.u.Q, c.a["tokens"]) * c.a["head_dim"] // c.u.epb,

@@ -70,6 +70,7 @@ class Uarch:
     # moe_acc as the kernels declare it: acc_tokens rows of acc_row_words words (0: not on chip)
     acc_tokens: int = 0  # the widest GATE's tokens
     acc_row_words: int = 0  # the widest GATE's dim / EPB
+    max_top_k: int = 0  # the largest GATE top_k (the router's top-k list); 0: max_experts
 
     @property
     def epb(self) -> int:
@@ -241,6 +242,7 @@ def derive_uarch(prog: Program, P: int, Q: int, beat_bytes: int, weight_ports: i
         acc_words=acc_tokens * acc_row_words,
         instrs=len(prog.instrs) + 1, gelu=any(i.op == Op.MATMUL and i.flags & Flag.GELU for i in prog.instrs),
         dsp_packing=dsp_packing, acc_tokens=acc_tokens, acc_row_words=acc_row_words,
+        max_top_k=max([min(a["top_k"], a["experts"]) for a in gate] + [0]),
     )
 
 
@@ -409,8 +411,8 @@ def memories(u: Uarch) -> list[Memory]:
         mems += [Memory("moe_acc", "MoE accumulator: EPB int32 a word", 32 * u.epb, u.acc_words),
                  Memory("lists", "per expert: token ids and scores (int32), B/4 banks each for the write-out", 32,
                         -(-u.max_tokens // lanes32), 2 * u.max_experts * lanes32),
-                 Memory("router_exp", "EXP table for the router, experts/2 copies", A.EXP_FRAC + 1,
-                        A.EXP_LUT_SIZE, max(1, u.max_experts // 2))]
+                 # the RTL router's one table (one expert a cycle); the HLS kernel's has experts/2
+                 Memory("router_exp", "EXP table for the router", A.EXP_FRAC + 1, A.EXP_LUT_SIZE, 1)]
     return mems
 
 
@@ -511,11 +513,16 @@ WGT_DSPS = 8
 WGT_LUTS = 3150
 WGT_GROUP_LUTS = 154
 WGT_FFS = 3900
-# The router (cs_router), not synthesized (yosys 0.23 does not finish it): its DSPs (the softmax
-# score e * QP * RECIP) and, per expert, its registers (logit, distance, exp, rank, count: ~250
-# bits) and as many LUTs, counted from the RTL, not measured.
-ROUTER_DSPS = 4
-ROUTER_PER_EXPERT = 250
+# The router (cs_router: one expert a cycle, so one multiplier of each kind): yosys 0.23 of the unit
+# alone at 1x32 gives 9 DSP / 7,615 LUT (2,076 of them LUTRAM) / 3,370 FF for the default model
+# (8 experts, 17 tokens) and 10 / 14,287 (7,197) / 6,414 for edge-moe-tiny (16 experts, 129 tokens);
+# the line through the two, less the `lists` memory the model counts, is per expert: the second
+# copy of the lists (cs_seq's port), the counters and the write-out's select.
+ROUTER_DSPS = 10
+ROUTER_LUTS = 943
+ROUTER_LUTS_PER_EXPERT = 578
+ROUTER_FFS = 326
+ROUTER_FFS_PER_EXPERT = 380
 # The rest (cs_rdarb, axi_lite_control, cs_core / codesign_top's glue: the bank and read-client
 # muxes, which grow with Q): 4,491, 4,535, 5,223, 5,310 LUT at 1x32, 2x32, 2x64, 4x64; 481 FF.
 LUTS_CONTROL = 3780
@@ -564,8 +571,8 @@ def logic_parts(u: Uarch) -> list[Part]:
     if u.max_dh:
         parts.append(Part("attention", 1, dsp=ATTN_DSPS, ff=ATTN_FFS, lut=ATTN_LUTS))
     if u.max_experts:
-        parts.append(Part("router", 1, dsp=ROUTER_DSPS, ff=ROUTER_PER_EXPERT * u.max_experts,
-                          lut=ROUTER_PER_EXPERT * u.max_experts))
+        parts.append(Part("router", 1, dsp=ROUTER_DSPS, ff=ROUTER_FFS + ROUTER_FFS_PER_EXPERT * u.max_experts,
+                          lut=ROUTER_LUTS + ROUTER_LUTS_PER_EXPERT * u.max_experts))
     return parts + [Part("control", 1, ff=FF_CONTROL, lut=LUTS_CONTROL + LUTS_CONTROL_PER_COL * u.Q)]
 
 
