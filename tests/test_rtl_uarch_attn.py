@@ -202,3 +202,47 @@ def test_default_model_attention_cycles_against_the_estimate(core_2x32):
     (work / "attn_default_cycles.json").write_text(json.dumps({"rtl": out.instr_cycles, "est": est}))
     print(f"default ATTN at 2x32: {out.instr_cycles[1]} RTL cycles, {est[1]} estimated, {ratio:.3f}")
     assert 0.90 <= ratio <= 1.05, (out.instr_cycles[1], est[1])
+
+
+KEY_TILE_BANK = 168   # beats: 32 queries + 24 keys of head_dim 48 (3 beats a row); one head needs 630
+
+
+def key_tiles(rng) -> Builder:
+    """An ATTN whose head exceeds the bank (the key-tile plan at KEY_TILE_BANK): 70 tokens, 2 heads of
+    48, so 3 query blocks (32, 32, 6), key tiles of 24 (24, 24, 22: the last short) and three e.v
+    passes (a pair and a lone pass) per query group."""
+    b = Builder(rng)
+    attn(b, 70, 2, 48, score_mult=1, score_shift=6, out_mult=25000, out_shift=23, lo=-40, hi=40)
+    return b
+
+
+def build_bank(work, instrs, P, Q, W, bank_beats):
+    """The core for instrs with a bank of bank_beats (build()'s, which sizes the bank to the largest tensor)."""
+    from codesign.rtl.render import render_uarch_rtl
+
+    u = derive_uarch(SimpleNamespace(instrs=instrs, elem_bytes=1, wbits=8, abits=8), P, Q, BEAT, W,
+                     bank_beats=bank_beats)
+    rtl = work / "rtl"
+    render_uarch_rtl(rtl, u, trace=True)
+    return u, rtl
+
+
+@pytest.mark.parametrize("P, W", [(2, 1), (8, 3)])
+def test_key_tiles_bit_exact_and_cycles_against_the_estimate(tmp_path, P, W):
+    """The key-tile plan (UARCH.md "ATTN"): per query block its queries, K per tile into sbuf, V per
+    tile for each query group and pass pair with the sums carried in the accumulators across the
+    tiles. Bit-exact with stalls and zcu104's DDR latency; then, without stalls, RTL cycles against
+    the estimate at the RTL's own Uarch (its k_load / v_load rows)."""
+    b = key_tiles(np.random.default_rng(21 + P))
+    u, rtl = build_bank(tmp_path, b.instrs, P, 32, W, KEY_TILE_BANK)
+    a = b.instrs[0].args
+    assert u.attn_plan(a["tokens"], a["heads"], a["head_dim"]) == ("keys", 24)
+    _, memory = board_model()
+    run_and_compare(tmp_path, b, P, 32, W, backpressure=True, memory=memory, rtl=rtl)
+    _, out = run_and_compare(tmp_path, b, P, 32, W, memory=memory, rtl=rtl)
+    est = estimate_of(b, u).instrs[0].cycles
+    ratio = out.instr_cycles[0] / est
+    (tmp_path / "attn_key_tiles_cycles.json").write_text(json.dumps({"rtl": out.instr_cycles[0], "est": est,
+                                                                      "ratio": ratio}))
+    print(f"key-tile ATTN at {P}x32: {out.instr_cycles[0]} RTL cycles, {est} estimated, {ratio:.3f}")
+    assert 0.85 <= ratio <= 1.15, (out.instr_cycles[0], est)
