@@ -178,9 +178,10 @@ def test_m3vit_tiny_attention_bit_exact_with_stalls_and_ddr_latency(tmp_path, P,
 @pytest.mark.slow
 def test_m3vit_tiny_attention_cycles_against_the_estimate(tmp_path):
     """M3ViT-tiny's ATTN at 2x32 on zcu104's memory model: RTL cycles against the estimate at the
-    RTL's own Uarch (codesign.schedule.estimate, as reports/cycles.json sets them): 1.009 measured
-    (170,383 against 168,854; heads 1 and 2 load behind the head before; the e.v passes run back
-    to back, the estimate filling their pipeline once a query block)."""
+    RTL's own Uarch (codesign.schedule.estimate, as reports/cycles.json sets them): 0.986 measured
+    (166,543 against 168,854; 1.009 = 170,383 while gmem queued 4 reads, not 16: head 0's rows
+    load faster; heads 1 and 2 load behind the head before; the e.v passes run back to back, the
+    estimate filling their pipeline once a query block)."""
     b, u, out = tiny_cycles(tmp_path, 2, 1)
     est = estimate_of(b, u).instrs[0].cycles
     ratio = out.instr_cycles[0] / est
@@ -234,8 +235,8 @@ def test_key_tiles_bit_exact_and_cycles_against_the_estimate(tmp_path, P, W):
     tile for each query group and pass pair with the sums carried in the accumulators across the
     tiles. Bit-exact with stalls and zcu104's DDR latency; then, without stalls, RTL cycles against
     the estimate at the RTL's own Uarch (its k_load / v_load rows): 0.951 measured at 2x32 (84,276
-    against 88,644; 115 s) and 0.963 at 8x32 with 3 weight masters (24,791 against 25,740; 203 s,
-    slow). Restarting the row sums or the accumulators at each tile fails it."""
+    against 88,644; 1-2 min) and 0.963 at 8x32 with 3 weight masters (24,791 against 25,740;
+    35 s on an idle machine, 203 s on a loaded one: slow). Restarting the row sums or the accumulators at each tile fails it."""
     b = key_tiles(np.random.default_rng(21 + P))
     u, rtl = build_bank(tmp_path, b.instrs, P, 32, W, KEY_TILE_BANK)
     a = b.instrs[0].args
