@@ -98,12 +98,25 @@ def moe_kind_ratios(b: Builder, rtl_cycles: list[int], est_cycles: list[int]) ->
     return ratios_by_kind([MOE_KIND[ins.op] for ins in b.instrs], rtl_cycles, est_cycles)
 
 
+def cycles_without_end(b: Builder, est) -> list[int]:
+    """The estimate's cycles per instruction without END: it charges END (every write acknowledged,
+    read_latency_cycles after the last write) to the last instruction, which the RTL's trace does
+    not (its S_END is no instruction).  The block ends with its REQUANT32, the last write."""
+    assert b.instrs[-1].op == Op.REQUANT32
+    cycles = [c.cycles for c in est.instrs]
+    cycles[-1] -= est.read_latency_cycles
+    return cycles
+
+
 # measured (Verilator cosim, zcu104's memory model and 4 weight masters, moe_block(rng 5), counts
-# [5, 6, 8, 7]), RTL / estimate at the RTL's own Uarch: 2x32 GATE 1.22, expert MATMULs 1.84,
-# REQUANT32 2.70; 4x32 1.38 / 2.17 / 2.70.  The estimate's Uarch has moe_acc (SCATTER adds into it,
-# REQUANT32 reads it, GATE clears no DDR rows); this core keeps the accumulator in DDR, so the
-# 0.85-1.15 target is not reached: the bands below guard what is there until moe_acc lands.
-MOE_BANDS = {"gate": 1.3, "expert matmul": 2.0, "requant32": 2.9}
+# [5, 6, 8, 7]), RTL / estimate at the RTL's own Uarch, at 2x32.  With the accumulator in DDR (no
+# moe_acc: each SCATTER row read back through acc_old, REQUANT32 streaming int32 from DDR):
+# GATE 1.15, expert MATMULs 1.84, REQUANT32 2.70 (227 cycles against 84, END in the estimate's; 6.7
+# against its 34 without); the block 4,242 cycles against 2,422 (1.75; 1.79 without END).  With moe_acc (cs_moeacc, write-through): GATE 1.15, expert MATMULs
+# 1.61 (the SCATTERs 358-414 cycles, from 457-536), REQUANT32 1.29 (44 cycles against 34, END
+# left out on both sides); the block 3,617 against 2,372 (1.52).  What is left of the expert
+# MATMULs' 1.61 is not the accumulator.
+MOE_BANDS = {"gate": 1.3, "expert matmul": 1.75, "requant32": 1.45}
 
 
 @pytest.mark.slow
@@ -115,7 +128,9 @@ def test_moe_block_cycles_against_the_estimate_2x32(tmp_path):
     from codesign.sim.cosim import reference_image
 
     act = reference_image(encode_program(b.instrs), bytes(b.wgt), bytes(b.act), 0, 8, 1)
-    ratios = moe_kind_ratios(b, out.instr_cycles, [c.cycles for c in moe_estimate(b, u, act).instrs])
-    print(f"2x32 MoE RTL/est per kind: {ratios}; RTL cycles {out.instr_cycles}")
+    est = cycles_without_end(b, moe_estimate(b, u, act))
+    ratios = moe_kind_ratios(b, out.instr_cycles, est)
+    print(f"2x32 MoE RTL/est per kind: {ratios}; the block {sum(out.instr_cycles) / sum(est):.3f} "
+          f"({sum(out.instr_cycles)} / {sum(est)}); RTL cycles {out.instr_cycles}, estimated {est}")
     for kind, ratio in ratios.items():
         assert 0.85 <= ratio <= MOE_BANDS[kind], (kind, ratio)
