@@ -52,9 +52,25 @@ def moe_block(rng, tokens=13, dim=32, hidden=48, experts=4, top_k=2, num_tasks=1
     return b
 
 
+def overwritten_accumulator(rng) -> Builder:
+    """moe_block, then an ADD whose output lands in the accumulator's DDR bytes (uarch.check_program
+    allows it after the accumulator's REQUANT32 and last SCATTER) and a second REQUANT32 of the
+    accumulator: moe_acc no longer mirrors it (cs_seq drops the mirror), so that one streams from DDR."""
+    b = moe_block(rng)
+    g = b.instrs[0].args
+    acc, count = g["acc_addr"], g["tokens"] * g["dim"]
+    a = b.rand("act", count, -128, 128, I8)
+    b.instrs.append(Instr(Op.ADD, 0, dict(a_addr=a, b_addr=a, out_addr=acc + 64, count=count, ma=23000, mb=9000,
+                                          shift=15), obits=8))
+    b.instrs.append(Instr(Op.REQUANT32, 0, dict(src_addr=acc, out_addr=b.alloc("act", count), count=count,
+                                                mult=9000, shift=20), obits=8))
+    return b
+
+
 def shapes(rng):
     """The programs of the tests below (one core build fits them all: sizes depend on shapes only)."""
-    return [moe_block(rng, top_k=2), moe_block(rng, experts=8, top_k=4, dead=3, num_tasks=3)]
+    return [moe_block(rng, top_k=2), moe_block(rng, experts=8, top_k=4, dead=3, num_tasks=3),
+            overwritten_accumulator(rng)]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +80,7 @@ def core_2x32(tmp_path_factory):
     return work, rtl
 
 
-@pytest.mark.parametrize("which, task", [(0, 0), (1, 2), (1, 7)])
+@pytest.mark.parametrize("which, task", [(0, 0), (1, 2), (1, 7), (2, 0)])
 def test_moe_block_bit_exact_2x32(core_2x32, which, task):
     work, rtl = core_2x32
     b = shapes(np.random.default_rng(11 + which))[which]
