@@ -87,6 +87,26 @@ def test_moe_block_bit_exact_2x32(core_2x32, which, task):
     run_and_compare(work, b, 2, 32, 1, rtl=rtl, task=task)
 
 
+def test_moe_block_with_the_accumulator_in_ddr_bit_exact_2x32(tmp_path):
+    """Without moe_acc (derive_uarch(..., acc_on_chip=False): a tiling without room for it) the core
+    has no cs_moeacc, the SCATTERs read their old rows from DDR (acc_old) and the REQUANT32 streams
+    the accumulator: still bit-exact."""
+    from types import SimpleNamespace
+
+    from codesign.rtl.render import render_uarch_rtl
+    from codesign.schedule.uarch import derive_uarch
+    from test_rtl_uarch import BEAT
+
+    b = moe_block(np.random.default_rng(11))
+    u = derive_uarch(SimpleNamespace(instrs=b.instrs, elem_bytes=1, wbits=8, abits=8), 2, 32, BEAT, 1,
+                     acc_on_chip=False)
+    assert u.acc_words == 0 and u.acc_old_rows > 0
+    rtl = tmp_path / "rtl"
+    render_uarch_rtl(rtl, u, trace=True)
+    assert not (rtl / "cs_moeacc.v").exists()
+    run_and_compare(tmp_path, b, 2, 32, 1, rtl=rtl)
+
+
 # ---------------------------------------------------------------- cycles against the estimate
 
 MOE_KIND = {Op.GATE: "gate", Op.MATMUL: "expert matmul", Op.REQUANT32: "requant32"}
