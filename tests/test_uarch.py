@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from codesign.schedule.isa import AccumulatorOverflow, Flag, Op, execute
+from codesign.schedule.isa import AccumulatorOverflow, Flag, Instr, Op, execute
 from codesign.schedule.program import load_input
 from codesign.schedule.uarch import HardwareRuleError, check_program, derive_uarch
 from codesign.testing import make_test_design
@@ -92,6 +92,25 @@ def test_moe_rules(design):
     wide = dataclasses.replace(gate, args=dict(gate.args, experts=20))
     with pytest.raises(HardwareRuleError, match=r"experts=20 > min\(Q, EPB\)=16"):
         check_program(_with(prog, [wide]), u)
+
+
+def test_the_accumulator_is_kept_until_its_last_scatter(design):
+    """With moe_acc on chip no instruction may write the accumulator's DDR bytes from its GATE to its
+    REQUANT32 *and* its last SCATTER: the RTL's moe_acc mirrors DDR (written through) and a SCATTER
+    adds into moe_acc, so a SCATTER after an overwrite would add into a stale copy.  After both, a
+    write is fine (cs_seq drops the mirror; the next REQUANT32 streams from DDR)."""
+    prog = design.prog
+    u = _uarch(prog)
+    gate, fc2 = _gate_and_first_scatter(prog)
+    g, rq = prog.instrs.index(gate), next(pc for pc, i in enumerate(prog.instrs) if i.op == Op.REQUANT32)
+    over = Instr(Op.ADD, 0, dict(a_addr=gate.args["x_addr"], b_addr=gate.args["x_addr"], out_addr=gate.args["acc_addr"],
+                                 count=16, ma=1, mb=1, shift=0), obits=8)
+    late = prog.instrs[:rq + 1] + [over]
+    check_program(_with(prog, late), u)
+    with pytest.raises(HardwareRuleError, match=rf"^instruction {rq + 1} \(ADD \): it writes into the accumulator "
+                                                rf"of the GATE at {g}"):
+        check_program(_with(prog, late + [fc2]), u)
+    check_program(_with(prog, late + [fc2]), _uarch(prog, acc_on_chip=False))   # in DDR: no copy to go stale
 
 
 def test_bank_capacity_is_a_parameter_with_a_floor(design):

@@ -321,8 +321,11 @@ UNIT_GROUPS = (
     ("sequencer", ("cs_seq",), ("sequencer", "prog")),
     ("weights", ("cs_wgt",), ("weight_engine", "wslot", "params", "lut")),
     ("attention", ("cs_attn",), ("attention", "qbuf", "sbuf", "exp_rom", "recip_rom")),
-    # the token lists are cs_seq's idx / score memories and cs_router's; moe_acc is not in the RTL yet
-    ("router", ("cs_router",), ("router", "lists", "router_exp", "moe_acc", "acc_written")),
+    # the token lists are cs_seq's idx / score memories and cs_router's
+    ("router", ("cs_router",), ("router", "lists", "router_exp")),
+    # moe_acc's memory and clear sweep (the model's acc_written is the HLS kernel's written bits; the
+    # RTL clears by a sweep instead, so the RTL has no such memory)
+    ("moe_acc", ("cs_moeacc",), ("moe_acc", "acc_written")),
     ("control", ("cs_rdarb", "axi_lite_control", GLUE), ()),
 )
 UNITS_DIR = "units"

@@ -93,6 +93,7 @@ def render_units(out_dir: Path, names: tuple[str, ...] = UNIT_TEMPLATES, params:
 # ---------------------------------------------------------------- the docs/UARCH.md core
 UARCH_TEMPLATE_DIR = "uarch"            # rtl_templates/uarch/*.v.j2: cs_top (= codesign_top), cs_*
 SHELL_TEMPLATES = ("axi_lite_control.v.j2", "axi_master.v.j2")
+MOE_ACC_TEMPLATE = "cs_moeacc.v.j2"    # rendered only when the Uarch has moe_acc on chip
 _TAG_BITS = 16                          # the core's row / column / count fields (tokens, n < 2^16)
 
 
@@ -127,6 +128,8 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "BANK": bank, "BAW": _addr_bits(bank), "SAW": _addr_bits(slot_depth),
         "TOK": tok, "TOKW": _addr_bits(tok), "PROG_BEATS": prog_beats, "PAW": _addr_bits(prog_beats),
         "OLOG": max(2, _addr_bits(old_beats)), "trace": bool(trace),
+        # moe_acc (cs_moeacc): words of EPB int32, 0 without it (the accumulator in DDR, acc_old)
+        "ACCD": u.acc_words, "AAW": _addr_bits(max(2, u.acc_words)),
         # cs_vec's longest LayerNorm row: a multiple of EPB, at least 2 beats
         "MAX_DIM": max(2, -(-u.max_dim // u.epb)) * u.epb,
         "NE": max(1, u.max_experts),      # the router's experts
@@ -159,7 +162,8 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
         old.unlink()
     env = _environment()
     names = list(SHELL_TEMPLATES) + list(UNIT_TEMPLATES) + sorted(
-        f"{UARCH_TEMPLATE_DIR}/{p.name}" for p in (TEMPLATE_DIR / UARCH_TEMPLATE_DIR).glob("*" + TEMPLATE_SUFFIX))
+        f"{UARCH_TEMPLATE_DIR}/{p.name}" for p in (TEMPLATE_DIR / UARCH_TEMPLATE_DIR).glob("*" + TEMPLATE_SUFFIX)
+        if params["cs"]["ACCD"] or p.name != MOE_ACC_TEMPLATE)   # no moe_acc: no module outside the hierarchy
     written = []
     for name in names:
         text = env.get_template(name).render(**params)
@@ -176,5 +180,5 @@ def uarch_record(u) -> dict:
     """`uarch`: the whole Uarch, so that cosim and reports can run the estimate at the core's own."""
     return {"core": "uarch", "P": u.P, "Q": u.Q, "weight_ports": u.weight_ports, "axi_bits": 8 * u.beat_bytes,
             "microarchitecture": "docs/UARCH.md (MATMUL, LAYERNORM, ADD, REQUANT32, GATE with lists "
-                                 "read back from DDR and no moe_acc, ATTN whole, per head or in key tiles)",
+                                 "and moe_acc on chip when the Uarch has them, ATTN whole, per head or in key tiles)",
             "uarch": dataclasses.asdict(u)}

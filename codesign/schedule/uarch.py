@@ -643,7 +643,8 @@ def _scatter_into_acc(a: dict, gate: Instr | None) -> str | None:
 @dataclass(frozen=True)
 class _GateSpan:
     """What a GATE leaves on chip and until when: its counts and lists until its last MATMUL that
-    reads them, its accumulator until the REQUANT32 that reads it whole (or the next GATE)."""
+    reads them, its accumulator until the REQUANT32 that reads it whole (or the next GATE) and its
+    last SCATTER."""
     pc: int
     lists: tuple[tuple[int, int], ...]  # (addr, bytes) of counts, token lists, score lists
     lists_until: int
@@ -662,9 +663,12 @@ def _gate_spans(prog: Program) -> list[_GateSpan]:
         acc = (g["acc_addr"], 4 * g["tokens"] * g["dim"])
         whole = [q for q in range(pc + 1, end) if prog.instrs[q].op == Op.REQUANT32
                  and prog.instrs[q].args["src_addr"] == acc[0] and 4 * prog.instrs[q].args["count"] == acc[1]]
+        # a SCATTER after that REQUANT32 still adds into moe_acc (the RTL's, written through to DDR)
+        scatters = [q for q in users if prog.instrs[q].flags & Flag.SCATTER]
+        acc_until = max([whole[0] if whole else end] + [q + 1 for q in scatters])
         lists = ((g["counts_addr"], 4 * g["experts"]), (g["idx_addr"], 4 * g["experts"] * g["list_stride"]),
                  (g["score_addr"], 4 * g["experts"] * g["list_stride"]))
-        spans.append(_GateSpan(pc, lists, max(users, default=pc), acc, whole[0] if whole else end))
+        spans.append(_GateSpan(pc, lists, max(users, default=pc), acc, acc_until))
     return spans
 
 
