@@ -39,8 +39,10 @@ HUGE_ACTIVATION = 1e15
 
 
 # Calibration images go through the float model in passes of at most this many attention scores
-# [B, heads, T, T] (512 MB of float32, were attention to materialise them; 10 images of M3ViT-small).
-CALIB_SCORES_PER_PASS = 1 << 27
+# [B, heads, T, T] (128 MB of float32, were attention to materialise them): PASCAL-small's 8
+# calibration images (1,025 tokens, 12 heads) go 2 a pass; convert's peak RSS 1.55 GB, where 2^27
+# (all 8 in one pass) peaked at 3.96 GB (/usr/bin/time -v).
+CALIB_SCORES_PER_PASS = 1 << 25
 # One thread, as in training: on a shared 2-core host a second thread made M3ViT-small's forward
 # 3-4x slower (OpenMP threads waiting for each other); on an idle one it saves at most ~40%.
 CALIB_THREADS = 1
