@@ -44,13 +44,14 @@ def est(cfg=BASE, board="zcu104", counts=None, P=None, Q=None):
 def test_packing_needs_a_dsp48e2_and_narrow_operands():
     """Two int8 products share a DSP48E2 (Zynq UltraScale+), not a 7-series DSP48E1 (25x18). The
     core's fixed logic as yosys measures it (the vector unit's lanes, the sequencer: ~58k LUT at
-    1x16) no longer fits pynq-z2's 42,560-LUT budget, so its compute unit is checked as derived
-    for the board (board_uarch), and the tiling's refusal names the LUT."""
+    1x16; the attention unit's 78 + 4 a row DSP48E2) no longer fits pynq-z2 (its 42,560-LUT and
+    176-DSP budgets), so its compute unit is checked as derived for the board (board_uarch), and
+    the tiling's refusal names the first resource short, the DSP since cs_attn was synthesized."""
     assert U.packable(8, 8) and U.packable(9, 9) and not U.packable(10, 8) and not U.packable(8, 11)
     pynq = load_board("pynq-z2")  # Zynq-7000: DSP48E1, 25x18
     u = board_uarch(design().prog, pynq, 1, 16)
     assert not u.packed and u.macs_per_dsp == 1
-    with pytest.raises(ResourceError, match=r"^design does not fit pynq-z2: a 1x16 MAC array needs [\d,]+ LUT"):
+    with pytest.raises(ResourceError, match=r"^design does not fit pynq-z2: a 1x16 MAC array needs [\d,]+ DSP"):
         choose_tiling(design().prog, pynq)
     assert board_uarch(design().prog, load_board("zcu104"), 1, 32).packed
     assert choose_tiling(design().prog, load_board("zcu104")).uarch.packed

@@ -267,7 +267,7 @@ def test_cli_explore_unreachable_dask_scheduler(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def greedy(tmp_path_factory):
     out = tmp_path_factory.mktemp("greedy") / "sweep"
-    return explore("default", out, boards=["zcu104"], wbits=[4, 6, 8], abits=[8], arrays=[(9, 128)], eval_images=8,
+    return explore("default", out, boards=["zcu104"], wbits=[4, 6, 8], abits=[8], arrays=[(17, 64)], eval_images=8,
                    per_layer=True, steps=2, min_accuracy=0.95, workers=2)
 
 
@@ -321,7 +321,7 @@ def test_verify_mismatch_exits_1(tmp_path, capsys, monkeypatch):
     from codesign import api
 
     monkeypatch.setattr(api, "csim", lambda project: SimpleNamespace(failed={"img0_task0": "b1.mlp"}))
-    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "8", "--abits", "8", "--array", "9x128",
+    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "8", "--abits", "8", "--array", "17x64",
             "--eval-images", "2", "--verify", "1", "-q"]
     assert main(argv) == 1
     assert "csim MISMATCH (img0_task0 at b1.mlp)" in capsys.readouterr().out
@@ -331,7 +331,7 @@ def test_verify_mismatch_exits_1(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_verify_runs_csim_and_cosim_on_the_best_points(tmp_path, capsys):
-    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "6,8", "--abits", "8", "--array", "9x128",
+    argv = ["explore", "default", "-o", str(tmp_path / "v"), "--wbits", "6,8", "--abits", "8", "--array", "17x64",
             "--eval-images", "2", "--verify", "1", "--verify-cosim", "-q"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -598,10 +598,11 @@ def test_kernel_declares_the_memories_of_the_uarch(default_design, zcu104_projec
         for pragma in m["pragmas"]:
             assert f"#pragma HLS {pragma}\n" in top, pragma
     assert top.count("#pragma HLS BIND_STORAGE") == sum(m["storage"] != "registers" for m in memories.values())
-    # the 9x128 array the tiling picks (LUT-bound since the model counts the vector unit's lanes and
-    # the sequencer as yosys measures them; 17x128 before): G = ceil(9/16) = 1 copy, GW = 128/16 = 8
-    assert (tiling.P, tiling.Q) == (9, 128)
-    assert (memories["bank"]["instances"], memories["wrows"]["instances"]) == (2 * u.G, 2 * u.GW) == (2, 16)
+    # the 17x64 array the tiling picks (LUT-bound since the model counts the vector unit's lanes, the
+    # sequencer and the attention unit's shadow row select as yosys measures them; 9x128 before
+    # cs_attn was synthesized, 17x128 before that): G = ceil(17/16) = 2 copies, GW = 64/16 = 4
+    assert (tiling.P, tiling.Q) == (17, 64)
+    assert (memories["bank"]["instances"], memories["wrows"]["instances"]) == (2 * u.G, 2 * u.GW) == (4, 8)
     assert f"ARRAY_PARTITION variable=wparam cyclic factor={u.epb} dim=3" in memories["wparam"]["pragmas"]
     params = (project / "firmware" / "params.h").read_text()
     assert "typedef int32_t acc_t;" in params and f"static const int ACC_W = {u.acc_w};" in params

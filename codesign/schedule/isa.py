@@ -254,6 +254,7 @@ def _matmul(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
 
 def _attn(mem: Memory, f: int, a: dict, obits: int, eb: int) -> None:
     t, h, dh = a["tokens"], a["heads"], a["head_dim"]
+    A.check_requant_mult(a["out_mult"], "ATTN")
     d = h * dh
     qkv = mem.rows(a["qkv_addr"], t, 3 * d, 3 * d)
     for head in range(h):

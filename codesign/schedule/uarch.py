@@ -492,11 +492,24 @@ FEED_ROW_LUTS = 80
 FEED_ROW_FFS = 8
 FEED_DSPS = 1
 FEED_FFS = 379
-# The attention unit (cs_attn: qbuf / sbuf walks, the score max, e.v feed, the reciprocal): yosys
-# 0.23 does not finish it in 15 min on a shared machine; its figures are PROVISIONAL.
-ATTN_DSPS = 4
-ATTN_LUTS = 6000
-ATTN_FFS = 6000
+# The attention unit (cs_attn: qbuf / sbuf walks, the score max, the e.v feed's EXP index per array
+# row, the normalising drain's EPB lanes, the reciprocal): yosys 0.23 synth_xilinx of the unit alone
+# for edge-moe-tiny (129 tokens, 3 heads of 64, ACC_W 31) gives 82 DSP48E2 / 14,765 LUT / 2,818 FF
+# at 1x32, 86 / 18,768 / 3,968 at 2x64 and 190 / 71,519 / 8,383 at 28x64 (its memories -- sbuf,
+# qbuf, the EXP and RECIP tables -- are the memory model's). The line through the three (exact: no
+# residual): per array row the z x score_mult product (4 DSP) and ~170 FF of index pipeline and row
+# sums; per column the running maximum (one ACC_W register and comparator); per MAC ~ACC_W LUT,
+# the drain's P-to-1 select of a shadow row (Q x ACC_W bits), which cs_drain and cs_router have
+# too (a shared select is the next saving); the rest (78 DSP: 16 lanes x 3 and the 16x16 index
+# products) is fixed.
+ATTN_DSPS = 78
+ATTN_ROW_DSPS = 4
+ATTN_LUTS = 12790
+ATTN_MAC_BIT_LUTS = 1.02      # x ACC_W a MAC: 31.7 at ACC_W 31
+ATTN_COL_LUTS = 30
+ATTN_FFS = 1668
+ATTN_ROW_FFS = 170
+ATTN_COL_FFS = 30.6
 # The sequencer (cs_seq with cs_tags: fetch, decode, the field registers, the MATMUL / GATHER / ATTN
 # walks, the bank tags): 39 DSP48E2 of address products and one more per array row (its row
 # addresses; 40, 41, 41, 43 at 1x32, 2x32, 2x64, 4x64), its LUT growing with the rows too (15,735,
@@ -569,7 +582,9 @@ def logic_parts(u: Uarch) -> list[Part]:
     parts = [cell, shadow_select, feed, feed_control, lanes, drain, vector, vector_control, masters, sequencer,
              weights]
     if u.max_dh:
-        parts.append(Part("attention", 1, dsp=ATTN_DSPS, ff=ATTN_FFS, lut=ATTN_LUTS))
+        parts.append(Part("attention", 1, dsp=ATTN_DSPS + ATTN_ROW_DSPS * u.P,
+                          ff=ATTN_FFS + ATTN_ROW_FFS * u.P + ATTN_COL_FFS * u.Q,
+                          lut=ATTN_LUTS + ATTN_MAC_BIT_LUTS * acc * u.P * u.Q + ATTN_COL_LUTS * u.Q))
     if u.max_experts:
         parts.append(Part("router", 1, dsp=ROUTER_DSPS, ff=ROUTER_FFS + ROUTER_FFS_PER_EXPERT * u.max_experts,
                           lut=ROUTER_LUTS + ROUTER_LUTS_PER_EXPERT * u.max_experts))
