@@ -336,7 +336,7 @@ def rtl_array(rtl_dir: Path) -> str:
 # submodules); the rest -- codesign_top and cs_core themselves, their glue -- is one more run with
 # the units as black boxes, whose cell list also says how many instances of each unit there are.
 # A whole-core run at 1x32 did not finish in 50 minutes; the units of it do, one at a time.
-UNIT_MODULES = ("cs_seq", "cs_wgt", "cs_feed", "cs_mac", "cs_drain", "cs_router", "cs_vecop", "cs_rdarb",
+UNIT_MODULES = ("cs_seq", "cs_wgt", "cs_feed", "cs_mac", "cs_rowsel", "cs_drain", "cs_router", "cs_vecop", "cs_rdarb",
                 "cs_ram", "cs_attn", "cs_moeacc", "axi_master", "axi_lite_control")
 GLUE = "glue"
 _MODULE_LINE = re.compile(r"^\s+(\S+)\s*$", re.M)
