@@ -424,7 +424,7 @@ def test_the_drain_is_what_the_model_counts(tmp_path):
     _render_unit(rtl, ("uarch/cs_drain.v.j2", "uarch/cs_fifo.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2",
                        "cs_saturate.v.j2"))
     cs = uarch_core_params(u)
-    params = {"P": u.P, "Q": u.Q, "EPB": u.epb, "EW": 8, "ACC_W": cs["ACC_W"], "ABITS": 8, "TW": 65, "LW": 32,
+    params = {"Q": u.Q, "EPB": u.epb, "EW": 8, "ACC_W": cs["ACC_W"], "ABITS": 8, "TW": 65, "LW": 32,
               "OLOG": cs["OLOG"], "TOKW": cs["TOKW"], "BAW": cs["BAW"], "MULT_W": cs["MULT_W"]}
     res = synth.synth_rtl(rtl, "xcup", log=tmp_path / "out" / "y.log", top="cs_drain", params=params, mode="per-module")
     parts = {p.name: p for p in logic_parts(u)}
