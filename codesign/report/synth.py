@@ -320,7 +320,8 @@ UNIT_GROUPS = (
     ("masters", ("axi_master",), ("axi_master",)),
     ("sequencer", ("cs_seq",), ("sequencer", "prog")),
     ("weights", ("cs_wgt",), ("weight_engine", "wslot", "params", "lut")),
-    ("attention", ("cs_attn",), ("attention", "qbuf", "sbuf", "exp_rom", "recip_rom")),
+    # cs_rowsel, the core's one shadow row select, is the attention part's per-MAC term (uarch.py)
+    ("attention", ("cs_attn", "cs_rowsel"), ("attention", "qbuf", "sbuf", "exp_rom", "recip_rom")),
     # the token lists are cs_seq's idx / score memories and cs_router's
     ("router", ("cs_router",), ("router", "lists", "router_exp")),
     # moe_acc's memory and clear sweep (the model's acc_written is the HLS kernel's written bits; the

@@ -499,9 +499,12 @@ FEED_FFS = 379
 # qbuf, the EXP and RECIP tables -- are the memory model's). The line through the three (exact: no
 # residual): per array row the z x score_mult product (4 DSP) and ~170 FF of index pipeline and row
 # sums; per column the running maximum (one ACC_W register and comparator); per MAC ~ACC_W LUT,
-# the drain's P-to-1 select of a shadow row (Q x ACC_W bits), which cs_drain and cs_router have
-# too (a shared select is the next saving); the rest (78 DSP: 16 lanes x 3 and the 16x16 index
-# products) is fixed.
+# the unit's P-to-1 select of a shadow row (Q x ACC_W bits); the rest (78 DSP: 16 lanes x 3 and
+# the 16x16 index products) is fixed. Those runs predate cs_rowsel: the core now has one row select
+# (cs_core's, for the drain, cs_attn and cs_router, each of which had its own), and the per-MAC
+# term stands for it (report/synth.py groups cs_rowsel with the attention unit). Not refitted:
+# cs_rowsel alone is 21,806 LUT at 16x64 (0.69 a shadow bit, against this term's 1.02), and
+# cs_attn without its select is not re-synthesized.
 ATTN_DSPS = 78
 ATTN_ROW_DSPS = 4
 ATTN_LUTS = 12790
