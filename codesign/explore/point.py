@@ -186,8 +186,8 @@ def hardware_point(prog: Program, board: Board, P: int, Q: int, routing: dict) -
     for task, counts in routing.items():
         est = estimate_design(prog, t, board, counts)
         latency[task], cycles[task] = est.latency_ms, est.cycles
-    return {**rec, "latency_ms_per_task": float(np.mean(list(latency.values()))), "latency_ms": latency,
-            "cycles": cycles}
+    mean = float(np.mean(list(latency.values()))) if latency else None  # no routing given: no latency
+    return {**rec, "latency_ms_per_task": mean, "latency_ms": latency, "cycles": cycles}
 
 
 def weight_bits(qm) -> int:

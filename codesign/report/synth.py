@@ -313,20 +313,21 @@ def model_resources(u, board) -> dict[str, float]:
 # (codesign.schedule.uarch.resource_use's breakdown); what no group names is "control".
 UNIT_GROUPS = (
     ("array", ("cs_mac",), ("mac_pair",)),
-    ("feed", ("cs_feed",), ("operand_row", "feed_control")),
-    ("drain", ("cs_drain",), ("drain_lane", "drain_control", "shadow_select", "acc_old")),
+    ("feed", ("cs_feed",), ("operand_row", "weight_row_select", "feed_control")),
+    ("drain", ("cs_drain",), ("drain_lane", "drain_control", "column_select", "acc_old")),
+    # the core's one shadow row select, which the drain, cs_attn and cs_router share
+    ("row_select", ("cs_rowsel",), ("row_select",)),
     ("vector", ("cs_vecop",), ("vector_lane", "vector_control", "pring", "rsqrt_rom")),
-    ("banks", ("cs_ram",), ("abank",)),
+    ("banks", ("cs_ram",), ("abank", "bank_port")),
     ("masters", ("axi_master",), ("axi_master",)),
     ("sequencer", ("cs_seq",), ("sequencer", "prog")),
     ("weights", ("cs_wgt",), ("weight_engine", "wslot", "params", "lut")),
-    # cs_rowsel, the core's one shadow row select, is the attention part's per-MAC term (uarch.py)
-    ("attention", ("cs_attn", "cs_rowsel"), ("attention", "qbuf", "sbuf", "exp_rom", "recip_rom")),
+    ("attention", ("cs_attn",), ("attention", "qbuf", "sbuf", "exp_rom", "recip_rom")),
     # the token lists are cs_seq's idx / score memories and cs_router's
     ("router", ("cs_router",), ("router", "lists", "router_exp")),
     # moe_acc's memory and clear sweep (the model's acc_written is the HLS kernel's written bits; the
     # RTL clears by a sweep instead, so the RTL has no such memory)
-    ("moe_acc", ("cs_moeacc",), ("moe_acc", "acc_written")),
+    ("moe_acc", ("cs_moeacc",), ("moe_acc", "acc_written", "moe_acc_control")),
     ("control", ("cs_rdarb", "axi_lite_control", GLUE), ()),
 )
 UNITS_DIR = "units"

@@ -456,39 +456,48 @@ def _bound(m: Memory, binding: str, count: float) -> Memory:
 # Per-unit fabric coefficients: what each instantiated piece costs. They are a model of the
 # generated RTL, measured by yosys 0.23 synth_xilinx -family xcup of each unit on its own
 # (codesign synth --mode per-unit, docs/SYNTH.md) at edge-moe-tiny's Uarch (EPB 16, int8, ACC_W 31,
-# 4 weight masters) at 1x32 and 2x64: a part that scales with a parameter costs what the unit grew
-# by per unit of it, the rest is the unit's fixed part. They model the RTL, not Vivado's mapping.
+# 4 weight masters) at 1x32 and 2x64, and refitted where a unit changed to 1x32, 2x64, 4x64 and
+# 16x64 (the whole core, every unit: docs/SYNTH.md, "After cs_rowsel"): a part that scales with a
+# parameter costs what the unit grew by per unit of it, the rest is the unit's fixed part. They
+# model the RTL, not Vivado's mapping.
 # Drain lane: (acc + bias) x mult, a 33 x 17 product in two 27x18 multipliers (cs_mul), its
 # rshift_round (306 LUT) and saturate (57), and its stage registers (acc, mult, acc + bias, product,
 # result: 138 FF at ACC_W 31).
 LANE_DSPS = 2
 LUTS_PER_LANE = 396
 FF_PER_LANE = 138
-# The drain's own: the write / acc_old / bank address products (16 x 32), the three FIFOs, the
-# block walk (cs_drain at 1x32 and 2x64: 43 DSP48E2 both, the rest of its LUT one per shadow bit).
-DRAIN_DSPS = 11
-DRAIN_LUTS = 1266
-DRAIN_FFS = 362
-# The shadow's row select and the lanes' column select, AND-OR over constant part-selects:
-# log2(Q/EPB) LUTs per bit of a shadow row, Q*ACC_W, whatever P (cs_drain's own LUT, 1,004 of it
-# fixed: 1,996 at 1x32, 4,968 at 2x64, ~4,950 at 4x64, ACC_W 31; P is not seen to matter up to 4).
+# The drain's own: the write / acc_old / bank address products, the three FIFOs, the block walk,
+# the registered shadow row. cs_drain after cs_rowsel took its row select (yosys 0.23, edge-moe-tiny's
+# Uarch): 41 DSP48E2 / 8,475 LUT (178 of them LUTRAM) / 3,013 FF at 2x64, 4x64 and 16x64 alike,
+# 8,326 LUT at 1x32: P does not reach it any more.
+DRAIN_DSPS = 9
+DRAIN_LUTS = 1643
+DRAIN_FFS = 805
+# The shadow's row select (cs_rowsel, one in cs_core for the drain, cs_attn and cs_router): a P-to-1
+# choice of Q x ACC_W bits. yosys builds a tree of 4:1 muxes, one LUT6 each (mux4_luts): 0 LUT at
+# 1x32, 1,984 at 2x64 and 4x64 (one a bit, as the tree says), 10,804 (+ 1,768 MUXF7) at 16x64, 1.09x
+# the tree's 9,920 -- the scale below, so the tiling's sizes (P 8 to 28) are not undercounted.
+ROWSEL_LUT_SCALE = 1.09
+# The lanes' column select in cs_drain: EPB x ACC_W bits, (Q/EPB)-to-1, in the same 4:1 muxes.
 # The vector unit's own lanes (cs_vecop's cs_vec: LAYERNORM, ADD, REQUANT32), EPB of them beside the
 # drain's (the two are never busy in the same cycle, but their pipelines differ: docs/UARCH.md). A
 # lane: (acc | a | d) x (mult | ma | r) in two 27x18 multipliers, (t | b) x (gamma | mb) in one
 # (gamma: arith.LN_GAMMA_BITS), x^2 and D*x in one each; cs_vec's LayerNorm statistics and scale
-# are shared out over its lanes (cs_vec alone at EPB 16: 17,134 LUT, 6,034 FF).
+# are shared out over its lanes (cs_vec alone at EPB 16: 17,134 LUT, 6,034 FF). cs_vecop in the core:
+# 87 DSP / 25,620-25,736 LUT / 8,723 FF at all four sizes.
 VECTOR_LANE_DSPS = 5
 VECTOR_LANE_LUTS = 1071
 VECTOR_LANE_FFS = 377
 # cs_vecop's own: the two read streams and bank readers, the int32 gearbox, the param memories'
 # ports, the fields and addresses; cs_vec's var products (4 DSPs) and cs_vecop's count product (3).
 VECTOR_DSPS = 7
-VECTOR_LUTS = 7529
-VECTOR_FFS = 2635
+VECTOR_LUTS = 8523
+VECTOR_FFS = 2691
 # The operand feed (cs_feed): per array row and per weight row (P + Q) its next / current beat
-# registers, its output register and element select (2,534 LUT at 1x32, 5,307 at 2x64: 84 a row,
-# less a little); its own: the read walk, the window metadata, the slot address product.
-FEED_ROW_LUTS = 80
+# registers and its output register; per weight row its element select. yosys: 2,534 LUT at 1x32,
+# 5,309 at 2x64, 5,509 at 4x64, 4,855 at 16x64 -- the LUT follows Q (81.5 a column, least squares)
+# and the array rows' selects are not seen (fewer LUT at 16 rows than at 4).
+FEED_COL_LUTS = 82
 FEED_ROW_FFS = 8
 FEED_DSPS = 1
 FEED_FFS = 379
@@ -500,35 +509,37 @@ FEED_FFS = 379
 # residual): per array row the z x score_mult product (4 DSP) and ~170 FF of index pipeline and row
 # sums; per column the running maximum (one ACC_W register and comparator); per MAC ~ACC_W LUT,
 # the unit's P-to-1 select of a shadow row (Q x ACC_W bits); the rest (78 DSP: 16 lanes x 3 and
-# the 16x16 index products) is fixed. Those runs predate cs_rowsel: the core now has one row select
-# (cs_core's, for the drain, cs_attn and cs_router, each of which had its own), and the per-MAC
-# term stands for it (report/synth.py groups cs_rowsel with the attention unit). Not refitted:
-# cs_rowsel alone is 21,806 LUT at 16x64 (0.69 a shadow bit, against this term's 1.02), and
-# cs_attn without its select is not re-synthesized.
+# the 16x16 index products) is fixed. Those runs predate cs_rowsel, which took the unit's P-to-1
+# select of a shadow row (a per-MAC term then). After it, in the core (codesign synth, per unit):
+# 82 / 13,599 / 2,818 at 1x32, 86 / 16,854 / 3,968 at 2x64, 94 / 18,676 / 4,287 at 4x64 and
+# 142 / 26,952 / 6,205 at 16x64; the least-squares plane in P and Q through the four, within 1.2%.
 ATTN_DSPS = 78
 ATTN_ROW_DSPS = 4
-ATTN_LUTS = 12790
-ATTN_MAC_BIT_LUTS = 1.02      # x ACC_W a MAC: 31.7 at ACC_W 31
-ATTN_COL_LUTS = 30
+ATTN_LUTS = 10159
+ATTN_ROW_LUTS = 710
+ATTN_COL_LUTS = 85
 ATTN_FFS = 1668
-ATTN_ROW_FFS = 170
-ATTN_COL_FFS = 30.6
+ATTN_ROW_FFS = 160
+ATTN_COL_FFS = 30.9
 # The sequencer (cs_seq with cs_tags: fetch, decode, the field registers, the MATMUL / GATHER / ATTN
-# walks, the bank tags): 39 DSP48E2 of address products and one more per array row (its row
-# addresses; 40, 41, 41, 43 at 1x32, 2x32, 2x64, 4x64), its LUT growing with the rows too (15,735,
-# 16,131, 16,022, 17,594), 11.1k FF.
-SEQ_DSPS = 39
-SEQ_LUTS = 15200
-SEQ_ROW_LUTS = 580
-SEQ_FFS = 11100
+# walks, the bank tags, the copy of a GATE's lists, moe_acc's hooks): 44 DSP48E2 of address
+# products and one more per array row (its row addresses; 45, 46, 48, 60 at 1x32, 2x64, 4x64,
+# 16x64), its LUT growing with the rows too (24,280, 25,507, 26,233, 34,342: the least-squares
+# plane, within 1.2%), 11.5k FF. (15.7k LUT at 1x32 when first fitted, before the on-chip lists.)
+SEQ_DSPS = 44
+SEQ_LUTS = 23315
+SEQ_ROW_LUTS = 647
+SEQ_COL_LUTS = 10
+SEQ_FFS = 11504
 # The weight engine's own (cs_wgt less what the model's wslot / params / lut memories count): its
 # address products, the slot bookkeeping, and the part of its bias / mult / GELU memories the
 # memory model does not see (yosys maps them to 2,080 LUT of LUTRAM; `params` and `lut` count 576);
-# per weight group its row memory's port logic (4,034 LUT at 1x32, GW 2; 4,405 at 2x64, GW 4).
-WGT_DSPS = 8
-WGT_LUTS = 3150
-WGT_GROUP_LUTS = 154
-WGT_FFS = 3900
+# per weight group its row memory's port logic (4,375 LUT at 1x32, GW 2; 4,692 at 2x64, 4x64 and
+# 16x64, GW 4; 16 DSP48E2, 3,922-3,926 FF).
+WGT_DSPS = 16
+WGT_LUTS = 3418
+WGT_GROUP_LUTS = 158
+WGT_FFS = 3924
 # The router (cs_router: one expert a cycle, so one multiplier of each kind): yosys 0.23 of the unit
 # alone at 1x32 gives 9 DSP / 7,615 LUT (2,076 of them LUTRAM) / 3,370 FF for the default model
 # (8 experts, 17 tokens) and 10 / 14,287 (7,197) / 6,414 for edge-moe-tiny (16 experts, 129 tokens);
@@ -540,15 +551,28 @@ ROUTER_LUTS_PER_EXPERT = 578
 ROUTER_FFS = 326
 ROUTER_FFS_PER_EXPERT = 380
 # The rest (cs_rdarb, axi_lite_control, cs_core / codesign_top's glue: the bank and read-client
-# muxes, which grow with Q): 4,491, 4,535, 5,223, 5,310 LUT at 1x32, 2x32, 2x64, 4x64; 481 FF.
-LUTS_CONTROL = 3780
-LUTS_CONTROL_PER_COL = 22
-FF_CONTROL = 481
+# muxes, which grow with Q, and cs_attn's per-row feed addresses, with P): 3,681, 4,413, 4,500,
+# 5,018 LUT at 1x32, 2x64, 4x64, 16x64 (the plane through them); 484 FF. Those row addresses are
+# r x stride products, which yosys maps to 0, 0, 1 and 11 DSP48E2 at the four sizes: not modelled.
+LUTS_CONTROL = 2949
+LUTS_CONTROL_PER_ROW = 43
+LUTS_CONTROL_PER_COL = 21.5
+FF_CONTROL = 484
+# cs_moeacc's own (its memory is the model's moe_acc): the GATE's clear sweep, the port muxes.
+MOEACC_LUTS = 586
+MOEACC_FFS = 44
+# An abank copy's port logic (cs_ram: 130 LUT each; the memory is the model's abank).
+BANK_PORT_LUTS = 130
 LUTS_PER_MASTER = 409  # one AXI4 master: burst splitter, queues (axi_master alone)
 FF_PER_MASTER = 241
 # The packed product register of a column pair (two 18-bit halves): yosys keeps it in fabric, not
 # in the DSP48E2's M register (cs_mac alone, tests/test_synth.py).
 PROD_FF = 36
+
+
+def mux4_luts(n: int) -> int:
+    """LUT6s of an n-to-1 select of one bit as a tree of 4:1 muxes (0 for n = 1)."""
+    return 0 if n <= 1 else -(-n // 4) + mux4_luts(-(-n // 4))
 
 
 @dataclass(frozen=True)
@@ -571,27 +595,33 @@ def logic_parts(u: Uarch) -> list[Part]:
     # unpacked mode (the whole product into acc0) is a 2:1 select on acc0's addend, two bits a LUT6
     # (cs_mac alone at 2x32, ACC_W 25: 2,038 LUT, 63.7 a pair).
     cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2 + math.ceil(acc / 2))
-    # The drain's row select: a P-to-1 choice of Q accumulator values, then EPB of them.
-    shadow_select = Part("shadow_select", u.Q * acc, lut=max(1, _clog2(u.Q // u.epb)))
-    feed = Part("operand_row", u.P + u.Q, ff=2 * beat + FEED_ROW_FFS, lut=FEED_ROW_LUTS)
+    row_select = Part("row_select", u.Q * acc, lut=ROWSEL_LUT_SCALE * mux4_luts(u.P))
+    column_select = Part("column_select", u.epb * acc, lut=mux4_luts(u.Q // u.epb))
+    feed = Part("operand_row", u.P + u.Q, ff=2 * beat + FEED_ROW_FFS)
+    feed_select = Part("weight_row_select", u.Q, lut=FEED_COL_LUTS)
     feed_control = Part("feed_control", 1, dsp=FEED_DSPS, ff=FEED_FFS)
     lanes = Part("drain_lane", u.epb, dsp=LANE_DSPS, ff=FF_PER_LANE, lut=LUTS_PER_LANE)
     drain = Part("drain_control", 1, dsp=DRAIN_DSPS, ff=DRAIN_FFS, lut=DRAIN_LUTS)
     vector = Part("vector_lane", u.epb, dsp=VECTOR_LANE_DSPS, ff=VECTOR_LANE_FFS, lut=VECTOR_LANE_LUTS)
     vector_control = Part("vector_control", 1, dsp=VECTOR_DSPS, ff=VECTOR_FFS, lut=VECTOR_LUTS)
     masters = Part("axi_master", 1 + u.weight_ports, ff=FF_PER_MASTER, lut=LUTS_PER_MASTER)
-    sequencer = Part("sequencer", 1, dsp=SEQ_DSPS + u.P, ff=SEQ_FFS, lut=SEQ_LUTS + SEQ_ROW_LUTS * u.P)
+    sequencer = Part("sequencer", 1, dsp=SEQ_DSPS + u.P, ff=SEQ_FFS,
+                     lut=SEQ_LUTS + SEQ_ROW_LUTS * u.P + SEQ_COL_LUTS * u.Q)
+    bank_ports = Part("bank_port", 2 * u.G, lut=BANK_PORT_LUTS)
     weights = Part("weight_engine", 1, dsp=WGT_DSPS, ff=WGT_FFS, lut=WGT_LUTS + WGT_GROUP_LUTS * u.GW)
-    parts = [cell, shadow_select, feed, feed_control, lanes, drain, vector, vector_control, masters, sequencer,
-             weights]
+    parts = [cell, row_select, column_select, feed, feed_select, feed_control, bank_ports, lanes, drain, vector,
+             vector_control, masters, sequencer, weights]
     if u.max_dh:
         parts.append(Part("attention", 1, dsp=ATTN_DSPS + ATTN_ROW_DSPS * u.P,
                           ff=ATTN_FFS + ATTN_ROW_FFS * u.P + ATTN_COL_FFS * u.Q,
-                          lut=ATTN_LUTS + ATTN_MAC_BIT_LUTS * acc * u.P * u.Q + ATTN_COL_LUTS * u.Q))
+                          lut=ATTN_LUTS + ATTN_ROW_LUTS * u.P + ATTN_COL_LUTS * u.Q))
     if u.max_experts:
         parts.append(Part("router", 1, dsp=ROUTER_DSPS, ff=ROUTER_FFS + ROUTER_FFS_PER_EXPERT * u.max_experts,
                           lut=ROUTER_LUTS + ROUTER_LUTS_PER_EXPERT * u.max_experts))
-    return parts + [Part("control", 1, ff=FF_CONTROL, lut=LUTS_CONTROL + LUTS_CONTROL_PER_COL * u.Q)]
+    if u.acc_words:
+        parts.append(Part("moe_acc_control", 1, ff=MOEACC_FFS, lut=MOEACC_LUTS))
+    return parts + [Part("control", 1, ff=FF_CONTROL,
+                         lut=LUTS_CONTROL + LUTS_CONTROL_PER_ROW * u.P + LUTS_CONTROL_PER_COL * u.Q)]
 
 
 RESOURCES = ("dsp", "ff", "lut", "bram36", "uram")
