@@ -435,3 +435,13 @@ def test_the_drain_is_what_the_model_counts(tmp_path):
     for key, got in (("lut", res.resources["lut_total"]), ("ff", res.resources["ff"])):
         assert abs(got / model[key] - 1) <= synth_flow.TOLERANCE, (key, got, model[key])
 
+
+
+def test_the_per_unit_clock_proxy_is_the_longest_units_path():
+    """Per-unit runs: the core's ltp is the longest of the units' own paths, naming the unit."""
+    def res(cells):
+        return synth.SynthResult("xcup", 1.0, {}, {}, {"cells": cells, "lut_levels": cells - 1} if cells else {})
+
+    got = synth._longest({"glue": res(3), "cs_seq": res(9), "cs_mac": res(5), "cs_ram.3": res(0)})
+    assert got == {"cells": 9, "lut_levels": 8, "unit": "cs_seq"}
+    assert synth._longest({"glue": res(0)}) == {}

@@ -480,8 +480,9 @@ def _ltp_txt(run: SizeRun) -> str:
     lt = run.result.ltp
     if not lt:
         return f"{_array_txt(run.shape)}: not measured (per-unit runs)"
+    unit = f" in {lt['unit']} (the longest unit's own path: paths through a unit's ports are cut)" if lt.get("unit") else ""
     return (f"{_array_txt(run.shape)}: {lt.get('cells')} cells ({lt.get('lut_levels')} LUT levels, "
-            f"{lt.get('carry_cells')} carry blocks) from {lt.get('from')}")
+            f"{lt.get('carry_cells')} carry blocks){unit} from {lt.get('from')}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -10,7 +10,8 @@ Three modes: `flat` (synth_xilinx -flatten: one netlist, cross-module optimisati
 hierarchy by `stat -top`; faster on a large core, slightly more cells) run one yosys over the
 whole core, and flatten the mapped netlist afterwards for `ltp`, the longest combinational path,
 which is the clock proxy. `per-unit` (synth_units) runs one yosys per unit of the docs/UARCH.md
-core, each bounded by the timeout and cached: the whole core at 1x32 does not finish in 50 min.
+core, each bounded by the timeout and cached: the whole core at 1x32 does not finish in 50 min. Its
+clock proxy is the longest of the units' own paths (each run cuts the paths through its ports).
 
 This module only runs yosys and reads its output; codesign.report.synth decides the sizes.
 """
@@ -176,9 +177,18 @@ def synth_script(sources: list[Path], family: str, out: Path, mode: str = "flat"
     # SYNTHESIS drops the simulation-only trace code; the mapped netlist is flattened (cheap)
     # only after stat, so that ltp sees paths across module boundaries.
     return (f"read_verilog -DSYNTHESIS {files}; {chparam}synth_xilinx -family {family} -top {top}{flatten}; "
-            f"tee -q -o {out / 'stat.txt'} stat -top {top}; flatten; "
-            f"tee -q -o {out / 'ltp.txt'} ltp -noff {_COMB_CELLS} w:*; "
+            f"tee -q -o {out / 'stat.txt'} stat -top {top}; " + _ltp_steps(out))
+
+
+def _ltp_steps(out: Path) -> str:
+    """After stat: flatten the mapped netlist, its longest path and its LUT / carry cell names into out/."""
+    return (f"flatten; tee -q -o {out / 'ltp.txt'} ltp -noff {_COMB_CELLS} w:*; "
             f"tee -q -o {out / 'luts.txt'} select -list t:LUT*; tee -q -o {out / 'carry.txt'} select -list t:CARRY*")
+
+
+def _read_ltp(out: Path) -> dict:
+    return parse_ltp((out / "ltp.txt").read_text(), parse_select_list((out / "luts.txt").read_text()),
+                     parse_select_list((out / "carry.txt").read_text()))
 
 
 def _verilog_sources(rtl_dir: Path) -> list[Path]:
@@ -214,9 +224,7 @@ def synth_rtl(rtl_dir: Path, family: str = "xcup", log: Path | None = None, time
                         log, timeout_s, progress, label or rtl_dir.name)
     cpu = round(_children_cpu() - cpu_before, 1)
     cells = parse_stat_text((out / "stat.txt").read_text(), top)
-    ltp = parse_ltp((out / "ltp.txt").read_text(), parse_select_list((out / "luts.txt").read_text()),
-                    parse_select_list((out / "carry.txt").read_text()))
-    result = SynthResult(family, round(seconds, 1), cells, classify(cells), ltp, mode, cpu)
+    result = SynthResult(family, round(seconds, 1), cells, classify(cells), _read_ltp(out), mode, cpu)
     (out / CACHE_FILE).write_text(json.dumps({"key": key, "result": result.to_json()}, indent=1))
     return result
 
@@ -446,18 +454,19 @@ def _unit_run(yosys: str, design: Path, script: str, top: str, out: Path, family
     """One unit: yosys on the RTLIL hierarchy, cached by the design and the script."""
     out.mkdir(parents=True, exist_ok=True)
     # the netlist's own name in it is its path: hash the text without the paths of `src` attributes
-    h = hashlib.sha256((script + "\0").encode() + re.sub(rb'attribute \\src "[^"]*"', b"", design.read_bytes())).hexdigest()
+    # (+ "ltp": a result from before the units' paths were measured is redone)
+    h = hashlib.sha256((script + "\0ltp\0").encode() + re.sub(rb'attribute \\src "[^"]*"', b"", design.read_bytes())).hexdigest()
     cached = _cached(out / CACHE_FILE, h)
     if cached is not None:
         return cached
     cpu_before = _children_cpu()
     stat = out / "stat.txt"
-    full = f"read_rtlil {design}; {script}; tee -q -o {stat} stat{'' if own_section else f' -top {top}'}"
+    full = f"read_rtlil {design}; {script}; tee -q -o {stat} stat{'' if own_section else f' -top {top}'}; " + _ltp_steps(out)
     seconds = run_yosys([yosys, "-q", "-l", str(out / "yosys.log"), "-p", full], out / "yosys.log", timeout_s,
                         progress, label)
     text = stat.read_text()
     cells = _own_cells(text, top) if own_section else parse_stat_text(text, top)
-    result = SynthResult(family, round(seconds, 1), cells, classify(cells), {}, "per-unit",
+    result = SynthResult(family, round(seconds, 1), cells, classify(cells), _read_ltp(out), "per-unit",
                          round(_children_cpu() - cpu_before, 1))
     (out / CACHE_FILE).write_text(json.dumps({"key": h, "result": result.to_json()}, indent=1))
     return result
@@ -485,4 +494,11 @@ def _summed(family: str, results: dict[str, SynthResult], instances: dict[str, i
             cells[c] = cells.get(c, 0) + n * instances[key]
     seconds = sum(r.seconds for r in results.values())
     cpu = sum(r.cpu_seconds or 0 for r in results.values())
-    return SynthResult(family, round(seconds, 1), cells, classify(cells), {}, "per-unit", round(cpu, 1))
+    return SynthResult(family, round(seconds, 1), cells, classify(cells), _longest(results), "per-unit", round(cpu, 1))
+
+
+def _longest(results: dict[str, SynthResult]) -> dict:
+    """The longest of the units' own paths, with its unit (a path through a unit's port goes on in
+    its neighbour, which each run cuts: a lower bound on the core's)."""
+    key = max((k for k in results if results[k].ltp), key=lambda k: results[k].ltp["cells"], default=None)
+    return {**results[key].ltp, "unit": key} if key else {}
