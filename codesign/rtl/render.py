@@ -25,7 +25,8 @@ TEMPLATE_SUFFIX = ".v.j2"
 # its helpers, rendered alone by render_units() (tests/test_rtl_vec.py) and with the core by
 # render_uarch_rtl.
 VEC_UNIT_TOP = "cs_vec"
-UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2")
+UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2",
+                  "cs_recip_parts.v.j2")
 
 
 def _addr_bits(depth: int) -> int:
@@ -33,11 +34,13 @@ def _addr_bits(depth: int) -> int:
 
 
 def lut_tables() -> dict:
-    """The fixed ROM contents (EXP, RECIP, RSQRT) exactly as codesign.quant.arith has them."""
+    """The fixed ROM contents (EXP, RECIP, RSQRT) exactly as codesign.quant.arith has them, and
+    the RECIP table's mantissa bits (its index is RECIP_MBITS - 1 bits)."""
     from ..quant import arith
 
+    assert len(arith.RECIP) == 1 << (arith.RECIP_MBITS - 1)
     return {"exp": [int(v) for v in arith.EXP], "recip": [int(v) for v in arith.RECIP],
-            "rsqrt": [int(v) for v in arith.RSQRT]}
+            "rsqrt": [int(v) for v in arith.RSQRT], "recip_mbits": arith.RECIP_MBITS}
 
 
 MAX_WEIGHT_PORTS = 16
