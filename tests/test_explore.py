@@ -178,11 +178,16 @@ def test_the_chosen_generate_command_builds_the_chosen_point(run, tmp_path):
     assert used == {r: c[r] for r in ("dsp", "ff", "lut", "bram36", "uram")}
 
 
+# A precision takes ~0.5 s at 64 images (0.05 s at 4, where a loaded machine finished the run
+# between the test's poll and its kill): the run must outlast the two lines the kill waits for.
+KILLED_RUN_IMAGES = 64
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_killed_run_continues_where_it_stopped(tmp_path, sig):
     out = tmp_path / "killed"
     argv = [sys.executable, "-m", "codesign.cli", "explore", "default", "-o", str(out), "--wbits", "2,3,4,5,6,7,8",
-            "--abits", "8", "--auto-arrays", "2", "--eval-images", "4", "--workers", "1", "-q"]
+            "--abits", "8", "--auto-arrays", "2", "--eval-images", str(KILLED_RUN_IMAGES), "--workers", "1", "-q"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     results = out / RESULTS_FILE
@@ -202,8 +207,8 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path, sig):
     assert 2 <= len(done_lines) < 7
     with open(results, "a") as f:
         f.write('{"precision": {"key": "torn')  # a line the kill cut short
-    res = explore("default", out, boards=["zcu104"], wbits=range(2, 9), abits=[8], auto_arrays=2, eval_images=4,
-                  workers=1)
+    res = explore("default", out, boards=["zcu104"], wbits=range(2, 9), abits=[8], auto_arrays=2,
+                  eval_images=KILLED_RUN_IMAGES, workers=1)
     assert res.stats["reused"] == done and res.stats["evaluated"] == len(res.points) - done > 0
     assert res.stats["precisions"] == 7
     assert results.read_text().endswith("\n") and len(results.read_text().splitlines()) == 7

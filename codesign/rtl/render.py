@@ -25,8 +25,7 @@ TEMPLATE_SUFFIX = ".v.j2"
 # its helpers, rendered alone by render_units() (tests/test_rtl_vec.py) and with the core by
 # render_uarch_rtl.
 VEC_UNIT_TOP = "cs_vec"
-UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2",
-                  "cs_recip_parts.v.j2")
+UNIT_TEMPLATES = ("cs_vec.v.j2", "cs_mul.v.j2", "cs_rshift_round.v.j2", "cs_saturate.v.j2", "cs_rsqrt_rom.v.j2")
 
 
 def _addr_bits(depth: int) -> int:
