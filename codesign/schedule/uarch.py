@@ -466,8 +466,8 @@ def _bound(m: Memory, binding: str, count: float) -> Memory:
 LANE_DSPS = 2
 LUTS_PER_LANE = 396
 FF_PER_LANE = 138
-# The drain's own: the write / acc_old / bank address products, the three FIFOs, the block walk,
-# the registered shadow row. cs_drain after cs_rowsel took its row select (yosys 0.23, edge-moe-tiny's
+# The drain's own: the write / acc_old / bank address products, the three FIFOs, the block walk
+# (its lanes' column select is `column_select` below). cs_drain after cs_rowsel took its row select (yosys 0.23, edge-moe-tiny's
 # Uarch): 41 DSP48E2 / 8,475 LUT (178 of them LUTRAM) / 3,013 FF at 2x64, 4x64 and 16x64 alike,
 # 8,326 LUT at 1x32: P does not reach it any more.
 DRAIN_DSPS = 9
@@ -478,7 +478,6 @@ DRAIN_FFS = 805
 # 1x32, 1,984 at 2x64 and 4x64 (one a bit, as the tree says), 10,804 (+ 1,768 MUXF7) at 16x64, 1.09x
 # the tree's 9,920 -- the scale below, so the tiling's sizes (P 8 to 28) are not undercounted.
 ROWSEL_LUT_SCALE = 1.09
-# The lanes' column select in cs_drain: EPB x ACC_W bits, (Q/EPB)-to-1, in the same 4:1 muxes.
 # The vector unit's own lanes (cs_vecop's cs_vec: LAYERNORM, ADD, REQUANT32), EPB of them beside the
 # drain's (the two are never busy in the same cycle, but their pipelines differ: docs/UARCH.md). A
 # lane: (acc | a | d) x (mult | ma | r) in two 27x18 multipliers, (t | b) x (gamma | mb) in one
@@ -596,6 +595,7 @@ def logic_parts(u: Uarch) -> list[Part]:
     # (cs_mac alone at 2x32, ACC_W 25: 2,038 LUT, 63.7 a pair).
     cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2 + math.ceil(acc / 2))
     row_select = Part("row_select", u.Q * acc, lut=ROWSEL_LUT_SCALE * mux4_luts(u.P))
+    # the drain lanes' choice of EPB of the row's Q values: (Q/EPB)-to-1 in the same 4:1 muxes
     column_select = Part("column_select", u.epb * acc, lut=mux4_luts(u.Q // u.epb))
     feed = Part("operand_row", u.P + u.Q, ff=2 * beat + FEED_ROW_FFS)
     feed_select = Part("weight_row_select", u.Q, lut=FEED_COL_LUTS)
