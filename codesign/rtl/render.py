@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import jinja2
+import numpy as np
 
 from ..emit.tcl import WGT_REG_STRIDE, weight_pointer_registers  # the HLS kernel's register map
 from ..resources import resource_dir
@@ -140,8 +141,27 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         "SBD": tok, "SBAW": _addr_bits(tok), "EVC": u.ev_cols,
         "LN_NBUF": ln_row_buffers(max(2, -(-u.max_dim // u.epb))),
         "MULT_W": arith.REQUANT_MULT_BITS,   # the drain's and cs_vecop's requant multipliers
+        # cs_seq's row blocks ceil(M / P) and tiles ceil(n / Q) by constant reciprocals
+        "RB_DIV": const_divider(u.P), "NT_DIV": const_divider(u.Q),
         "GAMMA_W": arith.LN_GAMMA_BITS + 1,   # cs_vec's signed LayerNorm gamma
     }
+
+
+# The rows and columns the core divides by P and Q fit 16 bits (uarch_core_params), so the
+# dividends of its ceil divisions are below 2^17.
+DIVIDEND_BITS = 17
+
+
+def const_divider(d: int, bits: int = DIVIDEND_BITS) -> tuple[int, int]:
+    """(mul, shift) with x // d == (x * mul) >> shift for every x < 2**bits: a constant's reciprocal,
+    so that the RTL divides by a P or Q that is no power of two with one multiplier instead of a
+    divider's carry chains (yosys 0.23: 471 cells deep in cs_seq at P = 17). Checked for every x."""
+    shift = bits + max(0, (d - 1).bit_length())
+    mul = -(-(1 << shift) // d)
+    x = np.arange(1 << bits, dtype=np.int64)
+    if not np.array_equal(x // d, (x * mul) >> shift):  # Granlund-Montgomery: cannot happen
+        raise AssertionError(f"no {bits}-bit reciprocal of {d}")
+    return mul, shift
 
 
 def ln_row_buffers(row_beats: int) -> int:
