@@ -436,7 +436,6 @@ def test_the_drain_is_what_the_model_counts(tmp_path):
         assert abs(got / model[key] - 1) <= synth_flow.TOLERANCE, (key, got, model[key])
 
 
-
 def test_the_per_unit_clock_proxy_is_the_longest_units_path():
     """Per-unit runs: the core's ltp is the longest of the units' own paths, naming the unit."""
     def res(cells):

@@ -19,10 +19,6 @@ class HardwareRuleError(ValueError):
     """A program the compute unit cannot run as generated (one line naming the instruction)."""
 
 
-def _clog2(n: int) -> int:
-    return max(0, math.ceil(math.log2(max(1, n))))
-
-
 def instr_acc_bits(ins: Instr, wbits: int, abits: int) -> int:
     """Accumulator bits the MAC array needs for one instruction (0: it does not use the array).
 
