@@ -19,7 +19,7 @@ from .uarch import Uarch
 # Fixed pipeline depths of the core, charged once per loop entry. The RTL's are measured by its
 # trace; the HLS kernel's come from its pipeline depths (Vitis reports them).
 LATENCY = {
-    "issue": 4,  # read an instruction from prog, decode, set up its loops
+    "issue": 7,  # read an instruction from prog, decode, set up its loops (3 of them: cs_tags' lookups)
     "feed": 3,  # operand feed registers + DSP pipeline (on top of the first EPB-cycle window)
     "drain": 6,  # drain lane: +bias, x mult (2 stages), round, saturate, GELU table
     "exp": 4,  # e.v feed: sbuf read, subtract the max, scale, EXP ROM
