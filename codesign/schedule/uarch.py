@@ -517,15 +517,20 @@ ATTN_FFS = 1668
 ATTN_ROW_FFS = 160
 ATTN_COL_FFS = 30.9
 # The sequencer (cs_seq with cs_tags: fetch, decode, the field registers, the MATMUL / GATHER / ATTN
-# walks, the bank tags, the copy of a GATE's lists, moe_acc's hooks): 44 DSP48E2 of address
-# products and one more per array row (its row addresses; 45, 46, 48, 60 at 1x32, 2x64, 4x64,
-# 16x64), its LUT growing with the rows too (24,280, 25,507, 26,233, 34,342: the least-squares
-# plane, within 1.2%), 11.5k FF. (15.7k LUT at 1x32 when first fitted, before the on-chip lists.)
-SEQ_DSPS = 44
-SEQ_LUTS = 23315
-SEQ_ROW_LUTS = 647
-SEQ_COL_LUTS = 10
-SEQ_FFS = 11504
+# walks, the bank tags, the copy of a GATE's lists, moe_acc's hooks): 42 DSP48E2 of address
+# products and one more per array row (its row addresses), its LUT growing with the rows too (each
+# row's TOK:1 read of the token ids). Fitted to yosys 0.23 of edge-moe-tiny's cs_seq after cs_tags
+# registered its comparisons: 23,026 / 23,851 / 33,336 LUT, 43 / 44 / 58 DSP48E2, 12.1k FF at
+# 1x32 / 2x64 / 16x64 (the plane through the three). The size follows the program's tokens too
+# (idx_mem and score_mem are TOK words of flops with five read ports; the default model's 17 tokens
+# gave 9,822 LUT / 5,373 FF at 17x64 with a since reverted gather read): not modelled, so programs with fewer
+# tokens than edge-moe-tiny's 129 are charged more, and programs with more, such as PASCAL's 1,025,
+# less than this RTL would take (its lists need block RAM first; the HLS kernel's are).
+SEQ_DSPS = 42
+SEQ_LUTS = 22201
+SEQ_ROW_LUTS = 677.5
+SEQ_COL_LUTS = 4.6
+SEQ_FFS = 12095
 # The weight engine's own (cs_wgt less what the model's wslot / params / lut memories count): its
 # address products, the slot bookkeeping, and the part of its bias / mult / GELU memories the
 # memory model does not see (yosys maps them to 2,080 LUT of LUTRAM; `params` and `lut` count 576);
