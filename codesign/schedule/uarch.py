@@ -523,9 +523,10 @@ ATTN_COL_FFS = 30.9
 # registered its comparisons: 23,026 / 23,851 / 33,336 LUT, 43 / 44 / 58 DSP48E2, 12.1k FF at
 # 1x32 / 2x64 / 16x64 (the plane through the three). The size follows the program's tokens too
 # (idx_mem and score_mem are TOK words of flops with five read ports; the default model's 17 tokens
-# gave 9,822 LUT / 5,373 FF at 17x64 with a since reverted gather read): not modelled, so programs with fewer
-# tokens than edge-moe-tiny's 129 are charged more, and programs with more, such as PASCAL's 1,025,
-# less than this RTL would take (its lists need block RAM first; the HLS kernel's are).
+# gave 9,822 LUT / 5,373 FF at 17x64 with a since reverted gather read): not modelled, so programs
+# with fewer tokens than edge-moe-tiny's 129 are charged more, and programs with more, such as
+# PASCAL's 1,025, less than this RTL would take (its lists need block RAM first; the HLS kernel's
+# are).
 SEQ_DSPS = 42
 SEQ_LUTS = 22201
 SEQ_ROW_LUTS = 677.5
