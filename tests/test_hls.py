@@ -587,7 +587,8 @@ def test_make_iters_counts_like_count_iterations(zcu104_project):
 
 def test_kernel_declares_the_memories_of_the_uarch(default_design, zcu104_project):
     """codesign_top declares every memory of kernel_memories once with exactly its pragmas, and
-    the partition factors are the Uarch's: 2 x G bank copies, 2 x GW weight groups, EPB-word
+    the partition factors are the Uarch's: 2 x G bank copies, GW weight groups (a group's two slots
+    in one RAM, as in the RTL's cs_wgt), EPB-word
     parameter banks, int32 accumulators."""
     project, tiling = zcu104_project
     u = board_uarch(default_design.prog, BOARD, tiling.P, tiling.Q, tiling.acc_on_chip)
@@ -602,7 +603,9 @@ def test_kernel_declares_the_memories_of_the_uarch(default_design, zcu104_projec
     # sequencer and the attention unit's shadow row select as yosys measures them; 9x128 before
     # cs_attn was synthesized, 17x128 before that): G = ceil(17/16) = 2 copies, GW = 64/16 = 4
     assert (tiling.P, tiling.Q) == (17, 64)
-    assert (memories["bank"]["instances"], memories["wrows"]["instances"]) == (2 * u.G, 2 * u.GW) == (4, 8)
+    assert (memories["bank"]["instances"], memories["wrows"]["instances"]) == (2 * u.G, u.GW) == (4, 4)
+    assert "ARRAY_PARTITION variable=wrows complete dim=2" in memories["wrows"]["pragmas"]
+    assert not any("variable=wrows complete dim=1" in p for p in memories["wrows"]["pragmas"])
     assert f"ARRAY_PARTITION variable=wparam cyclic factor={u.epb} dim=3" in memories["wparam"]["pragmas"]
     params = (project / "firmware" / "params.h").read_text()
     assert "typedef int32_t acc_t;" in params and f"static const int ACC_W = {u.acc_w};" in params

@@ -436,6 +436,73 @@ def test_the_drain_is_what_the_model_counts(tmp_path):
         assert abs(got / model[key] - 1) <= synth_flow.TOLERANCE, (key, got, model[key])
 
 
+def _edge_moe_tiny_memories():
+    """A Uarch with edge-moe-tiny's memory shapes at zcu104's 16x64 (768-wide weight rows, 129 tokens,
+    16 experts, moe_acc on chip), zcu104's URAM budget, and the template variables rendered there."""
+    from types import SimpleNamespace
+
+    from codesign.boards import load_board
+    from codesign.rtl.render import uarch_core_params
+    from codesign.schedule.tiling import Budget
+    from codesign.schedule.uarch import derive_uarch
+
+    prog = SimpleNamespace(instrs=[], elem_bytes=1, wbits=8, abits=8)
+    u = dataclasses.replace(derive_uarch(prog, 16, 64, 16, 4), slot_row_beats=48, max_tokens=129,
+                            max_experts=16, acc_tokens=129, acc_row_words=12, acc_words=1548, max_dh=64,
+                            bank_beats=6192, instrs=303)
+    budget = Budget(load_board("zcu104")).limit("uram")
+    return u, budget, uarch_core_params(u, uram_budget=budget)
+
+
+def test_the_rtl_declares_each_memory_as_the_model_binds_it(tmp_path):
+    """The render passes resource_use's binding to the memories the model counts: cs_wgt's weight
+    slots (one memory of both slots per group, the model's shape), cs_moeacc, the abank copies and
+    the router's lists get it as cs_ram's STYLE, sbuf and the program as a ram_style attribute."""
+    from codesign.rtl.render import render_uarch_rtl
+    from codesign.schedule.uarch import RAM_STYLES, resource_use
+
+    u, budget, cs = _edge_moe_tiny_memories()
+    bound = {m.name: m for m in resource_use(u, budget).memories}
+    assert {n: bound[n].binding for n in ("abank", "wslot", "moe_acc", "lists", "sbuf")} == {
+        "abank": "uram", "wslot": "uram", "moe_acc": "uram", "lists": "lutram", "sbuf": "bram36"}
+    assert (bound["wslot"].copies, bound["wslot"].depth) == (u.GW, 2 * u.epb * u.slot_row_beats) == (4, 1536)
+    assert cs["ram_style"] == {n: RAM_STYLES[m.binding] for n, m in bound.items()}
+    render_uarch_rtl(tmp_path, u, uram_budget=budget)
+    text = {p.stem: p.read_text() for p in tmp_path.glob("*.v")}
+    assert '.DEPTH(2 * EPB * KBM), .AW(SAW), .STYLE("ultra")) u_rows' in text["cs_wgt"]
+    assert '.STYLE("ultra")) u_mem' in text["cs_moeacc"]
+    assert '.STYLE("ultra")) u_copy' in text["cs_core"]
+    assert text["cs_router"].count('.STYLE("distributed")) u_') == 4
+    assert '(* ram_style = "block" *) reg  [Q*ACC_W-1:0] sbuf' in text["cs_attn"]
+    assert '(* ram_style = "block" *) reg  [BW-1:0] prog_mem' in text["cs_seq"]
+    # the weight slot's depth in the RTL is the model's
+    assert f"localparam [31:0] KBM = {u.slot_row_beats};" in text["cs_core"]
+
+
+@needs_yosys
+def test_the_weight_slots_and_moe_acc_map_to_the_urams_the_model_counts(tmp_path):
+    """yosys (-uram off: the attribute alone) maps cs_ram with the weight slots' and moe_acc's shapes
+    and rendered STYLE to the URAM288 the model counts and no block RAM (~10 s); with no style it
+    takes block RAM instead (at edge-moe-tiny's 16x64: 24 RAMB36 and 57 RAMB18, docs/SYNTH.md)."""
+    from codesign.schedule.uarch import resource_use
+
+    u, budget, cs = _edge_moe_tiny_memories()
+    bound = {m.name: m for m in resource_use(u, budget).memories}
+    for name in ("wslot", "moe_acc"):
+        m, rtl = bound[name], tmp_path / name / "rtl"
+        rtl.parent.mkdir()
+        _render_unit(rtl, ("uarch/cs_ram.v.j2",))
+        aw = max(1, (m.depth - 1).bit_length())
+        (rtl / "mem_top.v").write_text(
+            f"module mem_top(input clk, we, re, input [{aw - 1}:0] waddr, raddr, input [{m.width - 1}:0] wdata,\n"
+            f"               output [{m.width - 1}:0] rdata);\n"
+            f"    cs_ram #(.WIDTH({m.width}), .DEPTH({m.depth}), .AW({aw}), .STYLE(\"{cs['ram_style'][name]}\")) u (\n"
+            f"        .clk(clk), .we(we), .waddr(waddr), .wdata(wdata), .re(re), .raddr(raddr), .rdata(rdata));\n"
+            f"endmodule\n")
+        res = synth.synth_rtl(rtl, "xcup", log=tmp_path / name / "out" / "y.log", top="mem_top", uram=False)
+        assert (res.resources["uram"], res.resources["bram36_equiv"]) == (m.count / m.copies, 0), (name, res.resources)
+
+
 def test_the_per_unit_clock_proxy_is_the_longest_units_path():
     """Per-unit runs: the core's ltp is the longest of the units' own paths, naming the unit."""
     def res(cells):

@@ -231,7 +231,7 @@ def _synth_folder(rtl: Path, work: Path, run, board_name: str, board_array) -> S
 
 
 def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) -> SynthReport:
-    from ..schedule.tiling import q_step
+    from ..schedule.tiling import Budget, q_step
 
     man = _read_json(project_dir / "data" / "manifest.json", "the project's data manifest")
     u = project_uarch(project_dir, man, board, board_array)
@@ -241,7 +241,7 @@ def _synth_sized(project_dir: Path, work: Path, run, board, board_array, sizes) 
     for i, req in enumerate(wanted, 1):
         out = work / _shape_key(req)
         at = dataclasses.replace(u, P=req[0], Q=req[1])
-        rtl = _rendered_at(out, at)
+        rtl = _rendered_at(out, at, Budget(board).limit("uram"))
         shape = rtl_core_shape(rtl)
         if shape is None:
             raise SynthError(f"cannot read the MAC array of the core rendered in {rtl} (rtl.json, or the "
@@ -376,7 +376,7 @@ def _with_stand_in(result: SynthResult, stand_in: dict[str, dict[str, float]]) -
     return dataclasses.replace(result, resources=res)
 
 
-def _rendered_at(out: Path, u) -> Path:
+def _rendered_at(out: Path, u, uram_budget: int) -> Path:
     """Render the docs/UARCH.md core of `u` into out/rtl; a previous size's yosys results stay
     (synth_rtl's cache) when the Verilog is the same."""
     from ..rtl.render import render_uarch_rtl
@@ -384,7 +384,7 @@ def _rendered_at(out: Path, u) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _clear_scratch(out, keep_results=True)
     try:
-        render_uarch_rtl(out / "rtl", u)
+        render_uarch_rtl(out / "rtl", u, uram_budget=uram_budget)
     except ValueError as exc:
         raise SynthError(f"the core cannot be rendered at {u.P}x{u.Q}: {exc}") from exc
     return out / "rtl"

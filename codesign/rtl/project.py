@@ -56,9 +56,11 @@ def check_rtl_array(design, array: tuple[int, int] | None) -> None:
 def render_design_rtl(project_dir: Path, design, array: tuple[int, int] | None = None) -> dict:
     """Render PROJECT/rtl for `design`; the record it wrote (rtl/rtl.json).
     ValueError (one line) when the core cannot build the program at that array."""
+    from ..schedule.tiling import Budget
+
     project_dir = Path(project_dir)
     render.render_uarch_rtl(project_dir / "rtl", checked_rtl_uarch(design.prog, design.tiling.uarch, array),
-                            trace=True)
+                            trace=True, uram_budget=Budget(design.board).limit("uram"))
     return read_record(project_dir / "rtl")
 
 

@@ -100,8 +100,9 @@ MOE_ACC_TEMPLATE = "cs_moeacc.v.j2"    # rendered only when the Uarch has moe_ac
 _TAG_BITS = 16                          # the core's row / column / count fields (tokens, n < 2^16)
 
 
-def uarch_core_params(u, trace: bool = False) -> dict:
-    """Template variables `cs` of rtl_templates/uarch/ from a codesign.schedule.uarch.Uarch.
+def uarch_core_params(u, trace: bool = False, uram_budget: int = 0) -> dict:
+    """Template variables `cs` of rtl_templates/uarch/ from a codesign.schedule.uarch.Uarch;
+    its memories take the resource model's binding with `uram_budget` URAM288 (the board's).
 
     Raises ValueError for what this core does not build yet (one line)."""
     if u.elem_bytes != 1 or not u.packed:
@@ -112,14 +113,16 @@ def uarch_core_params(u, trace: bool = False) -> dict:
     if max(u.max_tokens, u.max_n, u.max_k) >= 1 << _TAG_BITS:
         raise ValueError(f"the uarch RTL core counts rows and columns in {_TAG_BITS} bits")
     from ..quant import arith
+    from ..schedule.uarch import ram_styles
 
     beat_bits = 8 * u.beat_bytes
     dhb = -(-u.max_dh // u.epb)   # an ATTN whose head exceeds the bank runs in key tiles (cs_attn)
     if u.max_dim >= 1 << _TAG_BITS:
         raise ValueError(f"the uarch RTL core counts output columns in {_TAG_BITS} bits")
-    # a weight slot's row, and qbuf's (a query block is read through the feed's slot addresses)
-    kbm = max(u.slot_row_beats, dhb)
-    slot_depth = 2 * u.epb * kbm
+    # a weight slot's row (memories' wslot: a group's two slots in one memory); the feed's qbuf
+    # address has the slot's width, so the slot address covers a query block too
+    kbm = max(1, u.slot_row_beats)
+    slot_depth = max(2 * u.epb * kbm, u.epb * dhb)
     bank = max(2, u.bank_beats)
     prog_beats = u.instrs * 64 // u.beat_bytes
     tok = max(2, u.max_tokens)
@@ -144,6 +147,8 @@ def uarch_core_params(u, trace: bool = False) -> dict:
         # cs_seq's row blocks ceil(M / P) and tiles ceil(n / Q) by constant reciprocals
         "RB_DIV": const_divider(u.P), "NT_DIV": const_divider(u.Q),
         "GAMMA_W": arith.LN_GAMMA_BITS + 1,   # cs_vec's signed LayerNorm gamma
+        "ram_style": ram_styles(u, uram_budget),   # model memory name -> cs_ram STYLE / ram_style
+        "DHBM": max(1, dhb),   # beats of a qbuf row: the longest head
     }
 
 
@@ -174,12 +179,13 @@ def ln_row_buffers(row_beats: int) -> int:
     return n
 
 
-def render_uarch_rtl(out_dir: Path, u, trace: bool = False) -> list[Path]:
+def render_uarch_rtl(out_dir: Path, u, trace: bool = False, uram_budget: int = 0) -> list[Path]:
     """Render the docs/UARCH.md core (rtl_templates/uarch/, top module codesign_top with the
-    board's AXI width and W = u.weight_ports weight masters) to out_dir/*.v; return the paths."""
+    board's AXI width and W = u.weight_ports weight masters) to out_dir/*.v; return the paths.
+    uram_budget: the board's URAM288 for the model's memory binding (0: BRAM and LUTs only)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"cs": uarch_core_params(u, trace), "wp": weight_port_params(u.weight_ports), "luts": lut_tables()}
+    params = {"cs": uarch_core_params(u, trace, uram_budget), "wp": weight_port_params(u.weight_ports), "luts": lut_tables()}
     for old in out_dir.glob("*.v"):   # a previous render's files would be compiled too
         old.unlink()
     env = _environment()

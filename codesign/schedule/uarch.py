@@ -383,7 +383,9 @@ def memories(u: Uarch) -> list[Memory]:
     mems = [
         Memory("prog", "the program, one instruction (16 words) a row", 512, u.instrs),
         Memory("abank", "A operand / forwarded tensor: 2 banks x G copies", beat, u.bank_beats, 2 * u.G),
-        Memory("wslot", "weight tile rows: 2 slots x GW group memories", beat, u.epb * u.slot_row_beats, 2 * u.GW),
+        # a group's two slots in one memory (slot 1 behind slot 0): the fill writes one while the feed
+        # reads the other, one port each, and the deeper memory packs better (URAM: half as many)
+        Memory("wslot", "weight tile rows: GW group memories of 2 slots", beat, 2 * u.epb * u.slot_row_beats, u.GW),
         Memory("params", "bias + mult of 2 slots", 32, 2 * 2 * u.Q),
         Memory("pring", "LayerNorm gamma + beta, 2 entries", 32, 2 * 2 * u.max_dim),
         Memory("rsqrt_rom", "LayerNorm RSQRT table", A.RSQRT_FRAC + 1, 1 << A.RSQRT_MBITS),
@@ -441,6 +443,15 @@ def bind_memories(mems: list[Memory], uram_budget: int) -> list[Memory]:
         else:
             out[m.name] = _bound(m, "bram36", brams)
     return [out[m.name] for m in mems]
+
+
+# Each binding as the ram_style attribute that Vivado and yosys both read.
+RAM_STYLES = {"uram": "ultra", "bram36": "block", "lutram": "distributed"}
+
+
+def ram_styles(u: Uarch, uram_budget: int) -> dict[str, str]:
+    """Memory name -> the ram_style the RTL declares it with: what resource_use binds it to."""
+    return {m.name: RAM_STYLES[m.binding] for m in bind_memories(memories(u), uram_budget)}
 
 
 def _bound(m: Memory, binding: str, count: float) -> Memory:
