@@ -52,6 +52,12 @@ ICARUS_HINT = "apt-get install iverilog"
 # properly, so X-pessimism buys nothing and costs simulation speed.
 VERILATOR_BUILD_ARGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast",
                         "-Wno-fatal"]
+# The C++ compile of the verilated model, not the simulation, is most of a test's or small
+# cosim's time: g++ -O1 on the per-cycle code builds ~40% faster than Verilator's default -Os and
+# simulated no slower (the default model's cosim: 70 s build + 2.5 s simulation, against 113 + 4.0),
+# and the once-run constructors need no optimisation. make takes them from MAKEFLAGS: cocotb's
+# runner runs the make itself.
+VERILATOR_MAKE_VARS = "OPT_FAST=-O1 OPT_SLOW=-O0"
 # x_seed: every register and memory starts random (seeded), not zero, to show that the outputs
 # do not depend on the initial state (a read before a write would change them).
 VERILATOR_XRAND_ARGS = ["--x-assign", "unique", "--x-initial", "unique"]
@@ -123,7 +129,8 @@ def find_icarus() -> dict[str, str]:
 def simulator_env(simulator: str) -> dict[str, str]:
     """Check the simulator is usable; return env vars it needs."""
     if simulator == "verilator":
-        return find_verilator()
+        inherited = os.environ.get("MAKEFLAGS", "")   # a parent make's flags and jobserver stay
+        return find_verilator() | {"MAKEFLAGS": f"{inherited} {VERILATOR_MAKE_VARS}".strip()}
     if simulator == "icarus":
         return find_icarus()
     raise ValueError(f"unsupported simulator {simulator!r} (use 'verilator' or 'icarus')")
