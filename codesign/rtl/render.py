@@ -185,7 +185,8 @@ def render_uarch_rtl(out_dir: Path, u, trace: bool = False, uram_budget: int = 0
     uram_budget: the board's URAM288 for the model's memory binding (0: BRAM and LUTs only)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"cs": uarch_core_params(u, trace, uram_budget), "wp": weight_port_params(u.weight_ports), "luts": lut_tables()}
+    params = {"cs": uarch_core_params(u, trace, uram_budget), "wp": weight_port_params(u.weight_ports),
+              "luts": lut_tables()}
     for old in out_dir.glob("*.v"):   # a previous render's files would be compiled too
         old.unlink()
     env = _environment()
