@@ -30,7 +30,7 @@ from ..quant import arith as A
 from ..schedule.isa import FIELDS, OBITS_LSB, OBITS_MASK, WORDS, Flag, Op
 from ..schedule.program import Program
 from ..schedule.tiling import board_uarch
-from ..schedule.uarch import Uarch, check_program, resource_use
+from ..schedule.uarch import Uarch, check_program, memory_bindings
 from .data import load_manifest, region_nbytes
 from .tcl import TOP_FUNCTION, _template_environment, render_tcl_and_driver, weight_pointer_registers
 
@@ -164,7 +164,7 @@ def _model_bindings(u: Uarch, board: Board) -> dict[str, str]:
     from ..schedule.tiling import Budget
 
     impl = {"uram": "uram", "bram36": "bram", "lutram": "lutram"}
-    model = {m.name: impl[m.binding] for m in resource_use(u, Budget(board).limit("uram")).memories}
+    model = {name: impl[b] for name, b in memory_bindings(u, Budget(board).limit("uram")).items()}
     return {kernel: model[name] for kernel, name in _MODEL_NAMES.items() if name in model}
 
 

@@ -449,9 +449,15 @@ def bind_memories(mems: list[Memory], uram_budget: int) -> list[Memory]:
 RAM_STYLES = {"uram": "ultra", "bram36": "block", "lutram": "distributed"}
 
 
+def memory_bindings(u: Uarch, uram_budget: int) -> dict[str, str]:
+    """Memory name -> what resource_use binds it to ("uram", "bram36", "lutram"): the one binding
+    that the HLS pragmas (codesign.emit.hls) and the RTL's ram_style (ram_styles) both take."""
+    return {m.name: m.binding for m in bind_memories(memories(u), uram_budget)}
+
+
 def ram_styles(u: Uarch, uram_budget: int) -> dict[str, str]:
-    """Memory name -> the ram_style the RTL declares it with: what resource_use binds it to."""
-    return {m.name: RAM_STYLES[m.binding] for m in bind_memories(memories(u), uram_budget)}
+    """Memory name -> the ram_style the RTL declares it with."""
+    return {name: RAM_STYLES[b] for name, b in memory_bindings(u, uram_budget).items()}
 
 
 def _bound(m: Memory, binding: str, count: float) -> Memory:
