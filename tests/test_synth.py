@@ -457,7 +457,8 @@ def _edge_moe_tiny_memories():
 def test_the_rtl_declares_each_memory_as_the_model_binds_it(tmp_path):
     """The render passes resource_use's binding to the memories the model counts: cs_wgt's weight
     slots (one memory of both slots per group, the model's shape), cs_moeacc, the abank copies and
-    the router's lists get it as cs_ram's STYLE, sbuf and the program as a ram_style attribute."""
+    the router's lists get it as cs_ram's STYLE, sbuf, the program and the sequencer's lists as a
+    ram_style attribute."""
     from codesign.rtl.render import render_uarch_rtl
     from codesign.schedule.uarch import RAM_STYLES, resource_use
 
@@ -475,6 +476,10 @@ def test_the_rtl_declares_each_memory_as_the_model_binds_it(tmp_path):
     assert text["cs_router"].count('.STYLE("distributed")) u_') == 4
     assert '(* ram_style = "block" *) reg  [Q*ACC_W-1:0] sbuf' in text["cs_attn"]
     assert '(* ram_style = "block" *) reg  [BW-1:0] prog_mem' in text["cs_seq"]
+    # the sequencer's lists are read combinationally: LUTRAM, a copy a read port (P + 4)
+    assert (bound["seq_lists"].binding, bound["seq_lists"].copies) == ("lutram", u.P + 4)
+    for mem in ("idx_mem", "score_mem"):
+        assert f'(* ram_style = "distributed" *) reg  [BB*4-1:0] {mem} ' in text["cs_seq"]
     # the weight slot's depth in the RTL is the model's
     assert f"localparam [31:0] KBM = {u.slot_row_beats};" in text["cs_core"]
 

@@ -371,6 +371,7 @@ class Memory:
     copies: int = 1
     binding: str = ""  # "bram36", "uram" or "lutram" (bind_memories)
     count: float = 0.0  # BRAM36 (halves), URAM or LUTs, all copies
+    async_read: bool = False  # read in the cycle it is addressed: only LUTRAM can
 
     @property
     def bits(self) -> int:
@@ -390,6 +391,10 @@ def memories(u: Uarch) -> list[Memory]:
         Memory("pring", "LayerNorm gamma + beta, 2 entries", 32, 2 * 2 * u.max_dim),
         Memory("rsqrt_rom", "LayerNorm RSQRT table", A.RSQRT_FRAC + 1, 1 << A.RSQRT_MBITS),
         Memory("recip_rom", "softmax RECIP table", A.RECIP_FRAC - A.RECIP_MBITS + 2, 1 << (A.RECIP_MBITS - 1)),
+        # the RTL sequencer's (cs_seq) read combinationally, so a LUTRAM copy per read port: the ids
+        # by the P feed rows, the DDR gather and the drain's two; the scores by the drain
+        Memory("seq_lists", "a GATHER / SCATTER's token ids and scores: B/4 16-bit entries a row, a copy a "
+               "read port", 16 * lanes32, -(-max(2, u.max_tokens) // lanes32), u.P + 4, async_read=True),
     ]
     if u.gelu:
         mems.append(Memory("lut", "GELU table of 2 MATMULs, EPB/2 copies", eb, 2 * u.lut_size, max(1, u.epb // 2)))
@@ -435,7 +440,7 @@ def bind_memories(mems: list[Memory], uram_budget: int) -> list[Memory]:
     for m in sorted(mems, key=lambda m: -bram36_count(m.width, m.depth) * m.copies):
         brams = bram36_count(m.width, m.depth) * m.copies
         urams = uram_count(m.width, m.depth) * m.copies
-        if m.depth <= LUTRAM_MAX_DEPTH or m.width * m.depth <= LUTRAM_MAX_BITS:
+        if m.async_read or m.depth <= LUTRAM_MAX_DEPTH or m.width * m.depth <= LUTRAM_MAX_BITS:
             out[m.name] = _bound(m, "lutram", lutram_count(m.width, m.depth) * m.copies)
         elif brams >= URAM_MIN_BRAM36 and urams <= left and urams < brams:
             left -= urams
@@ -461,7 +466,7 @@ def ram_styles(u: Uarch, uram_budget: int) -> dict[str, str]:
 
 
 def _bound(m: Memory, binding: str, count: float) -> Memory:
-    return Memory(m.name, m.purpose, m.width, m.depth, m.copies, binding, count)
+    return Memory(m.name, m.purpose, m.width, m.depth, m.copies, binding, count, m.async_read)
 
 
 # ---------------------------------------------------------------- logic
@@ -534,21 +539,18 @@ ATTN_FFS = 1668
 ATTN_ROW_FFS = 160
 ATTN_COL_FFS = 30.9
 # The sequencer (cs_seq with cs_tags: fetch, decode, the field registers, the MATMUL / GATHER / ATTN
-# walks, the bank tags, the copy of a GATE's lists, moe_acc's hooks): 42 DSP48E2 of address
-# products and one more per array row (its row addresses), its LUT growing with the rows too (each
-# row's TOK:1 read of the token ids). Fitted to yosys 0.23 of edge-moe-tiny's cs_seq after cs_tags
-# registered its comparisons: 23,026 / 23,851 / 33,336 LUT, 43 / 44 / 58 DSP48E2, 12.1k FF at
-# 1x32 / 2x64 / 16x64 (the plane through the three). The size follows the program's tokens too
-# (idx_mem and score_mem are TOK words of flops with five read ports; the default model's 17 tokens
-# gave 9,822 LUT / 5,373 FF at 17x64 with a since reverted gather read): not modelled, so programs
-# with fewer tokens than edge-moe-tiny's 129 are charged more, and programs with more, such as
-# PASCAL's 1,025, less than this RTL would take (its lists need block RAM first; the HLS kernel's
-# are).
+# walks, the bank tags, the copy of a GATE's lists, moe_acc's hooks), less its lists (the memory
+# model's seq_lists, LUTRAM): 42 DSP48E2 of address products and one more per array row (its row
+# addresses), and per row the lane select and address sum of a gathered row. Fitted to yosys 0.23
+# of edge-moe-tiny's cs_seq (129 tokens) with the lists in LUTRAM: 7,264 / 7,328 / 8,874 LUT (392 /
+# 464 / 1,472 of them LUTRAM, 72 a read port), 43 / 44 / 58 DSP48E2, 3.84k FF at 1x32 / 2x64 / 16x64
+# (the line in P through the two 64-column sizes, 0.7% off at 1x32). The default model's 17 tokens
+# give 7,806 LUT (800 LUTRAM: 32-deep copies cost half) and 3,806 FF at 16x64, the model 8,873: the
+# lists' depth is the only token term left, and the model counts it in whole 64-row LUTs.
 SEQ_DSPS = 42
-SEQ_LUTS = 22201
-SEQ_ROW_LUTS = 677.5
-SEQ_COL_LUTS = 4.6
-SEQ_FFS = 12095
+SEQ_LUTS = 6851
+SEQ_ROW_LUTS = 46.4
+SEQ_FFS = 3835
 # The weight engine's own (cs_wgt less what the model's wslot / params / lut memories count): its
 # address products, the slot bookkeeping, and the part of its bias / mult / GELU memories the
 # memory model does not see (yosys maps them to 2,080 LUT of LUTRAM; `params` and `lut` count 576);
@@ -625,7 +627,7 @@ def logic_parts(u: Uarch) -> list[Part]:
     vector_control = Part("vector_control", 1, dsp=VECTOR_DSPS, ff=VECTOR_FFS, lut=VECTOR_LUTS)
     masters = Part("axi_master", 1 + u.weight_ports, ff=FF_PER_MASTER, lut=LUTS_PER_MASTER)
     sequencer = Part("sequencer", 1, dsp=SEQ_DSPS + u.P, ff=SEQ_FFS,
-                     lut=SEQ_LUTS + SEQ_ROW_LUTS * u.P + SEQ_COL_LUTS * u.Q)
+                     lut=SEQ_LUTS + SEQ_ROW_LUTS * u.P)
     bank_ports = Part("bank_port", 2 * u.G, lut=BANK_PORT_LUTS)
     weights = Part("weight_engine", 1, dsp=WGT_DSPS, ff=WGT_FFS, lut=WGT_LUTS + WGT_GROUP_LUTS * u.GW)
     parts = [cell, row_select, column_select, feed, feed_select, feed_control, bank_ports, lanes, drain, vector,
