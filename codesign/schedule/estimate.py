@@ -492,6 +492,7 @@ class Machine:
             end = self.mac_blocks(pc, a["tokens"], a["experts"], kc, start, ready_a, cost, router=True)
         counts = self.gate_counts.get(pc) if hasattr(self, "gate_counts") else None
         beats = list_write_beats(counts, u.beat_bytes) if counts else loop("GATE", "list_write").trip(Ctx(ins, rows, u))
+        beats += loop("GATE", "acc_clear").trip(Ctx(ins, rows, u))
         cost.act_write_bytes += beats * u.beat_bytes
         return end + beats
 
@@ -590,7 +591,12 @@ class Machine:
         return end
 
     def op_requant32(self, pc, ins, rows, start, ins_io, sources, busy, cost):
-        return start + loop("REQUANT32", "elems").trip(Ctx(ins, rows, self.u)) + LATENCY["vector"]
+        u = self.u
+        beats = loop("REQUANT32", "elems").trip(Ctx(ins, rows, u))
+        if u.acc_words:   # the GATE's accumulator, mirrored in moe_acc (uarch.check_program)
+            return start + beats + LATENCY["vector"]
+        cost.act_read_bytes += beats * u.beat_bytes
+        return self.ddr_stream_ready(start) + beats + LATENCY["vector"]
 
 
 # ---------------------------------------------------------------- weight jobs

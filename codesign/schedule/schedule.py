@@ -154,6 +154,9 @@ SCHEDULE: tuple[Loop, ...] = (
          "next block waits); the HLS kernel's router unrolls the experts, one token a cycle"),
     Loop("GATE", "list_write", 1, lambda c: gate_list_beats(c), _one,
          "ceil(4E/B) + 2 * sum_e ceil(4 count_e / B)", "1", "-", "counts, token ids and scores to DDR"),
+    Loop("GATE", "acc_clear", 1, lambda c: 0 if c.u.acc_words else _cdiv(4 * c.a["tokens"] * c.a["dim"], c.u.beat_bytes),
+         _one, "ceil(4 tokens dim / B), 0 with moe_acc", "1", "-",
+         "the accumulator in DDR (no moe_acc): the write-out's last segment zeroes it"),
     Loop("ATTN", "q_load", 1, lambda c: min(c.u.Q, c.a["tokens"]) * c.a["head_dim"] // c.u.epb,
          lambda c: c.a["heads"] * attn_query_blocks(c), "Qb * head_dim/EPB", "heads * ceil(T/Q)",
          "-", "qbuf from the qkv bank (port A); all but a head's first beside the previous block"),
@@ -190,8 +193,9 @@ SCHEDULE: tuple[Loop, ...] = (
          "the last row's beats go out after its input"),
     Loop("ADD", "elems", 1, lambda c: c.a["count"] // c.u.epb, _one, "count/EPB (x2 with both operands in DDR)",
          "1", "vector (4); + fence + DDR latency for a DDR operand", ""),
-    Loop("REQUANT32", "elems", 1, lambda c: c.a["count"] // c.u.epb, _one, "count/EPB", "1", "vector (4)",
-         "from moe_acc"),
+    Loop("REQUANT32", "elems", 1, lambda c: c.a["count"] // c.u.epb if c.u.acc_words else _cdiv(4 * c.a["count"], c.u.beat_bytes),
+         _one, "count/EPB from moe_acc, else 4 count/B", "1", "vector (4); from DDR + fence + DDR latency",
+         "from moe_acc a word of EPB int32 a cycle; from DDR at its int32 rate, B/4 a cycle"),
 )
 
 
