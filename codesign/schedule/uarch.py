@@ -492,10 +492,21 @@ DRAIN_DSPS = 9
 DRAIN_LUTS = 1643
 DRAIN_FFS = 805
 # The shadow's row select (cs_rowsel, one in cs_core for the drain, cs_attn and cs_router): a P-to-1
-# choice of Q x ACC_W bits. yosys builds a tree of 4:1 muxes, one LUT6 each (mux4_luts): 0 LUT at
-# 1x32, 1,984 at 2x64 and 4x64 (one a bit, as the tree says), 10,804 (+ 1,768 MUXF7) at 16x64, 1.09x
-# the tree's 9,920 -- the scale below, so the tiling's sizes (P 8 to 28) are not undercounted.
-ROWSEL_LUT_SCALE = 1.09
+# choice of Q x ACC_W bits, LUTs a bit as yosys 0.23 maps cs_rowsel (64-bit rows, its rows past P
+# repeating the upper ones), by rows; between two measured sizes the larger's. A tree of 4:1 muxes
+# (mux4_luts) would be 1, 3, 5, 8, 9, 10, 11 at 4, 8, 16, 17, 22, 28, 32 rows: past 16, yosys takes
+# 1.2-1.8 times that. In the core at 16x64 (ACC_W 31): 10,804 LUT, 5.45 a bit.
+ROWSEL_LUTS_PER_BIT = ((1, 0), (2, 1), (4, 1), (8, 3), (12, 5.05), (16, 5.72), (17, 11.08), (20, 11.41),
+                       (22, 10.86), (24, 13.77), (28, 14.20), (32, 20.09))
+
+
+def rowsel_luts_per_bit(P: int) -> float:
+    """LUTs of one bit of the P-to-1 row select; past the table, twice its last per doubling."""
+    for rows, luts in ROWSEL_LUTS_PER_BIT:
+        if P <= rows:
+            return luts
+    last_rows, last = ROWSEL_LUTS_PER_BIT[-1]
+    return last * 2 ** math.ceil(math.log2(P / last_rows))
 # The vector unit's own lanes (cs_vecop's cs_vec: LAYERNORM, ADD, REQUANT32), EPB of them beside the
 # drain's (the two are never busy in the same cycle, but their pipelines differ: docs/UARCH.md). A
 # lane: (acc | a | d) x (mult | ma | r) in two 27x18 multipliers, (t | b) x (gamma | mb) in one
@@ -615,7 +626,7 @@ def logic_parts(u: Uarch) -> list[Part]:
     # unpacked mode (the whole product into acc0) is a 2:1 select on acc0's addend, two bits a LUT6
     # (cs_mac alone at 2x32, ACC_W 25: 2,038 LUT, 63.7 a pair).
     cell = Part("mac_pair", pairs, dsp=1, ff=4 * acc + PROD_FF, lut=2 * acc + 2 + math.ceil(acc / 2))
-    row_select = Part("row_select", u.Q * acc, lut=ROWSEL_LUT_SCALE * mux4_luts(u.P))
+    row_select = Part("row_select", u.Q * acc, lut=rowsel_luts_per_bit(u.P))
     # the drain lanes' choice of EPB of the row's Q values: (Q/EPB)-to-1 in the same 4:1 muxes
     column_select = Part("column_select", u.epb * acc, lut=mux4_luts(u.Q // u.epb))
     feed = Part("operand_row", u.P + u.Q, ff=2 * beat + FEED_ROW_FFS)
